@@ -1,0 +1,51 @@
+# OptiBid: `make demo` runs the platform end to end, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint format services-up services-down dbt-parse bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv==0.13.9
+
+# torch goes first through pip, which honours the machine's pip configuration (a local CPU wheel here);
+# an unpinned torch resolved from the index would pull gigabytes of CUDA.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/uv pip install --python $(BIN)/python -q -e ".[dev]"
+	$(MAKE) --no-print-directory dbt-parse
+	touch $(STAMP)
+
+install: $(STAMP)
+
+dbt-parse: | $(BIN)/python
+	@if [ -f dbt_project/dbt_project.yml ]; then \
+		cd dbt_project && OPTIBID_DBT_HOST=localhost ../$(BIN)/dbt parse --quiet --profiles-dir . --target-path target >/dev/null; \
+	fi
+
+demo: install
+	$(BIN)/optibid demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+
+services-up: install
+	$(BIN)/optibid services up
+
+services-down: install
+	$(BIN)/optibid services down
+
+bench: install
+	@for b in benchmarks/*.py; do case $$b in */__init__.py) ;; *) echo "== $$b"; $(BIN)/python -m benchmarks.$$(basename $$b .py);; esac; done
+
+clean:
+	-$(BIN)/optibid services down
+	rm -rf .optibid dbt_project/target

@@ -1,0 +1,1 @@
+"""Bronze assets: raw data landed append-only in Delta with lineage columns."""

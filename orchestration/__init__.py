@@ -1,0 +1,1 @@
+"""Dagster wiring: the one `Definitions`, its resources, partitions, jobs, schedules and sensors."""

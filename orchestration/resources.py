@@ -1,0 +1,104 @@
+"""Dagster resources: thin, configurable handles on the services library code talks to.
+
+Each resource takes its values from `EnvVar`s of the settings module's variables, so the Dagster UI shows
+where they come from, and falls back to the embedded service when the variable is unset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import psycopg
+from pydantic import PrivateAttr
+
+from infra import db
+from infra.lake import Lake
+from infra.services import embedded_broker_bootstrap, embedded_postgres_url, kafka_security_config
+from infra.settings import Settings, get_settings
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The Postgres warehouse (embedded pgserver unless `OPTIBID_DATABASE_URL` is set)."""
+
+    database_url: str | None = None
+
+    _resolved: str | None = PrivateAttr(default=None)
+
+    @property
+    def url(self) -> str:
+        if self._resolved is None:
+            self._resolved = self.database_url or embedded_postgres_url(get_settings())
+            db.migrate(self._resolved)
+        return self._resolved
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        with db.connect(self.url) as conn:
+            yield conn
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The Delta Lake root (`OPTIBID_LAKE_URI`, default `<home>/lake`)."""
+
+    lake_uri: str | None = None
+
+    @property
+    def lake(self) -> Lake:
+        settings = get_settings()
+        return Lake(self.lake_uri or settings.resolved_lake_uri, dict(settings.lake_storage_options))
+
+
+class SparkResource(dg.ConfigurableResource):
+    """The shared SparkSession: local by default, a cluster through `SPARK_MASTER` / `SPARK_REMOTE`."""
+
+    master: str = "local[*]"
+    remote: str | None = None
+
+    def session(self):
+        from infra.spark import spark_session
+
+        return spark_session(self.master, self.remote)
+
+
+class BrokerResource(dg.ConfigurableResource):
+    """The Kafka-protocol broker (embedded tansu unless `KAFKA_BOOTSTRAP_SERVERS` is set)."""
+
+    bootstrap_servers: str | None = None
+
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or embedded_broker_bootstrap(get_settings())
+
+    def client_config(self) -> dict[str, object]:
+        """kafka-python keyword arguments: bootstrap servers plus SASL/SSL from the settings."""
+        return {"bootstrap_servers": self.bootstrap(), **kafka_security_config(get_settings())}
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking (`MLFLOW_TRACKING_URI`, default a SQLite store under `<home>/mlflow`)."""
+
+    tracking_uri: str | None = None
+
+    def uri(self) -> str:
+        return self.tracking_uri or get_settings().resolved_mlflow_uri
+
+
+def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resource dictionary of the one `Definitions`."""
+    return {
+        "warehouse": WarehouseResource(
+            database_url=dg.EnvVar("OPTIBID_DATABASE_URL") if settings.database_url else None
+        ),
+        "lake": LakeResource(lake_uri=dg.EnvVar("OPTIBID_LAKE_URI") if settings.lake_uri else None),
+        "spark": SparkResource(
+            master=settings.spark_master,
+            remote=dg.EnvVar("SPARK_REMOTE") if settings.spark_remote else None,
+        ),
+        "broker": BrokerResource(
+            bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS") if settings.kafka_bootstrap_servers else None
+        ),
+        "mlflow": MlflowResource(
+            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI") if settings.mlflow_tracking_uri else None
+        ),
+    }
