@@ -28,8 +28,9 @@ dbt-parse: | $(BIN)/python
 demo: install
 	$(BIN)/optibid demo
 
+# A private --basetemp: pytest prunes old numbered temp dirs, which must never be another run's live Postgres.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 lint: install
 	$(BIN)/ruff check .

@@ -71,6 +71,14 @@ def create_database(admin_url: str, name: str, *, drop_existing: bool = False) -
     return _as_url(make_conninfo(**params))
 
 
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop database `name` (closing its sessions) if it exists."""
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def _as_url(conninfo: str) -> str:
     """A libpq key=value string as a postgresql:// URL (dbt, Dagster and SQLAlchemy want URLs)."""
     from urllib.parse import quote

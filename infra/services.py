@@ -222,6 +222,10 @@ def stop_services(settings: Settings) -> list[str]:
     stopped = []
     if stop_embedded_broker(settings):
         stopped.append("broker")
+    from infra.clickhouse import stop_embedded_clickhouse
+
+    if stop_embedded_clickhouse(settings):
+        stopped.append("clickhouse")
     if stop_embedded_postgres(settings):
         stopped.append("postgres")
     return stopped
@@ -244,6 +248,12 @@ def service_status(settings: Settings) -> dict[str, str]:
         running = bool(state) and _pid_alive(state["pid"])
         where = f"127.0.0.1:{state['port']}" if state else "-"
         status["broker"] = f"embedded tansu ({where}): {'running' if running else 'stopped'}"
+    if settings.clickhouse_url:
+        status["clickhouse"] = f"configured: {redact(settings.clickhouse_url)}"
+    else:
+        from infra.clickhouse import embedded_clickhouse_status
+
+        status["clickhouse"] = embedded_clickhouse_status(settings)
     return status
 
 

@@ -116,6 +116,31 @@ class Settings(BaseSettings):
     )
 
     # --- area-specific settings (helpers append below, one field per line group) --------------
+    # files (issue 4): where uploaded files are kept between receiving and processing
+    uploads_dir: Path | None = Field(
+        default=None,
+        validation_alias="OPTIBID_UPLOADS_DIR",
+        description="Where received upload files are kept (content-addressed by sha256); default <home>/uploads.",
+    )
+
+    # cdc (issue 3): when the sensor starts a bronze CDC run, and how many dead letters fail the check
+    cdc_lag_threshold: int = Field(
+        default=10_000,
+        validation_alias="OPTIBID_CDC_LAG_THRESHOLD",
+        description="Kafka events not yet in bronze above which the CDC sensor starts an ingestion run.",
+    )
+    cdc_dead_letter_max_rate: float = Field(
+        default=0.01,
+        validation_alias="OPTIBID_CDC_DEAD_LETTER_MAX_RATE",
+        description="Share of a run's events that may be dead-lettered before the CDC asset check fails.",
+    )
+
+    # ml (issue 6): drift share (drifted columns / columns, per zone) above which the drift check warns
+    drift_share_warn_threshold: float = Field(
+        default=0.5,
+        validation_alias="OPTIBID_DRIFT_SHARE_WARN_THRESHOLD",
+        description="Evidently drift share of any zone above which the drift_report check warns.",
+    )
 
     # --- derived paths --------------------------------------------------------------------------
     @property
@@ -133,6 +158,10 @@ class Settings(BaseSettings):
     @property
     def resolved_landing_dir(self) -> Path:
         return (self.landing_dir or self.home_dir / "landing").resolve()
+
+    @property
+    def resolved_uploads_dir(self) -> Path:
+        return (self.uploads_dir or self.home_dir / "uploads").resolve()
 
     @property
     def dagster_home(self) -> Path:

@@ -73,7 +73,12 @@ ZONES: tuple[Zone, ...] = (
     Zone("FR", "EPEX Spot France", "EPEX", "EPEX", "Europe/Paris", "EUR", 48.86, 2.35, -500, 4000),
 )
 
+# `market` owns the public market feed landed from the landing folder's root; silver publishes its rows
+# with org_id NULL (visible to every organization).
+MARKET_FEED_ORG = "market"
+
 ORGANIZATIONS: tuple[Organization, ...] = (
+    Organization(MARKET_FEED_ORG, "Public market data feed", "ZZ"),
     Organization("acme", "Acme Energy Trading", "US"),
     Organization("voltindia", "Volt India Power", "IN"),
 )

@@ -13,3 +13,11 @@ daily_partitions = dg.DailyPartitionsDefinition(
     timezone=_settings.market_timezone,
     end_offset=1,  # today's partition exists so intraday data lands without waiting for midnight
 )
+
+# Day-ahead work (forecasts, bids, schedules) is for tomorrow's delivery day, which must exist as a
+# partition before midnight; the day mapping onto `daily_partitions` is the identity.
+delivery_day_partitions = dg.DailyPartitionsDefinition(
+    start_date=_settings.partition_start,
+    timezone=_settings.market_timezone,
+    end_offset=2,
+)

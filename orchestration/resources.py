@@ -1,7 +1,8 @@
 """Dagster resources: thin, configurable handles on the services library code talks to.
 
-Each resource takes its values from `EnvVar`s of the settings module's variables, so the Dagster UI shows
-where they come from, and falls back to the embedded service when the variable is unset.
+A resource shows the `EnvVar` it is configured from in the Dagster UI when that variable is set, and
+otherwise resolves at run time through the settings module (so a run started after `optibid services up`
+exported the service addresses finds them), starting the embedded service as the last resort.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class WarehouseResource(dg.ConfigurableResource):
     @property
     def url(self) -> str:
         if self._resolved is None:
-            self._resolved = self.database_url or embedded_postgres_url(get_settings())
+            settings = get_settings()
+            self._resolved = self.database_url or settings.database_url or embedded_postgres_url(settings)
             db.migrate(self._resolved)
         return self._resolved
 
@@ -68,7 +70,8 @@ class BrokerResource(dg.ConfigurableResource):
     bootstrap_servers: str | None = None
 
     def bootstrap(self) -> str:
-        return self.bootstrap_servers or embedded_broker_bootstrap(get_settings())
+        settings = get_settings()
+        return self.bootstrap_servers or settings.kafka_bootstrap_servers or embedded_broker_bootstrap(settings)
 
     def client_config(self) -> dict[str, object]:
         """kafka-python keyword arguments: bootstrap servers plus SASL/SSL from the settings."""
@@ -82,6 +85,25 @@ class MlflowResource(dg.ConfigurableResource):
 
     def uri(self) -> str:
         return self.tracking_uri or get_settings().resolved_mlflow_uri
+
+
+class ClickHouseResource(dg.ConfigurableResource):
+    """ClickHouse for the BI exports (`CLICKHOUSE_URL`, else an embedded server in `<home>/clickhouse`)."""
+
+    url: str | None = None
+
+    @contextmanager
+    def client(self) -> Iterator:
+        """A clickhouse-driver `Client` (native protocol), disconnected afterwards."""
+        from clickhouse_driver import Client
+
+        from infra.clickhouse import clickhouse_url
+
+        client = Client.from_url(self.url or clickhouse_url(get_settings()))
+        try:
+            yield client
+        finally:
+            client.disconnect()
 
 
 def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -101,4 +123,18 @@ def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableReso
         "mlflow": MlflowResource(
             tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI") if settings.mlflow_tracking_uri else None
         ),
+        # gold dbt project; its connection comes from OPTIBID_DBT_* (assets/gold.py exports them per run)
+        "dbt": gold_dbt_resource(),
+        "clickhouse": ClickHouseResource(url=dg.EnvVar("CLICKHOUSE_URL") if settings.clickhouse_url else None),
     }
+
+
+def gold_dbt_resource():
+    """The dagster-dbt CLI resource on the gold project (dbt_project/, profiles.yml alongside)."""
+    from dagster_dbt import DbtCliResource
+
+    from infra.dbt import DBT_PROJECT_DIR, dbt_executable
+
+    return DbtCliResource(
+        project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR), dbt_executable=dbt_executable()
+    )

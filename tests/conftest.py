@@ -59,8 +59,9 @@ def database_url(settings) -> Iterator[str]:
     from infra import db
     from infra.services import embedded_postgres_url, stop_embedded_postgres
 
+    test_db = f"optibid_test_{os.getpid()}"
     if settings.database_url:
-        url = db.create_database(settings.database_url, f"optibid_test_{os.getpid()}", drop_existing=True)
+        url = db.create_database(settings.database_url, test_db, drop_existing=True)
     else:
         url = db.create_database(embedded_postgres_url(settings), "optibid_test", drop_existing=True)
     db.migrate(url)
@@ -70,7 +71,9 @@ def database_url(settings) -> Iterator[str]:
 
     get_settings.cache_clear()
     yield url
-    if not settings.database_url:
+    if settings.database_url:
+        db.drop_database(settings.database_url, test_db)
+    else:
         stop_embedded_postgres(settings)
 
 
@@ -95,6 +98,23 @@ def spark(settings):
     session = spark_session(master="local[2]", app_name="optibid-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ClickHouse server: `CLICKHOUSE_URL` when set, else Debian's clickhouse-server started here."""
+    from infra.clickhouse import INSTALL_HINT, clickhouse_server_command, start_clickhouse
+
+    if settings.clickhouse_url:
+        yield settings.clickhouse_url
+        return
+    if clickhouse_server_command() is None:
+        pytest.skip(INSTALL_HINT)
+    server = start_clickhouse(Path(tmp_path_factory.mktemp("clickhouse")))
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

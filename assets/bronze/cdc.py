@@ -1,0 +1,184 @@
+"""Bronze CDC assets: Kafka (Debezium trading tables, market ticks) drained into bronze Delta tables.
+
+One multi-asset drains every selected topic to the high-water mark it sees at run start (the library
+`ingestion.cdc` does the work and keeps offsets in the Delta commits). A sensor starts it when the lag
+passes `OPTIBID_CDC_LAG_THRESHOLD` (and records the lag as asset observations), a schedule is the floor,
+and a blocking check on the dead-letter asset warns on any dead letter and fails above
+`OPTIBID_CDC_DEAD_LETTER_MAX_RATE`.
+"""
+
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from infra.settings import get_settings
+from ingestion.cdc import CdcConsumer, IngestStats, PartitionLag, dead_letters, default_topics, route_for
+from ingestion.cdc.topics import CDC_TOPIC_PREFIX, DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TICKS_TOPIC
+from orchestration.resources import BrokerResource, LakeResource
+
+CDC_TOPICS = default_topics()
+TOPIC_KEYS: dict[str, dg.AssetKey] = {t: dg.AssetKey(["bronze", route_for(t).table]) for t in CDC_TOPICS}
+DEAD_LETTERS_KEY = dg.AssetKey(["bronze", DEAD_LETTERS_TABLE])
+SCHEMA_CHANGES_KEY = dg.AssetKey(["bronze", SCHEMA_CHANGES_TABLE])
+ALL_KEYS = [*TOPIC_KEYS.values(), DEAD_LETTERS_KEY, SCHEMA_CHANGES_KEY]
+
+
+class CdcTopicsConfig(dg.Config):
+    """Where the topics are: Debezium's `topic.prefix` (`<server>.<schema>`) and the tick topic."""
+
+    topic_prefix: str = CDC_TOPIC_PREFIX
+    ticks_topic: str = TICKS_TOPIC
+
+    def topic_keys(self) -> dict[str, dg.AssetKey]:
+        topics = default_topics(self.topic_prefix, self.ticks_topic)
+        return {t: dg.AssetKey(["bronze", route_for(t).table]) for t in topics}
+
+
+def _spec(key: dg.AssetKey, description: str) -> dg.AssetSpec:
+    return dg.AssetSpec(key, group_name="bronze", kinds={"kafka", "delta"}, description=description)
+
+
+@dg.multi_asset(
+    name="bronze_cdc",
+    specs=[
+        *(_spec(key, f"Kafka topic `{topic}`, append-only, offsets committed with the rows.")
+          for topic, key in TOPIC_KEYS.items()),
+        _spec(DEAD_LETTERS_KEY, "Kafka records that could not be ingested, with raw bytes and a reason."),
+        _spec(SCHEMA_CHANGES_KEY, "Columns added to and type conflicts seen in bronze CDC tables."),
+    ],
+    can_subset=True,
+)
+def bronze_cdc(
+    context: dg.AssetExecutionContext, config: CdcTopicsConfig, broker: BrokerResource, lake: LakeResource
+):
+    """Drain each selected topic's partitions up to their high-water marks at run start."""
+    selected = context.selected_asset_keys
+    topic_keys = config.topic_keys()
+    topics = [topic for topic, key in topic_keys.items() if key in selected]
+    stats = IngestStats()
+    if topics:
+        with CdcConsumer(lake.lake, broker.client_config(), topics, log=context.log) as consumer:
+            stats = consumer.drain()
+    lag_before, lag_after = _lag_by_topic(stats.lag_before), _lag_by_topic(stats.lag_after)
+    for topic in topics:
+        table = route_for(topic).table
+        ts = stats.tables.get(table)
+        read = ts.events_read if ts else 0
+        yield dg.MaterializeResult(
+            asset_key=topic_keys[topic],
+            metadata={
+                "topic": topic,
+                "events_read": read,
+                "rows_written": ts.rows_written if ts else 0,
+                "dead_lettered": ts.dead_lettered if ts else 0,
+                "new_columns": ", ".join(ts.new_columns) if ts and ts.new_columns else "",
+                "lag_before": lag_before.get(topic, 0),
+                "lag_after": lag_after.get(topic, 0),
+                "events_per_second": dg.MetadataValue.float(round(read / stats.seconds, 1) if stats.seconds else 0.0),
+                "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
+                "warnings": "\n".join(w for w in stats.warnings if w.startswith(topic)),
+            },
+        )
+    if DEAD_LETTERS_KEY in selected:
+        yield dg.MaterializeResult(
+            asset_key=DEAD_LETTERS_KEY,
+            metadata={
+                "events_read": stats.events_read,
+                "dead_lettered": stats.dead_lettered,
+                "dead_letter_rate": dg.MetadataValue.float(
+                    stats.dead_lettered / stats.events_read if stats.events_read else 0.0
+                ),
+            },
+        )
+    if SCHEMA_CHANGES_KEY in selected:
+        changes = sum(t.schema_changes for t in stats.tables.values())
+        yield dg.MaterializeResult(asset_key=SCHEMA_CHANGES_KEY, metadata={"schema_changes": changes})
+
+
+@dg.asset_check(asset=DEAD_LETTERS_KEY, blocking=True, description="Dead letters of the latest CDC run.")
+def cdc_dead_letter_rate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    """WARN when the latest run dead-lettered anything; ERROR when its rate exceeds the configured maximum."""
+    max_rate = get_settings().cdc_dead_letter_max_rate
+    event = context.instance.get_latest_materialization_event(DEAD_LETTERS_KEY)
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    read = int(meta["events_read"].value) if "events_read" in meta else 0
+    dead = int(meta["dead_lettered"].value) if "dead_lettered" in meta else 0
+    rate = dead / read if read else 0.0
+    recent = dead_letters(lake.lake, since=datetime.now(UTC) - timedelta(hours=24))
+    reasons = recent["reason_code"].value_counts().to_dict() if not recent.empty else {}
+    metadata = {
+        "events_read": read,
+        "dead_lettered": dead,
+        "dead_letter_rate": dg.MetadataValue.float(rate),
+        "max_rate": dg.MetadataValue.float(max_rate),
+        "dead_letters_last_24h": len(recent),
+        "reasons_last_24h": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
+    }
+    if rate > max_rate:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=f"{dead} of {read} events dead-lettered ({rate:.2%} > {max_rate:.2%})")
+    return dg.AssetCheckResult(passed=dead == 0, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+                               description=f"{dead} of {read} events dead-lettered")
+
+
+bronze_cdc_job = dg.define_asset_job("bronze_cdc_job", selection=dg.AssetSelection.assets(*ALL_KEYS))
+
+bronze_cdc_floor_schedule = dg.ScheduleDefinition(
+    name="bronze_cdc_floor",
+    job=bronze_cdc_job,
+    cron_schedule="*/15 * * * *",
+    description="Drains CDC topics every 15 minutes even when the lag sensor stays quiet.",
+)
+
+
+def build_lag_sensor(
+    name: str = "bronze_cdc_lag_sensor", topics_config: CdcTopicsConfig | None = None
+) -> dg.SensorDefinition:
+    """The lag sensor for one set of topics (the default topics unless `topics_config` says otherwise)."""
+    config = topics_config or CdcTopicsConfig()
+    topic_keys = config.topic_keys()
+    run_config = dg.RunConfig(ops={"bronze_cdc": config})
+
+    @dg.sensor(name=name, job=bronze_cdc_job, minimum_interval_seconds=30,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def _sensor(context: dg.SensorEvaluationContext, broker: BrokerResource, lake: LakeResource):
+        """Start a CDC run when Kafka is more than `OPTIBID_CDC_LAG_THRESHOLD` events ahead of bronze."""
+        threshold = get_settings().cdc_lag_threshold
+        with CdcConsumer(lake.lake, broker.client_config(), list(topic_keys)) as consumer:
+            lags = consumer.lag()
+        by_topic = _lag_by_topic(lags)
+        total = sum(by_topic.values())
+        observations = [
+            dg.AssetObservation(asset_key=key, metadata={"lag": by_topic.get(topic, 0)})
+            for topic, key in topic_keys.items()
+        ]
+        if total <= threshold:
+            return dg.SensorResult(asset_events=observations, skip_reason=f"lag {total} <= threshold {threshold}")
+        in_flight = context.instance.get_runs(
+            filters=dg.RunsFilter(
+                job_name=bronze_cdc_job.name,
+                statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                          dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+            ),
+            limit=1,
+        )
+        if in_flight:
+            return dg.SensorResult(
+                asset_events=observations, skip_reason=f"lag {total}: a CDC run is already in flight"
+            )
+        request = dg.RunRequest(run_config=run_config, tags={"optibid/cdc_lag": str(total)})
+        return dg.SensorResult(run_requests=[request], asset_events=observations)
+
+    return _sensor
+
+
+bronze_cdc_lag_sensor = build_lag_sensor()
+
+
+def _lag_by_topic(lags: list[PartitionLag]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for p in lags:
+        out[p.topic] += p.lag
+    return dict(out)

@@ -1,0 +1,81 @@
+"""Bronze assets for file uploads: the landing folder drained into `bronze/files__<dataset>`.
+
+Files at the landing folder's root are the public market feed (organization `market`); files under
+`<landing>/<org_id>/` belong to that organization. The library (`ingestion.files.service`) does the
+detection, mapping, quarantine and exactly-once landing; this asset only walks the folder and reports.
+"""
+
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+
+from infra.settings import get_settings
+from ingestion.files.canonical import DATASETS
+from ingestion.files.service import ingest_landing_file, scan_landing_folder
+from ingestion.reference import MARKET_FEED_ORG
+from orchestration.resources import LakeResource, WarehouseResource
+
+
+def landing_files_by_org(landing_dir: Path) -> list[tuple[str, Path]]:
+    """(org_id, path) of every file waiting in the landing folder and its per-organization subfolders."""
+    waiting = [(MARKET_FEED_ORG, path) for path in scan_landing_folder(landing_dir, min_age_seconds=1)]
+    for sub in sorted(p for p in landing_dir.iterdir() if p.is_dir()):
+        if sub.name in {"processed", "rejected"}:
+            continue
+        waiting += [(sub.name, path) for path in scan_landing_folder(sub, min_age_seconds=1)]
+    return waiting
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            ["bronze", f"files__{name}"],
+            group_name="bronze",
+            kinds={"delta", "python"},
+            description=f"Uploaded {name} files landed append-only with lineage (file, row, upload id).",
+        )
+        for name in DATASETS
+    ],
+    can_subset=False,
+    description="Drain the landing folder: detect, map, validate, quarantine and land every waiting file.",
+)
+def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResource, lake: LakeResource):
+    settings = get_settings()
+    landing = settings.resolved_landing_dir
+    landing.mkdir(parents=True, exist_ok=True)
+    waiting = landing_files_by_org(landing)
+    landed: Counter[str] = Counter()
+    quarantined: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    for index, (org_id, path) in enumerate(waiting, start=1):
+        report = ingest_landing_file(
+            path,
+            org_id,
+            database_url=warehouse.url,
+            lake=lake.lake,
+            storage_dir=settings.resolved_uploads_dir,
+            max_bytes=settings.upload_max_bytes,
+            default_tz=settings.market_timezone,
+        )
+        statuses[report["status"]] += 1
+        dataset = report.get("dataset")
+        if dataset:
+            landed[dataset] += report.get("rows_landed") or 0
+            quarantined[dataset] += report.get("rows_quarantined") or 0
+        context.log.info(
+            f"[{index}/{len(waiting)}] {path.name} ({org_id}): {report['status']}"
+            + (f", {report.get('rows_landed')} landed, {report.get('rows_quarantined')} quarantined" if dataset else "")
+            + (f" - {report['error']}" if report.get("error") else "")
+        )
+    for name in DATASETS:
+        yield dg.MaterializeResult(
+            asset_key=["bronze", f"files__{name}"],
+            metadata={
+                "files_seen": len(waiting),
+                "rows_landed": landed[name],
+                "rows_quarantined": quarantined[name],
+                "upload_statuses": dict(statuses),
+                "table_uri": lake.lake.table_uri("bronze", f"files__{name}"),
+            },
+        )

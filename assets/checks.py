@@ -1,0 +1,81 @@
+"""Blocking data-quality checks: the Great Expectations suites of silver and gold tables as asset checks.
+
+A failing check on a silver table stops the gold dbt models downstream in the same run; a failing check
+on a gold table stops the ML and export assets. Suites and validation live in `expectations/`.
+"""
+
+from datetime import timedelta
+
+import dagster as dg
+
+from expectations.runner import SuiteOutcome
+from expectations.warehouse import validate_partition
+from infra.settings import get_settings
+from orchestration.partitions import daily_partitions
+from orchestration.resources import WarehouseResource
+
+
+def _check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
+    meta = outcome.as_metadata()
+    return dg.AssetCheckResult(
+        passed=outcome.success,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=outcome.summary()[:2000],
+        metadata={
+            "row_count": dg.MetadataValue.int(outcome.row_count),
+            "evaluated_expectations": dg.MetadataValue.int(outcome.evaluated),
+            "failed_expectations": dg.MetadataValue.int(len(outcome.failures)),
+            "failing": dg.MetadataValue.json(
+                [f"{f['expectation']}({f['column'] or ''})" for f in meta["failures"]]
+            ),
+            "unexpected_counts": dg.MetadataValue.json(
+                {f"{f['expectation']}({f['column'] or ''})": f["unexpected_count"] for f in meta["failures"]}
+            ),
+            "failures": dg.MetadataValue.json(meta["failures"]),
+        },
+    )
+
+
+def _kpi_codes(warehouse: WarehouseResource) -> list[str] | None:
+    with warehouse.connect() as conn:
+        exists = conn.execute("SELECT to_regclass('gold.kpi_catalog')").fetchone()
+        if not exists or exists[0] is None:
+            return None
+        return [r[0] for r in conn.execute("SELECT kpi_code FROM gold.kpi_catalog")]
+
+
+def _make_check(table: str) -> dg.AssetChecksDefinition:
+    layer, name = table.split(".", 1)
+
+    @dg.asset_check(
+        asset=dg.AssetKey([layer, name]),
+        name=f"{name}_expectations",
+        blocking=True,
+        partitions_def=daily_partitions,
+        description=f"Great Expectations suite of {table} on the run's partition window.",
+    )
+    def _check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        window = context.partition_time_window
+        min_date = window.start.date()
+        max_date = (window.end - timedelta(days=1)).date()
+        outcome = validate_partition(
+            warehouse.url,
+            table,
+            min_date,
+            max_date,
+            docs_dir=get_settings().reports_dir / "gx_docs",
+            kpi_codes=_kpi_codes(warehouse) if table == "gold.kpi_values" else None,
+        )
+        context.log.info(outcome.summary())
+        return _check_result(outcome)
+
+    return _check
+
+
+silver_market__prices_expectations = _make_check("silver.market__prices")
+silver_market__load_expectations = _make_check("silver.market__load")
+silver_market__generation_expectations = _make_check("silver.market__generation")
+silver_market__weather_expectations = _make_check("silver.market__weather")
+gold_fct_prices_hourly_expectations = _make_check("gold.fct_prices_hourly")
+gold_fct_load_hourly_expectations = _make_check("gold.fct_load_hourly")
+gold_kpi_values_expectations = _make_check("gold.kpi_values")

@@ -1,0 +1,143 @@
+"""Export assets: gold replicated to ClickHouse for BI, and the BI access layer on the gold tables.
+
+Thin wrappers over `ingestion.bi`: one daily-partitioned asset `["clickhouse", <table>]` per table of the
+registry (`ingestion.bi.tables.TABLES`), downstream of the dbt asset `["gold", <table>]`, that replaces the
+day in ClickHouse (`replicate_partition`: idempotent, re-running a day never duplicates it), with a
+blocking check of row-count parity and grain uniqueness; and `["bi", "access"]`, which re-creates the
+`bi.*` views, comments, grants and row-level-security policies that a dbt rebuild of the gold tables drops.
+Exports share the `clickhouse_export` pool so a backfill does not flood the server.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+
+import dagster as dg
+
+from infra.clickhouse import ClickHouseNotInstalledError
+from ingestion.bi.access import ORG_ID, BiRoles, ensure_bi_roles
+from ingestion.bi.clickhouse import duplicate_key_count, replicate_partition, row_count_parity
+from ingestion.bi.tables import TABLES, TableSpec
+from orchestration.partitions import daily_partitions
+from orchestration.resources import ClickHouseResource, WarehouseResource
+
+GROUP = "exports"
+POOL = "clickhouse_export"
+ORGANIZATIONS = dg.AssetKey(["silver", "ref__organizations"])
+
+
+def gold_key(spec: TableSpec) -> dg.AssetKey:
+    return dg.AssetKey([spec.pg_schema, spec.pg_table])
+
+
+def export_key(spec: TableSpec) -> dg.AssetKey:
+    return dg.AssetKey(["clickhouse", spec.ch_table])
+
+
+@contextmanager
+def _clickhouse(clickhouse: ClickHouseResource) -> Iterator:
+    # Without a server the resource would start the embedded one; no binary is a setup problem, not a bug:
+    # fail with the install hint instead of a traceback from deep inside the client.
+    try:
+        with clickhouse.client() as client:
+            yield client
+    except ClickHouseNotInstalledError as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+
+def _export_asset(spec: TableSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=export_key(spec),
+        group_name=GROUP,
+        partitions_def=daily_partitions,
+        deps=[gold_key(spec)],
+        pool=POOL,
+        kinds={"clickhouse"},
+        description=f"{spec.qualified_pg_name} replicated to ClickHouse table `{spec.ch_table}` per market "
+        f"day (the day is replaced, never appended). {spec.description}",
+    )
+    def _export(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, clickhouse: ClickHouseResource
+    ) -> dg.MaterializeResult:
+        day = date.fromisoformat(context.partition_key)
+        with _clickhouse(clickhouse) as ch, warehouse.connect() as conn:
+            result = replicate_partition(conn, ch, spec, day)
+        context.log.info(
+            f"{spec.qualified_pg_name} {day}: {result.rows_loaded} rows in {result.seconds:.2f}s"
+        )
+        return dg.MaterializeResult(metadata=result.as_metadata())
+
+    return _export
+
+
+def _parity_check(spec: TableSpec, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=asset,
+        name="parity_and_unique_grain",
+        blocking=True,
+        partitions_def=daily_partitions,
+        description=f"ClickHouse `{spec.ch_table}` holds as many rows of the day as "
+        f"{spec.qualified_pg_name} and no two rows share the grain ({', '.join(spec.grain_key)}).",
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, clickhouse: ClickHouseResource
+    ) -> dg.AssetCheckResult:
+        day = date.fromisoformat(context.partition_key)
+        with _clickhouse(clickhouse) as ch, warehouse.connect() as conn:
+            pg_count, ch_count = row_count_parity(conn, ch, spec, day)
+            duplicates = duplicate_key_count(ch, spec, day)
+        return dg.AssetCheckResult(
+            passed=pg_count == ch_count and duplicates == 0,
+            metadata={
+                "day": dg.MetadataValue.text(day.isoformat()),
+                "pg_count": dg.MetadataValue.int(pg_count),
+                "ch_count": dg.MetadataValue.int(ch_count),
+                "duplicate_keys": dg.MetadataValue.int(duplicates),
+            },
+        )
+
+    return _check
+
+
+clickhouse_exports = [_export_asset(spec) for spec in TABLES.values()]
+clickhouse_export_checks = [
+    _parity_check(spec, asset) for spec, asset in zip(TABLES.values(), clickhouse_exports, strict=True)
+]
+
+
+class BiAccessConfig(dg.Config):
+    """Role names (cluster-wide in Postgres: a separate prefix keeps e.g. test runs apart)."""
+
+    reader_role: str = "bi_reader"
+    org_role_prefix: str = "org_"
+
+
+@dg.asset(
+    key=["bi", "access"],
+    group_name=GROUP,
+    deps=[ORGANIZATIONS, *(gold_key(spec) for spec in TABLES.values())],
+    kinds={"postgres"},
+    description="BI roles (bi_reader, org_<id> per organization), grants, row-level security and the "
+    "commented bi.* views on the gold tables; re-run after dbt rebuilds them (dbt drops all of that).",
+)
+def bi_access(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: BiAccessConfig
+) -> dg.MaterializeResult:
+    with warehouse.connect() as conn:
+        ids = [r[0] for r in conn.execute("SELECT org_id FROM silver.ref__organizations ORDER BY org_id")]
+        orgs = [o for o in ids if ORG_ID.match(o)]
+        skipped = sorted(set(ids) - set(orgs))
+        if skipped:
+            # a role name must be a plain identifier; those organisations get no BI login
+            context.log.warning(f"organization ids not usable as BI role names, skipped: {skipped}")
+        roles = BiRoles(reader=config.reader_role, org_prefix=config.org_role_prefix)
+        result = ensure_bi_roles(conn, orgs, roles=roles)
+    return dg.MaterializeResult(
+        metadata={
+            "roles": dg.MetadataValue.json(list(result.roles)),
+            "views": dg.MetadataValue.json(list(result.views)),
+            "rls_tables": dg.MetadataValue.json(list(result.rls_tables)),
+            "missing_tables": dg.MetadataValue.json(list(result.missing_tables)),
+            "skipped_org_ids": dg.MetadataValue.json(skipped),
+        }
+    )

@@ -1,0 +1,196 @@
+"""Optimization assets: storage schedules, bid curves and unit commitment per delivery day, from forecasts.
+
+Thin wrappers: `ml.optimization.warehouse` reads the inputs (gold.forecasts, or a weekly-naive forecast from
+the hourly facts until forecasts exist), solves, stores every run in ml.optimization_runs and replaces the
+delivery day's rows in gold.storage_schedules / gold.bid_curves / gold.unit_commitment.
+"""
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from infra.settings import get_settings
+from ml.optimization import SolveOptions
+from ml.optimization import warehouse as wh
+from ml.optimization.explain import storage_schedule_png
+from ml.optimization.storage import StorageSchedule
+from orchestration.partitions import delivery_day_partitions
+from orchestration.resources import WarehouseResource
+
+FORECASTS = dg.AssetKey(["gold", "forecasts"])
+PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])
+LOAD = dg.AssetKey(["gold", "fct_load_hourly"])
+REF_ASSETS = dg.AssetKey(["silver", "ref__assets"])
+PREVIEW_ROWS = 24
+
+
+class OptimizationConfig(dg.Config):
+    time_limit_s: float = 2.0  # per instance; the issue's hard limit
+    relative_gap: float = 0.001
+
+
+Builder = Callable[..., tuple[list[wh.Instance], dict[str, str]]]
+
+
+def _run_day(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    config: OptimizationConfig,
+    build: Builder,
+) -> tuple[list[wh.SolvedInstance], dict[str, dg.MetadataValue]]:
+    day = date.fromisoformat(context.partition_key)
+    options = SolveOptions(time_limit_s=config.time_limit_s, relative_gap=config.relative_gap)
+    with warehouse.connect() as conn:
+        instances, skipped = build(conn, day)
+        if not instances:
+            raise dg.Failure(
+                description=f"nothing to optimize for {day}: every asset/zone lacks inputs",
+                metadata={"skipped": dg.MetadataValue.json(skipped)},
+            )
+        solved = wh.solve_and_store(conn, instances, options)
+    for s in solved:
+        context.log.info(f"{s.record['problem']} {s.instance.org_id}/{s.instance.key}: {s.record['status']}")
+    records = [s.record for s in solved]
+    objectives = [r["objective"] for r in records if r["objective"] is not None]
+    gaps = [r["relative_gap"] for r in records if r["relative_gap"] is not None]
+    frame = pd.concat([wh.result_frame(r) for r in records], ignore_index=True)
+    statuses = dict(Counter(r["status"] for r in records))
+    # "gold.forecasts" or "weekly_naive" per instance: the headline of where the forecasts came from.
+    source_kinds = dict(
+        Counter(
+            src.split(":")[0]
+            for s in solved
+            for target, src in s.instance.sources.items()
+            if target in ("price", "load")
+        )
+    )
+    metadata = {
+        "delivery_day": dg.MetadataValue.text(str(day)),
+        "instances": dg.MetadataValue.int(len(solved)),
+        "objective": dg.MetadataValue.float(float(sum(objectives)))
+        if objectives
+        else dg.MetadataValue.null(),
+        "solver_status": dg.MetadataValue.json(statuses),
+        "max_relative_gap": dg.MetadataValue.float(max(gaps)) if gaps else dg.MetadataValue.null(),
+        "solve_time_s": dg.MetadataValue.float(float(sum(r["solve_time_s"] for r in records))),
+        "rows": dg.MetadataValue.int(len(frame)),
+        "run_ids": dg.MetadataValue.json([r["run_id"] for r in records]),
+        "forecast_sources": dg.MetadataValue.json(
+            {f"{s.instance.org_id}/{s.instance.key}": s.instance.sources for s in solved}
+        ),
+        "forecast_source_summary": dg.MetadataValue.json(source_kinds),
+        "skipped": dg.MetadataValue.json(skipped),
+        "preview": dg.MetadataValue.md(
+            frame.drop(columns=["rationale"], errors="ignore").head(PREVIEW_ROWS).to_markdown(index=False)
+        ),
+    }
+    return solved, metadata
+
+
+@dg.asset(
+    key=["gold", "storage_schedules"],
+    group_name="optimization",
+    partitions_def=delivery_day_partitions,
+    deps=[FORECASTS, PRICES, REF_ASSETS],
+    description="Revenue-maximising battery schedules per delivery day (runs in ml.optimization_runs).",
+)
+def storage_schedules(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
+) -> dg.MaterializeResult:
+    solved, metadata = _run_day(context, warehouse, config, wh.storage_instances)
+    folder = Path(get_settings().reports_dir) / "optimization" / context.partition_key
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for s in solved:
+        if isinstance(s.result, StorageSchedule) and s.result.intervals:
+            path = folder / f"storage_{s.instance.key}.png"
+            storage_schedule_png(s.result, path, title=f"{s.instance.key} {context.partition_key}")
+            plots.append(str(path))
+    metadata["plot"] = dg.MetadataValue.path(plots[0]) if plots else dg.MetadataValue.null()
+    metadata["plots"] = dg.MetadataValue.json(plots)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    key=["gold", "bid_curves"],
+    group_name="optimization",
+    partitions_def=delivery_day_partitions,
+    deps=[FORECASTS, PRICES, REF_ASSETS],
+    description="Exchange-conforming day-ahead bid curves per organization and zone.",
+)
+def bid_curves(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
+) -> dg.MaterializeResult:
+    _, metadata = _run_day(context, warehouse, config, wh.bid_curve_instances)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    key=["gold", "unit_commitment"],
+    group_name="optimization",
+    partitions_def=delivery_day_partitions,
+    deps=[FORECASTS, LOAD, REF_ASSETS],
+    description="Least-cost commitment of each organization's thermal/hydro units against the load forecast.",
+)
+def unit_commitment(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
+) -> dg.MaterializeResult:
+    _, metadata = _run_day(context, warehouse, config, wh.unit_commitment_instances)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _day_check(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, problem: str
+) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        checked, problems = wh.delivery_day_violations(
+            conn, problem, date.fromisoformat(context.partition_key)
+        )
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "runs_checked": dg.MetadataValue.int(checked),
+            "runs_with_violations": dg.MetadataValue.int(len(problems)),
+            "violations": dg.MetadataValue.json({k: v[:10] for k, v in problems.items()}),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=storage_schedules,
+    blocking=True,
+    partitions_def=delivery_day_partitions,
+    description="Every stored schedule of the day respects power, SoC, terminal and cycle limits.",
+)
+def storage_schedules_feasible(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    return _day_check(context, warehouse, "storage_dispatch")
+
+
+@dg.asset_check(
+    asset=bid_curves,
+    blocking=True,
+    partitions_def=delivery_day_partitions,
+    description="Every curve of the day is monotone, on ticks, within floor/cap and the step limit.",
+)
+def bid_curves_conform(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    return _day_check(context, warehouse, "bid_curves")
+
+
+@dg.asset_check(
+    asset=unit_commitment,
+    blocking=True,
+    partitions_def=delivery_day_partitions,
+    description="Every commitment of the day meets load and reserve within the units' technical limits.",
+)
+def unit_commitment_feasible(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    return _day_check(context, warehouse, "unit_commitment")

@@ -1,0 +1,144 @@
+"""Silver assets: Spark jobs that clean, type, deduplicate and CDC-merge bronze into Postgres `silver`.
+
+Market data is one multi-asset per market-local day (daily partitions in the configured timezone); a backfill
+of many days is a single run over the whole window. The trading tables follow bronze CDC incrementally (a
+watermark per bronze table), so they are not partitioned. The library code is `ingestion/silver/`.
+"""
+
+
+import dagster as dg
+
+from ingestion.silver.market import DATASETS, build_market_window
+from ingestion.silver.trading import ENTITIES, build_trading_entity
+from orchestration.partitions import daily_partitions
+from orchestration.resources import LakeResource, SparkResource, WarehouseResource
+
+MARKET_BRONZE = [dg.AssetKey(["bronze", f"files__{name}"]) for name in DATASETS] + [
+    dg.AssetKey(["bronze", "ticks__prices"])
+]
+
+
+def _market_spec(table: str, description: str, deps: list[dg.AssetKey]) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        ["silver", table],
+        group_name="silver",
+        kinds={"spark", "postgres"},
+        description=description,
+        deps=deps,
+    )
+
+
+@dg.multi_asset(
+    name="silver_market",
+    specs=[
+        _market_spec(
+            "market__prices",
+            "Prices per zone/node, market-local day, latest revision; currency per MWh.",
+            [dg.AssetKey(["bronze", "files__prices"]), dg.AssetKey(["bronze", "ticks__prices"])],
+        ),
+        _market_spec(
+            "market__price_revisions",
+            "Every delivery of every price key, numbered in ingestion order.",
+            [dg.AssetKey(["bronze", "files__prices"]), dg.AssetKey(["bronze", "ticks__prices"])],
+        ),
+        _market_spec("market__load", "Load (MW) per zone and interval.", [dg.AssetKey(["bronze", "files__load"])]),
+        _market_spec(
+            "market__generation",
+            "Generation (MW) per zone, fuel and interval.",
+            [dg.AssetKey(["bronze", "files__generation"])],
+        ),
+        _market_spec(
+            "market__weather", "Weather per zone (hourly).", [dg.AssetKey(["bronze", "files__weather"])]
+        ),
+        _market_spec(
+            "quality__gaps", "Gaps, duplicate deliveries and unknown zones per series and market day.", MARKET_BRONZE
+        ),
+    ],
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+def silver_market(
+    context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource, warehouse: WarehouseResource
+):
+    """Rebuild the market-local days of the run's partition window (one day, or a whole backfill)."""
+    window = context.partition_time_window
+    start, end = window.start.date(), window.end.date()
+    result = build_market_window(spark.session(), lake.lake, warehouse.url, start, end)
+    for table, rows in result.rows.items():
+        yield dg.MaterializeResult(
+            asset_key=dg.AssetKey(["silver", table.removeprefix("silver.")]),
+            metadata={
+                "rows": dg.MetadataValue.int(rows),
+                "rows_replaced": dg.MetadataValue.int(result.replaced.get(table, 0)),
+                "market_dates": dg.MetadataValue.text(f"{start} .. {end} (exclusive)"),
+            },
+        )
+
+
+class TradingBuildConfig(dg.Config):
+    """Rebuild from every bronze event instead of only the keys changed since the last run."""
+
+    full_refresh: bool = False
+
+
+def _trading_asset(entity: str) -> dg.AssetsDefinition:
+    table = f"trading__{entity}"
+    bronze = dg.AssetKey(["bronze", ENTITIES[entity].bronze_table])
+
+    @dg.multi_asset(
+        name=f"silver_{table}",
+        specs=[
+            dg.AssetSpec(
+                ["silver", table],
+                group_name="silver",
+                kinds={"spark", "postgres"},
+                description=f"Current state of each {entity} row (deleted rows absent).",
+                deps=[bronze],
+            ),
+            dg.AssetSpec(
+                ["silver", f"{table}_history"],
+                group_name="silver",
+                kinds={"spark", "postgres"},
+                description=f"SCD-2 history of {entity}: valid_from, valid_to, is_current, op.",
+                deps=[bronze],
+            ),
+        ],
+    )
+    def build(
+        context: dg.AssetExecutionContext,
+        config: TradingBuildConfig,
+        spark: SparkResource,
+        lake: LakeResource,
+        warehouse: WarehouseResource,
+    ):
+        result = build_trading_entity(
+            spark.session(), lake.lake, warehouse.url, entity, full_refresh=config.full_refresh
+        )
+        common = {
+            "bronze_version": dg.MetadataValue.int(-1 if result.bronze_version is None else result.bronze_version),
+            "full_refresh": dg.MetadataValue.bool(result.full_refresh),
+            "events_read": dg.MetadataValue.int(result.events_read),
+            "keys_touched": dg.MetadataValue.int(result.keys_touched),
+            "skipped_events": dg.MetadataValue.int(result.skipped_events),
+            "orphan_deletes": dg.MetadataValue.int(result.orphan_deletes),
+        }
+        if result.skipped_events:
+            context.log.warning(
+                f"{result.skipped_events} {entity} CDC events have no key or an unknown op; they stay in bronze"
+            )
+        yield dg.MaterializeResult(
+            asset_key=dg.AssetKey(["silver", table]),
+            metadata={**common, "rows_written": dg.MetadataValue.int(result.current_rows)},
+        )
+        yield dg.MaterializeResult(
+            asset_key=dg.AssetKey(["silver", f"{table}_history"]),
+            metadata={**common, "rows_written": dg.MetadataValue.int(result.history_rows)},
+        )
+
+    return build
+
+
+silver_trading_bids = _trading_asset("bids")
+silver_trading_trades = _trading_asset("trades")
+silver_trading_assets = _trading_asset("assets")
+silver_trading_market_orders = _trading_asset("market_orders")

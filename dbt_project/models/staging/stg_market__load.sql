@@ -1,0 +1,12 @@
+-- Partitioned with its silver table: a daily run rebuilds it after the silver partition and its checks.
+{{ config(tags=['partitioned']) }}
+select
+    ts_utc::timestamptz            as ts_utc,
+    market_date::date              as market_date,
+    zone::text                     as zone,
+    interval_minutes::integer      as interval_minutes,
+    load_mw::double precision      as load_mw,
+    org_id::text                   as org_id,
+    coalesce(is_gap_filled, false) as is_gap_filled,
+    source::text                   as source
+from {{ source('silver', 'market__load') }}

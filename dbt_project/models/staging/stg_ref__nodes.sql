@@ -1,0 +1,2 @@
+select node, zone, latitude, longitude
+from {{ source('silver', 'ref__nodes') }}

@@ -1,0 +1,2 @@
+select org_id, name, country
+from {{ source('silver', 'ref__organizations') }}

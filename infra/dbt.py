@@ -1,0 +1,102 @@
+"""The gold dbt project as seen from Python: where it lives, its connection variables, and commands.
+
+The dbt profile (`dbt_project/profiles.yml`) reads its connection fields from `OPTIBID_DBT_*` variables;
+`dbt_env` derives them from the warehouse URL so one setting (`OPTIBID_DATABASE_URL`, or the embedded
+server's URL) drives dbt too. Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from infra.db import url_parts
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
+DBT_TARGET_DIR = DBT_PROJECT_DIR / "target"
+DBT_MANIFEST = DBT_TARGET_DIR / "manifest.json"
+
+
+class DbtCommandError(RuntimeError):
+    """A dbt command exited non-zero; the message carries the tail of its output."""
+
+
+def dbt_env(database_url: str) -> dict[str, str]:
+    """The `OPTIBID_DBT_*` variables the dbt profile reads, for the database at `database_url`."""
+    parts = url_parts(database_url)
+    return {
+        "OPTIBID_DBT_HOST": parts["host"],
+        "OPTIBID_DBT_PORT": parts["port"],
+        "OPTIBID_DBT_USER": parts["user"],
+        "OPTIBID_DBT_PASSWORD": parts["password"],
+        "OPTIBID_DBT_DBNAME": parts["dbname"],
+    }
+
+
+def export_dbt_env(database_url: str) -> None:
+    """Put `dbt_env(database_url)` into this process's environment.
+
+    dbt (and dagster-dbt's `DbtCliResource`, which hands `os.environ` to its subprocess) only learns the
+    connection through the environment, and the embedded server's URL is known only at run time.
+    """
+    os.environ.update(dbt_env(database_url))
+
+
+def dbt_executable() -> str:
+    """The `dbt` script of this interpreter's environment."""
+    return str(Path(sys.executable).with_name("dbt"))
+
+
+def run_dbt(
+    args: Sequence[str],
+    *,
+    database_url: str | None = None,
+    target_path: Path | None = None,
+    dbt_vars: Mapping[str, object] | None = None,
+) -> str:
+    """Run one dbt command against the gold project; its output. Raises `DbtCommandError` on failure.
+
+    Without `database_url` the profile's defaults are used, which is enough for `parse` (no connection).
+    """
+    import json
+
+    command = [
+        dbt_executable(),
+        *args,
+        "--project-dir",
+        str(DBT_PROJECT_DIR),
+        "--profiles-dir",
+        str(DBT_PROJECT_DIR),
+    ]
+    if target_path is not None:
+        command += ["--target-path", str(target_path)]
+    if dbt_vars:
+        command += ["--vars", json.dumps(dict(dbt_vars))]
+    # The child inherits this environment (PATH, locale, ...) plus the connection fields.
+    env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    if database_url is not None:
+        env.update(dbt_env(database_url))
+    done = subprocess.run(command, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-40:])
+        raise DbtCommandError(f"`dbt {' '.join(args)}` failed (exit {done.returncode}):\n{tail}")
+    return done.stdout
+
+
+def prepare_manifest(target_path: Path = DBT_TARGET_DIR) -> Path:
+    """Run `dbt parse` (no database needed) and return the manifest Dagster loads the assets from."""
+    run_dbt(["parse", "--quiet"], target_path=target_path)
+    return target_path / "manifest.json"
+
+
+def dbt_docs_site(database_url: str, target_path: Path = DBT_TARGET_DIR) -> Path:
+    """Generate the dbt docs (catalog from the live warehouse) and return the self-contained
+    `static_index.html`; `index.html` next to it needs the JSON artifacts served from the same folder."""
+    run_dbt(["docs", "generate", "--static"], database_url=database_url, target_path=target_path)
+    site = target_path / "static_index.html"
+    if not site.exists():
+        raise DbtCommandError(f"dbt docs generate did not write {site}")
+    return site

@@ -1,0 +1,598 @@
+"""The Kafka → bronze consumer: assigned partitions, offsets kept in Delta, drain or follow.
+
+`CdcConsumer` never joins a consumer group (group joins take ~20 s on tansu and offsets live in Delta
+anyway): it assigns every partition of its topics, seeks each to one past the last offset committed to
+the partition's bronze table, and commits micro-batches (by size or by age) where every table's append
+carries the new offsets. `drain` stops at the high-water marks seen when it started; `follow` runs until
+asked to stop and always finishes the batch in hand first.
+
+kafka-python decodes every record in pure Python, which is most of a drain's CPU time. With
+`fetch_processes=N` a drain splits the partitions over N fetch processes (each its own kafka-python
+consumer on assigned partitions) that ship raw records to this process, which stays the only writer:
+decoding, dead letters and the offsets-in-the-same-commit bookkeeping are exactly those of the in-process
+path, so a parallel drain needs no concurrent-commit handling at all.
+
+A broker whose offsets restarted (the embedded broker keeps topics in memory) shows up as a committed
+offset beyond the high-water mark: by default the partition is re-read from its first offset under a new
+`_offset_epoch` and a warning is logged and returned; `reset_policy="fail"` raises instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+
+from infra.lake import Lake
+from ingestion.cdc.decode import BatchContext, Decoded, RawRecords, decode_records
+from ingestion.cdc.delta import BronzeTables, filter_new
+from ingestion.cdc.fetch import DrainStalledError
+from ingestion.cdc.topics import DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TopicRoute, route_for
+
+_log = logging.getLogger(__name__)
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # children run `python -m ingestion.cdc.fetch` from here
+
+
+class OffsetResetError(RuntimeError):
+    """The broker's offsets are behind what bronze already holds and the policy says to stop."""
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """Where one partition stands: next offset to ingest, broker watermarks and the lag between them."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    low_watermark: int
+    high_watermark: int
+    epoch: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.high_watermark - max(self.next_offset, self.low_watermark))
+
+
+@dataclass
+class TableStats:
+    """Per bronze table counts of one run."""
+
+    events_read: int = 0
+    rows_written: int = 0
+    dead_lettered: int = 0
+    schema_changes: int = 0
+    commits: int = 0
+    new_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestStats:
+    """What a drain or follow run did."""
+
+    tables: dict[str, TableStats] = field(default_factory=dict)
+    batches: int = 0
+    seconds: float = 0.0
+    lag_before: list[PartitionLag] = field(default_factory=list)
+    lag_after: list[PartitionLag] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    missing_topics: list[str] = field(default_factory=list)
+
+    def table(self, name: str) -> TableStats:
+        return self.tables.setdefault(name, TableStats())
+
+    @property
+    def events_read(self) -> int:
+        return sum(t.events_read for t in self.tables.values())
+
+    @property
+    def rows_written(self) -> int:
+        return sum(t.rows_written for t in self.tables.values())
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(t.dead_lettered for t in self.tables.values())
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events_read / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """Passed to `on_batch` after a micro-batch is committed (used for latency measurements)."""
+
+    batch_id: str
+    events: int
+    committed_at: float  # time.time() after the last commit of the batch
+    max_kafka_timestamp_ms: int
+
+
+def total_lag(lags: Sequence[PartitionLag]) -> int:
+    """Sum of the partitions' lags."""
+    return sum(p.lag for p in lags)
+
+
+class CdcConsumer:
+    """Ingests Kafka topics into bronze Delta tables with exactly-once offsets (see module docstring)."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        client_config: dict[str, object],
+        topics: Sequence[str],
+        *,
+        batch_max_events: int = 50_000,
+        batch_max_seconds: float = 1.0,
+        reset_policy: Literal["earliest", "fail"] = "earliest",
+        fetch_max_bytes: int = 64 * 1024 * 1024,
+        max_partition_fetch_bytes: int = 16 * 1024 * 1024,
+        stall_timeout_seconds: float = 30.0,
+        fetch_processes: int = 0,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+    ) -> None:
+        from kafka import KafkaConsumer
+
+        self.lake = lake
+        self.routes = {t: route_for(t) for t in topics}
+        self.batch_max_events = batch_max_events
+        self.batch_max_seconds = batch_max_seconds
+        self.reset_policy = reset_policy
+        self.stall_timeout_seconds = stall_timeout_seconds
+        self.fetch_processes = fetch_processes
+        self._fetch_options = {
+            "fetch_max_bytes": fetch_max_bytes, "max_partition_fetch_bytes": max_partition_fetch_bytes,
+        }
+        self.log = log or _log
+        self.tables = BronzeTables(lake)
+        self._client_config = client_config
+        self._probe_consumer = None
+        self.consumer = KafkaConsumer(
+            **client_config,
+            group_id=None,  # assigned partitions: no group join, no broker-side offsets
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=fetch_max_bytes,
+            max_partition_fetch_bytes=max_partition_fetch_bytes,
+            fetch_max_wait_ms=100,
+            max_poll_records=batch_max_events,
+            allow_auto_create_topics=False,  # reading must never create a topic
+        )
+        self._epochs: dict[tuple[str, int], int] = {}
+        self._seq = 0
+        self._run_id = uuid.uuid4().hex[:12]
+
+    def close(self) -> None:
+        self.consumer.close()
+        if self._probe_consumer is not None:
+            self._probe_consumer.close()
+
+    def _probe(self):
+        """A second, unassigned-by-default client for watermarks, so probing never moves the reader."""
+        if self._probe_consumer is None:
+            from kafka import KafkaConsumer
+
+            self._probe_consumer = KafkaConsumer(
+                **self._client_config, group_id=None, enable_auto_commit=False, allow_auto_create_topics=False,
+                fetch_max_wait_ms=100, max_partition_fetch_bytes=1024 * 1024,
+            )
+        return self._probe_consumer
+
+    def __enter__(self) -> CdcConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- positions --------------------------------------------------------------------------------
+
+    def _partitions(self) -> list:
+        from kafka import TopicPartition
+
+        tps = []
+        for topic in self.routes:
+            parts = self._probe().partitions_for_topic(topic)
+            if not parts:
+                continue
+            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+        return tps
+
+    def lag(self) -> list[PartitionLag]:
+        """Current lag of every partition of the consumer's topics (committed offsets read from Delta)."""
+        tables = BronzeTables(self.lake)  # a fresh snapshot; the commit thread keeps its own handles
+        tps = self._partitions()
+        if not tps:
+            return []
+        low = self._probe().beginning_offsets(tps)
+        high = self._high_watermarks(tps)
+        out = []
+        for tp in tps:
+            table = self.routes[tp.topic].table
+            last = tables.last_offset(table, tp.topic, tp.partition)
+            out.append(
+                PartitionLag(
+                    tp.topic, tp.partition, 0 if last is None else last + 1, low[tp], high[tp],
+                    tables.epoch(table, tp.topic, tp.partition),
+                )
+            )
+        return out
+
+    def _high_watermarks(self, tps: list) -> dict:
+        """High-water mark per partition, confirmed by a fetch.
+
+        ListOffsets(latest) alone is not trusted: tansu 0.6 answers with the base offset of the last record
+        batch, which would hide the tail of a partition and fake an "offsets restarted" event. A fetch
+        response carries the true high-water mark, so each partition is read once at its listed end.
+        """
+        probe = self._probe()
+        listed = probe.end_offsets(tps)
+        probe.assign(tps)
+        for tp in tps:
+            probe.seek(tp, listed[tp])
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(probe.highwater(tp) is None for tp in tps):
+            probe.poll(timeout_ms=100, max_records=1)
+        high = {tp: max(listed[tp], probe.highwater(tp) or 0) for tp in tps}
+        probe.unsubscribe()
+        return high
+
+    def _start_positions(self, stats: IngestStats, only: set | None = None) -> dict:
+        """Next offset per partition, after handling restarted or truncated broker offsets."""
+        stats.lag_before = self.lag()
+        positions = {}
+        for p in stats.lag_before:
+            tp = self._tp(p)
+            if only is not None and tp not in only:
+                continue
+            epoch, start = p.epoch, p.next_offset
+            if p.next_offset > p.high_watermark:
+                message = (
+                    f"{p.topic}[{p.partition}]: bronze holds offsets up to {p.next_offset - 1} but the broker's "
+                    f"high-water mark is {p.high_watermark}: the broker's offsets restarted (an in-memory or "
+                    "recreated topic)."
+                )
+                if self.reset_policy == "fail":
+                    raise OffsetResetError(message + " reset_policy='fail': not consuming this partition.")
+                epoch, start = p.epoch + 1, p.low_watermark
+                message += f" Re-reading from offset {start} as _offset_epoch {epoch}."
+                self.log.warning(message)
+                stats.warnings.append(message)
+            elif p.next_offset < p.low_watermark:
+                message = (
+                    f"{p.topic}[{p.partition}]: offsets {p.next_offset}..{p.low_watermark - 1} were deleted by "
+                    "broker retention before they were ingested; continuing at the first available offset."
+                )
+                self.log.warning(message)
+                stats.warnings.append(message)
+                start = p.low_watermark
+            self._epochs[(p.topic, p.partition)] = epoch
+            positions[tp] = start
+        return positions
+
+    # --- runs ---------------------------------------------------------------------------------------
+
+    def drain(self) -> IngestStats:
+        """Ingest every partition up to the high-water mark it had when the run started."""
+        if self.fetch_processes > 0:
+            return self._drain_with_fetch_processes()
+        return self._run(follow=False, stop=None, on_batch=None)
+
+    def follow(
+        self, stop: threading.Event, on_batch: Callable[[BatchReport], None] | None = None
+    ) -> IngestStats:
+        """Ingest continuously until `stop` is set; the batch in hand is committed before returning."""
+        return self._run(follow=True, stop=stop, on_batch=on_batch)
+
+    def _run(
+        self, *, follow: bool, stop: threading.Event | None, on_batch: Callable[[BatchReport], None] | None
+    ) -> IngestStats:
+        stats = IngestStats()
+        started = time.monotonic()
+        self.tables.refresh()  # another writer may have committed since this consumer last ran
+        positions = self._start_positions(stats)
+        stats.missing_topics = [t for t in self.routes if not any(p.topic == t for p in stats.lag_before)]
+        for topic in stats.missing_topics:
+            self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
+        targets = {self._tp(p): p.high_watermark for p in stats.lag_before}
+        active = [tp for tp in positions if follow or positions[tp] < targets[tp]]
+        self.consumer.assign(active)
+        for tp in active:
+            self.consumer.seek(tp, positions[tp])
+        next_discovery = time.monotonic() + 5
+        remaining = set(active)
+        committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-commit")
+        in_flight: Future[BatchReport] | None = None
+
+        def finish_commit() -> None:
+            nonlocal in_flight
+            if in_flight is None:
+                return
+            try:
+                report = in_flight.result()
+            except BaseException:
+                committer.shutdown(wait=True)
+                raise
+            in_flight = None
+            stats.batches += 1
+            if on_batch is not None:
+                on_batch(report)
+
+        pending: dict[str, RawRecords] = {}
+        last_offsets: dict[tuple[str, int], int] = {}
+        count, batch_started, last_progress = 0, None, time.monotonic()
+        while remaining or count or (follow and not stop.is_set()):
+            stopping = stop is not None and stop.is_set()
+            if follow and not stopping and time.monotonic() >= next_discovery:
+                remaining |= self._assign_new_partitions(stats, remaining)
+                next_discovery = time.monotonic() + 5
+            if remaining and not stopping:
+                wait_ms = 50 if follow else 200
+                polled = self.consumer.poll(timeout_ms=wait_ms, max_records=self.batch_max_events - count)
+            else:
+                polled = {}
+                if follow and not stopping and not count:
+                    stop.wait(0.2)  # no partitions yet: wait for topics to appear
+            for tp, records in polled.items():
+                if not follow and records[-1].offset >= targets[tp]:
+                    records = [r for r in records if r.offset < targets[tp]]
+                if records:
+                    raw = pending.setdefault(tp.topic, RawRecords(tp.topic))
+                    raw.partitions.extend([tp.partition] * len(records))
+                    raw.offsets.extend([r.offset for r in records])
+                    raw.timestamps.extend([r.timestamp for r in records])
+                    raw.keys.extend([r.key for r in records])
+                    raw.values.extend([r.value for r in records])
+                    last_offsets[(tp.topic, tp.partition)] = records[-1].offset
+                    count += len(records)
+                    batch_started = batch_started or time.monotonic()
+                    last_progress = time.monotonic()
+            if not follow:
+                for tp in list(remaining):
+                    if self.consumer.position(tp) >= targets[tp]:
+                        remaining.discard(tp)
+                        self.consumer.pause(tp)
+                if remaining and not polled and time.monotonic() - last_progress > self.stall_timeout_seconds:
+                    raise DrainStalledError(
+                        f"no records for {self.stall_timeout_seconds:.0f}s before the high-water mark of "
+                        f"{sorted(f'{tp.topic}[{tp.partition}]' for tp in remaining)}"
+                    )
+            full = count >= self.batch_max_events
+            # Age only bounds latency when following; a drain batches by size (fewer, larger commits).
+            aged = (
+                follow and batch_started is not None and time.monotonic() - batch_started >= self.batch_max_seconds
+            )
+            if count and (full or aged or not remaining or stopping):
+                # One batch commits in the background while the next is fetched (Delta writes and Arrow
+                # parsing release the GIL); batches still commit one at a time and in order.
+                finish_commit()
+                in_flight = committer.submit(self._commit, pending, last_offsets, stats)
+                pending, last_offsets, count, batch_started = {}, {}, 0, None
+            if stopping and not count:
+                break
+        finish_commit()
+        committer.shutdown()
+        stats.seconds = time.monotonic() - started
+        stats.lag_after = self.lag()
+        return stats
+
+    def _drain_with_fetch_processes(self) -> IngestStats:
+        """`drain` with kafka-python fetching in `fetch_processes` child processes (see module docstring).
+
+        Each child (`python -m ingestion.cdc.fetch`) owns a disjoint set of partitions and announces its
+        polls in offset order; batches are formed and committed here exactly as in `_run`, one at a time.
+        """
+        stats = IngestStats()
+        started = time.monotonic()
+        self.tables.refresh()
+        positions = self._start_positions(stats)
+        stats.missing_topics = [t for t in self.routes if not any(p.topic == t for p in stats.lag_before)]
+        for topic in stats.missing_topics:
+            self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
+        targets = {self._tp(p): p.high_watermark for p in stats.lag_before}
+        work = sorted(
+            ((tp, positions[tp], targets[tp]) for tp in positions if positions[tp] < targets[tp]),
+            key=lambda w: w[1] - w[2],  # largest lag first, so the greedy split below balances the children
+        )
+        plans: list[list[tuple[str, int, int, int]]] = [[] for _ in range(min(self.fetch_processes, len(work)))]
+        load = [0] * len(plans)
+        for tp, start, end in work:
+            i = load.index(min(load))
+            plans[i].append((tp.topic, tp.partition, start, end))
+            load[i] += end - start
+        spool = tempfile.mkdtemp(prefix="cdc-drain-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        inbox: queue.Queue[tuple[int, dict | None]] = queue.Queue(maxsize=2 * max(1, len(plans)))
+        children: list[subprocess.Popen] = []
+        readers: list[threading.Thread] = []
+        committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-commit")
+        in_flight: Future[BatchReport] | None = None
+        pending: dict[str, RawRecords] = {}
+        last_offsets: dict[tuple[str, int], int] = {}
+        count = 0
+        try:
+            for i, plan in enumerate(plans):
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "ingestion.cdc.fetch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    cwd=_REPO_ROOT, text=True,
+                )
+                job = {
+                    "client_config": self._client_config, "plan": plan, "max_records": self.batch_max_events,
+                    "fetch_options": self._fetch_options, "stall_timeout_seconds": self.stall_timeout_seconds,
+                    "spool": spool,
+                }
+                child.stdin.write(json.dumps(job))
+                child.stdin.close()
+                children.append(child)
+                reader = threading.Thread(target=_relay, args=(i, child, inbox), daemon=True)
+                reader.start()
+                readers.append(reader)
+            running = len(children)
+            while running or count:
+                message = None
+                if running:
+                    i, message = inbox.get()
+                    if message is None:  # stdout closed without "done" or "error"
+                        code = children[i].wait()
+                        raise RuntimeError(f"fetch process {i} ended (exit code {code}) before its last offsets")
+                    if message["kind"] == "error":
+                        error = DrainStalledError if message["type"] == "DrainStalledError" else RuntimeError
+                        raise error(f"fetch process {i}: {message['type']}: {message['message']}")
+                    if message["kind"] == "done":
+                        running -= 1
+                    else:
+                        with open(message["path"], "rb") as spooled:
+                            polled = pickle.load(spooled)  # written by our own child process
+                        os.unlink(message["path"])
+                        for topic, (partitions, offs, timestamps, keys, values) in polled.items():
+                            into = pending.setdefault(topic, RawRecords(topic))
+                            into.partitions.extend(partitions)
+                            into.offsets.extend(offs)
+                            into.timestamps.extend(timestamps)
+                            into.keys.extend(keys)
+                            into.values.extend(values)
+                            count += len(offs)
+                        for topic, partition, offset in message["last"]:
+                            last_offsets[(topic, partition)] = offset
+                if count and (count >= self.batch_max_events or not running):
+                    if in_flight is not None:
+                        in_flight.result()
+                        stats.batches += 1
+                    in_flight = committer.submit(self._commit, pending, last_offsets, stats)
+                    pending, last_offsets, count = {}, {}, 0
+            if in_flight is not None:
+                in_flight.result()
+                stats.batches += 1
+        finally:
+            committer.shutdown(wait=True)
+            for child in children:
+                if child.poll() is None:
+                    child.kill()  # only after an error: nothing it fetched is committed any more
+                child.wait()
+            while any(reader.is_alive() for reader in readers):  # unblock relays stuck on a full inbox
+                with contextlib.suppress(queue.Empty):
+                    inbox.get(timeout=0.1)
+            shutil.rmtree(spool, ignore_errors=True)
+        stats.seconds = time.monotonic() - started
+        stats.lag_after = self.lag()
+        return stats
+
+    def _assign_new_partitions(self, stats: IngestStats, assigned: set) -> set:
+        """Partitions (or whole topics) created since the run started, assigned and positioned."""
+        found = [tp for tp in self._partitions() if tp not in assigned]
+        if not found:
+            return set()
+        probe = IngestStats()
+        new = self._start_positions(probe, only=set(found))
+        stats.warnings.extend(probe.warnings)
+        # Records already handed out sit in the pending batch: carry on right after them.
+        current = {tp: self.consumer.position(tp) for tp in assigned}
+        self.consumer.assign(sorted(assigned | set(new), key=lambda tp: (tp.topic, tp.partition)))
+        for tp, offset in {**current, **new}.items():
+            self.consumer.seek(tp, offset)
+        self.log.info("now also consuming %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in new))
+        return set(new)
+
+    @staticmethod
+    def _tp(p: PartitionLag):
+        from kafka import TopicPartition
+
+        return TopicPartition(p.topic, p.partition)
+
+    # --- commit -------------------------------------------------------------------------------------
+
+    def _commit(
+        self, pending: dict[str, RawRecords], last_offsets: dict[tuple[str, int], int], stats: IngestStats
+    ) -> BatchReport:
+        """Decode and commit one micro-batch: schema changes, then dead letters, then each topic's rows."""
+        self._seq += 1
+        batch_id = f"{self._run_id}-{self._seq:06d}"
+        now = datetime.now(UTC)
+        decoded: dict[str, Decoded] = {}
+        events = 0
+        max_ts = 0
+        for topic, raw in pending.items():
+            route = self.routes[topic]
+            epochs = {p: self._epochs.get((topic, p), 0) for p in set(raw.partitions)}
+            ctx = BatchContext(batch_id, now, epochs)
+            decoded[topic] = decode_records(raw, route, self.tables.column_types(route.table), ctx)
+            events += len(raw)
+            max_ts = max(max_ts, max(raw.timestamps))
+            ts = stats.table(route.table)
+            ts.events_read += len(raw)
+        epochs = {tp: self._epochs.get(tp, 0) for tp in last_offsets}
+        meta = {"optibid.batch_id": batch_id}
+        # Bookkeeping tables first: a crash before the rows' commit replays the batch, and filter_new
+        # drops what these tables already cover, so they never hold an event twice.
+        for side_table, part in ((SCHEMA_CHANGES_TABLE, "schema_changes"), (DEAD_LETTERS_TABLE, "dead_letters")):
+            parts = [getattr(d, part) for d in decoded.values() if getattr(d, part).num_rows]
+            if not parts:
+                continue
+            data = filter_new(pa.concat_tables(parts), self._covered(side_table, last_offsets))
+            if data.num_rows:
+                self.tables.append(side_table, data, topic_offsets=last_offsets, epochs=epochs, metadata=meta)
+            for topic, d in decoded.items():
+                n = getattr(d, part).num_rows
+                ts = stats.table(self.routes[topic].table)
+                if part == "dead_letters":
+                    ts.dead_lettered += n
+                else:
+                    ts.schema_changes += n
+        for topic, d in decoded.items():
+            route: TopicRoute = self.routes[topic]
+            offsets = {tp: off for tp, off in last_offsets.items() if tp[0] == topic}
+            self.tables.append(
+                route.table,
+                d.rows,
+                topic_offsets=offsets,
+                epochs={tp: e for tp, e in epochs.items() if tp[0] == topic},
+                merge_schema=bool(d.new_columns),
+                metadata=meta,
+            )
+            ts = stats.table(route.table)
+            ts.rows_written += d.rows.num_rows
+            ts.commits += 1
+            ts.new_columns.extend(d.new_columns)
+            if d.new_columns:
+                self.log.info("bronze.%s: added nullable column(s) %s", route.table, ", ".join(d.new_columns))
+        return BatchReport(batch_id, events, time.time(), max_ts)
+
+    def _covered(self, table: str, last_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """Offsets per partition that `table` already holds in the current epoch (replays skip them)."""
+        covered = {}
+        for topic, partition in last_offsets:
+            if self.tables.epoch(table, topic, partition) != self._epochs.get((topic, partition), 0):
+                continue
+            last = self.tables.last_offset(table, topic, partition)
+            if last is not None:
+                covered[(topic, partition)] = last
+        return covered
+
+
+
+def _relay(index: int, child: subprocess.Popen, inbox: queue.Queue) -> None:
+    """Forward a fetch process's announcements to the drain loop; None when its output ends otherwise."""
+    try:
+        for line in child.stdout:
+            message = json.loads(line)
+            inbox.put((index, message))
+            if message["kind"] in ("done", "error"):
+                return
+    except Exception:  # garbled output: the drain loop reports the child as failed
+        _log.exception("fetch process %d sent an unreadable line", index)
+    inbox.put((index, None))

@@ -1,0 +1,117 @@
+"""Bronze Delta tables written with their Kafka offsets in the same commit (exactly-once bookkeeping).
+
+Each append carries one delta-rs app transaction per Kafka partition it covers:
+`Transaction(app_id=f"{topic}-{partition}", version=<last offset in the batch>)`, plus
+`f"{topic}-{partition}.epoch"` when the broker's offsets restarted. A table's transaction versions are
+therefore the consumer position, readable with `DeltaTable.transaction_version`: rows and offsets can
+never disagree. Dead letters and schema-change events live in their own tables with the same per-partition
+transactions, so a replay after a crash filters what those tables already hold (see `filter_new`).
+A second writer committing the same app ids from a stale snapshot gets a `CommitFailedError`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from infra.lake import Lake
+from ingestion.cdc.topics import BRONZE_LAYER
+
+
+def offset_app_id(topic: str, partition: int) -> str:
+    """The app-transaction id recording the last offset of `topic`/`partition` in a table."""
+    return f"{topic}-{partition}"
+
+
+def epoch_app_id(topic: str, partition: int) -> str:
+    """The app-transaction id recording how many times the partition's offsets restarted."""
+    return f"{topic}-{partition}.epoch"
+
+
+class BronzeTables:
+    """Cached handles on the bronze tables of one consumer (log replay happens once per table)."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self._tables: dict[str, DeltaTable | None] = {}
+
+    def table(self, name: str) -> DeltaTable | None:
+        if self._tables.get(name) is None:
+            self._tables[name] = self.lake.table(BRONZE_LAYER, name)
+        return self._tables[name]
+
+    def refresh(self) -> None:
+        """Forget cached snapshots (after another writer may have committed)."""
+        self._tables.clear()
+
+    def column_types(self, name: str) -> dict[str, str]:
+        """Delta type name of each column (`long`, `double`, `string`, ...); empty when the table is new."""
+        table = self.table(name)
+        if table is None:
+            return {}
+        return {f.name: getattr(f.type, "type", "struct") for f in table.schema().fields}
+
+    def last_offset(self, name: str, topic: str, partition: int) -> int | None:
+        """Last offset of the partition committed to table `name`, None when it never was."""
+        table = self.table(name)
+        return None if table is None else table.transaction_version(offset_app_id(topic, partition))
+
+    def epoch(self, name: str, topic: str, partition: int) -> int:
+        table = self.table(name)
+        version = None if table is None else table.transaction_version(epoch_app_id(topic, partition))
+        return version or 0
+
+    def append(
+        self,
+        name: str,
+        data: pa.Table,
+        *,
+        topic_offsets: dict[tuple[str, int], int],
+        epochs: dict[tuple[str, int], int] | None = None,
+        merge_schema: bool = False,
+        metadata: dict[str, object] | None = None,
+    ) -> int:
+        """Append `data` and the partitions' last offsets in one commit; the new table version.
+
+        An empty `data` still commits, so offsets advance past batches that were all dead letters.
+        """
+        txns = [Transaction(offset_app_id(t, p), off) for (t, p), off in sorted(topic_offsets.items())]
+        txns += [Transaction(epoch_app_id(t, p), e) for (t, p), e in sorted((epochs or {}).items()) if e]
+        props = CommitProperties(app_transactions=txns, custom_metadata=metadata)
+        table = self.table(name)
+        if table is not None:
+            data = _with_missing_columns(data, pa.schema(table.schema().to_arrow()))
+        target = table if table is not None else self.lake.table_uri(BRONZE_LAYER, name)
+        write_deltalake(
+            target,
+            data,
+            mode="append",
+            schema_mode="merge" if merge_schema else None,
+            storage_options=self.lake.storage_options or None,
+            commit_properties=props,
+        )
+        if table is None:
+            table = self.table(name)
+        assert table is not None
+        return table.version()
+
+
+def filter_new(data: pa.Table, covered: dict[tuple[str, int], int]) -> pa.Table:
+    """Rows of `data` whose (topic, partition) offset is above what the target table already covers."""
+    if data.num_rows == 0 or not covered:
+        return data
+    mask = None
+    for (topic, partition), last in covered.items():
+        same = pc.and_(pc.equal(data["_topic"], topic), pc.equal(data["_partition"], partition))
+        old = pc.and_(same, pc.less_equal(data["_offset"], last))
+        mask = old if mask is None else pc.or_(mask, old)
+    return data.filter(pc.invert(mask))
+
+
+def _with_missing_columns(data: pa.Table, table_schema: pa.Schema) -> pa.Table:
+    """`data` plus all-null columns for table columns this batch did not carry (e.g. only tombstones)."""
+    for field in table_schema:
+        if field.name not in data.column_names:
+            data = data.append_column(field.name, pa.nulls(data.num_rows, field.type))
+    return data

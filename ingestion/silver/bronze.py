@@ -1,0 +1,50 @@
+"""Reading bronze Delta tables in Spark through the delta-rs file list (no JVM Delta connector here).
+
+Belongs here: how silver jobs get a bronze snapshot (or a part of one) as a DataFrame, and the minimal schemas
+that stand in for a bronze table nothing has been written to yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+from deltalake import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StructType
+
+from infra.lake import Lake
+
+CDC_ENVELOPE = (
+    "op string, key string, source_ts_ms long, source_lsn long, source_tx_id long, source_table string, "
+    "before_json string, after_json string, payload_raw string, _topic string, _partition int, _offset long, "
+    "_ingested_at timestamp, _batch_id string"
+)
+
+
+def read_bronze(
+    spark: SparkSession, files: Sequence[str], empty_schema: str, schema: StructType | None = None
+) -> DataFrame:
+    """The rows of `files` (Parquet files of one Delta snapshot); an empty frame of `empty_schema` if none.
+
+    `schema` is the table's Delta schema: given it, Spark skips schema inference (a job per read), and files
+    written before the table gained a column read it as NULL.
+    """
+    if not files:
+        return spark.createDataFrame([], empty_schema)
+    reader = spark.read.schema(schema) if schema is not None else spark.read.option("mergeSchema", "true")
+    return reader.parquet(*files)
+
+
+def delta_schema(table: DeltaTable) -> StructType:
+    """The Spark schema of a Delta table's current version."""
+    return from_arrow_schema(pa.schema(table.schema().to_arrow()))
+
+
+def read_bronze_table(spark: SparkSession, lake: Lake, name: str, empty_schema: str) -> DataFrame:
+    """The current snapshot of bronze table `name`; empty (with `empty_schema`) when the table is absent."""
+    table = lake.table("bronze", name)
+    if table is None:
+        return spark.createDataFrame([], empty_schema)
+    return read_bronze(spark, table.file_uris(), empty_schema, delta_schema(table))

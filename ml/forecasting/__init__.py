@@ -1,0 +1,78 @@
+"""OptiBid day-ahead price forecasting (library code: no Dagster here; assets/ml.py wraps these calls).
+
+Frame formats
+-------------
+Input, the *long frame*: one row per (zone, hour)
+    unique_id  str                 zone / node id
+    ds         datetime64[ns, UTC] start of the delivery hour, UTC
+    y          float               price (NaN for hours not yet known)
+    <other>    float               exogenous day-ahead forecasts (load, wind, ...), known before the day
+Output, the *forecast frame* (FORECAST_COLUMNS): one row per (zone, hour, model)
+    unique_id, ds, model, y_hat, q10, q50, q90, lo80, hi80, lo95, hi95
+    (lo80 = q10, hi80 = q90, lo95/hi95 = 2.5%/97.5% quantiles; always lo95 <= lo80 <= q50 <= hi80 <= hi95).
+    Backtests add y (actual), y_naive (weekly naive reference) and origin (forecast origin, UTC).
+
+Days are market-local days in a `timezone` (23/24/25 hours); see `ml.forecasting.data` for DST handling.
+The forecast for local day d uses y strictly before d's local midnight and the exogenous values of d.
+
+Public API (what the assets call)
+---------------------------------
+    read_price_csv(path, unique_id=None, timezone="UTC") -> long frame      # epftoolbox-shaped CSV
+    validated_long_frame(frame) -> long frame                                 # checks + normalises
+    production_pipeline(timezone, recalibrate_every_days=1, alpha_refresh_days=28) -> ForecastPipeline
+    ForecastPipeline(models, ensemble="median"|"inverse_error"|None, timezone, recalibrate_every_days, ...)
+        .forecast_day(frame, day, calibration_days=28) -> forecast frame      # daily asset: gold.forecasts
+        .backtest(frame, start, end, warmup_days=28) -> BacktestResult       # backtest asset
+    BacktestResult: .forecasts, .metrics {"overall","per_hour","per_day"}, .settings, .wall_seconds
+    forecaster_for(name) -> Forecaster
+        # lear | seasonal_naive auto_ets auto_arima mstl auto_theta | nhits nbeatsx tft
+    metrics_of(rows) / backtest_metrics(rows, timezone)   # MAE RMSE sMAPE rMAE pinball coverage
+    ml.forecasting.tracking: log_backtest_run(result, tracking_uri, zone, pipeline) -> run_id,
+        register_champion(run_id, zone, tracking_uri) -> version, load_champion(zone, tracking_uri)
+    ml.forecasting.cli: Typer `app` (mount as `optibid forecast`; command `backtest`)
+    ml.monitoring.drift.drift_by_zone(reference, current, report_dir, ...) -> DataFrame (drift_share, ...)
+    ml.monitoring.anomalies.detect_anomalies(frame, forecasts=None) -> DataFrame for gold.anomalies
+
+Sketch of the daily asset:
+    pipe = production_pipeline(timezone=settings.market_timezone)
+    rows = pipe.forecast_day(silver_prices_with_exog, partition_day)          # -> gold.forecasts
+"""
+
+from ml.forecasting.data import (
+    FORECAST_COLUMNS,
+    ForecastDataError,
+    local_day_hours_utc,
+    read_price_csv,
+    validated_long_frame,
+)
+from ml.forecasting.metrics import backtest_metrics, metrics_of
+from ml.forecasting.models import (
+    LEAR,
+    NEURAL_MODELS,
+    STATS_MODELS,
+    Forecaster,
+    NeuralForecastModels,
+    StatsForecastModels,
+    forecaster_for,
+)
+from ml.forecasting.pipeline import BacktestResult, ForecastPipeline, production_pipeline
+
+__all__ = [
+    "FORECAST_COLUMNS",
+    "LEAR",
+    "NEURAL_MODELS",
+    "STATS_MODELS",
+    "BacktestResult",
+    "ForecastDataError",
+    "ForecastPipeline",
+    "Forecaster",
+    "NeuralForecastModels",
+    "StatsForecastModels",
+    "backtest_metrics",
+    "forecaster_for",
+    "local_day_hours_utc",
+    "metrics_of",
+    "production_pipeline",
+    "read_price_csv",
+    "validated_long_frame",
+]

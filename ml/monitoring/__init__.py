@@ -1,0 +1,1 @@
+"""Model and data monitoring: Evidently drift reports (`drift`), spike/level-shift detection (`anomalies`)."""

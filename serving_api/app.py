@@ -1,0 +1,122 @@
+"""The OptiBid serving API: `create_app(settings)` builds it; `app` is the instance uvicorn serves.
+
+Routers live in `serving_api/routers/<name>.py`, each exposing `router`; adding an endpoint family (uploads
+POST, optimize POST, ClickHouse analytics) is one new module plus its name in `API_ROUTERS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from psycopg_pool import AsyncConnectionPool
+
+from infra.settings import Settings, get_settings
+from serving_api import security
+from serving_api.cache import ResponseCache
+from serving_api.errors import install_error_handlers
+from serving_api.freshness import FreshnessReader
+from serving_api.metrics import ApiMetrics, MetricsMiddleware
+from serving_api.state import ApiOptions, ApiState
+from serving_api.streaming import Hub
+
+API_PREFIX = "/api/v1"
+# Mounted under /api/v1, in this order; the lead appends new router modules here.
+API_ROUTERS = [
+    "auth",
+    "reference",
+    "market",
+    "kpis",
+    "forecasts",
+    "optimization",
+    "uploads",
+    "freshness",
+    "admin",
+    "ws",
+    "ingestion",
+    "analytics",
+    "optimize",
+]
+
+
+def _database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from infra.services import embedded_postgres_url
+
+    return embedded_postgres_url(settings)
+
+
+def create_app(settings: Settings | None = None, options: ApiOptions | None = None) -> FastAPI:
+    """A configured app; Postgres is connected (and migrated) when its lifespan starts."""
+    settings = settings or get_settings()
+    options = options or ApiOptions()
+    secret = security.jwt_secret_for(
+        settings.jwt_secret.get_secret_value() if settings.jwt_secret else None, settings.home_dir
+    )
+    state = ApiState(settings=settings, options=options, jwt_secret=secret)
+    state.metrics = ApiMetrics()
+    state.cache = ResponseCache(options.cache_max_entries)
+    state.freshness = FreshnessReader(settings.dagster_home)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from infra import db
+
+        state.database_url = await asyncio.to_thread(_database_url, settings)
+        await asyncio.to_thread(db.migrate, state.database_url)
+        state.pool = AsyncConnectionPool(
+            state.database_url, min_size=options.pool_min_size, max_size=options.pool_max_size, open=False
+        )
+        await state.pool.open(wait=True, timeout=30)
+        state.hub = Hub(state)
+        await state.hub.start()
+        try:
+            yield
+        finally:
+            await state.hub.stop()
+            await state.pool.close()
+
+    app = FastAPI(
+        title="OptiBid API",
+        version="1.0.0",
+        description=(
+            "Power-market data, KPIs, forecasts and optimization results. Authenticate with a bearer access "
+            "token (`POST /api/v1/auth/token`) or an `X-API-Key` header. Every error has the body "
+            "`{code, message, details}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.api = state
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, prefix=API_PREFIX)
+
+    from serving_api.routers import health
+
+    app.include_router(health.router)
+    for name in API_ROUTERS:
+        module = importlib.import_module(f"serving_api.routers.{name}")
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `serving_api.app:app` for uvicorn, built on first access so importing this module has no side effects.
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

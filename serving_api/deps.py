@@ -1,0 +1,214 @@
+"""Who is calling, may they, and the ONE place that scopes database access to their organization.
+
+`scoped(permission)` is the dependency every data endpoint uses: it authenticates (bearer JWT or
+`X-API-Key`), applies the per-credential rate limit, checks the role's permission, and hands out an
+`OrgSession` whose connection runs in a transaction that did `SET LOCAL ROLE optibid_api` and
+`SET LOCAL optibid.org_id` (`set_org_scope`). Postgres row-level security therefore filters every query,
+whatever filter the client sent. The transaction is opened lazily, so cached reads never touch the pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from serving_api import security
+from serving_api.errors import ApiError
+from serving_api.security import Permission, Role
+from serving_api.state import ApiState
+
+API_ROLE = "optibid_api"
+
+_bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/token")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key created by an admin")
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "user" or "api_key"
+    subject_id: str
+    org_id: str
+    role: Role
+    rate_limit_per_minute: int
+    family_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return f"{self.kind}:{self.subject_id}"
+
+    def can(self, permission: Permission) -> bool:
+        return permission in security.ROLE_PERMISSIONS[self.role]
+
+
+def api_state(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+async def set_org_scope(conn: AsyncConnection, org_id: str) -> None:
+    """Inside the current transaction: become the RLS-bound API role with the caller's organization."""
+    await conn.execute("SELECT set_config('optibid.org_id', %s, true)", (org_id,))
+    await conn.execute(f"SET LOCAL ROLE {API_ROLE}")
+
+
+async def _family_revoked(state: ApiState, family_id: str) -> bool:
+    if family_id in state.revoked_families:
+        return True
+    if state.hub is not None and state.hub.connected:
+        return False  # the listener keeps revoked_families current
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT 1 FROM ops.refresh_tokens WHERE family_id = %s AND revoked_at IS NOT NULL LIMIT 1",
+                (family_id,),
+            )
+        ).fetchone()
+    return row is not None
+
+
+async def _api_key_row(state: ApiState, key: str) -> dict[str, Any] | None:
+    prefix = security.api_key_prefix_of(key)
+    if prefix is None:
+        return None
+    cached = state.api_keys.get(prefix)
+    now = time.monotonic()
+    if cached is None or now - cached[0] > state.options.api_key_cache_seconds:
+        assert state.pool is not None
+        async with state.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            # Runs as the table owner: the organization is what this lookup finds out.
+            await cur.execute(
+                """UPDATE ops.api_keys SET last_used_at = now()
+                   WHERE prefix = %s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+                   RETURNING key_id, org_id, role, key_hash, rate_limit_per_minute""",
+                (prefix,),
+            )
+            row = await cur.fetchone()
+        state.api_keys[prefix] = (now, row)
+        cached = state.api_keys[prefix]
+    row = cached[1]
+    if row is None or not security.digests_match(row["key_hash"], security.token_digest(key)):
+        return None
+    return row
+
+
+async def authenticate(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    """The caller, from a bearer access token or an API key; 401 otherwise, 429 over the rate limit."""
+    state = api_state(request)
+    principal = await principal_from_credentials(state, bearer.credentials if bearer else None, api_key)
+    request.state.principal = principal
+    wait = state.limiter.retry_after(principal.actor, principal.rate_limit_per_minute)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "rate limit exceeded",
+            {"retry_after": wait},
+            headers={"Retry-After": str(wait)},
+        )
+    return principal
+
+
+async def principal_from_credentials(state: ApiState, token: str | None, api_key: str | None) -> Principal:
+    """Resolve a bearer token or API key (also used by the WebSocket endpoint); ApiError 401 if invalid."""
+    if api_key:
+        row = await _api_key_row(state, api_key)
+        if row is None:
+            raise ApiError(401, "invalid_api_key", "API key is invalid, expired or revoked")
+        return Principal(
+            "api_key", row["key_id"], row["org_id"], Role(row["role"]), row["rate_limit_per_minute"]
+        )
+    if token:
+        claims = security.access_claims_of(state.jwt_secret, token)
+        if claims is None:
+            raise ApiError(
+                401,
+                "invalid_token",
+                "access token is invalid or expired",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if await _family_revoked(state, claims.family_id):
+            raise ApiError(
+                401,
+                "token_revoked",
+                "the session of this token was revoked",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return Principal(
+            "user",
+            claims.user_id,
+            claims.org_id,
+            claims.role,
+            state.options.user_rate_limit_per_minute,
+            claims.family_id,
+        )
+    raise ApiError(
+        401,
+        "not_authenticated",
+        "send a bearer access token or an X-API-Key header",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+class OrgSession:
+    """A lazily opened, organization-scoped transaction for one request."""
+
+    def __init__(self, state: ApiState, principal: Principal) -> None:
+        self.state = state
+        self.principal = principal
+        self._pool_cm: Any = None
+        self._tx_cm: Any = None
+        self._conn: AsyncConnection | None = None
+
+    async def conn(self) -> AsyncConnection:
+        if self._conn is None:
+            assert self.state.pool is not None
+            self._pool_cm = self.state.pool.connection()
+            conn = await self._pool_cm.__aenter__()
+            self._tx_cm = conn.transaction()
+            await self._tx_cm.__aenter__()
+            self._conn = conn
+            await set_org_scope(conn, self.principal.org_id)
+        return self._conn
+
+    async def close(self, exc: BaseException | None) -> None:
+        if self._conn is None:
+            return
+        exc_info = (type(exc), exc, exc.__traceback__) if exc else (None, None, None)
+        try:
+            await self._tx_cm.__aexit__(*exc_info)
+        finally:
+            await self._pool_cm.__aexit__(*exc_info)
+            self._conn = None
+
+
+def scoped(permission: Permission) -> Callable[..., AsyncIterator[OrgSession]]:
+    """Dependency: an OrgSession for a caller holding `permission` (403 otherwise)."""
+
+    async def dependency(
+        request: Request, principal: Annotated[Principal, Depends(authenticate)]
+    ) -> AsyncIterator[OrgSession]:
+        if not principal.can(permission):
+            raise ApiError(403, "forbidden", f"role '{principal.role}' lacks permission '{permission}'")
+        session = OrgSession(api_state(request), principal)
+        try:
+            yield session
+        except BaseException as exc:
+            await session.close(exc)
+            raise
+        else:
+            await session.close(None)
+
+    dependency.__name__ = f"scoped_{permission.name}"
+    return dependency

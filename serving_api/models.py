@@ -1,0 +1,224 @@
+"""Response and request models (the OpenAPI contract). Row fields are optional because `fields=` selects."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ZONE_PATTERN = r"^[A-Za-z0-9_\-]{1,40}$"
+CODE_PATTERN = r"^[A-Za-z0-9_\-.]{1,80}$"
+
+
+class Page(BaseModel):
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+    count: int
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PriceRow(_Row):
+    zone: str | None = None
+    node: str | None = None
+    ts_utc: datetime | None = None
+    market_date: date | None = None
+    market: str | None = None
+    currency: str | None = None
+    price: float | None = None
+    price_avg: float | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+    n_obs: int | None = None
+
+
+class PricePage(Page):
+    data: list[PriceRow]
+
+
+class SeriesRow(_Row):
+    zone: str | None = None
+    ts_utc: datetime | None = None
+    market_date: date | None = None
+
+
+class SeriesPage(Page):
+    data: list[SeriesRow]
+
+
+class KpiValueRow(_Row):
+    kpi_code: str | None = None
+    grain: str | None = None
+    zone: str | None = None
+    org_id: str | None = None
+    period_start: datetime | None = None
+    market_date: date | None = None
+    value: float | None = None
+
+
+class KpiValuePage(Page):
+    data: list[KpiValueRow]
+
+
+class KpiDefinition(BaseModel):
+    kpi_code: str
+    name: str
+    unit: str | None = None
+    grains: list[str] | None = None
+    scope: str | None = None
+    definition: str | None = None
+
+
+class ForecastRow(_Row):
+    zone: str | None = None
+    ts_utc: datetime | None = None
+    target: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    run_id: str | None = None
+    y_hat: float | None = None
+    q10: float | None = None
+    q50: float | None = None
+    q90: float | None = None
+    lo80: float | None = None
+    hi80: float | None = None
+    lo95: float | None = None
+    hi95: float | None = None
+    created_at: datetime | None = None
+
+
+class ForecastPage(Page):
+    data: list[ForecastRow]
+
+
+class GenericPage(Page):
+    data: list[dict[str, Any]] = Field(description="Rows; columns as in the underlying table.")
+
+
+class Zone(BaseModel):
+    zone: str
+    name: str
+    market: str
+    iso: str
+    timezone: str
+    currency: str
+    latitude: float
+    longitude: float
+    price_floor: float
+    price_cap: float
+
+
+class Node(BaseModel):
+    node: str
+    zone: str
+    latitude: float
+    longitude: float
+
+
+class Asset(BaseModel):
+    asset_id: str
+    org_id: str
+    zone: str
+    name: str
+    technology: str
+    capacity_mw: float
+    energy_mwh: float | None = None
+    marginal_cost: float | None = None
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Access-token lifetime in seconds.")
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class Ok(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    database: Literal["ok"] = "ok"
+    listener: bool = Field(description="Whether the shared LISTEN connection is up (cache and streams).")
+
+
+class CheckResult(BaseModel):
+    name: str
+    passed: bool
+    severity: str
+    at: datetime
+    metadata: dict[str, str]
+
+
+class Materialization(BaseModel):
+    at: datetime
+    run_id: str | None = None
+    partition: str | None = None
+
+
+class TableFreshness(BaseModel):
+    table: str
+    asset_key: str | None
+    last_materialization: Materialization | None
+    checks: list[CheckResult]
+
+
+class FreshnessResponse(BaseModel):
+    configured: bool = Field(description="False when no Dagster instance is configured (nothing is known).")
+    message: str | None = None
+    tables: list[TableFreshness]
+
+
+class UserCreate(BaseModel):
+    email: str = Field(pattern=r"^[^@\s\x00]{1,200}@[^@\s\x00]{1,200}$")
+    password: str = Field(min_length=1, max_length=1024)
+    role: Literal["admin", "analyst", "trader", "viewer"]
+
+
+class UserOut(BaseModel):
+    user_id: str
+    org_id: str
+    email: str
+    role: str
+    is_active: bool
+
+
+class ApiKeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]+$")
+    role: Literal["admin", "analyst", "trader", "viewer"]
+    rate_limit_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    expires_at: datetime | None = None
+
+
+class ApiKeyOut(BaseModel):
+    key_id: str
+    org_id: str
+    name: str
+    prefix: str
+    role: str
+    rate_limit_per_minute: int
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    api_key: str = Field(description="The secret; shown only once.")
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    org_id: str | None
+    actor: str | None
+    action: str
+    target: str | None
+    details: dict[str, Any]

@@ -1,0 +1,207 @@
+"""OAuth2 password login, refresh-token rotation with reuse detection, and revocation.
+
+Login and refresh run as the table owner (the caller's organization is what they discover), never as the
+RLS-bound API role. Refresh tokens rotate on every use; presenting an already-rotated token means it was
+copied, so the whole family (and its access tokens, via `fam`) is revoked.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import OAuth2PasswordRequestForm
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from serving_api import repository, security
+from serving_api.deps import api_state
+from serving_api.errors import ApiError, error_responses
+from serving_api.models import Ok, RefreshRequest, TokenResponse
+from serving_api.notifications import AUTH_CHANNEL
+from serving_api.state import ApiState
+
+router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(400, 401, 422, 429, 500, 503))
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _issue(
+    conn: AsyncConnection, state: ApiState, user: dict, family_id: str
+) -> tuple[TokenResponse, str]:
+    token, digest = security.new_refresh_token()
+    token_id = uuid.uuid4().hex
+    await conn.execute(
+        """INSERT INTO ops.refresh_tokens (token_id, family_id, user_id, org_id, token_hash, expires_at)
+           VALUES (%s, %s, %s, %s, %s, %s)""",
+        (
+            token_id,
+            family_id,
+            user["user_id"],
+            user["org_id"],
+            digest,
+            datetime.now(UTC) + timedelta(seconds=security.REFRESH_TOKEN_SECONDS),
+        ),
+    )
+    access = security.access_token_for(
+        state.jwt_secret,
+        user_id=user["user_id"],
+        org_id=user["org_id"],
+        role=user["role"],
+        family_id=family_id,
+    )
+    return TokenResponse(
+        access_token=access, refresh_token=token, expires_in=security.ACCESS_TOKEN_SECONDS
+    ), token_id
+
+
+@router.post(
+    "/token", response_model=TokenResponse, summary="Log in with e-mail and password (OAuth2 password)"
+)
+async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenResponse:
+    state = api_state(request)
+    opts = state.options
+    email = form.username.strip().lower()
+    if "\x00" in email or "\x00" in form.password or len(email) > 320 or len(form.password) > 1024:
+        raise ApiError(400, "invalid_input", "malformed credentials")
+    ip = _client_ip(request)
+    window = timedelta(seconds=opts.login_window_seconds)
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            """SELECT count(*) FILTER (WHERE lower(email) = %(email)s) AS by_email,
+                      min(at) FILTER (WHERE lower(email) = %(email)s) AS oldest_email,
+                      count(*) FILTER (WHERE client_ip = %(ip)s) AS by_ip,
+                      min(at) FILTER (WHERE client_ip = %(ip)s) AS oldest_ip
+               FROM ops.login_attempts
+               WHERE NOT success AND at > now() - %(window)s
+                 AND (lower(email) = %(email)s OR client_ip = %(ip)s)""",
+            {"email": email, "ip": ip, "window": window},
+        )
+        counts = await cur.fetchone()
+        assert counts is not None
+        locked_until = None
+        if counts["by_email"] >= opts.login_max_failures:
+            locked_until = counts["oldest_email"] + window
+        elif counts["by_ip"] >= opts.login_max_failures_per_ip:
+            locked_until = counts["oldest_ip"] + window
+        if locked_until is not None:
+            wait = max(1, int((locked_until - datetime.now(UTC)).total_seconds()) + 1)
+            await repository.audit(conn, None, email, "login.locked", email, {"ip": ip})
+            await conn.commit()
+            raise ApiError(
+                429,
+                "account_locked",
+                "too many failed logins; try again later",
+                {"retry_after": wait},
+                headers={"Retry-After": str(wait)},
+            )
+        await cur.execute(
+            "SELECT user_id, org_id, role, password_hash, is_active FROM ops.users WHERE lower(email) = %s",
+            (email,),
+        )
+        user = await cur.fetchone()
+        ok = security.password_matches(user["password_hash"] if user else None, form.password)
+        ok = ok and user is not None and user["is_active"]
+        await conn.execute(
+            "INSERT INTO ops.login_attempts (email, client_ip, success) VALUES (%s, %s, %s)", (email, ip, ok)
+        )
+        await repository.audit(
+            conn,
+            user["org_id"] if user else None,
+            email,
+            "login.success" if ok else "login.failure",
+            email,
+            {"ip": ip},
+        )
+        if not ok:
+            await conn.commit()
+            raise ApiError(
+                401,
+                "invalid_credentials",
+                "e-mail or password is wrong",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        assert user is not None
+        tokens, _ = await _issue(conn, state, user, uuid.uuid4().hex)
+    return tokens
+
+
+async def _revoke_family(conn: AsyncConnection, state: ApiState, family_id: str) -> None:
+    await conn.execute(
+        "UPDATE ops.refresh_tokens SET revoked_at = now() WHERE family_id = %s AND revoked_at IS NULL",
+        (family_id,),
+    )
+    await conn.execute("SELECT pg_notify(%s, %s)", (AUTH_CHANNEL, json.dumps({"family_id": family_id})))
+    state.revoked_families.add(family_id)
+
+
+async def _token_row(conn: AsyncConnection, token: str) -> dict | None:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        """SELECT t.token_id, t.family_id, t.user_id, t.org_id, t.expires_at, t.used_at, t.revoked_at,
+                  u.role, u.is_active
+           FROM ops.refresh_tokens t JOIN ops.users u USING (user_id)
+           WHERE t.token_hash = %s FOR UPDATE OF t""",
+        (security.token_digest(token),),
+    )
+    return await cur.fetchone()
+
+
+@router.post("/refresh", response_model=TokenResponse, summary="Rotate a refresh token for new tokens")
+async def refresh(request: Request, body: RefreshRequest) -> TokenResponse:
+    state = api_state(request)
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        row = await _token_row(conn, body.refresh_token)
+        if row is None:
+            raise ApiError(401, "invalid_refresh_token", "refresh token is unknown")
+        if row["used_at"] is not None:
+            await _revoke_family(conn, state, row["family_id"])
+            await repository.audit(
+                conn,
+                row["org_id"],
+                f"user:{row['user_id']}",
+                "token.reuse_detected",
+                row["family_id"],
+                {"ip": _client_ip(request)},
+            )
+            await conn.commit()
+            raise ApiError(
+                401,
+                "refresh_token_reused",
+                "refresh token was already used; all sessions of this login are revoked",
+            )
+        if row["revoked_at"] is not None or row["expires_at"] <= datetime.now(UTC) or not row["is_active"]:
+            raise ApiError(401, "invalid_refresh_token", "refresh token is expired or revoked")
+        user = {"user_id": row["user_id"], "org_id": row["org_id"], "role": row["role"]}
+        tokens, new_id = await _issue(conn, state, user, row["family_id"])
+        await conn.execute(
+            "UPDATE ops.refresh_tokens SET used_at = now(), replaced_by = %s WHERE token_id = %s",
+            (new_id, row["token_id"]),
+        )
+        await repository.audit(
+            conn, row["org_id"], f"user:{row['user_id']}", "token.refresh", row["family_id"]
+        )
+    return tokens
+
+
+@router.post("/revoke", response_model=Ok, summary="Log out: revoke the refresh token's whole family")
+async def revoke(request: Request, body: RefreshRequest) -> Ok:
+    state = api_state(request)
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        row = await _token_row(conn, body.refresh_token)
+        if row is None:
+            raise ApiError(401, "invalid_refresh_token", "refresh token is unknown")
+        await _revoke_family(conn, state, row["family_id"])
+        await repository.audit(
+            conn, row["org_id"], f"user:{row['user_id']}", "token.revoke", row["family_id"]
+        )
+    return Ok()

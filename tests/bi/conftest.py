@@ -1,0 +1,72 @@
+"""Fixtures of the BI tests: a real ClickHouse server, a private Postgres database with gold tables.
+
+ClickHouse: `CLICKHOUSE_URL` when set, else a local server started once per session by
+`infra.clickhouse.start_clickhouse` (skipped with the install command when the binary is absent); each
+test gets a fresh ClickHouse database. Postgres: a database of its own on the run's server (from the
+session `database_url` fixture), because the tests create `gold.*` tables and cluster-wide roles.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ingestion.bi.tables import TABLES, TableSpec
+
+
+@pytest.fixture
+def ch(clickhouse_url: str) -> Iterator:
+    """A clickhouse-driver Client whose current database is fresh and dropped after the test."""
+    from clickhouse_driver import Client
+
+    admin = Client.from_url(clickhouse_url)
+    name = f"bi_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f"CREATE DATABASE {name}")
+    client = Client.from_url(urlsplit(clickhouse_url)._replace(path=f"/{name}").geturl())
+    try:
+        yield client
+    finally:
+        client.disconnect()
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.disconnect()
+
+
+@pytest.fixture(scope="session")
+def bi_pg_url(database_url: str) -> Iterator[str]:
+    from infra import db
+
+    name = f"optibid_bi_test_{os.getpid()}"
+    url = db.create_database(database_url, name, drop_existing=True)
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def create_gold_table(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """The gold table of `spec` with the registry's column types (what dbt builds, minus constraints)."""
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type)) for c in spec.columns
+    )
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.pg_schema)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {}.{} ({})").format(
+            sql.Identifier(spec.pg_schema), sql.Identifier(spec.pg_table), cols
+        )
+    )
+
+
+@pytest.fixture
+def pg(bi_pg_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the BI test database with empty gold tables of the registry."""
+    with psycopg.connect(bi_pg_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS gold CASCADE")
+        conn.execute("DROP SCHEMA IF EXISTS bi CASCADE")
+        for spec in TABLES.values():
+            create_gold_table(conn, spec)
+        yield conn

@@ -1,0 +1,188 @@
+"""Great Expectations suites on small DataFrames: each promise passes on good data and fails on bad data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from expectations.runner import validate_frame, write_data_docs
+from expectations.suites import SUITES, SuiteParameters, suite_for
+
+
+def failing(outcome) -> dict[str, int | None]:
+    return {f"{f.expectation}({f.column or ''})": f.unexpected_count for f in outcome.failures}
+
+
+def test_good_prices_pass_including_negative_and_cap(prices: pd.DataFrame, zones: pd.DataFrame) -> None:
+    outcome = validate_frame(prices, suite_for("silver.market__prices"), SuiteParameters(zones=zones))
+    assert outcome.success, outcome.summary()
+    assert outcome.evaluated >= 12 and outcome.row_count == 6
+
+
+def test_price_bounds_come_from_the_zone_not_from_normal_looking_values(prices: pd.DataFrame, zones) -> None:
+    # 4000 is fine in NYISO (cap 5000) but above PJM's cap 3700; -1001 is below the -1000 floor
+    prices.loc[0, "price"] = 4000.0
+    prices.loc[1, "price"] = -1001.0
+    outcome = validate_frame(prices, suite_for("silver.market__prices"), SuiteParameters(zones=zones))
+    assert not outcome.success
+    fails = failing(outcome)
+    assert fails["expect_column_pair_values_a_to_be_greater_than_b(_gx_price_cap,price)"] == 1
+    assert fails["expect_column_pair_values_a_to_be_greater_than_b(price,_gx_price_floor)"] == 1
+    cap_failure = next(f for f in outcome.failures if f.column == "_gx_price_cap,price")
+    assert cap_failure.sample == [(3700.0, 4000.0)]
+    nyiso = prices.assign(zone="NYISO")
+    nyiso.loc[1, "price"] = -50.0
+    assert validate_frame(nyiso, suite_for("silver.market__prices"), SuiteParameters(zones=zones)).success
+
+
+def test_duplicate_keys_and_gaps_fail(prices: pd.DataFrame, zones: pd.DataFrame) -> None:
+    broken = pd.concat([prices, prices.iloc[[2]]], ignore_index=True).drop(index=4)
+    outcome = validate_frame(broken, suite_for("silver.market__prices"), SuiteParameters(zones=zones))
+    fails = failing(outcome)
+    # the duplicated hour shows twice; the series steps 0 min (duplicate) and 120 min (missing hour)
+    assert fails["expect_compound_columns_to_be_unique()"] == 2
+    assert fails["expect_column_pair_values_to_be_equal(_gx_step_minutes,interval_minutes)"] == 2
+
+
+def test_unknown_zone_and_missing_column(prices: pd.DataFrame, zones: pd.DataFrame) -> None:
+    outcome = validate_frame(
+        prices.assign(zone="ATLANTIS"), suite_for("silver.market__prices"), SuiteParameters(zones=zones)
+    )
+    assert failing(outcome)["expect_column_values_to_be_in_set(zone)"] == 6
+    schema = validate_frame(prices.drop(columns=["currency"]), suite_for("silver.market__prices"))
+    assert "expect_table_columns_to_match_set()" in failing(schema)
+
+
+def test_row_count_change_and_freshness(prices: pd.DataFrame) -> None:
+    suite = suite_for("silver.market__prices")
+
+    def vs_previous(rows: int, min_previous_rows: int = 1) -> SuiteParameters:
+        return SuiteParameters(previous_row_count=rows, min_previous_rows=min_previous_rows)
+
+    assert validate_frame(prices, suite, vs_previous(8)).success  # 6 vs 8: within 50 %
+    assert "expect_table_row_count_to_be_between()" in failing(validate_frame(prices, suite, vs_previous(24)))
+    assert "expect_table_row_count_to_be_between()" in failing(validate_frame(prices, suite, vs_previous(3)))
+    # a tiny previous partition (a first, partial day) is no yardstick
+    assert validate_frame(prices, suite, vs_previous(3, min_previous_rows=100)).success
+    newest = prices["ts_utc"].max().to_pydatetime()
+    fresh = SuiteParameters(now=newest + timedelta(hours=1), max_age=timedelta(hours=3))
+    stale = SuiteParameters(now=newest + timedelta(hours=5), max_age=timedelta(hours=3))
+    assert validate_frame(prices, suite, fresh).success
+    assert "expect_column_max_to_be_between(ts_utc)" in failing(validate_frame(prices, suite, stale))
+
+
+def test_negative_load_fails() -> None:
+    ts = pd.date_range("2024-07-10 04:00", periods=4, freq="15min", tz="UTC")
+    load = pd.DataFrame(
+        {
+            "ts_utc": ts,
+            "market_date": ts.date,
+            "zone": "ERCOT",
+            "interval_minutes": 15,
+            "load_mw": [100.0, -3.0, 120.0, 110.0],
+            "org_id": None,
+            "revision": 0,
+            "is_gap_filled": False,
+            "source": "t",
+        }
+    )
+    outcome = validate_frame(load, suite_for("silver.market__load"))
+    assert failing(outcome) == {"expect_column_values_to_be_between(load_mw)": 1}
+    assert outcome.failures[0].sample == [-3.0]
+
+
+def test_storage_may_generate_negative_but_wind_may_not() -> None:
+    ts = pd.Timestamp("2024-07-10 04:00", tz="UTC")
+    gen = pd.DataFrame(
+        {
+            "ts_utc": [ts, ts],
+            "market_date": ts.date(),
+            "zone": "CAISO",
+            "fuel": ["battery", "wind"],
+            "interval_minutes": 60,
+            "generation_mw": [-40.0, -1.0],
+            "org_id": None,
+            "revision": 0,
+            "is_gap_filled": False,
+            "source": "t",
+        }
+    )
+    outcome = validate_frame(gen, suite_for("silver.market__generation"))
+    assert failing(outcome) == {"expect_column_values_to_be_between(_gx_non_storage_generation_mw)": 1}
+
+
+def test_bronze_cdc_and_gold_kpi_suites() -> None:
+    cdc = pd.DataFrame(
+        {
+            "op": ["c", "x"],
+            "key": ['{"bid_id": "b1"}'] * 2,
+            "source_ts_ms": [1, 2],
+            "source_table": "bids",
+            "after_json": "{}",
+            "_ingested_at": datetime.now(UTC),
+            "_batch_id": "b",
+            "_topic": "t",
+            "_partition": 0,
+            "_offset": [1, 1],
+        }
+    )
+    fails = failing(validate_frame(cdc, suite_for("bronze.cdc__bids")))
+    assert fails["expect_column_values_to_be_in_set(op)"] == 1
+    assert fails["expect_compound_columns_to_be_unique()"] == 2
+    kpis = pd.DataFrame(
+        {
+            "kpi_code": ["load_factor", "price_avg", "made_up"],
+            "grain": ["day", "hour", "day"],
+            "zone": "PJM",
+            "org_id": None,
+            "period_start": pd.to_datetime(
+                ["2024-07-10 04:00", "2024-07-10 05:00", "2024-07-10 04:00"], utc=True
+            ),
+            "market_date": pd.Timestamp("2024-07-10").date(),
+            "value": [1.2, 4000.0, 1.0],
+        }
+    )
+    fails = failing(
+        validate_frame(
+            kpis, suite_for("gold.kpi_values"), SuiteParameters(kpi_codes=["load_factor", "price_avg"])
+        )
+    )
+    # a ratio above 1 fails; a large price is not a ratio; the uncatalogued code fails
+    assert fails == {
+        "expect_column_values_to_be_between(_gx_ratio_value)": 1,
+        "expect_column_values_to_be_in_set(kpi_code)": 1,
+    }
+
+
+def test_every_layer_has_suites() -> None:
+    layers = {name.split(".")[0] for name in SUITES}
+    assert layers == {"bronze", "silver", "gold"}
+
+
+def test_data_docs_written_to_the_given_folder(prices: pd.DataFrame, zones, tmp_path: Path) -> None:
+    prices.loc[0, "price"] = 9999.0
+    outcome = validate_frame(prices, suite_for("silver.market__prices"), SuiteParameters(zones=zones))
+    index = write_data_docs([outcome], tmp_path / "gx_docs")
+    pages = list((tmp_path / "gx_docs" / "validations").glob("*.html"))
+    assert index.exists() and len(pages) == 1
+    page = pages[0].read_text()
+    assert "silver__market__prices" in page and "9999" in page
+    assert pages[0].name in index.read_text()
+
+
+def test_validate_partition_from_the_warehouse(database_url: str, tmp_path: Path) -> None:
+    from datetime import date
+
+    from expectations.warehouse import validate_partition
+    from tests.gold.silver_fixture import load_fixture
+
+    load_fixture(database_url)
+    day = date(2024, 7, 10)
+    outcome = validate_partition(database_url, "silver.market__prices", day, day, docs_dir=tmp_path)
+    assert outcome.success, outcome.summary()
+    assert outcome.row_count == 24 + 23 + 3 + 1 + 1  # PJM DA, COMED DA (07-10 local), PJM RT, nodal, acme
+    load = validate_partition(database_url, "silver.market__load", day, day)
+    assert load.success and load.row_count == 24
+    assert (tmp_path / "index.html").exists()

@@ -1,0 +1,100 @@
+"""Schema detection on its own: units, synonyms, number and date conventions, confidence."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from ingestion.files import parsing
+from ingestion.files.mapping import normalised_name, proposed_mapping
+
+
+@pytest.mark.parametrize(
+    ("header", "norm", "unit"),
+    [
+        ("Price (€/MWh)", "price", "€/mwh"),
+        ("Rs/MWh", "", "rs/mwh"),
+        ("Load [MW]", "load", "mw"),
+        ("DA price", "da_price", None),
+        ("LMP", "lmp", None),
+    ],
+)
+def test_header_units_are_split_from_names(header: str, norm: str, unit: str | None):
+    assert normalised_name(header) == (norm, unit)
+
+
+@pytest.mark.parametrize(
+    ("price_header", "currency"),
+    [("LMP ($/MWh)", "USD"), ("Rs/MWh", "INR"), ("price_mwh", None), ("Preis (€/MWh)", "EUR")],
+)
+def test_price_synonyms_and_currency_from_units(price_header: str, currency: str | None):
+    sample = pa.table(
+        {
+            "Delivery Start": ["2024-04-01 00:00", "2024-04-01 00:15", "2024-04-01 00:30"],
+            "Bidding Zone": ["IN-N", "IN-N", "IN-N"],
+            price_header: ["3,500.25", "3,601.00", "2,999.90"],
+        }
+    )
+    m = proposed_mapping(sample, file_name="dam_results.csv", defaults={"market": "DA"})
+    assert m.dataset == "prices"
+    assert m.columns == {"ts_utc": "Delivery Start", "zone": "Bidding Zone", "price": price_header}
+    if currency:
+        assert m.constants["currency"] == currency and m.confidence >= 0.9
+    else:  # nothing says which currency: required field unresolved -> held
+        assert "currency" not in m.constants and m.confidence < 0.7
+
+
+def test_market_read_from_column_name():
+    sample = pa.table(
+        {
+            "timestamp": ["2024-04-01 00:00", "2024-04-01 01:00"],
+            "zone": ["FR", "FR"],
+            "DA price": ["10.5", "11"],
+            "currency": ["EUR", "EUR"],
+        }
+    )
+    m = proposed_mapping(sample, file_name="x.csv")
+    assert (m.dataset, m.constants.get("market"), m.columns["price"]) == ("prices", "DA", "DA price")
+
+
+def test_negative_values_argue_against_load():
+    sample = pa.table(
+        {"time": ["2024-01-01 00:00", "2024-01-01 01:00"], "zone": ["A", "A"], "load": ["-5", "-7"]}
+    )
+    assert proposed_mapping(sample, file_name="x.csv").confidence < 0.7
+
+
+@pytest.mark.parametrize(
+    ("values", "fmt"),
+    [
+        (["2024/3/5 1:00", "2024/3/5 2:00"], "%Y/%m/%d %H:%M"),
+        (["13/03/2024 01:00", "14/03/2024 01:00"], "%d/%m/%Y %H:%M"),
+        (["03/13/2024 01:00", "03/14/2024 01:00"], "%m/%d/%Y %H:%M"),
+        (["01/03/2024 00:00", "01/03/2024 01:00", "02/03/2024 00:00"], "%d/%m/%Y %H:%M"),
+        (["2024-03-05T01:00:00+01:00"], "%Y-%m-%dT%H:%M:%S%z"),
+        (["45352", "45352.5"], parsing.EXCEL_SERIAL),
+    ],
+)
+def test_timestamp_formats(values: list[str], fmt: str):
+    assert parsing.detect_timestamp_format(values, allow_numeric=True)[0] == fmt
+
+
+def test_day_month_order_that_nothing_decides_is_flagged():
+    _, _, ambiguous = parsing.detect_timestamp_format(["01/02/2024 00:00"])
+    assert ambiguous
+
+
+def test_numbers_with_units_separators_and_decimal_comma():
+    assert parsing.detect_decimal(["1.234,5", "12,5"]) == "comma"
+    assert parsing.detect_decimal(["12,400", "12,300"]) == "dot"  # no evidence either way
+    got = parsing.parse_numbers(pa.array(["1.234,5 €/MWh", "−3,2", "Rs 4.500,00", "", "abc"]), "comma")
+    assert got.to_pylist() == [1234.5, -3.2, 4500.0, None, None]
+    got = parsing.parse_numbers(pa.array(["1,234.5 MW", "$ -12.75", "1e3", "1.2.3"]), "dot")
+    assert got.to_pylist() == [1234.5, -12.75, 1000.0, None]
+
+
+def test_lenient_rollover_dates_are_rejected():
+    got = parsing.parse_timestamps(
+        pa.array(["31.02.2024 03:00", "29.02.2024 24:00", "29.02.2024 23:00"]), "%d.%m.%Y %H:%M"
+    )
+    assert got.null_count == 2 and got[2].as_py().day == 29

@@ -1,0 +1,115 @@
+"""Dagster wiring: silver check -> partitioned dbt models, and a broken silver batch that must not reach gold.
+
+The silver asset here stands in for the Spark writer (assets/silver.py, owned by the silver layer): it
+writes one partition of `silver.market__load` into the real warehouse, like the real asset does.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from infra import db
+from orchestration.partitions import daily_partitions
+from orchestration.resources import WarehouseResource, gold_dbt_resource
+
+PARTITION = "2024-07-11"
+
+
+class LoadBatch(dg.Config):
+    broken: bool = False
+
+
+@dg.asset(key=["silver", "market__load"], partitions_def=daily_partitions)
+def silver_load_stand_in(
+    context: dg.AssetExecutionContext, config: LoadBatch, warehouse: WarehouseResource
+) -> None:
+    start = datetime(2024, 7, 11, 4, tzinfo=UTC)  # PJM local midnight (EDT)
+    rows = [(start + timedelta(hours=h), 500.0) for h in range(24)]
+    if config.broken:
+        rows[5] = (rows[5][0], -120.0)  # negative load
+        del rows[10]  # a missing hour breaks the series
+    with warehouse.connect() as conn:
+        conn.execute("DELETE FROM silver.market__load WHERE market_date = %s", (context.partition_key,))
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO silver.market__load (ts_utc, market_date, zone, interval_minutes, load_mw,
+                   org_id, revision, source, ingested_at)
+                   VALUES (%s, %s, 'PJM', 60, %s, NULL, 0, 'stand-in', now())""",
+                [(ts, context.partition_key, mw) for ts, mw in rows],
+            )
+
+
+def _gold_load(url: str) -> dict[str, list[float]]:
+    with db.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT market_date::text, load_mw_avg FROM gold.fct_load_hourly"
+            " WHERE zone = 'PJM' ORDER BY ts_utc"
+        ).fetchall()
+    found: dict[str, list[float]] = {}
+    for day, mw in rows:
+        found.setdefault(day, []).append(mw)
+    return found
+
+
+def _materialize(url: str, broken: bool) -> dg.ExecuteInProcessResult:
+    from assets import checks, gold
+
+    return dg.materialize(
+        [silver_load_stand_in, gold.gold_dbt_partitioned, checks.silver_market__load_expectations],
+        selection=dg.AssetSelection.assets(
+            ["silver", "market__load"], ["gold", "stg_market__load"], ["gold", "fct_load_hourly"]
+        ),
+        partition_key=PARTITION,
+        resources={"warehouse": WarehouseResource(database_url=url), "dbt": gold_dbt_resource()},
+        run_config=dg.RunConfig({"silver__market__load": LoadBatch(broken=broken)}),
+        raise_on_error=False,
+    )
+
+
+def _gold_materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {
+        e.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+        if e.asset_key and e.asset_key.path[0] == "gold"
+    }
+
+
+def test_blocking_silver_check_keeps_broken_batch_out_of_gold(gold_built: str, settings) -> None:
+    url = gold_built
+    before = _gold_load(url)
+    assert len(before["2024-07-10"]) == 24
+
+    # a stale gold row of the partition (its source rows are gone) must be removed by the window rebuild
+    with db.connect(url) as conn:
+        conn.execute(
+            """INSERT INTO gold.fct_load_hourly
+                   (zone, ts_utc, market_date, org_id, load_mw_avg, load_mw_max, n_obs)
+               VALUES ('ERCOT', '2024-07-11T12:00:00Z', %s, NULL, 1.0, 1.0, 1)""",
+            (PARTITION,),
+        )
+
+    good = _materialize(url, broken=False)
+    assert good.success
+    assert "gold/fct_load_hourly" in _gold_materialized(good)
+    after_good = _gold_load(url)
+    # the run rebuilt only its partition window: 2024-07-10 is untouched
+    assert after_good["2024-07-11"] == [500.0] * 24
+    assert after_good["2024-07-10"] == before["2024-07-10"]
+    with db.connect(url) as conn:
+        stale = conn.execute("SELECT count(*) FROM gold.fct_load_hourly WHERE zone = 'ERCOT'").fetchone()
+    assert stale == (0,)
+    evaluations = good.get_asset_check_evaluations()
+    assert any(e.check_name == "market__load_expectations" and e.passed for e in evaluations)
+
+    broken = _materialize(url, broken=True)
+    assert not broken.success
+    failed = [e for e in broken.get_asset_check_evaluations() if e.check_name == "market__load_expectations"]
+    assert len(failed) == 1 and not failed[0].passed
+    meta = failed[0].metadata
+    counts = meta["unexpected_counts"].value
+    assert counts["expect_column_values_to_be_between(load_mw)"] == 1
+    assert counts["expect_column_pair_values_to_be_equal(_gx_step_minutes,interval_minutes)"] == 1
+    # the dbt step never ran: no gold materialization, gold still holds the good batch
+    assert _gold_materialized(broken) == set()
+    assert _gold_load(url)["2024-07-11"] == [500.0] * 24
+    assert (settings.reports_dir / "gx_docs" / "index.html").exists()
