@@ -26,15 +26,16 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, prepare_manifest
+from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, manifest_is_stale, prepare_manifest
 from orchestration.partitions import daily_partitions
 from orchestration.resources import WarehouseResource
 
 PARTITIONED_SELECTION = "tag:partitioned"
 
 gold_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-gold_dbt_project.prepare_if_dev()
-if not gold_dbt_project.manifest_path.exists():
+# `make install` parses the project once; re-parse here only when a model, seed or macro is newer than the
+# manifest (editing dbt files under `dagster dev`). DbtProject.prepare_if_dev would look for `dbt` on PATH.
+if manifest_is_stale(gold_dbt_project.manifest_path):
     prepare_manifest(gold_dbt_project.project_dir / gold_dbt_project.target_path)
 
 

@@ -210,7 +210,9 @@ def _mount_area_commands() -> None:
 
 @app.command("demo")
 def demo(
-    days: Annotated[int, typer.Option(min=1, help="Days of simulated data.")] = 7,
+    days: Annotated[
+        int, typer.Option(min=1, help="Days of simulated history (backtests and drift need three weeks).")
+    ] = 28,
     serve: Annotated[bool, typer.Option(help="Serve the Dagster UI and the API after materializing.")] = True,
     dagster_port: Annotated[int, typer.Option(help="Dagster UI port.")] = 3000,
     api_port: Annotated[int, typer.Option(help="API port.")] = 8000,

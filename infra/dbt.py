@@ -86,6 +86,17 @@ def run_dbt(
     return done.stdout
 
 
+def manifest_is_stale(manifest: Path) -> bool:
+    """True when the manifest is missing or older than any file of the dbt project."""
+    if not manifest.exists():
+        return True
+    built = manifest.stat().st_mtime
+    sources = [DBT_PROJECT_DIR / "dbt_project.yml"]
+    for folder in ("models", "macros", "seeds", "tests"):
+        sources += [p for p in (DBT_PROJECT_DIR / folder).rglob("*") if p.is_file()]
+    return any(p.stat().st_mtime > built for p in sources)
+
+
 def prepare_manifest(target_path: Path = DBT_TARGET_DIR) -> Path:
     """Run `dbt parse` (no database needed) and return the manifest Dagster loads the assets from."""
     run_dbt(["parse", "--quiet"], target_path=target_path)

@@ -6,6 +6,7 @@ so every run of the demo is visible in the UI afterwards exactly as a scheduled 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -35,7 +36,12 @@ def simulate_demo_data(
 
     with db.connect(database_url) as conn:
         seed_reference_data(conn)
-    first, _ = demo_window(days)
+    first, last = demo_window(days)
+    # A second `make demo` reuses what the first one simulated instead of producing the events again.
+    marker = settings.home_dir / "run" / "demo_simulated.json"
+    if marker.exists() and json.loads(marker.read_text()) == {"first": str(first), "last": str(last)}:
+        console.print(f"reusing the simulated data of {first}..{last}")
+        return
     landing = settings.resolved_landing_dir
     files = 0
     for day in iter_market_days(first, days, nodes_per_zone=4, seed=42):
@@ -48,13 +54,21 @@ def simulate_demo_data(
         bootstrap_servers, 3_000 * days, 2_000, 42, False, kafka_security_config(settings)
     )
     console.print(f"produced {sum(counts.values())} trading change events and ticks to Kafka")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"first": str(first), "last": str(last)}))
 
 
-def materialize_everything(first: date, last: date, *, console: Console, groups: tuple[str, ...] = GROUP_ORDER) -> None:
-    """Materialize every asset of `groups`, in order, for the days `first`..`last`, through the Dagster
-    instance in DAGSTER_HOME (so the runs show in the UI)."""
-    import dagster as dg
-
+def materialize_everything(
+    first: date,
+    last: date,
+    *,
+    console: Console,
+    groups: tuple[str, ...] = GROUP_ORDER,
+    per_day_recent: int = 2,
+) -> None:
+    """Materialize every asset of `groups`, in order, through the Dagster instance in DAGSTER_HOME (so the
+    runs show in the UI). Assets that backfill in one run cover `first`..`last`; assets that need a run per
+    day (forecasts, optimizations) cover only the last `per_day_recent` days, as a daily schedule would."""
     from orchestration.definitions import defs
 
     graph = defs.resolve_asset_graph()
@@ -75,7 +89,7 @@ def materialize_everything(first: date, last: date, *, console: Console, groups:
         for partitioned in by_partitions.values():
             single_run = all(
                 graph.get(k).backfill_policy is not None
-                and graph.get(k).backfill_policy.policy_type == dg.BackfillPolicyType.SINGLE_RUN
+                and graph.get(k).backfill_policy.max_partitions_per_run is None  # single run
                 for k in partitioned
             )
             if single_run:
@@ -83,7 +97,7 @@ def materialize_everything(first: date, last: date, *, console: Console, groups:
                     partitioned, f"{first.isoformat()}...{last.isoformat()}", console, f"{group} {first}..{last}"
                 )
                 continue
-            day = first
+            day = max(first, last - timedelta(days=per_day_recent - 1))
             while day <= last:
                 _materialize(partitioned, day.isoformat(), console, f"{group} {day}")
                 day += timedelta(days=1)

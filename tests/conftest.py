@@ -77,6 +77,17 @@ def database_url(settings) -> Iterator[str]:
         stop_embedded_postgres(settings)
 
 
+def private_database(database_url: str, name: str) -> Iterator[str]:
+    """A migrated database of its own on the run's server, for tests whose gold tables must be exactly what
+    dbt builds (other areas' tests create contract-shaped fixture tables in the shared one); dropped after."""
+    from infra import db
+
+    url = db.create_database(database_url, name, drop_existing=True)
+    db.migrate(url)
+    yield url
+    db.drop_database(database_url, name)
+
+
 @pytest.fixture(scope="session")
 def broker_bootstrap(settings) -> Iterator[str]:
     """host:port of a real Kafka-protocol broker."""

@@ -5,6 +5,7 @@ exactly as `optibid demo` does it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -23,6 +24,23 @@ from ingestion.simulator.market import simulate_market
 
 PASSWORD = "End-to-end-Pa55word!"
 DAYS = 2
+
+
+@pytest.fixture(scope="module")
+def database_url(database_url: str) -> Iterator[str]:
+    """The slice's own database, exported the way `optibid services up` exports it to Dagster's processes."""
+    from infra.settings import get_settings
+    from tests.conftest import private_database
+
+    shared = os.environ["OPTIBID_DATABASE_URL"]
+    for url in private_database(database_url, "optibid_test_e2e"):
+        os.environ["OPTIBID_DATABASE_URL"] = url
+        get_settings.cache_clear()
+        try:
+            yield url
+        finally:
+            os.environ["OPTIBID_DATABASE_URL"] = shared
+            get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

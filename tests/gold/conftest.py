@@ -40,3 +40,11 @@ def gold_built(database_url: str, dbt_target_dir: Path, dbt_connection_env: dict
     load_fixture(database_url)
     run_dbt(["build"], database_url=database_url, target_path=dbt_target_dir)
     return database_url
+
+
+@pytest.fixture(scope="session")
+def database_url(database_url: str) -> Iterator[str]:
+    """This area's own database: its gold tables must be exactly what dbt builds (see private_database)."""
+    from tests.conftest import private_database
+
+    yield from private_database(database_url, "optibid_test_gold")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -44,3 +45,11 @@ def paris_frame(np_frame: pd.DataFrame) -> pd.DataFrame:
     frame["ds"] = hours
     frame["unique_id"] = "FR-DST"
     return frame.reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(database_url: str) -> Iterator[str]:
+    """This area's own database: its gold tables must be exactly what dbt builds (see private_database)."""
+    from tests.conftest import private_database
+
+    yield from private_database(database_url, "optibid_test_ml")
