@@ -8,10 +8,14 @@ Everything that needs a table the platform owns calls `migrate` first (it is che
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import psycopg
 
 MIGRATIONS_DIR = Path(__file__).parent / "sql"
@@ -113,3 +117,36 @@ def url_parts(database_url: str) -> dict[str, str]:
         "password": str(params.get("password", "")),
         "dbname": str(params.get("dbname", "postgres")),
     }
+
+
+def db_value(value: Any) -> Any:
+    """A pandas/numpy cell as the Python value psycopg adapts (NaN and NaT as NULL)."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def insert_frame(conn: psycopg.Connection, table: str, frame: pd.DataFrame, jsonb: Iterable[str] = ()) -> int:
+    """Insert every row of `frame` into `table` (columns by name; NaN -> NULL); rows inserted.
+
+    For the small result frames of ML and optimization runs; bulk loads use COPY (see ingestion/silver).
+    """
+    from psycopg import sql
+
+    if frame.empty:
+        return 0
+    jsonb = set(jsonb)
+    cols = list(frame.columns)
+    statement = sql.SQL("INSERT INTO {t} ({c}) VALUES ({v})").format(
+        t=sql.Identifier(*table.split(".")),
+        c=sql.SQL(", ").join(map(sql.Identifier, cols)),
+        v=sql.SQL(", ").join(sql.SQL("%s::jsonb" if c in jsonb else "%s") for c in cols),
+    )
+    rows = [tuple(db_value(v) for v in row) for row in frame.astype(object).itertuples(index=False, name=None)]
+    with conn.cursor() as cur:
+        cur.executemany(statement, rows)
+    return len(rows)

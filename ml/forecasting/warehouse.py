@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -27,6 +27,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from infra.db import db_value, insert_frame
 from ml.forecasting.data import (
     ID_COL,
     TARGET_COL,
@@ -420,35 +421,6 @@ def interval_coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame) -> dict[st
 # --- writes ---------------------------------------------------------------------------------------------
 
 
-def _db_value(v: Any) -> Any:
-    if v is None or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
-        return None
-    if isinstance(v, pd.Timestamp):
-        return v.to_pydatetime()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def insert_frame(conn: psycopg.Connection, table: str, frame: pd.DataFrame, jsonb: Iterable[str] = ()) -> int:
-    """Insert every row of `frame` into `table` (columns by name; NaN -> NULL); rows inserted."""
-    if frame.empty:
-        return 0
-    jsonb = set(jsonb)
-    cols = list(frame.columns)
-    statement = sql.SQL("INSERT INTO {t} ({c}) VALUES ({v})").format(
-        t=sql.Identifier(*table.split(".")),
-        c=sql.SQL(", ").join(map(sql.Identifier, cols)),
-        v=sql.SQL(", ").join(sql.SQL("%s::jsonb" if c in jsonb else "%s") for c in cols),
-    )
-    rows = [
-        tuple(_db_value(v) for v in row) for row in frame.astype(object).itertuples(index=False, name=None)
-    ]
-    with conn.cursor() as cur:
-        cur.executemany(statement, rows)
-    return len(rows)
-
-
 def replace_forecasts(
     conn: psycopg.Connection, delivery_date: date, zone: str, target: str, rows: pd.DataFrame
 ) -> int:
@@ -538,7 +510,7 @@ def insert_model_selection(
             model,
             backtest_run_id,
             metric,
-            _db_value(metric_value),
+            db_value(metric_value),
             mlflow_run_id,
             registry_version,
         ),

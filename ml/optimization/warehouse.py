@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel
 
+from infra.db import db_value, insert_frame
 from ml.optimization.bidding import BidCurveInput, BidCurveResult, RenewableGenerator, bid_curve_violations
 from ml.optimization.common import SolveOptions
 from ml.optimization.markets import market_rules_for
@@ -419,35 +420,6 @@ def unit_commitment_instances(
 # --- writes ---------------------------------------------------------------------------------------------
 
 
-def insert_frame(conn: psycopg.Connection, table: str, frame: pd.DataFrame, jsonb: Iterable[str] = ()) -> int:
-    """Insert every row of `frame` into `table` (columns by name; NaN → NULL); rows inserted."""
-    if frame.empty:
-        return 0
-    jsonb = set(jsonb)
-    cols = list(frame.columns)
-    statement = sql.SQL("INSERT INTO {t} ({c}) VALUES ({v})").format(
-        t=sql.Identifier(*table.split(".")),
-        c=sql.SQL(", ").join(map(sql.Identifier, cols)),
-        v=sql.SQL(", ").join(sql.SQL("%s::jsonb" if c in jsonb else "%s") for c in cols),
-    )
-    rows = [
-        tuple(_db_value(v) for v in row) for row in frame.astype(object).itertuples(index=False, name=None)
-    ]
-    with conn.cursor() as cur:
-        cur.executemany(statement, rows)
-    return len(rows)
-
-
-def _db_value(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
-        return None
-    if isinstance(v, pd.Timestamp):
-        return v.to_pydatetime()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def insert_runs(conn: psycopg.Connection, records: list[dict[str, Any]]) -> int:
     """Insert run records into ml.optimization_runs."""
     return insert_frame(conn, "ml.optimization_runs", optimization_runs_frame(records), _JSONB_RUN_COLUMNS)
@@ -553,7 +525,7 @@ def run_insert_statement() -> sql.Composed:
 def run_params(record: dict[str, Any]) -> tuple[Any, ...]:
     """The parameters of `run_insert_statement` for one run record."""
     frame = optimization_runs_frame([record])
-    return tuple(_db_value(v) for v in frame.astype(object).iloc[0])
+    return tuple(db_value(v) for v in frame.astype(object).iloc[0])
 
 
 def _record_violations(record: dict[str, Any]) -> list[str]:
