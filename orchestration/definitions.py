@@ -8,9 +8,10 @@ from assets import checks, exports, gold, ml, optimization, reference, silver
 from assets.bronze import cdc as bronze_cdc
 from assets.bronze import files as bronze_files
 from infra.settings import get_settings
+from orchestration.jobs import JOBS
 from orchestration.resources import resources_from_settings
 from orchestration.schedules import SCHEDULES
-from orchestration.sensors import SENSORS, landing_files_job
+from orchestration.sensors import SENSORS
 
 _ASSET_MODULES = [reference, bronze_cdc, bronze_files, silver, checks, gold, ml, optimization, exports]
 
@@ -18,7 +19,7 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_ASSET_MODULES),
     asset_checks=dg.load_asset_checks_from_modules(_ASSET_MODULES),
     resources=resources_from_settings(get_settings()),
-    jobs=[landing_files_job],
+    jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,
     # Steps of a run share one process: one SparkSession (~15 s to start) and one code load per run, instead

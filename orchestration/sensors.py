@@ -1,18 +1,62 @@
-"""Sensors: react to new data (broker lag, landed files) and to failures."""
+"""Sensors: react to new data (broker lag, landed files)."""
 
 import hashlib
 
 import dagster as dg
 
-from assets.bronze.cdc import bronze_cdc_lag_sensor
-from assets.bronze.files import landing_files, landing_files_by_org
+from assets.bronze.cdc import CdcTopicsConfig, lag_by_topic
+from assets.bronze.files import landing_files_by_org
 from infra.settings import get_settings
+from ingestion.cdc import CdcConsumer
+from orchestration.jobs import bronze_cdc_job, landing_files_job
+from orchestration.resources import BrokerResource, LakeResource
 
-landing_files_job = dg.define_asset_job(
-    "landing_files_job",
-    selection=dg.AssetSelection.assets(landing_files),
-    description="Land the files waiting in the landing folder.",
-)
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def build_lag_sensor(
+    name: str = "bronze_cdc_lag_sensor", topics_config: CdcTopicsConfig | None = None
+) -> dg.SensorDefinition:
+    """The lag sensor for one set of topics (the default topics unless `topics_config` says otherwise)."""
+    config = topics_config or CdcTopicsConfig()
+    topic_keys = config.topic_keys()
+    run_config = dg.RunConfig(ops={"bronze_cdc": config})
+
+    @dg.sensor(
+        name=name, job=bronze_cdc_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
+    )
+    def _sensor(context: dg.SensorEvaluationContext, broker: BrokerResource, lake: LakeResource):
+        """Start a CDC run when Kafka is more than `OPTIBID_CDC_LAG_THRESHOLD` events ahead of bronze."""
+        threshold = get_settings().cdc_lag_threshold
+        with CdcConsumer(lake.lake, broker.client_config(), list(topic_keys)) as consumer:
+            by_topic = lag_by_topic(consumer.lag())
+        total = sum(by_topic.values())
+        # Observations put the lag on each bronze asset in the UI, whether or not a run starts.
+        observations = [
+            dg.AssetObservation(asset_key=key, metadata={"lag": by_topic.get(topic, 0)})
+            for topic, key in topic_keys.items()
+        ]
+        if total <= threshold:
+            return dg.SensorResult(asset_events=observations, skip_reason=f"lag {total} <= threshold {threshold}")
+        in_flight = context.instance.get_runs(
+            filters=dg.RunsFilter(job_name=bronze_cdc_job.name, statuses=_IN_FLIGHT), limit=1
+        )
+        if in_flight:
+            return dg.SensorResult(
+                asset_events=observations, skip_reason=f"lag {total}: a CDC run is already in flight"
+            )
+        request = dg.RunRequest(run_config=run_config, tags={"optibid/cdc_lag": str(total)})
+        return dg.SensorResult(run_requests=[request], asset_events=observations)
+
+    return _sensor
+
+
+bronze_cdc_lag_sensor = build_lag_sensor()
 
 
 @dg.sensor(job=landing_files_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)

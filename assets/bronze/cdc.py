@@ -1,10 +1,9 @@
 """Bronze CDC assets: Kafka (Debezium trading tables, market ticks) drained into bronze Delta tables.
 
 One multi-asset drains every selected topic to the high-water mark it sees at run start (the library
-`ingestion.cdc` does the work and keeps offsets in the Delta commits). A sensor starts it when the lag
-passes `OPTIBID_CDC_LAG_THRESHOLD` (and records the lag as asset observations), a schedule is the floor,
-and a blocking check on the dead-letter asset warns on any dead letter and fails above
-`OPTIBID_CDC_DEAD_LETTER_MAX_RATE`.
+`ingestion.cdc` does the work and keeps offsets in the Delta commits). The lag sensor and the floor
+schedule that start it live in `orchestration/`. A blocking check on the dead-letter asset warns on any
+dead letter and fails above `OPTIBID_CDC_DEAD_LETTER_MAX_RATE`.
 """
 
 
@@ -61,7 +60,7 @@ def bronze_cdc(
     if topics:
         with CdcConsumer(lake.lake, broker.client_config(), topics, log=context.log) as consumer:
             stats = consumer.drain()
-    lag_before, lag_after = _lag_by_topic(stats.lag_before), _lag_by_topic(stats.lag_after)
+    lag_before, lag_after = lag_by_topic(stats.lag_before), lag_by_topic(stats.lag_after)
     for topic in topics:
         table = route_for(topic).table
         ts = stats.tables.get(table)
@@ -123,61 +122,8 @@ def cdc_dead_letter_rate(context: dg.AssetCheckExecutionContext, lake: LakeResou
                                description=f"{dead} of {read} events dead-lettered")
 
 
-bronze_cdc_job = dg.define_asset_job("bronze_cdc_job", selection=dg.AssetSelection.assets(*ALL_KEYS))
-
-bronze_cdc_floor_schedule = dg.ScheduleDefinition(
-    name="bronze_cdc_floor",
-    job=bronze_cdc_job,
-    cron_schedule="*/15 * * * *",
-    description="Drains CDC topics every 15 minutes even when the lag sensor stays quiet.",
-)
-
-
-def build_lag_sensor(
-    name: str = "bronze_cdc_lag_sensor", topics_config: CdcTopicsConfig | None = None
-) -> dg.SensorDefinition:
-    """The lag sensor for one set of topics (the default topics unless `topics_config` says otherwise)."""
-    config = topics_config or CdcTopicsConfig()
-    topic_keys = config.topic_keys()
-    run_config = dg.RunConfig(ops={"bronze_cdc": config})
-
-    @dg.sensor(name=name, job=bronze_cdc_job, minimum_interval_seconds=30,
-               default_status=dg.DefaultSensorStatus.RUNNING)
-    def _sensor(context: dg.SensorEvaluationContext, broker: BrokerResource, lake: LakeResource):
-        """Start a CDC run when Kafka is more than `OPTIBID_CDC_LAG_THRESHOLD` events ahead of bronze."""
-        threshold = get_settings().cdc_lag_threshold
-        with CdcConsumer(lake.lake, broker.client_config(), list(topic_keys)) as consumer:
-            lags = consumer.lag()
-        by_topic = _lag_by_topic(lags)
-        total = sum(by_topic.values())
-        observations = [
-            dg.AssetObservation(asset_key=key, metadata={"lag": by_topic.get(topic, 0)})
-            for topic, key in topic_keys.items()
-        ]
-        if total <= threshold:
-            return dg.SensorResult(asset_events=observations, skip_reason=f"lag {total} <= threshold {threshold}")
-        in_flight = context.instance.get_runs(
-            filters=dg.RunsFilter(
-                job_name=bronze_cdc_job.name,
-                statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-                          dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
-            ),
-            limit=1,
-        )
-        if in_flight:
-            return dg.SensorResult(
-                asset_events=observations, skip_reason=f"lag {total}: a CDC run is already in flight"
-            )
-        request = dg.RunRequest(run_config=run_config, tags={"optibid/cdc_lag": str(total)})
-        return dg.SensorResult(run_requests=[request], asset_events=observations)
-
-    return _sensor
-
-
-bronze_cdc_lag_sensor = build_lag_sensor()
-
-
-def _lag_by_topic(lags: list[PartitionLag]) -> dict[str, int]:
+def lag_by_topic(lags: list[PartitionLag]) -> dict[str, int]:
+    """Total lag per topic from per-partition lags."""
     out: dict[str, int] = defaultdict(int)
     for p in lags:
         out[p.topic] += p.lag

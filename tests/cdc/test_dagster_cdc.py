@@ -10,6 +10,7 @@ import pytest
 from assets.bronze import cdc
 from infra.settings import get_settings
 from orchestration.resources import BrokerResource, LakeResource
+from orchestration.sensors import build_lag_sensor
 from tests.cdc.conftest import bronze
 from tests.cdc.test_bad_input_and_schema import bid, envelope
 
@@ -73,7 +74,7 @@ def test_lag_sensor_observes_lag_and_requests_a_run_above_the_threshold(
     producer, topics_config, resources, monkeypatch
 ):
     producer(f"{topics_config.topic_prefix}.assets", [(b"k", envelope("r", bid(i))) for i in range(12)])
-    sensor = cdc.build_lag_sensor("test_cdc_lag_sensor", topics_config)
+    sensor = build_lag_sensor("test_cdc_lag_sensor", topics_config)
     instance = dg.DagsterInstance.ephemeral()
 
     def evaluate(threshold: int) -> dg.SensorResult:
