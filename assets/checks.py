@@ -4,12 +4,12 @@ A failing check on a silver table stops the gold dbt models downstream in the sa
 on a gold table stops the ML and export assets. Suites and validation live in `expectations/`.
 """
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from expectations.runner import SuiteOutcome
-from expectations.warehouse import validate_partition
+from expectations.warehouse import validate_deliveries, validate_partition
 from infra.settings import get_settings
 from orchestration.partitions import daily_partitions
 from orchestration.resources import WarehouseResource
@@ -25,9 +25,7 @@ def _check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
             "row_count": dg.MetadataValue.int(outcome.row_count),
             "evaluated_expectations": dg.MetadataValue.int(outcome.evaluated),
             "failed_expectations": dg.MetadataValue.int(len(outcome.failures)),
-            "failing": dg.MetadataValue.json(
-                [f"{f['expectation']}({f['column'] or ''})" for f in meta["failures"]]
-            ),
+            "failing": dg.MetadataValue.json([f"{f['expectation']}({f['column'] or ''})" for f in meta["failures"]]),
             "unexpected_counts": dg.MetadataValue.json(
                 {f"{f['expectation']}({f['column'] or ''})": f["unexpected_count"] for f in meta["failures"]}
             ),
@@ -72,6 +70,41 @@ def _make_check(table: str) -> dg.AssetChecksDefinition:
     return _check
 
 
+# Trading state is not partitioned: its checks validate the deliveries that matter now, from two weeks back
+# (late clearing and trade corrections) to the day after tomorrow (bids for the next auctions).
+TRADING_DAYS_BACK, TRADING_DAYS_AHEAD = 14, 2
+
+
+def _make_trading_check(table: str) -> dg.AssetChecksDefinition:
+    layer, name = table.split(".", 1)
+
+    @dg.asset_check(
+        asset=dg.AssetKey([layer, name]),
+        name=f"{name}_expectations",
+        blocking=True,
+        description=(
+            f"Great Expectations suite of {table} on deliveries from {TRADING_DAYS_BACK} days back to "
+            f"{TRADING_DAYS_AHEAD} days ahead."
+        ),
+    )
+    def _check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        today = datetime.now(UTC).date()
+        first, last = today - timedelta(days=TRADING_DAYS_BACK), today + timedelta(days=TRADING_DAYS_AHEAD)
+        outcome = validate_deliveries(
+            warehouse.url, table, first, last, docs_dir=get_settings().reports_dir / "gx_docs"
+        )
+        context.log.info(outcome.summary())
+        result = _check_result(outcome)
+        return dg.AssetCheckResult(
+            passed=result.passed,
+            severity=result.severity,
+            description=result.description,
+            metadata={**result.metadata, "deliveries": dg.MetadataValue.text(f"{first} .. {last}")},
+        )
+
+    return _check
+
+
 silver_market__prices_expectations = _make_check("silver.market__prices")
 silver_market__load_expectations = _make_check("silver.market__load")
 silver_market__generation_expectations = _make_check("silver.market__generation")
@@ -79,3 +112,5 @@ silver_market__weather_expectations = _make_check("silver.market__weather")
 gold_fct_prices_hourly_expectations = _make_check("gold.fct_prices_hourly")
 gold_fct_load_hourly_expectations = _make_check("gold.fct_load_hourly")
 gold_kpi_values_expectations = _make_check("gold.kpi_values")
+silver_trading__bids_expectations = _make_trading_check("silver.trading__bids")
+silver_trading__trades_expectations = _make_trading_check("silver.trading__trades")

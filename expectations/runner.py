@@ -56,10 +56,7 @@ class SuiteOutcome:
         """One line per failing expectation (or 'ok'), for logs and check descriptions."""
         if self.success:
             return f"{self.table}: {self.evaluated} expectations passed on {self.row_count} rows"
-        lines = [
-            f"{self.table}: {len(self.failures)} of {self.evaluated} expectations failed "
-            f"on {self.row_count} rows"
-        ]
+        lines = [f"{self.table}: {len(self.failures)} of {self.evaluated} expectations failed on {self.row_count} rows"]
         for f in self.failures:
             target = f.column or ",".join(str(v) for v in f.kwargs.get("column_list", [])) or "table"
             detail = f.error or (

@@ -41,9 +41,7 @@ def frame_from_query(database_url: str, query: sql.Composable, params: tuple = (
 
 def zone_bounds(database_url: str) -> pd.DataFrame:
     """zone, price_floor, price_cap of every zone in `silver.ref__zones`."""
-    return frame_from_query(
-        database_url, sql.SQL("SELECT zone, price_floor, price_cap FROM silver.ref__zones")
-    )
+    return frame_from_query(database_url, sql.SQL("SELECT zone, price_floor, price_cap FROM silver.ref__zones"))
 
 
 def _table_ident(table: str) -> sql.Identifier:
@@ -57,9 +55,7 @@ def _date_expr(table: str) -> sql.Composable:
 
 def partition_frame(database_url: str, table: str, min_date: date, max_date: date) -> pd.DataFrame:
     """Rows of `table` whose partition date lies in [min_date, max_date]."""
-    query = sql.SQL("SELECT * FROM {t} WHERE {d} BETWEEN %s AND %s").format(
-        t=_table_ident(table), d=_date_expr(table)
-    )
+    query = sql.SQL("SELECT * FROM {t} WHERE {d} BETWEEN %s AND %s").format(t=_table_ident(table), d=_date_expr(table))
     return frame_from_query(database_url, query, (min_date, max_date))
 
 
@@ -98,3 +94,14 @@ def validate_partition(
     )
     frame = partition_frame(database_url, table, min_date, max_date)
     return validate_frame(frame, table_suite, params, docs_dir=docs_dir)
+
+
+def validate_deliveries(
+    database_url: str, table: str, first: date, last: date, *, docs_dir: Path | None = None
+) -> SuiteOutcome:
+    """Validate the rows of a current-state trading table (e.g. "silver.trading__bids") whose delivery
+    date lies in [first, last]. No row-count-change or freshness check: the current state of bids and
+    trades grows and shrinks with trading, and an empty window is legitimate."""
+    params = SuiteParameters(zones=zone_bounds(database_url), min_rows=0)
+    frame = partition_frame(database_url, table, first, last)
+    return validate_frame(frame, suite_for(table), params, docs_dir=docs_dir)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from infra.services import pid_alive
 from infra.settings import Settings
 
 INSTALL_HINT = (
@@ -247,16 +248,6 @@ def _state_file(settings: Settings) -> Path:
     return run / "clickhouse.json"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clickhouse_url(settings: Settings) -> str:
     """`CLICKHOUSE_URL` when set, else the URL of the embedded server under `<home>/clickhouse`.
 
@@ -268,7 +259,7 @@ def clickhouse_url(settings: Settings) -> str:
     state_file = _state_file(settings)
     if state_file.exists():
         state = json.loads(state_file.read_text())
-        if _pid_alive(state["pid"]):
+        if pid_alive(state["pid"]):
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", state["port"]), timeout=1).close()
                 return str(state["url"])
@@ -285,15 +276,15 @@ def stop_embedded_clickhouse(settings: Settings, timeout: float = 20.0) -> bool:
         return False
     state = json.loads(state_file.read_text())
     state_file.unlink()
-    if not _pid_alive(state["pid"]):
+    if not pid_alive(state["pid"]):
         return False
     os.killpg(os.getpgid(state["pid"]), signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(state["pid"]) and time.monotonic() < deadline:
+    while pid_alive(state["pid"]) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):  # reap it when it is our own child
             os.waitpid(state["pid"], os.WNOHANG)
         time.sleep(0.1)
-    if _pid_alive(state["pid"]):
+    if pid_alive(state["pid"]):
         os.killpg(os.getpgid(state["pid"]), signal.SIGKILL)
     return True
 
@@ -306,5 +297,5 @@ def embedded_clickhouse_status(settings: Settings) -> str:
     if not state_file.exists():
         return "embedded: stopped (starts on first export)"
     state = json.loads(state_file.read_text())
-    running = _pid_alive(state["pid"])
+    running = pid_alive(state["pid"])
     return f"embedded (127.0.0.1:{state['port']}): {'running' if running else 'stopped'}"

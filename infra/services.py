@@ -118,7 +118,7 @@ def embedded_broker_bootstrap(settings: Settings) -> str:
     state_file = _broker_state_file(settings)
     if state_file.exists():
         state = json.loads(state_file.read_text())
-        if _pid_alive(state["pid"]) and _port_open("127.0.0.1", state["port"]):
+        if pid_alive(state["pid"]) and _port_open("127.0.0.1", state["port"]):
             return f"127.0.0.1:{state['port']}"
         state_file.unlink()
 
@@ -163,7 +163,7 @@ def stop_embedded_broker(settings: Settings) -> bool:
         return False
     state = json.loads(state_file.read_text())
     state_file.unlink()
-    if not _pid_alive(state["pid"]):
+    if not pid_alive(state["pid"]):
         return False
     os.kill(state["pid"], signal.SIGTERM)
     _wait_for_exit(state["pid"], timeout=10)
@@ -238,14 +238,14 @@ def service_status(settings: Settings) -> dict[str, str]:
         status["postgres"] = f"configured: {redact(settings.database_url)}"
     else:
         pid_file = settings.pg_data_dir / "postmaster.pid"
-        running = pid_file.exists() and _pid_alive(int(pid_file.read_text().splitlines()[0]))
+        running = pid_file.exists() and pid_alive(int(pid_file.read_text().splitlines()[0]))
         status["postgres"] = f"embedded ({settings.pg_data_dir}): {'running' if running else 'stopped'}"
     if settings.kafka_bootstrap_servers:
         status["broker"] = f"configured: {settings.kafka_bootstrap_servers}"
     else:
         state_file = _broker_state_file(settings)
         state = json.loads(state_file.read_text()) if state_file.exists() else None
-        running = bool(state) and _pid_alive(state["pid"])
+        running = bool(state) and pid_alive(state["pid"])
         where = f"127.0.0.1:{state['port']}" if state else "-"
         status["broker"] = f"embedded tansu ({where}): {'running' if running else 'stopped'}"
     if settings.clickhouse_url:
@@ -257,7 +257,8 @@ def service_status(settings: Settings) -> dict[str, str]:
     return status
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this id exists (also when it belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -275,7 +276,7 @@ def _port_open(host: str, port: int) -> bool:
 
 def _wait_for_exit(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):  # reap our own child so it does not linger as a zombie
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.1)

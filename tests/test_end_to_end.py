@@ -95,10 +95,8 @@ def simulated_in_window(pipeline_run: dict) -> pd.DataFrame:
 
 
 def test_gold_hourly_prices_equal_the_simulated_prices(pipeline_run: dict, database_url: str) -> None:
-    # IEX hours are IST hours (:30 UTC) in gold, so a UTC-hour simulated price spreads over two gold hours;
-    # the zones on whole-hour offsets are compared one to one.
+    # IEX_N is on IST (+05:30): its hours start at :30 UTC in the simulator and in gold alike.
     simulated = simulated_in_window(pipeline_run)
-    simulated = simulated[simulated.zone.isin(["PJM", "ERCOT"])]
     with psycopg.connect(database_url) as conn:
         gold = pd.DataFrame(
             conn.execute(
@@ -109,7 +107,8 @@ def test_gold_hourly_prices_equal_the_simulated_prices(pipeline_run: dict, datab
         )
     gold["ts_utc"] = pd.to_datetime(gold["ts_utc"], utc=True)
     merged = simulated.merge(gold, on=["zone", "ts_utc"], how="left")
-    assert len(merged) > 60  # two zones, two market days, less the hours of neighbouring market days
+    assert set(merged.zone) == {"PJM", "ERCOT", "IEX_N"}
+    assert len(merged) > 100  # three zones, two market days, less the hours of neighbouring market days
     assert merged["price_avg"].notna().all(), "every simulated hour of the window reached gold"
     assert (merged["price"] - merged["price_avg"]).abs().max() < 1e-9
 

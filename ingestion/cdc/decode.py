@@ -100,9 +100,20 @@ _DELTA_TYPES: dict[str, tuple[pa.DataType, frozenset[type]]] = {
 }
 _PY_TO_DELTA = {int: "long", float: "double", str: "string", bool: "boolean", dict: "string", list: "string"}
 _CONNECT_TO_DELTA = {
-    "int8": "long", "int16": "long", "int32": "long", "int64": "long", "float32": "double",
-    "float64": "double", "double": "double", "float": "double", "string": "string", "boolean": "boolean",
-    "bytes": "string", "struct": "string", "array": "string", "map": "string",
+    "int8": "long",
+    "int16": "long",
+    "int32": "long",
+    "int64": "long",
+    "float32": "double",
+    "float64": "double",
+    "double": "double",
+    "float": "double",
+    "string": "string",
+    "boolean": "boolean",
+    "bytes": "string",
+    "struct": "string",
+    "array": "string",
+    "map": "string",
 }
 _NONE = type(None)
 
@@ -164,18 +175,23 @@ class _DeadLetters:
                 pa.array(self.codes, pa.string()),
                 pa.array(self.reasons, pa.string()),
                 pa.array([None if raw.keys[i] is None else b64(raw.keys[i]).decode() for i in idx], pa.string()),
-                pa.array(
-                    [None if raw.values[i] is None else b64(raw.values[i]).decode() for i in idx], pa.string()
-                ),
+                pa.array([None if raw.values[i] is None else b64(raw.values[i]).decode() for i in idx], pa.string()),
                 *_lineage_arrays(raw, idx, ctx),
             ],
             schema=DEAD_LETTER_SCHEMA,
         )
 
 
-def decode_records(
-    raw: RawRecords, route: TopicRoute, existing_types: dict[str, str], ctx: BatchContext
-) -> Decoded:
+def _unparsable(value: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str]:
+    """Dead-letter reason of a value orjson refused: not UTF-8 at all, or text that is not JSON."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return "undecodable", f"value is not UTF-8 text ({uexc.reason} at byte {uexc.start})"
+    return "invalid_json", f"value is not valid JSON: {exc}"
+
+
+def decode_records(raw: RawRecords, route: TopicRoute, existing_types: dict[str, str], ctx: BatchContext) -> Decoded:
     """Decode one topic's batch for `route`; `existing_types` maps bronze columns to Delta type names."""
     if route.kind == "ticks":
         return _decode_ticks(raw, route, ctx)
@@ -240,7 +256,6 @@ def _decode_debezium(raw: RawRecords, route: TopicRoute, existing: dict[str, str
     return Decoded(rows, dead.table_for(ctx), changes_table, new_columns)
 
 
-
 # good indexes, op, source ts, lsn, txId, source table, before JSON, after JSON, after dicts (None when the
 # fast path left them undecoded), declared types
 _Parsed = tuple[list[int], list[str], list, list, list, list[str], list, list, list[dict] | None, dict[str, str]]
@@ -275,12 +290,7 @@ def _parse_envelopes(values: list[bytes | None], route: TopicRoute, dead: _DeadL
         try:
             doc = loads(value)
         except orjson.JSONDecodeError as exc:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError as uexc:
-                dead.add(i, "undecodable", f"value is not UTF-8 text ({uexc.reason} at byte {uexc.start})")
-            else:
-                dead.add(i, "invalid_json", f"value is not valid JSON: {exc}")
+            dead.add(i, *_unparsable(value, exc))
             continue
         if type(doc) is not dict:
             dead.add(i, "missing_field", f"value is JSON {type(doc).__name__}, not a Debezium envelope object")
@@ -408,8 +418,16 @@ def _parse_envelopes_fast(values: list[bytes | None], route: TopicRoute) -> _Par
         if set(map(type, tables)) != {str} or "" in tables:
             tables = [_table_name(t, route) for t in tables]
         return (
-            good, ops_present, [s.ts_ms for s in sources], [s.lsn for s in sources], [s.txId for s in sources],
-            tables, before_json, after_json, None, declared,
+            good,
+            ops_present,
+            [s.ts_ms for s in sources],
+            [s.lsn for s in sources],
+            [s.txId for s in sources],
+            tables,
+            before_json,
+            after_json,
+            None,
+            declared,
         )
     before_json = before_json.to_pylist()
     # Tombstones among the envelopes: put every record back in its place.
@@ -527,7 +545,6 @@ def _declared_types(schema: Any) -> dict[str, str]:
     return {}
 
 
-
 _ARROW_OF = {pa.int64(): "long", pa.float64(): "double", pa.string(): "string", pa.bool_(): "boolean"}
 
 
@@ -630,7 +647,8 @@ def _lineage_arrays(raw: RawRecords, idx: list[int], ctx: BatchContext) -> list[
     stamps = raw.timestamps if everything else [raw.timestamps[i] for i in idx]
     epochs = set(ctx.epochs.values())
     epoch = (
-        pa.array([next(iter(epochs))] * n, pa.int32()) if len(epochs) <= 1 and epochs
+        pa.array([next(iter(epochs))] * n, pa.int32())
+        if len(epochs) <= 1 and epochs
         else pa.array([ctx.epochs.get(p, 0) for p in parts], pa.int32())
     )
     return [
@@ -673,12 +691,7 @@ def _decode_ticks(raw: RawRecords, route: TopicRoute, ctx: BatchContext) -> Deco
         try:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError as uexc:
-                dead.add(i, "undecodable", f"value is not UTF-8 text ({uexc.reason} at byte {uexc.start})")
-            else:
-                dead.add(i, "invalid_json", f"value is not valid JSON: {exc}")
+            dead.add(i, *_unparsable(value, exc))
             continue
         problem = _tick_problem(doc)
         if problem:
@@ -702,7 +715,11 @@ def _decode_ticks(raw: RawRecords, route: TopicRoute, ctx: BatchContext) -> Deco
 
 
 _TICK_REQUIRED: dict[str, tuple[type, ...]] = {
-    "zone": (str,), "ts_utc": (str,), "market": (str,), "interval_minutes": (int,), "price": (int, float),
+    "zone": (str,),
+    "ts_utc": (str,),
+    "market": (str,),
+    "interval_minutes": (int,),
+    "price": (int, float),
     "currency": (str,),
 }
 

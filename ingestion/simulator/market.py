@@ -102,10 +102,11 @@ def _simulate_day(
     five_minute: bool,
     rng: np.random.Generator,
 ) -> MarketDay:
-    hours = pd.date_range(datetime(day.year, day.month, day.day, tzinfo=UTC), periods=24, freq="h")
+    utc_hours = pd.date_range(datetime(day.year, day.month, day.day, tzinfo=UTC), periods=24, freq="h")
     prices, loads, gens, weather, rt = [], [], [], [], []
     for state in states:
         zone = state.zone
+        hours = _local_hour_starts(utc_hours, zone.timezone)
         local = hours.tz_convert(zone.timezone)
         local_hour = local.hour.to_numpy() + local.minute.to_numpy() / 60
         doy = local.dayofyear.to_numpy()
@@ -184,6 +185,17 @@ def _simulate_day(
         ],
         weather_hourly=pd.concat(weather, ignore_index=True),
     )
+
+
+def _local_hour_starts(utc_hours: pd.DatetimeIndex, timezone: str) -> pd.DatetimeIndex:
+    """The UTC day's hours moved onto the zone's local hour boundaries.
+
+    Markets clear local hours: in a half-hour zone (India, +05:30) an hourly product starts at :30 UTC, and a
+    price stamped on the UTC hour would straddle two of the market's (and gold's) hours.
+    """
+    offset = utc_hours[0].tz_convert(timezone).utcoffset()
+    minutes = int(offset.total_seconds() // 60) % 60 if offset is not None else 0
+    return utc_hours + pd.Timedelta(minutes=minutes)
 
 
 def _five_minute_nodal(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from expectations.runner import validate_frame, write_data_docs
 from expectations.suites import SUITES, SuiteParameters, suite_for
@@ -137,17 +139,13 @@ def test_bronze_cdc_and_gold_kpi_suites() -> None:
             "grain": ["day", "hour", "day"],
             "zone": "PJM",
             "org_id": None,
-            "period_start": pd.to_datetime(
-                ["2024-07-10 04:00", "2024-07-10 05:00", "2024-07-10 04:00"], utc=True
-            ),
+            "period_start": pd.to_datetime(["2024-07-10 04:00", "2024-07-10 05:00", "2024-07-10 04:00"], utc=True),
             "market_date": pd.Timestamp("2024-07-10").date(),
             "value": [1.2, 4000.0, 1.0],
         }
     )
     fails = failing(
-        validate_frame(
-            kpis, suite_for("gold.kpi_values"), SuiteParameters(kpi_codes=["load_factor", "price_avg"])
-        )
+        validate_frame(kpis, suite_for("gold.kpi_values"), SuiteParameters(kpi_codes=["load_factor", "price_avg"]))
     )
     # a ratio above 1 fails; a large price is not a ratio; the uncatalogued code fails
     assert fails == {
@@ -186,3 +184,47 @@ def test_validate_partition_from_the_warehouse(database_url: str, tmp_path: Path
     load = validate_partition(database_url, "silver.market__load", day, day)
     assert load.success and load.row_count == 24
     assert (tmp_path / "index.html").exists()
+
+
+@pytest.fixture
+def trading_database(database_url: str) -> Iterator[str]:
+    """A database of its own: other areas' tests write bids into the shared one."""
+    from tests.conftest import private_database
+
+    yield from private_database(database_url, "optibid_test_trading_check")
+
+
+def test_trading_check_validates_the_delivery_window_of_current_bids(trading_database: str, tmp_path: Path) -> None:
+    from datetime import date
+
+    from expectations.warehouse import validate_deliveries
+    from infra import db
+    from tests.gold.silver_fixture import load_fixture
+
+    url = trading_database
+    load_fixture(url)  # zones with their price floors and caps
+    first, last = date(2031, 3, 10), date(2031, 3, 11)  # the fixture has bids in 2024
+    empty = validate_deliveries(url, "silver.trading__bids", first, last)
+    assert empty.success and empty.row_count == 0, empty.summary()
+
+    rows = [  # bid_id, delivery_start, quantity_mw, cleared_quantity_mw
+        ("t1", "2031-03-10T10:00Z", 10.0, 10.0),
+        ("t2", "2031-03-11T23:00Z", 5.0, None),
+        ("t3", "2031-03-10T11:00Z", -3.0, None),  # impossible: a bid of negative volume
+        ("t4", "2031-03-10T12:00Z", 4.0, 6.0),  # impossible: cleared more than offered
+        ("t5", "2031-02-01T10:00Z", -1.0, None),  # outside the window: not this check's business
+    ]
+    with db.connect(url) as conn:
+        for bid_id, start, qty, cleared in rows:
+            conn.execute(
+                """INSERT INTO silver.trading__bids (bid_id, org_id, asset_id, zone, delivery_start, side,
+                   price, quantity_mw, status, cleared_quantity_mw, cleared_price, updated_at, op, valid_from)
+                   VALUES (%s, 'acme', 'a1', 'PJM', %s, 'sell', 42.0, %s, 'submitted', %s, NULL, now(), 'c',
+                   now())""",
+                (bid_id, start, qty, cleared),
+            )
+    outcome = validate_deliveries(url, "silver.trading__bids", first, last, docs_dir=tmp_path)
+    assert not outcome.success and outcome.row_count == 4
+    failing = {(f["expectation"], f["column"]): f["unexpected_count"] for f in outcome.as_metadata()["failures"]}
+    assert failing[("expect_column_values_to_be_between", "quantity_mw")] == 1
+    assert sum(n for (name, _), n in failing.items() if "pair" in name) == 1
