@@ -18,7 +18,10 @@ from ingestion.files import parsing
 from ingestion.files.canonical import DATASETS, MARKET_ALIASES, PRICE_UNITS, SYNONYMS
 
 AUTO_LAND_CONFIDENCE = 0.7
-_HOUR_COL = re.compile(r"^(?:h|he|hr|hour|hour_ending|hour_beginning|hb)?_?0*(\d{1,2})$")
+# An hour column's name without spaces/punctuation: HE07, Hour 7, H7, 7, hour_ending_07, HB00, and the
+# fall-back day's repeated hour as US ISOs and exchanges write it: HE02*, HE02X, HE02DST, Hour 3B (3A = first).
+_HOUR_COL = re.compile(r"^(?:h|he|hr|hour|hourending|hourbeginning|hb)?0*(\d{1,2})(a|b|x|\*|dst)?$")
+_REPEATED_SUFFIXES = ("b", "x", "*", "dst")
 _UNIT = re.compile(
     r"[\(\[]([^\)\]]*)[\)\]]|((?:€|\$|£|₹|rs|eur|usd|inr|gbp)\s*/\s*mwh)|\b(mw|°c|m/s|w/m2|w/m²)\b", re.I
 )
@@ -52,6 +55,9 @@ class Mapping:
     date_column: str | None = None  # wide_hours / hour_column layouts: the date
     hour_column: str | None = None  # long files with a separate hour number
     hour_convention: str = "ending"  # ending (1..24/25) | beginning (0..23)
+    # How hours count on DST days: clock (wall-clock hours, the repeated one marked, e.g. HE02*), elapsed
+    # (hours since local midnight: 1..25 / 1..23) or auto (told by the file's columns and each day's cells).
+    hour_numbering: str = "auto"
     wide_columns: dict[str, str] = field(
         default_factory=dict
     )  # source column -> label (hour/zone/market/fuel)
@@ -86,6 +92,14 @@ class ColumnProfile:
     min: float | None = None
     max: float | None = None
     numbers: list[float] = field(default_factory=list)  # the parsed sample (value-profile checks)
+
+
+def hour_label(name: str) -> str | None:
+    """The hour a column of a wide hourly layout holds ("7"; "2*" for the repeated fall-back hour), or None."""
+    m = _HOUR_COL.match(re.sub(r"[\s_\-.:()\[\]]+", "", name.lower()))
+    if not m or int(m.group(1)) > 25:
+        return None
+    return str(int(m.group(1))) + ("*" if m.group(2) in _REPEATED_SUFFIXES else "")
 
 
 def normalised_name(name: str) -> tuple[str, str | None]:
@@ -230,11 +244,12 @@ def proposed_mapping(
     reasons: list[str] = []
 
     # --- time axis ---------------------------------------------------------------------------------
-    hour_cols = {
-        p.name: int(m.group(1))
+    labelled = {
+        p.name: label
         for p in profiles
-        if (m := _HOUR_COL.match(p.norm)) and p.kind in ("numeric", "empty") and int(m.group(1)) <= 25
+        if (label := hour_label(p.name)) is not None and p.kind not in ("date", "timestamp")
     }
+    hour_cols = {name: label for name, label in labelled.items() if by_name[name].kind in ("numeric", "empty")}
     ts_candidates = [p for p in profiles if p.kind == "timestamp"]
     date_candidates = [p for p in profiles if p.kind == "date"]
     layout, date_col, hour_col, ts_col, ts_format, ambiguous = "long", None, None, None, None, False
@@ -244,8 +259,10 @@ def proposed_mapping(
     if len(hour_cols) >= 20 and (date_candidates or ts_candidates):
         day = (date_candidates or ts_candidates)[0]  # Excel dates arrive as midnight datetimes
         layout, date_col, wide_field = "wide_hours", day.name, "hour"
-        convention = "beginning" if 0 in hour_cols.values() else "ending"
-        wide = {c: str(h) for c, h in hour_cols.items()}
+        convention = "beginning" if "0" in hour_cols.values() else "ending"
+        # An hour column whose sample reads as text (#VALUE!, "err") is still an hour: its cells are checked
+        # and quarantined, not skipped.
+        wide = dict(labelled)
         ts_format, ambiguous = day.ts_format, day.ts_ambiguous
     elif ts_candidates:
         best = max(ts_candidates, key=lambda p: _name_score("ts_utc", p))
@@ -404,6 +421,8 @@ def validated_mapping(data: dict[str, Any], columns: list[str]) -> Mapping:
     bad_fields = [f for f in [*m.columns, *m.constants] if f not in ds.schema.names]
     if bad_fields:
         raise ValueError(f"fields {bad_fields} are not in dataset {m.dataset}: {ds.schema.names}")
+    if m.hour_numbering not in ("auto", "clock", "elapsed"):
+        raise ValueError(f"hour_numbering must be auto, clock or elapsed, not {m.hour_numbering!r}")
     have = set(m.columns) | set(m.constants) | {m.wide_field, m.value_field}
     if m.date_column:
         have.add("ts_utc")

@@ -159,9 +159,14 @@ def _parse_fmt(text: pa.Array, fmt: str) -> pa.Array:
         n = pc.cast(pc.round(parse_numbers(text)), pa.int64())
         return pc.cast(pc.multiply(n, scale), pa.timestamp("us", tz="UTC"))
     if fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
-        # Arrow's ISO-8601 cast is ~3x faster than strptime; it raises on any bad value -> strptime.
+        # Arrow's ISO-8601 cast is ~3x faster than strptime; it raises on any bad value -> strptime. It also
+        # reads a bare date ("2024-11-03") as midnight: such values are not this format (a date column
+        # beside an hour column would otherwise be taken for the timestamps).
         try:
-            return pc.cast(text, pa.timestamp("us"))
+            parsed = pc.cast(text, pa.timestamp("us"))
+            shortest = pc.min(pc.utf8_length(text)).as_py()
+            if shortest is None or shortest > len("2024-11-03"):
+                return parsed
         except pa.ArrowInvalid:
             pass
     cleaned = text

@@ -10,6 +10,7 @@ lists new files of the watched folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -34,7 +35,7 @@ from ingestion.files.canonical import DATASETS
 from ingestion.files.mapping import AUTO_LAND_CONFIDENCE, Mapping, proposed_mapping, validated_mapping
 from ingestion.files.parsing import now_utc
 from ingestion.files.readers import open_reader, sample_tables
-from ingestion.files.transform import CanonicalBuilder, QuarantineRow
+from ingestion.files.transform import AmbiguousHours, CanonicalBuilder, QuarantineRow
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
@@ -210,9 +211,9 @@ def _process_locked(
             "header_row": {str(k): v for k, v in reader.info.header_row.items()},
             "columns": {str(k): v for k, v in reader.info.columns.items()},
         }
-        if not samples or all(t.num_rows == 0 for t, _ in samples.values()):
+        if not samples or all(t.num_rows == 0 for t in samples.values()):
             raise security.RejectedFile("no data rows found under the header")
-        first_sheet, (sample, _) = next(iter(samples.items()))
+        first_sheet, sample = next(iter(samples.items()))
         if mapping is None:
             mapping = proposed_mapping(
                 sample, file_name=file_name, sheet=first_sheet, default_tz=default_tz, defaults=defaults
@@ -228,7 +229,13 @@ def _process_locked(
                     or f"mapping confidence {mapping.confidence:.2f} is below {AUTO_LAND_CONFIDENCE}",
                 )
                 return upload_report(upload_id, database_url=database_url)
-        _land(upload_id, reader, mapping, file_name, org_id, database_url, lake, detected, progress)
+        try:
+            _land(upload_id, reader, mapping, file_name, org_id, database_url, lake, detected, progress)
+        except AmbiguousHours as exc:
+            # Found while streaming, before the one commit: nothing landed, the upload waits for a mapping.
+            _record(
+                database_url, upload_id, status="held_for_mapping", detected=detected, mapping=mapping, error=str(exc)
+            )
     except (security.RejectedFile, ValueError, OSError, pa.ArrowException, KeyError, DeltaError) as exc:
         # Nothing was committed (one Delta commit per upload); a failed upload can be processed again.
         _record(database_url, upload_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -269,30 +276,44 @@ def _land(
     with tempfile.TemporaryFile("w+", newline="", encoding="utf-8") as qfile:
         writer = csv.writer(qfile)
 
+        failures: list[Exception] = []
+
         def batches() -> Iterator[pa.RecordBatch]:
-            for chunk in reader.chunks():
-                if not builder.fits(chunk.table.column_names):
-                    # Another layout in the same workbook (a notes or summary sheet): reported, not guessed.
-                    skipped.setdefault(str(chunk.sheet), "columns do not match the mapping")
-                    continue
-                landed, quarantined = builder.build(chunk)
+            try:
+                for chunk in reader.chunks():
+                    if not builder.fits(chunk.table.column_names):
+                        # Another layout in the same workbook (a notes or summary sheet): reported, not guessed.
+                        skipped.setdefault(str(chunk.sheet), "columns do not match the mapping")
+                        continue
+                    landed, quarantined = builder.build(chunk)
+                    _spool_quarantine(writer, upload_id, quarantined)
+                    if progress:
+                        progress(int(chunk.table.num_rows + len(chunk.malformed)))
+                    yield from landed.to_batches()
+                landed, quarantined = builder.flush()
                 _spool_quarantine(writer, upload_id, quarantined)
-                if progress:
-                    progress(int(chunk.table.num_rows + len(chunk.malformed)))
                 yield from landed.to_batches()
+            except Exception as exc:
+                failures.append(exc)  # streamed readers find broken input late: keep the reader's own error
+                raise
 
         if already is None:
             # One commit per upload, tagged with the upload's app transaction: all rows or none, once.
-            write_deltalake(
-                uri,
-                pa.RecordBatchReader.from_batches(ds.bronze_schema, batches()),
-                mode="append",
-                storage_options=lake.storage_options or None,
-                commit_properties=CommitProperties(
-                    app_transactions=[Transaction(app_id(upload_id), 1)],
-                    custom_metadata={"optibid.upload_id": str(upload_id), "optibid.batch_id": batch_id},
-                ),
-            )
+            try:
+                write_deltalake(
+                    uri,
+                    pa.RecordBatchReader.from_batches(ds.bronze_schema, batches()),
+                    mode="append",
+                    storage_options=lake.storage_options or None,
+                    commit_properties=CommitProperties(
+                        app_transactions=[Transaction(app_id(upload_id), 1)],
+                        custom_metadata={"optibid.upload_id": str(upload_id), "optibid.batch_id": batch_id},
+                    ),
+                )
+            except DeltaError:
+                if failures:  # delta-rs wraps it in a generic error with a traceback: surface the cause
+                    raise failures[0] from None
+                raise
         else:
             for _ in batches():  # landed before a crash: only rebuild counts, profile and quarantine
                 pass
@@ -385,7 +406,7 @@ def apply_explicit_mapping(
     columns = [c for cols in (detected or {}).get("columns", {}).values() for c in cols]
     merged = dict(mapping)
     if proposed:  # fill what the user left out (e.g. decimal styles, date format) from the detection
-        for key in ("ts_format", "decimal", "timezone", "layout", "hour_convention"):
+        for key in ("ts_format", "decimal", "timezone", "layout", "hour_convention", "hour_numbering"):
             merged.setdefault(key, proposed.get(key))
         merged["decimal"] = {**(proposed.get("decimal") or {}), **(mapping.get("decimal") or {})}
     explicit = validated_mapping({k: v for k, v in merged.items() if v is not None}, columns)
@@ -499,6 +520,15 @@ def ingest_landing_file(
     report = process_upload(
         receipt.upload_id, database_url=database_url, lake=lake, default_tz=default_tz, defaults=defaults
     )
+    if receipt.duplicate_of is not None:
+        original = upload_report(receipt.duplicate_of, database_url=database_url)
+        if original["status"] == "received":
+            # The first drop of this content was registered but never processed (a crash in between): without
+            # this, every later drop is a duplicate of an upload that never lands. Finish the original.
+            with contextlib.suppress(UploadError):  # unless another worker is processing it right now
+                report = process_upload(
+                    receipt.duplicate_of, database_url=database_url, lake=lake, default_tz=default_tz, defaults=defaults
+                )
     archived_landing_file(path, accepted=report["status"] in ("landed", "duplicate", "held_for_mapping"))
     return report
 

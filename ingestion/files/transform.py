@@ -26,6 +26,9 @@ from ingestion.files.readers import RawChunk
 _TS_OFFSET_S = 2_208_988_800  # seconds from 1900-01-01 to the Unix epoch: keys stay non-negative
 _MIN_TS = np.datetime64("1950-01-01", "us").astype(np.int64)
 _MAX_TS = np.datetime64("2150-01-01", "us").astype(np.int64)
+_HOUR_US = 3_600_000_000
+# An hour label marking the fall-back day's repeated hour: 2*, 02X, 02DST, 3B, 02:00 DST (see mapping).
+_REPEATED_HOUR = r"(?i)^\D{0,12}\d{1,2}(?::00)?[\s_-]*(?:\*|x|b|dst)$"
 _NUMERIC = {
     "price",
     "load_mw",
@@ -98,6 +101,10 @@ def _quoted(prefix: str, values: pa.Array, suffix: str = "'") -> Callable[[], pa
     )
 
 
+class AmbiguousHours(ValueError):
+    """A DST day's hours fit both the clock and the elapsed numbering: the upload needs `hour_numbering`."""
+
+
 class CanonicalBuilder:
     """Turns one file's raw chunks into canonical rows under a mapping, chunk by chunk."""
 
@@ -121,6 +128,7 @@ class CanonicalBuilder:
         self.series: dict[int, int] = {}
         self.vocab: dict[int, dict[str, int]] = {}
         self.ambiguous_seen: dict[tuple[int, int], int] = {}
+        self.held: RawChunk | None = None
         self.rows_read = self.rows_landed = self.rows_quarantined = self.duplicates = 0
         self.nulls: dict[str, int] = {}
         self.ranges: dict[str, list[Any]] = {}
@@ -136,7 +144,52 @@ class CanonicalBuilder:
         return all(c in columns for c in needed if c)
 
     def build(self, chunk: RawChunk) -> tuple[pa.Table, list[QuarantineRow]]:
-        """(canonical rows with lineage to land, quarantined rows) of one chunk."""
+        """(canonical rows with lineage to land, quarantined rows) of one chunk.
+
+        Long files with an hour column may have a DST day cut by the chunk's end; its rows are held back
+        and built with the next chunk (or by `flush`), so the whole day tells how its hours are numbered.
+        """
+        out: list[tuple[pa.Table, list[QuarantineRow]]] = []
+        held, self.held = self.held, None
+        if held is not None and held.sheet != chunk.sheet:
+            out.append(self._build(held))
+        elif held is not None:
+            chunk = RawChunk(
+                chunk.sheet,
+                pa.concat_tables([held.table, chunk.table.cast(held.table.schema)]),
+                np.concatenate([held.row_numbers, chunk.row_numbers]),
+                held.malformed + chunk.malformed,
+            )
+        chunk, self.held = self._split_dst_tail(chunk)
+        out.append(self._build(chunk))
+        return _joined(out)
+
+    def flush(self) -> tuple[pa.Table, list[QuarantineRow]]:
+        """Build the rows `build` held back (call once after the last chunk)."""
+        held, self.held = self.held, None
+        return self._build(held) if held is not None else (self._empty_landed(), [])
+
+    def _split_dst_tail(self, chunk: RawChunk) -> tuple[RawChunk, RawChunk | None]:
+        """(rows to build now, rows of the chunk's last day when that day is a DST day of a long hour file)."""
+        m, raw = self.m, chunk.table
+        if not (m.hour_column and m.date_column and raw.num_rows) or m.date_column not in raw.column_names:
+            return chunk, None
+        fmt = m.ts_format or "%Y-%m-%d"
+        last = _local(parsing.parse_timestamps(raw.column(m.date_column).slice(raw.num_rows - 1).combine_chunks(), fmt))
+        if last.null_count:
+            return chunk, None
+        _, day_hours = parsing.local_midnight_utc(last, m.timezone)
+        if day_hours[0].as_py() == 24:  # the usual case: one date parsed per chunk
+            return chunk, None
+        dates = _local(parsing.parse_timestamps(raw.column(m.date_column).combine_chunks(), fmt))
+        same = pc.fill_null(
+            pc.equal(pc.floor_temporal(dates, unit="day"), pc.floor_temporal(last, unit="day")[0]), False
+        )
+        mask = np.asarray(same.to_numpy(zero_copy_only=False), bool)
+        now = RawChunk(chunk.sheet, raw.filter(pa.array(~mask)), chunk.row_numbers[~mask], chunk.malformed)
+        return now, RawChunk(chunk.sheet, raw.filter(pa.array(mask)), chunk.row_numbers[mask])
+
+    def _build(self, chunk: RawChunk) -> tuple[pa.Table, list[QuarantineRow]]:
         quarantine = [QuarantineRow(n, chunk.sheet, text, None, why) for n, text, why in chunk.malformed]
         raw = chunk.table
         rows = chunk.row_numbers
@@ -154,6 +207,14 @@ class CanonicalBuilder:
             }
         )
         t, src_idx = self._unpivoted(raw)
+        empty = np.zeros(0, np.int64)
+        if self.m.layout != "long" and self.m.wide_columns:
+            # A wide row whose value cells are all empty yields no record: it is reported, not lost.
+            empty = np.setdiff1d(np.arange(raw.num_rows), src_idx)
+        if len(empty):
+            why = f"no value in any of the {len(self.m.wide_columns)} {self.m.wide_field} columns"
+            for i, rec in zip(empty, raw.take(pa.array(empty)).to_pylist(), strict=True):
+                quarantine.append(QuarantineRow(int(rows[i]), chunk.sheet, None, json.dumps(rec, default=str), why))
         n = t.num_rows
         landed = self._empty_landed()
         if n:
@@ -371,34 +432,7 @@ class CanonicalBuilder:
         # A timestamp problem explains a row best (footers, notes): it outranks the other fields' reasons.
         field_reason, reason = reason, pa.nulls(n, pa.string())
         if m.date_column and (m.hour_column or m.wide_field == "hour"):
-            dates_src = t.column(m.date_column).combine_chunks()
-            fmt = m.ts_format or "%Y-%m-%d"
-            dates = parsing.parse_timestamps(dates_src, fmt)
-            if dates.type.tz is not None:
-                dates = pc.local_timestamp(dates)
-            reason = _set_reason(reason, pc.is_null(dates), _quoted("unparseable date '", dates_src))
-            hour_src = t.column("__label" if m.wide_field == "hour" else m.hour_column).combine_chunks()
-            hours = parsing.parse_numbers(hour_src)
-            reason = _set_reason(reason, pc.is_null(hours), _quoted("unparseable hour '", hour_src))
-            midnight, day_hours = parsing.local_midnight_utc(dates, tz)
-            elapsed = pc.subtract(hours, 1) if m.hour_convention == "ending" else hours
-            outside = pc.or_(pc.less(elapsed, 0), pc.greater_equal(elapsed, pc.cast(day_hours, pa.float64())))
-
-            def msg() -> pa.Array:
-                return pc.binary_join_element_wise(
-                    pa.scalar(f"hour {m.hour_convention} "),
-                    pc.cast(pc.cast(hours, pa.int64()), pa.string()),
-                    pa.scalar(" does not exist on "),
-                    pc.cast(pc.cast(dates, pa.date32()), pa.string()),
-                    pa.scalar(" ("),
-                    pc.cast(day_hours, pa.string()),
-                    pa.scalar(f"-hour day in {tz})"),
-                    "",
-                )
-
-            reason = _set_reason(reason, outside, msg)
-            micros = pc.multiply(pc.cast(pc.fill_null(elapsed, 0), pa.int64()), 3_600_000_000)
-            ts = pc.cast(pc.add(pc.cast(midnight, pa.int64()), micros), TS)
+            ts, reason = self._hour_timestamps(t, series)
             return ts, _repeat(tz, n, pa.string()), pc.coalesce(reason, field_reason)
         src = t.column(m.columns["ts_utc"]).combine_chunks()
         fmt = m.ts_format
@@ -440,6 +474,159 @@ class CanonicalBuilder:
             use_late[amb[late]] = True
             ts = pc.if_else(pa.array(use_late), latest, earliest)
         return ts.cast(TS), _repeat(tz, n, pa.string()), pc.coalesce(reason, field_reason)
+
+    def _hour_timestamps(self, t: pa.Table, series: pa.Array) -> tuple[pa.Array, pa.Array]:
+        """(UTC instants, reasons) of date + hour-number records (wide HE01..HE24 layouts, hour columns).
+
+        On a normal day hour h is simply h hours after local midnight. DST days have two conventions: clock
+        hours (HE01..HE24 by the wall clock; the hour the clocks skip has no value; the repeated hour comes
+        in a marked column such as HE02*/HE02X/HE02DST or Hour 3B) and elapsed hours (1..23 or 1..25 since
+        local midnight). The mapping's `hour_numbering` picks one; `auto` reads it from the file (a marked
+        column means clock, an HE25 column elapsed) or, per series and day, from which hour is empty: the
+        skipped clock hour (clock) or HE24 (elapsed). A value neither reading can place is quarantined.
+        """
+        m = self.m
+        tz, conv = m.timezone, m.hour_convention
+        n = t.num_rows
+        reason = pa.nulls(n, pa.string())
+        dates_src = t.column(m.date_column).combine_chunks()
+        dates = _local(parsing.parse_timestamps(dates_src, m.ts_format or "%Y-%m-%d"))
+        reason = _set_reason(reason, pc.is_null(dates), _quoted("unparseable date '", dates_src))
+        hour_src = t.column("__label" if m.wide_field == "hour" else m.hour_column).combine_chunks()
+        hours = parsing.parse_numbers(hour_src)
+        reason = _set_reason(
+            reason,
+            pc.or_kleene(pc.is_null(hours), pc.not_equal(pc.floor(hours), hours)),
+            _quoted("unparseable hour '", hour_src),
+        )
+        repeated = np.asarray(
+            pc.fill_null(pc.match_substring_regex(parsing.as_strings(hour_src), _REPEATED_HOUR), False)
+            .to_numpy(zero_copy_only=False),
+            bool,
+        )
+        midnight, day_hours = parsing.local_midnight_utc(dates, tz)
+        valid = np.asarray(pc.is_null(reason).to_numpy(zero_copy_only=False), bool)
+        h = np.nan_to_num(hours.to_numpy(zero_copy_only=False).astype(float), nan=-1.0).astype(np.int64)
+        slot = h - 1 if conv == "ending" else h  # hours since local midnight by the elapsed reading
+        dh = np.nan_to_num(day_hours.to_numpy(zero_copy_only=False).astype(float), nan=24.0).astype(np.int64)
+        mid = pc.fill_null(midnight.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        ts = mid + slot * _HOUR_US
+        elapsed_ok = (slot >= 0) & (slot < dh)
+        why = np.full(n, None, object)
+        # Only on DST days (or for a marked repeated hour) do the clock and elapsed readings differ.
+        special = valid & ((dh != 24) | repeated)
+        plain_bad = np.flatnonzero(valid & ~special & ~elapsed_ok)
+        for i in plain_bad:
+            why[i] = self._hour_message(i, "elapsed", hour_src, dates, dh, tz)
+        idx = np.flatnonzero(special)
+        if len(idx):
+            self._place_dst_hours(idx, slot, repeated, dh, ts, why, elapsed_ok, dates, series, hour_src)
+        reason = pc.coalesce(reason, pa.array(why.tolist(), pa.string()))
+        return pa.array(ts, pa.int64()).cast(TS), reason
+
+    def _place_dst_hours(
+        self,
+        idx: np.ndarray,
+        slot: np.ndarray,
+        repeated: np.ndarray,
+        dh: np.ndarray,
+        ts: np.ndarray,
+        why: np.ndarray,
+        elapsed_ok: np.ndarray,
+        dates: pa.Array,
+        series: pa.Array,
+        hour_src: pa.Array,
+    ) -> None:
+        """Place the records `idx` (DST days, marked hours) into `ts`, or give them a reason in `why`."""
+        m = self.m
+        tz = m.timezone
+        s, rep, days = slot[idx], repeated[idx], dh[idx]
+        day_us = pc.floor_temporal(dates, unit="day").cast(pa.int64()).to_numpy(zero_copy_only=False)[idx]
+        on_clock = (s >= 0) & (s < 24)
+        naive = pa.array(day_us + np.clip(s, 0, 23) * _HOUR_US, pa.int64()).cast(pa.timestamp("us"))
+        earliest, latest, nonexistent, ambiguous = (
+            np.asarray(a.cast(pa.int64()).to_numpy(zero_copy_only=False)) for a in parsing.localize(naive, tz)
+        )
+        skipped = nonexistent.astype(bool) & on_clock
+        twice = ambiguous.astype(bool) & on_clock
+        clock_ts = np.where(rep, latest, earliest)
+        # Evidence per series and local day (wide layouts: one source row), then per file.
+        sid = series.to_numpy(zero_copy_only=False)[idx].astype(np.int64)
+        _, group = np.unique(sid * 1_000_000 + day_us // (24 * _HOUR_US) + 200_000, return_inverse=True)
+
+        def in_group(mask: np.ndarray) -> np.ndarray:
+            return np.bincount(group, weights=mask.astype(float))[group] > 0
+
+        labels = list(m.wide_columns.values()) if m.wide_field == "hour" else []
+        file_clock = any(label.endswith("*") for label in labels)
+        last_slot = 24 if m.hour_convention == "ending" else 23
+        file_elapsed = any(int(label.rstrip("*")) > last_slot for label in labels)
+        if m.hour_numbering in ("clock", "elapsed"):
+            clock = np.full(len(idx), m.hour_numbering == "clock")
+            unclear = np.zeros(len(idx), bool)
+        else:
+            clock = in_group(rep) | file_clock
+            elapsed = ~clock & (in_group(s >= 24) | file_elapsed)
+            clock |= ~elapsed & (days > 24)  # 24 values on a 25-hour day: only the clock reading fits them
+            open_ = ~clock & ~elapsed & (days < 24)
+            has_skipped, has_last = in_group(skipped), in_group(s == 23)
+            clock |= open_ & ~has_skipped & has_last
+            unclear = open_ & (has_skipped == has_last)
+        # An unmarked repeated hour listed twice (long files) is resolved by order, like timestamps.
+        for j in np.flatnonzero(clock & twice & ~rep):
+            key = (int(sid[j]), int(day_us[j] + s[j] * _HOUR_US))
+            seen = self.ambiguous_seen.get(key, 0)
+            self.ambiguous_seen[key] = seen + 1
+            if seen:
+                clock_ts[j] = latest[j]
+        clock_ok = on_clock & ~skipped & (twice | ~rep)
+        e_ok = elapsed_ok[idx] & ~rep
+        agree = clock_ok & e_ok & (clock_ts == ts[idx])
+        for j, i in enumerate(idx):
+            if unclear[j]:
+                if agree[j]:
+                    continue
+                why[i] = self._hour_message(i, "unclear", hour_src, dates, dh, tz)
+                if m.source != "explicit":
+                    # Guessing would shift every later hour of the day: the upload waits for a mapping.
+                    raise AmbiguousHours(why[i])
+            elif clock[j]:
+                if clock_ok[j]:
+                    ts[i] = clock_ts[j]
+                    continue
+                kind = "no_clock_hour" if not on_clock[j] else "skipped" if skipped[j] else "not_repeated"
+                why[i] = self._hour_message(i, kind, hour_src, dates, dh, tz)
+            elif not e_ok[j]:
+                why[i] = self._hour_message(i, "marked" if rep[j] else "elapsed", hour_src, dates, dh, tz)
+
+    def _hour_message(
+        self, i: int, kind: str, hour_src: pa.Array, dates: pa.Array, dh: np.ndarray, tz: str
+    ) -> str:
+        m = self.m
+        label = str(hour_src[i].as_py()).strip()
+        number = label.rstrip("*")
+        if m.wide_field == "hour":
+            column = next((c for c, lab in m.wide_columns.items() if lab == label), label)
+            hour = f"hour {m.hour_convention} {number} (column {column})"
+        else:
+            hour = f"hour {m.hour_convention} {label}"
+        day = dates[i].as_py().date().isoformat()
+        length = f"{int(dh[i])}-hour day in {tz}"
+        if kind == "elapsed":
+            return f"hour {m.hour_convention} {number} does not exist on {day} ({length})"
+        if kind == "skipped":
+            return f"{hour} does not exist on {day}: the clocks skip that hour ({length})"
+        if kind == "not_repeated":
+            return f"{hour} is marked as the repeated hour, but {day} repeats no hour ({length})"
+        if kind == "marked":
+            return f"{hour} is marked as the repeated hour, which elapsed hour numbering does not use"
+        if kind == "no_clock_hour":
+            return f"{hour} is not a wall-clock hour on {day} (the file marks the repeated hour separately)"
+        return (
+            f"cannot place {hour} on {day} ({length}): the day fills both the hour the clocks skip and "
+            "the last hour, or neither, so clock and elapsed hour numbering disagree; "
+            "give hour_numbering (clock or elapsed) in an explicit mapping"
+        )
 
     def _inferred_interval(self, ts: pa.Array, series: pa.Array) -> int:
         tab = (
@@ -541,6 +728,17 @@ class CanonicalBuilder:
         self.span_lo[ids] = np.minimum(self.span_lo[ids], agg.column("t_min").to_numpy())
         self.span_hi[ids] = np.maximum(self.span_hi[ids], agg.column("t_max").to_numpy())
         self.span_n[ids] += agg.column("t_count").to_numpy()
+
+
+def _local(ts: pa.Array) -> pa.Array:
+    """Wall-clock values of timestamps (aware ones are shown in their zone)."""
+    return pc.local_timestamp(ts) if ts.type.tz is not None else ts
+
+
+def _joined(parts: list[tuple[pa.Table, list[QuarantineRow]]]) -> tuple[pa.Table, list[QuarantineRow]]:
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables([t for t, _ in parts]), [q for _, qs in parts for q in qs]
 
 
 def plausible_timestamps_reason(ts: pa.Array) -> pa.Array:

@@ -69,7 +69,10 @@ Writer = Annotated[OrgSession, Depends(scoped(Permission.upload_write))]
 
 
 class QuarantinedRow(BaseModel):
-    row_number: int | None = Field(description="1-based row of the source file (sheet row for workbooks).")
+    row_number: int | None = Field(
+        description="1-based row of the source file: the line a CSV record starts on (a quoted value may span "
+        "lines), the sheet row for workbooks, the record's position in a JSON array, the line in JSON Lines."
+    )
     sheet: str | None = None
     raw_text: str | None = Field(default=None, description="The row as it appeared in the file.")
     raw_json: Any = Field(default=None, description="The row as parsed (JSON sources).")
@@ -128,6 +131,11 @@ class MappingRequest(BaseModel):
     date_column: str | None = Field(default=None, max_length=200)
     hour_column: str | None = Field(default=None, max_length=200)
     hour_convention: Literal["ending", "beginning"] | None = None
+    hour_numbering: Literal["auto", "clock", "elapsed"] | None = Field(
+        default=None,
+        description="How hour numbers count on DST days: clock (wall-clock hours, the repeated fall-back hour "
+        "marked, e.g. HE02*), elapsed (hours since local midnight, 1..25 / 1..23) or auto (from the file).",
+    )
     wide_columns: dict[str, str] = Field(default_factory=dict)
     wide_field: Literal["hour", "zone", "market", "fuel"] | None = None
     value_field: str | None = Field(default=None, max_length=64)

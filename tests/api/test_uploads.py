@@ -270,3 +270,40 @@ def test_another_organization_cannot_see_or_map_the_upload(client, auth, csv_upl
     resp = _post(client, auth("org_b", "trader"), "prices.csv", _prices_csv())
     assert resp.status_code == 201 and resp.json()["status"] == "landed"
     assert resp.json()["org_id"] == "org_b"
+
+
+def test_hour_numbering_of_a_dst_day_is_taken_from_the_mapping(client, auth, api_settings):
+    # 2024-03-31 has 23 hours in Europe/Berlin; the row fills HE01..HE24, so only a mapping can say whether
+    # HE03 (skipped by the clock) or HE24 is the extra value. The zone keeps the content new on every run.
+    zone = f"DE-{random.randrange(10**9)}"
+    header = "Date,Zone," + ",".join(f"HE{h:02d}" for h in range(1, 25))
+    content = f"{header}\n2024-03-31,{zone}," + ",".join(str(h) for h in range(1, 25)) + "\n"
+    resp = _post(client, auth("org_a", "trader"), "spot_export.csv", content.encode())
+    assert resp.status_code == 201, resp.text
+    held = resp.json()
+    assert held["status"] == "held_for_mapping", held
+    mapping = {
+        "dataset": "prices",
+        "layout": "wide_hours",
+        "date_column": "Date",
+        "columns": {"zone": "Zone"},
+        "constants": {"market": "DA", "currency": "EUR"},
+        "wide_columns": {f"HE{h:02d}": str(h) for h in range(1, 25)},
+        "wide_field": "hour",
+        "value_field": "price",
+        "timezone": "Europe/Berlin",
+        "hour_numbering": "clock",
+    }
+    resp = client.post(f"/api/v1/uploads/{held['id']}/mapping", headers=auth("org_a", "trader"), json=mapping)
+    assert resp.status_code == 200, resp.text
+    final = resp.json()
+    assert (final["status"], final["rows_landed"], final["rows_quarantined"]) == ("landed", 23, 1)
+    landed = _landed(api_settings, "files__prices", held["id"])
+    midnight = datetime(2024, 3, 30, 23, tzinfo=UTC)
+    assert [(r["ts_utc"], r["price"]) for r in landed] == [
+        (midnight + timedelta(hours=h - 1 if h < 3 else h - 2), float(h)) for h in range(1, 25) if h != 3
+    ]
+    assert _reasons(client, auth("org_a", "analyst"), held["id"]) == [
+        (None, 2, "hour ending 3 (column HE03) does not exist on 2024-03-31: the clocks skip that hour "
+         "(23-hour day in Europe/Berlin)")
+    ]  # fmt: skip

@@ -246,3 +246,29 @@ def nodal_prices_csv(folder: Path, *, name: str = "nodal.csv", rows: int = 1000)
     path = folder / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def multiline_notes_csv(folder: Path) -> Path:
+    """A valid CSV (CRLF, quoted header) whose "notes" cells hold line breaks; row numbers are the lines
+    each record starts on."""
+    lines = [
+        '"timestamp","zone","load (MW)","notes"',  # 1 header
+        "2024-01-01 00:00,NORTH,1000,ok",  # 2
+        '2024-01-01 01:00,NORTH,1001,"unit 4 tripped\r\nback at 02:00"',  # 3-4
+        '2024-01-01 02:00,NORTH,1002,"operator said ""check""\r\n\r\nlater"',  # 5-7
+        "2024-01-01 03:00,NORTH,abc,plain",  # 8 unparseable load -> quarantine
+        '2024-01-01 04:00,NORTH,1004,"two\r\nlines",extra',  # 9-10 five fields -> quarantine
+        "2024-01-01 05:00,NORTH,1005,",  # 11
+        '2024-01-01 06:00,NORTH,1006,"last\r\none"',  # 12-13
+    ]
+    path = folder / "load_with_notes.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return path
+
+
+def wide_hours_csv(folder: Path, name: str, header: list[str], rows: list[list[object]]) -> Path:
+    """One row per day (and series) with one column per hour; None is an empty cell."""
+    lines = [",".join(header)] + [",".join("" if v is None else str(v) for v in r) for r in rows]
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from ingestion.files import parsing
-from ingestion.files.mapping import normalised_name, proposed_mapping
+from ingestion.files.mapping import hour_label, normalised_name, proposed_mapping
 
 
 @pytest.mark.parametrize(
@@ -98,3 +98,32 @@ def test_lenient_rollover_dates_are_rejected():
         pa.array(["31.02.2024 03:00", "29.02.2024 24:00", "29.02.2024 23:00"]), "%d.%m.%Y %H:%M"
     )
     assert got.null_count == 2 and got[2].as_py().day == 29
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("HE01", "1"),
+        ("HE24", "24"),
+        ("HE25", "25"),
+        ("Hour 7", "7"),
+        ("hour_ending_07", "7"),
+        ("HB00", "0"),
+        ("HE02*", "2*"),
+        ("HE02X", "2*"),
+        ("HE02DST", "2*"),
+        ("HE 2 (DST)", "2*"),
+        ("Hour 3A", "3"),
+        ("Hour 3B", "3*"),
+        ("HE26", None),
+        ("Zone", None),
+        ("hex", None),
+    ],
+)
+def test_hour_column_labels_and_repeated_hour_markers(name: str, label: str | None):
+    assert hour_label(name) == label
+
+
+def test_a_bare_iso_date_is_a_date_not_a_midnight_timestamp():
+    # Otherwise a "Delivery Date" column beside "Hour Ending" is taken for the timestamps.
+    assert parsing.detect_timestamp_format(["2024-11-03", "2024-11-04"])[0] == "%Y-%m-%d"

@@ -269,3 +269,24 @@ def test_ambiguous_file_is_held_then_lands_with_an_explicit_mapping(
         (_utc(2024, 1, 31, 23), "SE3", 12.0, "Europe/Stockholm"),
         (_utc(2024, 2, 1, 0), "SE3", 13.0, "Europe/Stockholm"),
     ]
+
+
+def test_quoted_line_breaks_in_csv_cells_land_with_their_starting_line(
+    ingest, files_lake, files_database_url, tmp_path
+):
+    report = ingest(corpus.multiline_notes_csv(tmp_path))
+    assert_counts(report, 5, 2)
+    rows = landed(files_lake, "load", report["id"])
+    assert [(r["_row_number"], r["ts_utc"], r["load_mw"]) for r in rows] == [
+        (2, _utc(2024, 1, 1, 0), 1000.0),
+        (3, _utc(2024, 1, 1, 1), 1001.0),
+        (5, _utc(2024, 1, 1, 2), 1002.0),
+        (11, _utc(2024, 1, 1, 5), 1005.0),
+        (12, _utc(2024, 1, 1, 6), 1006.0),
+    ]
+    q = quarantined_rows(report["id"], database_url=files_database_url)
+    assert [(r["row_number"], r["reason"]) for r in q] == [
+        (8, "unparseable number in load_mw: 'abc'"),
+        (9, "row has 5 fields, header has 4"),
+    ]
+    assert q[1]["raw_text"] == '2024-01-01 04:00,NORTH,1004,"two\r\nlines",extra'

@@ -3,13 +3,15 @@ rows and find duplicate keys across chunk boundaries."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ingestion.files.mapping import Mapping
-from ingestion.files.readers import DelimitedReader
+from ingestion.files.readers import DelimitedReader, ExcelReader, JsonReader
 from ingestion.files.transform import CanonicalBuilder, KeySet
 
 
@@ -73,3 +75,100 @@ def test_keyset_is_exact_over_many_runs():
         keys.add(batch[~hit])
         seen.update(int(k) for k in batch)
     assert sum(len(r) for r in keys.runs) == len(seen)
+
+
+def _notes_file(tmp_path: Path) -> tuple[Path, dict[int, str], dict[int, str]]:
+    """Records with multi-line quoted notes, a malformed multi-line record and blank lines, with the line
+    each record starts on."""
+    lines = ['"ts","zone","load","notes"']
+    expected: dict[int, str] = {}
+    bad: dict[int, str] = {}
+    for i in range(120):
+        start = sum(line.count("\n") + 1 for line in lines) + 1
+        if i % 5 == 2:
+            lines.append(f'2024-01-01 00:00,Z{i:03d},{i},"first\n""second""\n\nfourth"')
+        elif i == 61:
+            lines.append(f'2024-01-01 00:00,Z{i:03d},{i},"a\nb",surplus')
+            bad[start] = f'2024-01-01 00:00,Z{i:03d},{i},"a\nb",surplus'
+            continue
+        else:
+            lines.append(f"2024-01-01 00:00,Z{i:03d},{i},plain")
+        expected[start] = f"Z{i:03d}"
+        if i == 90:
+            lines.append("")
+    path = tmp_path / "notes.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, expected, bad
+
+
+def test_quoted_line_breaks_keep_exact_starting_lines_across_tiny_blocks(tmp_path):
+    path, expected, bad = _notes_file(tmp_path)
+    reader = DelimitedReader(path)
+    assert (reader.quoted_anywhere, reader.quoted_data) == (True, True)
+    chunks = list(reader.chunks(block_bytes=256, chunk_rows=7))
+    assert len(chunks) > 10
+    numbers = np.concatenate([c.row_numbers for c in chunks]).tolist()
+    zones = [z for c in chunks for z in c.table.column("zone").to_pylist()]
+    assert {n: z for n, z in zip(numbers, zones, strict=True) if z} == expected
+    assert [(n, text) for c in chunks for n, text, _ in c.malformed] == list(bad.items())
+    notes = [v for c in chunks for v in c.table.column("notes").to_pylist() if v != "plain" and v]
+    assert set(notes) == {'first\n"second"\n\nfourth'}
+
+
+def test_plain_files_keep_the_fast_path(tmp_path):
+    plain = _file(tmp_path)
+    assert (DelimitedReader(plain).quoted_anywhere, DelimitedReader(plain).quoted_data) == (False, False)
+    quoted_header = tmp_path / "quoted_header.csv"
+    quoted_header.write_text('"ts","zone","load"\n2024-01-01 00:00,Z1,1\n')
+    assert (DelimitedReader(quoted_header).quoted_anywhere, DelimitedReader(quoted_header).quoted_data) == (
+        True,
+        False,
+    )
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_json_arrays_are_streamed_in_chunks(tmp_path, wrapped):
+    records = [{"time": f"2024-01-01T{i % 24:02d}:00:00Z", "zone": f"Z{i:05d}", "load": i} for i in range(6000)]
+    path = tmp_path / "load.json"
+    path.write_text(json.dumps({"meta": {"source": "tso", "tags": [1]}, "data": records} if wrapped else records))
+    reader = JsonReader(path, "json")
+    assert reader.columns == ["time", "zone", "load"]
+    chunks = reader.chunks(chunk_rows=500)
+    first = next(chunks)
+    assert first.row_numbers.tolist() == list(range(1, 501))
+    assert first.table.column("zone").to_pylist() == [f"Z{i:05d}" for i in range(500)]
+    # The rest of the array has not been read yet: cutting the file now breaks the records still to come.
+    _truncate(path)
+    with pytest.raises(ValueError, match="invalid JSON after record"):
+        for chunk in chunks:
+            assert chunk.table.num_rows <= 500
+
+
+def test_xlsx_sheets_are_streamed_in_chunks(tmp_path):
+    from openpyxl import Workbook
+
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("Load")
+    ws.append(["Timestamp", "Zone", "Load (MW)"])
+    for i in range(6_000):
+        ws.append([datetime(2024, 1, 1, i % 24), f"Z{i:05d}", float(i)])
+    path = tmp_path / "load.xlsx"
+    wb.save(path)
+    reader = ExcelReader(path)
+    assert reader.info.columns == {"Load": ["Timestamp", "Zone", "Load (MW)"]}
+    chunks = reader.chunks(chunk_rows=500)
+    first = next(chunks)
+    assert first.row_numbers.tolist() == list(range(2, 502))
+    assert first.table.column("Zone").to_pylist()[-1] == "Z00499"
+    second = next(chunks)
+    assert second.row_numbers.tolist() == list(range(502, 1002))
+    # Rows are read as they are consumed: cutting the workbook now breaks the rows still to come.
+    _truncate(path)
+    with pytest.raises(ValueError, match="unreadable workbook sheet 'Load'"):
+        for chunk in chunks:
+            assert chunk.table.num_rows <= 500

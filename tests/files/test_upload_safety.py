@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from infra.db import connect
 from ingestion.files import security
@@ -166,3 +167,38 @@ def test_file_without_data_rows_fails_with_a_reason_and_can_be_retried(
     assert "no data rows found under the header" in report["error"]
     again = process_upload(report["id"], database_url=files_database_url, lake=files_lake)
     assert again["status"] == "failed"
+
+
+def test_json_broken_after_the_sample_fails_cleanly_and_lands_nothing(
+    ingest, files_database_url, files_lake, tmp_path
+):
+    records = [
+        f'{{"datetime_utc": "2024-02-01 {i % 24:02d}:00:00", "zone": "Z{i}", "market": "DA", "lmp_usd_mwh": 1}}'
+        for i in range(700)
+    ]
+    path = tmp_path / "prices_broken.json"
+    path.write_text("[" + ",".join(records) + ', {"datetime_utc": ]')
+    report = ingest(path, org_id="org-broken-json")
+    assert report["status"] == "failed"
+    assert report["error"].startswith("ValueError: invalid JSON after record 700")
+    with pytest.raises(TableNotFoundError):  # this test's own lake: nothing was ever committed to it
+        DeltaTable(files_lake.table_uri("bronze", "files__prices"))
+
+
+def test_landing_drop_after_a_crash_before_processing_finishes_the_original(
+    files_database_url, files_lake, tmp_path: Path
+):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    path = corpus.nodal_prices_csv(landing, name="nodal_crash.csv", rows=40)
+    # A crash right after the file was registered: the upload stays 'received' and the file stays in place.
+    stuck = receive_upload(
+        path, path.name, "org-stuck", database_url=files_database_url, storage_dir=tmp_path / "store"
+    )
+    assert upload_report(stuck.upload_id, database_url=files_database_url)["status"] == "received"
+    report = ingest_landing_file(
+        path, "org-stuck", database_url=files_database_url, lake=files_lake, storage_dir=tmp_path / "store"
+    )
+    assert (report["id"], report["status"], report["rows_landed"]) == (stuck.upload_id, "landed", 40)
+    assert _rows_of(files_lake, stuck.upload_id) == 40
+    assert (landing / "processed" / "nodal_crash.csv").exists()
