@@ -250,6 +250,8 @@ async def _spooled_file(request: Request, spool_path: Path, max_bytes: int) -> _
 def _process_in_background(upload_id: int, database_url: str, settings: Settings) -> None:
     try:
         service.process_upload(upload_id, database_url=database_url, lake=lake_from_settings(settings))
+    except service.UploadError as exc:  # another worker holds it: that worker finishes it
+        log.info("upload %s not processed here: %s", upload_id, exc)
     except Exception:  # the upload stays `received`; processing it again is safe
         log.exception("background processing of upload %s failed", upload_id)
 
@@ -339,7 +341,18 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
     if deferred:
         background.add_task(_process_in_background, receipt.upload_id, state.database_url, settings)
         return _report_response(report, 202)
+    if receipt.duplicate_of is not None and await asyncio.to_thread(
+        _never_processed, receipt.duplicate_of, state.database_url
+    ):
+        # The original was registered but its processing died with a worker: without this, every later upload of
+        # the same content is a duplicate of a file that never lands. Finish it (a no-op if another worker holds
+        # its lock); the duplicate's report names it, and GET /uploads/{duplicate_of} shows its progress.
+        background.add_task(_process_in_background, receipt.duplicate_of, state.database_url, settings)
     return _report_response(report, 201)
+
+
+def _never_processed(upload_id: int, database_url: str) -> bool:
+    return service.upload_report(upload_id, database_url=database_url)["status"] == "received"
 
 
 @router.get(

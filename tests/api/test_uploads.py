@@ -14,6 +14,7 @@ from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
 from infra.lake import lake_from_settings
+from serving_api.routers.uploads import uploads_dir
 
 # A day of its own per run, so the same database (a real server) never sees identical content twice.
 DAY = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=random.randrange(300))
@@ -253,6 +254,29 @@ def test_big_file_is_accepted_with_202_and_processed_in_the_background(
     # The TestClient returns once the background task has run.
     status = client.get(f"/api/v1/uploads/{resp.json()['id']}", headers=auth("org_a", "trader")).json()
     assert (status["status"], status["rows_landed"], status["rows_quarantined"]) == ("landed", 2, 0)
+
+
+def test_an_upload_stranded_before_processing_is_finished_by_the_next_identical_upload(
+    client, auth, api_settings, api_database, tmp_path
+):
+    from ingestion.files import service
+
+    content = f"timestamp,zone,market,price (EUR/MWh)\n{D} 07:00,NP,DA,44.0\n{D} 08:00,NP,DA,45.5\n".encode()
+    path = tmp_path / "stranded.csv"
+    path.write_bytes(content)
+    # Registered, then the worker died before processing: the upload is stuck in `received`.
+    stranded = service.receive_upload(
+        path, "stranded.csv", "org_a", database_url=api_database, storage_dir=uploads_dir(api_settings)
+    )
+    assert stranded.status == "received"
+
+    resp = _post(client, auth("org_a", "trader"), "again.csv", content)
+    assert resp.status_code == 201, resp.text
+    assert (resp.json()["status"], resp.json()["duplicate_of"]) == ("duplicate", stranded.upload_id)
+    original = client.get(f"/api/v1/uploads/{stranded.upload_id}", headers=auth("org_a", "trader")).json()
+    assert (original["status"], original["rows_landed"]) == ("landed", 2)
+    assert [r["price"] for r in _landed(api_settings, "files__prices", stranded.upload_id)] == [44.0, 45.5]
+    assert _landed(api_settings, "files__prices", resp.json()["id"]) == []
 
 
 def test_another_organization_cannot_see_or_map_the_upload(client, auth, csv_upload):
