@@ -7,6 +7,7 @@ POST, optimize POST, ClickHouse analytics) is one new module plus its name in `A
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,9 +20,10 @@ from infra.settings import Settings, get_settings
 from serving_api import security
 from serving_api.cache import ResponseCache
 from serving_api.errors import install_error_handlers
+from serving_api.fastpath import CachedReadFastPath
 from serving_api.freshness import FreshnessReader
 from serving_api.metrics import ApiMetrics, MetricsMiddleware
-from serving_api.state import ApiOptions, ApiState
+from serving_api.state import ApiOptions, ApiState, RateLimiter
 from serving_api.streaming import Hub
 
 API_PREFIX = "/api/v1"
@@ -58,7 +60,8 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
     secret = security.jwt_secret_for(
         settings.jwt_secret.get_secret_value() if settings.jwt_secret else None, settings.home_dir
     )
-    state = ApiState(settings=settings, options=options, jwt_secret=secret)
+    limiter = RateLimiter(settings.home_dir / "run" / "api_rate_limits.bin")
+    state = ApiState(settings=settings, options=options, jwt_secret=secret, limiter=limiter)
     state.metrics = ApiMetrics()
     state.cache = ResponseCache(options.cache_max_entries)
     state.freshness = FreshnessReader(settings.dagster_home)
@@ -75,6 +78,12 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
         await state.pool.open(wait=True, timeout=30)
         state.hub = Hub(state)
         await state.hub.start()
+        if options.freeze_gc_after_startup:
+            # The app, its OpenAPI models and libraries are ~160k long-lived objects: a full collection
+            # over them stalls the event loop for ~80 ms (every in-flight request's latency). Frozen,
+            # they are skipped by the cyclic collector (reference counting still frees them).
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -103,6 +112,9 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
             expose_headers=["Retry-After"],
         )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, prefix=API_PREFIX)
+    if options.cache_fast_path:
+        # Added last, so outermost: cache hits skip routing, dependencies and the middleware above.
+        app.add_middleware(CachedReadFastPath, state=state, prefix=API_PREFIX)
 
     from serving_api.routers import health
 

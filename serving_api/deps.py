@@ -25,6 +25,7 @@ from serving_api.security import Permission, Role
 from serving_api.state import ApiState
 
 API_ROLE = "optibid_api"
+MAX_REMEMBERED_TOKENS = 10_000  # verified access tokens kept per process (cleared when full)
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key created by an admin")
@@ -73,13 +74,22 @@ async def _family_revoked(state: ApiState, family_id: str) -> bool:
     return row is not None
 
 
+def _cached_api_key_row(
+    state: ApiState, prefix: str, now: float
+) -> tuple[float, dict[str, Any] | None] | None:
+    cached = state.api_keys.get(prefix)
+    if cached is None or now - cached[0] > state.options.api_key_cache_seconds:
+        return None
+    return cached
+
+
 async def _api_key_row(state: ApiState, key: str) -> dict[str, Any] | None:
     prefix = security.api_key_prefix_of(key)
     if prefix is None:
         return None
-    cached = state.api_keys.get(prefix)
     now = time.monotonic()
-    if cached is None or now - cached[0] > state.options.api_key_cache_seconds:
+    cached = _cached_api_key_row(state, prefix, now)
+    if cached is None:
         assert state.pool is not None
         async with state.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -93,10 +103,66 @@ async def _api_key_row(state: ApiState, key: str) -> dict[str, Any] | None:
             row = await cur.fetchone()
         state.api_keys[prefix] = (now, row)
         cached = state.api_keys[prefix]
-    row = cached[1]
+    return _matching_key_row(cached[1], key)
+
+
+def _matching_key_row(row: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
     if row is None or not security.digests_match(row["key_hash"], security.token_digest(key)):
         return None
     return row
+
+
+def _key_principal(row: dict[str, Any]) -> Principal:
+    return Principal("api_key", row["key_id"], row["org_id"], Role(row["role"]), row["rate_limit_per_minute"])
+
+
+def _user_principal(state: ApiState, claims: security.AccessClaims) -> Principal:
+    return Principal(
+        "user",
+        claims.user_id,
+        claims.org_id,
+        claims.role,
+        state.options.user_rate_limit_per_minute,
+        claims.family_id,
+    )
+
+
+def access_claims(state: ApiState, token: str) -> security.AccessClaims | None:
+    """The claims of a valid access token; verified signatures are remembered until the token expires."""
+    claims = state.access_claims.get(token)
+    if claims is None:
+        claims = security.access_claims_of(state.jwt_secret, token)
+        if claims is None:
+            return None
+        if len(state.access_claims) >= MAX_REMEMBERED_TOKENS:
+            state.access_claims.clear()
+        state.access_claims[token] = claims
+    # PyJWT rejects a token once now >= exp; a remembered one must expire at the same moment.
+    if time.time() >= claims.expires_at:
+        state.access_claims.pop(token, None)
+        return None
+    return claims
+
+
+def cached_principal(state: ApiState, token: str | None, api_key: str | None) -> Principal | None:
+    """The caller when memory alone proves the credentials valid (the fast path), else None.
+
+    None means "ask `principal_from_credentials`": invalid credentials, an API key not looked up in the
+    last `api_key_cache_seconds`, or a token whose revocation status needs the database.
+    """
+    if api_key:
+        prefix = security.api_key_prefix_of(api_key)
+        cached = _cached_api_key_row(state, prefix, time.monotonic()) if prefix else None
+        row = _matching_key_row(cached[1], api_key) if cached else None
+        return _key_principal(row) if row else None
+    if token:
+        claims = access_claims(state, token)
+        if claims is None or claims.family_id in state.revoked_families:
+            return None
+        if state.hub is None or not state.hub.connected:
+            return None  # revocations may have been missed: `_family_revoked` asks the database
+        return _user_principal(state, claims)
+    return None
 
 
 async def authenticate(
@@ -126,11 +192,9 @@ async def principal_from_credentials(state: ApiState, token: str | None, api_key
         row = await _api_key_row(state, api_key)
         if row is None:
             raise ApiError(401, "invalid_api_key", "API key is invalid, expired or revoked")
-        return Principal(
-            "api_key", row["key_id"], row["org_id"], Role(row["role"]), row["rate_limit_per_minute"]
-        )
+        return _key_principal(row)
     if token:
-        claims = security.access_claims_of(state.jwt_secret, token)
+        claims = access_claims(state, token)
         if claims is None:
             raise ApiError(
                 401,
@@ -145,14 +209,7 @@ async def principal_from_credentials(state: ApiState, token: str | None, api_key
                 "the session of this token was revoked",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        return Principal(
-            "user",
-            claims.user_id,
-            claims.org_id,
-            claims.role,
-            state.options.user_rate_limit_per_minute,
-            claims.family_id,
-        )
+        return _user_principal(state, claims)
     raise ApiError(
         401,
         "not_authenticated",
@@ -164,9 +221,10 @@ async def principal_from_credentials(state: ApiState, token: str | None, api_key
 class OrgSession:
     """A lazily opened, organization-scoped transaction for one request."""
 
-    def __init__(self, state: ApiState, principal: Principal) -> None:
+    def __init__(self, state: ApiState, principal: Principal, permission: Permission) -> None:
         self.state = state
         self.principal = principal
+        self.permission = permission  # what the route required (cached responses remember it)
         self._pool_cm: Any = None
         self._tx_cm: Any = None
         self._conn: AsyncConnection | None = None
@@ -201,7 +259,7 @@ def scoped(permission: Permission) -> Callable[..., AsyncIterator[OrgSession]]:
     ) -> AsyncIterator[OrgSession]:
         if not principal.can(permission):
             raise ApiError(403, "forbidden", f"role '{principal.role}' lacks permission '{permission}'")
-        session = OrgSession(api_state(request), principal)
+        session = OrgSession(api_state(request), principal, permission)
         try:
             yield session
         except BaseException as exc:

@@ -40,6 +40,11 @@ class ApiMetrics:
         self.cache_hits = Counter(
             "optibid_api_cache_hits_total", "Responses served from the cache", registry=self.registry
         )
+        self.fast_path_hits = Counter(
+            "optibid_api_cache_fast_path_hits_total",
+            "Cache hits answered by the ASGI fast path, before routing (a subset of cache hits)",
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:
@@ -66,17 +71,19 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            # Routes of included routers report their path without the include prefix.
-            if (
-                route is not None
-                and scope["path"].startswith(self.prefix)
-                and not template.startswith(self.prefix)
-            ):
-                template = self.prefix + template
+            template = route_template(scope, self.prefix)
             self.metrics.latency.labels(scope["method"], template, str(status)).observe(
                 time.perf_counter() - start
             )
             if status >= 400:
                 self.metrics.errors.labels(template, str(status)).inc()
+
+
+def route_template(scope: Scope, prefix: str) -> str:
+    """The route template label of a routed request ("unmatched" before or without routing)."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) or "unmatched"
+    # Routes of included routers report their path without the include prefix.
+    if route is not None and scope["path"].startswith(prefix) and not template.startswith(prefix):
+        template = prefix + template
+    return template

@@ -1,10 +1,19 @@
-"""Process-wide state of one API app: options, the connection pool, caches, limiter, metrics, hub."""
+"""State of one API app: options, the connection pool, caches, metrics, hub (per process) and the rate
+limiter (shared by the processes of a host)."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import math
+import mmap
+import os
+import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.settings import Settings
@@ -15,6 +24,7 @@ if TYPE_CHECKING:
     from serving_api.cache import ResponseCache
     from serving_api.freshness import FreshnessReader
     from serving_api.metrics import ApiMetrics
+    from serving_api.security import AccessClaims
     from serving_api.streaming import Hub
 
 
@@ -24,6 +34,8 @@ class ApiOptions:
 
     user_rate_limit_per_minute: int = 1200
     cache_max_entries: int = 4096
+    cache_fast_path: bool = True  # serve cache hits before routing (serving_api.fastpath)
+    freeze_gc_after_startup: bool = True  # gc.freeze() once started: no full-heap GC pauses
     ws_queue_size: int = 64
     ws_heartbeat_seconds: float = 15.0
     pool_min_size: int = 2
@@ -38,22 +50,78 @@ class ApiOptions:
 
 
 class RateLimiter:
-    """Per-credential token buckets (in this process; N workers allow N times the rate)."""
+    """Per-credential token buckets shared by every API process on this host (the workers of one server).
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
+    Why shared: with `uvicorn --workers N`, per-process buckets would let a client whose connections land on
+    different workers use N times its limit, and dividing the limit by N would starve a client whose one
+    keep-alive connection sticks to one worker. So the buckets live in a small memory-mapped file
+    (`path`, fixed slots) and each decision runs under an exclusive `flock` (~2 µs); CLOCK_MONOTONIC is
+    host-wide, so every process refills the same way. Limits are exact per host; separate hosts or pods
+    (replicas) each enforce the full limit (see benchmarks/README_api.md).
+
+    A slot is found by open addressing over `PROBES` slots from the key's hash; when all are taken by
+    other keys, the least recently used of them is reused (a bucket idle for a minute is full anyway).
+    """
+
+    SLOTS = 8192
+    PROBES = 8
+    _HEADER = b"optibid-rl-v1\0\0\0"
+    _SLOT = struct.Struct("<16sdd")  # blake2b(key), tokens, last refill (time.monotonic)
+    _EMPTY = bytes(16)
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = len(self._HEADER) + self.SLOTS * self._SLOT.size
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with self._locked():
+            if os.fstat(self._fd).st_size != size or os.pread(self._fd, len(self._HEADER), 0) != self._HEADER:
+                os.ftruncate(self._fd, 0)  # another format or a torn file: start with full buckets
+                os.ftruncate(self._fd, size)
+                os.pwrite(self._fd, self._HEADER, 0)
+        self._map = mmap.mmap(self._fd, size)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def retry_after(self, key: str, per_minute: int) -> int | None:
         """None when a request is allowed now (and consume a token), else whole seconds to wait."""
-        now = time.monotonic()
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        first = int.from_bytes(digest[:8], "little")
         rate = per_minute / 60.0
-        tokens, last = self._buckets.get(key, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - last) * rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return None
-        self._buckets[key] = (tokens, now)
-        return max(1, math.ceil((1.0 - tokens) / rate))
+        capacity = float(per_minute)
+        slot, header = self._SLOT, len(self._HEADER)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # inline, not _locked(): this runs on every request
+        try:
+            now = time.monotonic()
+            offset, tokens, last, oldest = -1, capacity, now, math.inf
+            for probe in range(self.PROBES):
+                at = header + ((first + probe) % self.SLOTS) * slot.size
+                owner, slot_tokens, slot_last = slot.unpack_from(self._map, at)
+                if owner == digest:
+                    offset, tokens, last = at, slot_tokens, slot_last
+                    break
+                if owner == self._EMPTY:
+                    offset = at
+                    break
+                if slot_last < oldest:
+                    offset, oldest = at, slot_last
+            if last > now:  # written before a reboot (the monotonic clock restarted): a fresh bucket
+                tokens, last = capacity, now
+            tokens = min(capacity, tokens + (now - last) * rate)
+            allowed = tokens >= 1.0
+            slot.pack_into(self._map, offset, digest, tokens - 1.0 if allowed else tokens, now)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return None if allowed else max(1, math.ceil((1.0 - tokens) / rate))
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
 
 
 @dataclass
@@ -61,13 +129,14 @@ class ApiState:
     settings: Settings
     options: ApiOptions
     jwt_secret: str
+    limiter: RateLimiter
     database_url: str = ""
     pool: AsyncConnectionPool | None = None
     cache: ResponseCache | None = None
     hub: Hub | None = None
     metrics: ApiMetrics | None = None
     freshness: FreshnessReader | None = None
-    limiter: RateLimiter = field(default_factory=RateLimiter)
     revoked_families: set[str] = field(default_factory=set)
     api_keys: dict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
+    access_claims: dict[str, AccessClaims] = field(default_factory=dict)
     table_catalog: dict[str, tuple[float, dict[str, str] | None, bool]] = field(default_factory=dict)

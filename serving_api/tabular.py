@@ -12,8 +12,11 @@ from fastapi import Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from serving_api import exports, repository
+from serving_api.app import API_PREFIX
+from serving_api.cache import request_target
 from serving_api.deps import OrgSession, api_state
 from serving_api.errors import ApiError
+from serving_api.metrics import route_template
 from serving_api.repository import Dataset, TableQuery
 from serving_api.security import Permission
 
@@ -30,7 +33,7 @@ class TableParams:
     format: str
 
 
-def table_params(
+async def table_params(
     from_: Annotated[
         datetime | None, Query(alias="from", description="Inclusive start (UTC if no offset)")
     ] = None,
@@ -113,8 +116,7 @@ async def tabular_response(
     if cache is not None and dataset.date_col and params.t_from and params.t_to:
         key = cache.key_for(
             session.principal.org_id,
-            request.url.path,
-            str(request.url.query),
+            *request_target(request.scope),
             dataset.table,
             params.t_from,
             params.t_to,
@@ -129,5 +131,5 @@ async def tabular_response(
     page = await repository.fetch_page(state, await session.conn(), query)
     body = json.dumps(page, separators=(",", ":")).encode()
     if cache is not None and key is not None:
-        cache.put(key, body)
+        cache.put(key, body, session.permission, route_template(request.scope, API_PREFIX))
     return Response(body, media_type="application/json", headers={"X-Cache": "miss" if key else "bypass"})
