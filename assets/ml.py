@@ -509,12 +509,3 @@ def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
             "preview": dg.MetadataValue.md(_md_table(gold.drop(columns="market_date").head(20))),
         }
     )
-
-
-ml_weekly_schedule = dg.ScheduleDefinition(
-    name="ml_weekly_schedule",
-    cron_schedule="0 3 * * 1",
-    target=[backtests, drift_report],
-    execution_timezone=get_settings().market_timezone,
-    description="Monday 03:00: backtests (champion selection) and drift reports.",
-)

@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from assets.ml import ml_weekly_schedule
+from assets.ml import backtests, drift_report
+from infra.settings import get_settings
 from orchestration.jobs import bronze_cdc_job
 
 bronze_cdc_floor_schedule = dg.ScheduleDefinition(
@@ -10,6 +11,14 @@ bronze_cdc_floor_schedule = dg.ScheduleDefinition(
     job=bronze_cdc_job,
     cron_schedule="*/15 * * * *",
     description="Drains CDC topics every 15 minutes even when the lag sensor stays quiet.",
+)
+
+ml_weekly_schedule = dg.ScheduleDefinition(
+    name="ml_weekly_schedule",
+    cron_schedule="0 3 * * 1",
+    target=[backtests, drift_report],
+    execution_timezone=get_settings().market_timezone,
+    description="Monday 03:00: backtests (champion selection) and drift reports.",
 )
 
 SCHEDULES: list[dg.ScheduleDefinition] = [
