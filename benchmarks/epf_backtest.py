@@ -42,10 +42,19 @@ PUBLISHED = {
 
 
 def market_result(
-    market: str, quick: bool, recalibrate_every: int, alpha_refresh_days: int, long_refit_days: int,
+    market: str,
+    quick: bool,
+    recalibrate_every: int,
+    alpha_refresh_days: int,
+    long_refit_days: int,
+    dnn_refit_days: int,
+    dnn_members: int,
     out_dir: Path,
 ) -> dict[str, object]:
-    """Backtest one market with the production pipeline; the metrics row for the summary table."""
+    """Backtest one market with the production pipeline; the metrics row for the summary table.
+
+    `dnn_refit_days` 0 runs LEAR alone. The row also carries each member's MAE (`members`).
+    """
     frame = read_price_csv(DATA_DIR / f"{market}.csv", unique_id=market)
     start, end = TEST_PERIODS[market]
     if quick:
@@ -55,17 +64,25 @@ def market_result(
         recalibrate_every_days=recalibrate_every,
         alpha_refresh_days=alpha_refresh_days,
         long_window_refit_days=long_refit_days,
+        dnn_refit_days=dnn_refit_days or None,
+        dnn_members=dnn_members,
     )
-    result = pipeline.backtest(frame, start, end, warmup_days=7 if quick else 28)
+    began = time.perf_counter()
+
+    def progress(done: int, total: int, day: pd.Timestamp) -> None:
+        if done % 28 == 0 or done == total:
+            print(f"  {market}: {done}/{total} days ({day.date()}), {time.perf_counter() - began:.0f} s", flush=True)
+
+    result = pipeline.backtest(frame, start, end, warmup_days=7 if quick else 28, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.forecasts.to_csv(out_dir / f"{market}_forecasts.csv", index=False)
     (out_dir / f"{market}_metrics.json").write_text(
-        json.dumps(
-            {"settings": result.settings, "wall_seconds": result.wall_seconds, **result.metrics}, default=str
-        )
+        json.dumps({"settings": result.settings, "wall_seconds": result.wall_seconds, **result.metrics}, default=str)
     )
-    row = result.overall().set_index("model").loc[pipeline.primary_model]
+    overall = result.overall().set_index("model")
+    row = overall.loc[pipeline.primary_model]
     return {
+        "members": {m: float(overall.loc[m, "mae"]) for m in pipeline.member_names},
         "market": market,
         "start": start,
         "end": end,
@@ -130,18 +147,16 @@ def speed_seconds(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="7 scored days per market (smoke run)")
     parser.add_argument("--markets", nargs="+", default=list(TEST_PERIODS), choices=list(TEST_PERIODS))
     parser.add_argument("--recalibrate-every", type=int, default=1, help="days between coefficient refits")
-    parser.add_argument(
-        "--alpha-refresh-days", type=int, default=28, help="days between AIC alpha selections"
-    )
+    parser.add_argument("--alpha-refresh-days", type=int, default=28, help="days between AIC alpha selections")
     parser.add_argument(
         "--long-window-refit-days", type=int, default=7, help="days between refits of >= 365-day windows"
     )
+    parser.add_argument("--dnn-refit-days", type=int, default=7, help="days between DNN retrains (0: LEAR alone)")
+    parser.add_argument("--dnn-members", type=int, default=16, help="networks in the DNN ensemble")
     parser.add_argument("--jobs", type=int, default=3, help="markets run in parallel processes")
     parser.add_argument("--out-dir", type=Path, default=Path(".optibid/benchmarks/epf"))
     parser.add_argument("--speed-only", action="store_true")
@@ -152,11 +167,17 @@ def main() -> None:
 
     began = time.perf_counter()
     if not args.speed_only:
+        dnn_note = (
+            f"DNN ensemble ({args.dnn_members} MLPs) retrained every {args.dnn_refit_days} day(s), warm-started; "
+            "forecast = mean of LEAR and DNN"
+            if args.dnn_refit_days
+            else "no DNN (LEAR alone)"
+        )
         print(
             f"production pipeline: LEAR windows {PRODUCTION_WINDOWS} days; short windows refit every "
             f"{args.recalibrate_every} day(s), long (>= 365 d) every {args.long_window_refit_days} day(s); "
-            f"LASSO alphas re-selected by AIC every {args.alpha_refresh_days} refits of a window; "
-            "split-conformal intervals (182-day residual window); timestamps as published (UTC labels)"
+            f"LASSO alphas re-selected by AIC every {args.alpha_refresh_days} refits of a window; {dnn_note}; "
+            "split-conformal intervals (182-day residual window, adaptive level); timestamps as published"
         )
         with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(args.markets)))) as pool:
             futures = [
@@ -167,6 +188,8 @@ def main() -> None:
                     args.recalibrate_every,
                     args.alpha_refresh_days,
                     args.long_window_refit_days,
+                    args.dnn_refit_days,
+                    args.dnn_members,
                     args.out_dir,
                 )
                 for m in args.markets
@@ -190,6 +213,9 @@ def main() -> None:
                 f"{lear[0]:8.3f} {lear[1]:6.2f} "
                 f"| {dnn[0]:7.3f} {dnn[1]:6.2f} | {verdict:>8} {r['wall_s']:7.0f}"
             )
+        for r in rows:
+            members = ", ".join(f"{m} {mae:.3f}" for m, mae in r["members"].items())
+            print(f"  {r['market']} member MAE: {members}")
         print("coverage nominal: cov80 = 0.80, cov95 = 0.95; rMAE = MAE / MAE(weekly naive)")
         if args.quick:
             print("QUICK run: 7 days per market, not comparable with the published 104-week figures")

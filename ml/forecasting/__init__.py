@@ -19,13 +19,14 @@ Public API (what the assets call)
 ---------------------------------
     read_price_csv(path, unique_id=None, timezone="UTC") -> long frame      # epftoolbox-shaped CSV
     validated_long_frame(frame) -> long frame                                 # checks + normalises
-    production_pipeline(timezone, recalibrate_every_days=1, alpha_refresh_days=28) -> ForecastPipeline
+    production_pipeline(timezone, recalibrate_every_days=1, alpha_refresh_days=28, dnn_refit_days=7)
+        -> ForecastPipeline (mean of LEAR and DNN; primary model "ensemble")
     ForecastPipeline(models, ensemble="median"|"inverse_error"|None, timezone, recalibrate_every_days, ...)
         .forecast_day(frame, day, calibration_days=28) -> forecast frame      # daily asset: gold.forecasts
         .backtest(frame, start, end, warmup_days=28) -> BacktestResult       # backtest asset
     BacktestResult: .forecasts, .metrics {"overall","per_hour","per_day"}, .settings, .wall_seconds
     forecaster_for(name) -> Forecaster
-        # lear | seasonal_naive auto_ets auto_arima mstl auto_theta | nhits nbeatsx tft
+        # lear | dnn | seasonal_naive auto_ets auto_arima mstl auto_theta | nhits nbeatsx tft
     metrics_of(rows) / backtest_metrics(rows, timezone)   # MAE RMSE sMAPE rMAE pinball coverage
     ml.forecasting.tracking: log_backtest_run(result, tracking_uri, zone, pipeline) -> run_id,
         register_champion(run_id, zone, tracking_uri) -> version, load_champion(zone, tracking_uri)
@@ -47,6 +48,7 @@ from ml.forecasting.data import (
 )
 from ml.forecasting.metrics import backtest_metrics, metrics_of
 from ml.forecasting.models import (
+    DNN,
     LEAR,
     NEURAL_MODELS,
     STATS_MODELS,
@@ -58,6 +60,7 @@ from ml.forecasting.models import (
 from ml.forecasting.pipeline import BacktestResult, ForecastPipeline, production_pipeline
 
 __all__ = [
+    "DNN",
     "FORECAST_COLUMNS",
     "LEAR",
     "NEURAL_MODELS",

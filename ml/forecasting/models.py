@@ -7,6 +7,8 @@ added on top by `ml.forecasting.pipeline`, so every model gets them the same way
 Families:
 - `LEAR`: per-hour LASSO (alpha by AIC via LARS) on asinh(median/MAD-normalised) data, features prices d-1,
   d-2, d-3, d-7 (24 h each), exogenous d, d-1, d-7, day-of-week dummies; averaged over calibration windows.
+- `DNN`: an ensemble of small MLPs (torch, CPU) on the LEAR feature row predicting the 24 hours jointly, in the
+  spirit of the epftoolbox DNN; retrained on a schedule, warm-started.
 - `StatsForecastModels`: statsforecast seasonal naive, AutoETS, AutoARIMA (ARIMAX when exogenous columns
   exist), MSTL, AutoTheta, fitted on the recent hourly history at every forecast (they are local models).
 - `NeuralForecastModels`: neuralforecast NHITS, NBEATSx, TFT (all with future exogenous), CPU-sized; imported
@@ -248,31 +250,16 @@ class LEAR(Forecaster):
         self._fits: dict[str, dict[int, _LearWindowFit]] = {}
         self._fit_count: dict[str, int] = {}
 
-    def _matrices(self, series: pd.DataFrame, timezone: str, exog: list[str]) -> tuple[Any, np.ndarray]:
-        mat = day_matrix(series, timezone, [TARGET_COL, *exog])
-        feats = lear_features(mat.values[TARGET_COL], [mat.values[c] for c in exog], mat.days)
-        return mat, feats
-
     def fit(self, history: pd.DataFrame, timezone: str = "UTC") -> LEAR:
-        exog = exogenous_columns(history)
-        longest = max(self.calibration_windows) + 8
-        for uid, series in history.groupby(ID_COL, sort=False):
-            tail_start = series[TIME_COL].max() - pd.Timedelta(days=longest + 1)
-            series = series[series[TIME_COL] >= tail_start]
-            mat, feats = self._matrices(series, timezone, exog)
-            targets = mat.values[TARGET_COL]
-            usable = ~(np.isnan(feats).any(axis=1) | np.isnan(targets).any(axis=1))
-            rows = np.flatnonzero(usable)
-            if rows.size < self.min_window:
-                raise ForecastDataError(
-                    f"LEAR needs at least {self.min_window} complete days (with d-7 lags) for {uid!r}; "
-                    f"history has {rows.size}"
-                )
+        for uid in history[ID_COL].unique():
+            feats, targets, _ = usable_training_rows(
+                history, uid, timezone, max(self.calibration_windows), self.min_window, self.name
+            )
             key = str(uid)
             count = self._fit_count.get(key, 0)
             old = self._fits.get(key, {})
             fits = {}
-            for window in sorted(set(min(w, rows.size) for w in self.calibration_windows)):
+            for window in sorted(set(min(w, len(targets)) for w in self.calibration_windows)):
                 prev = old.get(window)
                 long_window = window >= self.long_window_days
                 if prev is not None and long_window and count % self.long_window_refit_every:
@@ -280,48 +267,262 @@ class LEAR(Forecaster):
                     continue
                 refits = self._window_refits.get((key, window), 0)
                 warm = prev if prev is not None and refits % self.alpha_refresh_every else None
-                take = rows[-window:]
-                fits[window] = _LearWindowFit(feats[take], targets[take], warm)
+                fits[window] = _LearWindowFit(feats[-window:], targets[-window:], warm)
                 self._window_refits[(key, window)] = refits + 1
             self._fits[key] = fits
             self._fit_count[key] = count + 1
         return self
 
     def predict(self, history: pd.DataFrame, future: pd.DataFrame, timezone: str = "UTC") -> pd.DataFrame:
-        exog = exogenous_columns(history)
         missing = [uid for uid in future[ID_COL].unique() if uid not in self._fits]
         if missing:
             self.fit(history[history[ID_COL].isin(missing)], timezone)
         out = []
         for uid, fut in future.groupby(ID_COL, sort=False):
-            target_day = local_date(fut[TIME_COL].iloc[0], timezone)
-            hist = history[
-                (history[ID_COL] == uid) & (history[TIME_COL] >= fut[TIME_COL].min() - pd.Timedelta(days=9))
-            ]
-            both = pd.concat([hist, fut.assign(**{TARGET_COL: np.nan})], ignore_index=True)
-            for col in exog:
-                if fut[col].isna().any():
-                    raise ForecastDataError(
-                        f"{uid!r}: exogenous {col!r} missing for target day {target_day.date()}"
-                    )
-            mat, feats = self._matrices(both, timezone, exog)
-            row = feats[mat.row_of(target_day)][None, :]
-            if np.isnan(row).any():
-                raise ForecastDataError(
-                    f"{uid!r}: history lacks the d-1..d-7 days LEAR needs for {target_day.date()}"
-                )
+            row = target_day_features(history, fut, timezone, self.name)
             slots = np.mean([f.predict(row)[0] for f in self._fits[str(uid)].values()], axis=0)
-            hours = pd.DatetimeIndex(fut[TIME_COL])
-            out.append(
-                pd.DataFrame(
-                    {
-                        ID_COL: uid,
-                        TIME_COL: hours,
-                        "model": self.name,
-                        "y_hat": slots[slot_of_hours(hours, timezone)],
-                    }
-                )
-            )
+            out.append(_slot_rows(uid, fut, slots, self.name, timezone))
+        return pd.concat(out, ignore_index=True)
+
+
+def series_design(series: pd.DataFrame, timezone: str, exog: list[str]) -> tuple[Any, np.ndarray]:
+    """Day matrices of one series and its LEAR design matrix (`lear_features`), one row per local day."""
+    mat = day_matrix(series, timezone, [TARGET_COL, *exog])
+    feats = lear_features(mat.values[TARGET_COL], [mat.values[c] for c in exog], mat.days)
+    return mat, feats
+
+
+def usable_training_rows(
+    history: pd.DataFrame, uid: object, timezone: str, days: int, min_days: int, model: str
+) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
+    """(features, targets, days) of the complete days among the last `days` + 8 of one series' history.
+
+    A day is usable when its 24 prices and all lags exist. Raises ForecastDataError below `min_days`.
+    """
+    exog = exogenous_columns(history)
+    series = history[history[ID_COL] == uid]
+    tail_start = series[TIME_COL].max() - pd.Timedelta(days=days + 9)
+    series = series[series[TIME_COL] >= tail_start]
+    mat, feats = series_design(series, timezone, exog)
+    targets = mat.values[TARGET_COL]
+    usable = ~(np.isnan(feats).any(axis=1) | np.isnan(targets).any(axis=1))
+    rows = np.flatnonzero(usable)
+    if rows.size < min_days:
+        raise ForecastDataError(
+            f"{model} needs at least {min_days} complete days (with d-7 lags) for {uid!r}; history has {rows.size}"
+        )
+    return feats[rows], targets[rows], mat.days[rows]
+
+
+def target_day_features(history: pd.DataFrame, fut: pd.DataFrame, timezone: str, model: str) -> np.ndarray:
+    """The LEAR feature row (1 x p) of the target day of `fut` (one series' future rows)."""
+    exog = exogenous_columns(history)
+    uid = fut[ID_COL].iloc[0]
+    target_day = local_date(fut[TIME_COL].iloc[0], timezone)
+    hist = history[(history[ID_COL] == uid) & (history[TIME_COL] >= fut[TIME_COL].min() - pd.Timedelta(days=9))]
+    for col in exog:
+        if fut[col].isna().any():
+            raise ForecastDataError(f"{uid!r}: exogenous {col!r} missing for target day {target_day.date()}")
+    both = pd.concat([hist, fut.assign(**{TARGET_COL: np.nan})], ignore_index=True)
+    mat, feats = series_design(both, timezone, exog)
+    row = feats[mat.row_of(target_day)][None, :]
+    if np.isnan(row).any():
+        raise ForecastDataError(f"{uid!r}: history lacks the d-1..d-7 days {model} needs for {target_day.date()}")
+    return row
+
+
+def _slot_rows(uid: object, fut: pd.DataFrame, slots: np.ndarray, model: str, timezone: str) -> pd.DataFrame:
+    """24 slot forecasts mapped onto the real hours of `fut` as long forecast rows."""
+    hours = pd.DatetimeIndex(fut[TIME_COL])
+    return pd.DataFrame({ID_COL: uid, TIME_COL: hours, "model": model, "y_hat": slots[slot_of_hours(hours, timezone)]})
+
+
+# ---------------------------------------------------------------------------------------------- DNN ---
+
+
+class _ScaledDesign:
+    """LEAR-style input/target scaling: asinh of median/MAD-normalised values (dummies left as 0/1)."""
+
+    def __init__(self, features: np.ndarray, targets: np.ndarray, n_dummies: int = 7) -> None:
+        self.n_cont = features.shape[1] - n_dummies
+        self.x_med, self.x_mad = _robust_scale(features[:, : self.n_cont])
+        self.y_med, self.y_mad = _robust_scale(targets)
+
+    def x(self, features: np.ndarray) -> np.ndarray:
+        cont = np.arcsinh((features[:, : self.n_cont] - self.x_med) / self.x_mad)
+        return np.hstack([cont, features[:, self.n_cont :]]).astype(np.float32)
+
+    def y(self, targets: np.ndarray) -> np.ndarray:
+        return np.arcsinh((targets - self.y_med) / self.y_mad).astype(np.float32)
+
+    def prices(self, z: np.ndarray) -> np.ndarray:
+        return self.y_med + self.y_mad * np.sinh(z)
+
+
+class DNN(Forecaster):
+    """An epftoolbox-style DNN ensemble: MLPs mapping the LEAR feature row of day d to its 24 prices jointly.
+
+    Each of `n_members` networks (hidden layers `hidden`, ReLU, dropout) is trained with an L1 loss on
+    asinh(median/MAD)-scaled inputs and targets (`_ScaledDesign`, as LEAR) over the last `train_days` complete
+    days (members alternate between `train_days` and `alt_train_days` for diversity), with Adam and early
+    stopping on a validation slice: a fixed pseudo-random `val_fraction` of calendar days per member, so a day
+    stays in the same slice across refits. `input_l1` penalises the first layer's weights (a soft input
+    selection, as the L1 option of the epftoolbox DNN). The forecast is the mean of the members.
+
+    `fit` retrains on every `refit_every`-th call (the pipeline may call it daily for LEAR); later refits
+    start from the previous weights (warm start) and stop after `warm_patience` epochs without improvement.
+    torch runs single-threaded here: the networks are small and the cores are better spent on parallel
+    markets/zones.
+    """
+
+    def __init__(
+        self,
+        name: str = "DNN",
+        n_members: int = 16,
+        hidden: Sequence[int] = (256, 128),
+        train_days: int = 1456,
+        alt_train_days: int = 1092,
+        val_fraction: float = 0.2,
+        max_epochs: int = 400,
+        patience: int = 20,
+        warm_patience: int = 8,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        dropout: float = 0.2,
+        input_l1: float = 3e-5,
+        refit_every: int = 1,
+        min_days: int = 28,
+        seed: int = 0,
+    ) -> None:
+        self.name = name
+        self.n_members = int(n_members)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.train_days = int(train_days)
+        self.alt_train_days = int(alt_train_days)
+        self.val_fraction = float(val_fraction)
+        self.max_epochs = int(max_epochs)
+        self.patience = int(patience)
+        self.warm_patience = int(warm_patience)
+        self.batch_size = int(batch_size)
+        self.learning_rate = float(learning_rate)
+        self.weight_decay = float(weight_decay)
+        self.dropout = float(dropout)
+        self.input_l1 = float(input_l1)
+        self.refit_every = max(int(refit_every), 1)
+        self.min_days = int(min_days)
+        self.seed = int(seed)
+        self._members: dict[str, list[tuple[_ScaledDesign, Any]]] = {}
+        self._fit_count: dict[str, int] = {}
+        self.last_epochs: list[int] = []
+
+    def _network(self, n_in: int) -> Any:
+        import torch
+
+        layers: list[Any] = []
+        width = n_in
+        for h in self.hidden:
+            layers += [torch.nn.Linear(width, h), torch.nn.ReLU(), torch.nn.Dropout(self.dropout)]
+            width = h
+        layers.append(torch.nn.Linear(width, 24))
+        return torch.nn.Sequential(*layers)
+
+    def _validation_days(self, days: pd.DatetimeIndex, member: int) -> np.ndarray:
+        """A fixed pseudo-random share of calendar days (per member), stable as the window rolls."""
+        ordinal = np.asarray(days.asi8 // (86_400 * 10**9), dtype=np.int64)
+        mixed = (ordinal * 2_654_435_761 + (self.seed * 7919 + member) * 40_503) % 1_000_003
+        return (mixed / 1_000_003.0) < self.val_fraction
+
+    def _train_member(
+        self, feats: np.ndarray, targets: np.ndarray, days: pd.DatetimeIndex, member: int, warm: Any | None
+    ) -> tuple[_ScaledDesign, Any]:
+        import torch
+
+        design = _ScaledDesign(feats, targets)
+        x, y = torch.from_numpy(design.x(feats)), torch.from_numpy(design.y(targets))
+        val = torch.from_numpy(self._validation_days(days, member))
+        if int(val.sum()) < 7 or int((~val).sum()) < 7:
+            val = torch.zeros(len(days), dtype=torch.bool)
+            val[-max(len(days) // 5, 1) :] = True  # tiny histories: the newest fifth
+        x_tr, y_tr, x_va, y_va = x[~val], y[~val], x[val], y[val]
+        gen = torch.Generator().manual_seed(self.seed * 1000 + member)
+        torch.manual_seed(self.seed * 1000 + member)
+        net = self._network(x.shape[1])
+        if warm is not None:
+            net.load_state_dict(warm.state_dict())
+        opt = torch.optim.Adam(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        loss_fn = torch.nn.L1Loss()
+        patience = self.patience if warm is None else self.warm_patience
+        best, best_state, since, epochs = float("inf"), None, 0, 0
+        while epochs < self.max_epochs:
+            epochs += 1
+            net.train()
+            order = torch.randperm(len(x_tr), generator=gen)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                opt.zero_grad()
+                loss = loss_fn(net(x_tr[idx]), y_tr[idx])
+                if self.input_l1 > 0:
+                    loss = loss + self.input_l1 * net[0].weight.abs().sum()
+                loss.backward()
+                opt.step()
+            net.eval()
+            with torch.no_grad():
+                score = float(loss_fn(net(x_va), y_va))
+            if score < best - 1e-5:
+                best, since = score, 0
+                best_state = {k: v.clone() for k, v in net.state_dict().items()}
+            else:
+                since += 1
+                if since >= patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        self.last_epochs.append(epochs)
+        return design, net
+
+    def fit(self, history: pd.DataFrame, timezone: str = "UTC") -> DNN:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for uid in history[ID_COL].unique():
+                key = str(uid)
+                count = self._fit_count.get(key, 0)
+                self._fit_count[key] = count + 1
+                if key in self._members and count % self.refit_every:
+                    continue
+                longest = max(self.train_days, self.alt_train_days)
+                feats, targets, days = usable_training_rows(history, uid, timezone, longest, self.min_days, self.name)
+                old = self._members.get(key, [])
+                self.last_epochs = []
+                members = []
+                for m in range(self.n_members):
+                    window = self.train_days if m % 2 == 0 else self.alt_train_days
+                    warm = old[m][1] if m < len(old) else None
+                    members.append(self._train_member(feats[-window:], targets[-window:], days[-window:], m, warm))
+                self._members[key] = members
+        finally:
+            torch.set_num_threads(threads)
+        return self
+
+    def predict(self, history: pd.DataFrame, future: pd.DataFrame, timezone: str = "UTC") -> pd.DataFrame:
+        import torch
+
+        missing = [uid for uid in future[ID_COL].unique() if str(uid) not in self._members]
+        if missing:
+            self.fit(history[history[ID_COL].isin(missing)], timezone)
+        out = []
+        for uid, fut in future.groupby(ID_COL, sort=False):
+            row = target_day_features(history, fut, timezone, self.name)
+            preds = []
+            with torch.no_grad():
+                for design, net in self._members[str(uid)]:
+                    z = net(torch.from_numpy(design.x(row))).numpy().astype(float)
+                    preds.append(design.prices(z)[0])
+            out.append(_slot_rows(uid, fut, np.mean(preds, axis=0), self.name, timezone))
         return pd.concat(out, ignore_index=True)
 
 
@@ -381,9 +582,7 @@ class StatsForecastModels(Forecaster):
             "auto_arima": lambda: AutoARIMA(
                 season_length=24, approximation=True, max_p=3, max_q=3, max_P=1, max_Q=1, alias="auto_arima"
             ),
-            "mstl": lambda: MSTL(
-                season_length=[24, 168], trend_forecaster=AutoETS(model="ZZN"), alias="mstl"
-            ),
+            "mstl": lambda: MSTL(season_length=[24, 168], trend_forecaster=AutoETS(model="ZZN"), alias="mstl"),
             "auto_theta": lambda: AutoTheta(season_length=24, alias="auto_theta"),
         }
         return [build[k]() for k in self.kinds]
@@ -430,8 +629,7 @@ def _aligned_to_future(fc: pd.DataFrame, future: pd.DataFrame, models: list[str]
     long = merged.melt(id_vars=[ID_COL, TIME_COL], value_vars=models, var_name="model", value_name="y_hat")
     if long["y_hat"].isna().any():
         raise ForecastDataError(
-            "model output does not cover every target hour (is the history contiguous "
-            "up to the forecast origin?)"
+            "model output does not cover every target hour (is the history contiguous up to the forecast origin?)"
         )
     return long
 
@@ -534,15 +732,17 @@ class NeuralForecastModels(Forecaster):
 
 
 def forecaster_for(name: str, **options: Any) -> Forecaster:
-    """A forecaster by short name: `lear`, one of STATS_MODELS, one of NEURAL_MODELS.
+    """A forecaster by short name: `lear`, `dnn`, one of STATS_MODELS, one of NEURAL_MODELS.
 
     `options` go to the constructor (e.g. `calibration_windows` for lear, `max_steps` for neural ones).
     """
     key = name.strip().lower()
     if key == "lear":
         return LEAR(**options)
+    if key == "dnn":
+        return DNN(**options)
     if key in STATS_MODELS:
         return StatsForecastModels(kinds=(key,), **options)
     if key in NEURAL_MODELS:
         return NeuralForecastModels(kinds=(key,), **options)
-    raise ValueError(f"unknown model {name!r}; choose from lear, {', '.join(STATS_MODELS + NEURAL_MODELS)}")
+    raise ValueError(f"unknown model {name!r}; choose from lear, dnn, {', '.join(STATS_MODELS + NEURAL_MODELS)}")

@@ -13,6 +13,10 @@ For each market-local day d (in `timezone`), in order:
 4. split-conformal intervals: quantiles of the out-of-sample residuals (y - y_hat) of the previous
    `conformal_window_days` days, per local hour slot once there are >= 56 days, pooled over hours before.
    Columns q10/q50/q90 and lo80=q10, hi80=q90, lo95=q2.5, hi95=q97.5; sorted so intervals are ordered.
+   With `aci_gamma` > 0 the quantile levels adapt (adaptive conformal inference, Gibbs & Candes 2021): after
+   each day the working miscoverage alpha of each interval moves by gamma x (nominal alpha - that day's share
+   of misses), so intervals that keep missing widen and over-wide ones narrow (q10/q90 are then the 80%
+   interval's adapted bounds).
 5. after d, its actuals join the residual store (they are known at d+1's origin).
 """
 
@@ -42,7 +46,7 @@ from ml.forecasting.data import (
     validated_long_frame,
 )
 from ml.forecasting.metrics import backtest_metrics
-from ml.forecasting.models import LEAR, Forecaster, forecaster_for
+from ml.forecasting.models import DNN, LEAR, Forecaster, forecaster_for
 
 ENSEMBLE_NAME = "ensemble"
 # Residual quantile levels behind the interval columns; lo80/hi80 reuse q10/q90.
@@ -73,22 +77,26 @@ class _ResidualStore:
     days: dict[tuple[str, str], dict[pd.Timestamp, tuple[np.ndarray, np.ndarray]]] = field(
         default_factory=lambda: defaultdict(dict)
     )
+    # Adaptive conformal inference: the working miscoverage level per (unique_id, model, nominal %).
+    alphas: dict[tuple[str, str, int], float] = field(default_factory=dict)
+
+    def alpha(self, uid: str, model: str, nominal: int) -> float:
+        return self.alphas.get((uid, model, nominal), 1 - nominal / 100)
 
     def add(self, uid: str, model: str, day: pd.Timestamp, slots: np.ndarray, resid: np.ndarray) -> None:
         ok = ~np.isnan(resid)
         if ok.any():
             self.days[(uid, model)][day] = (slots[ok], resid[ok])
 
-    def window(
-        self, uid: str, model: str, day: pd.Timestamp, n_days: int
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def window(self, uid: str, model: str, day: pd.Timestamp, n_days: int) -> list[tuple[np.ndarray, np.ndarray]]:
         start = day - pd.Timedelta(days=n_days)
         return [v for d, v in self.days.get((uid, model), {}).items() if start <= d < day]
 
 
-def _interval_offsets(entries: list[tuple[np.ndarray, np.ndarray]], slots: np.ndarray) -> np.ndarray:
+def _interval_offsets(
+    entries: list[tuple[np.ndarray, np.ndarray]], slots: np.ndarray, levels: Sequence[float]
+) -> np.ndarray:
     """Residual quantile offsets (rows x levels) for hours with `slots`, NaN without residual history."""
-    levels = [q for _, q in INTERVAL_LEVELS]
     if not entries:
         return np.full((len(slots), len(levels)), np.nan)
     all_slots = np.concatenate([s for s, _ in entries])
@@ -115,9 +123,7 @@ def weekly_naive(frame: pd.DataFrame, timezone: str) -> pd.DataFrame:
         prev = day_pos - 7
         naive = np.where(prev >= 0, values[np.clip(prev, 0, None), slot], np.nan)
         parts.append(
-            pd.DataFrame(
-                {ID_COL: series[ID_COL].to_numpy(), TIME_COL: series[TIME_COL].to_numpy(), "y_naive": naive}
-            )
+            pd.DataFrame({ID_COL: series[ID_COL].to_numpy(), TIME_COL: series[TIME_COL].to_numpy(), "y_naive": naive})
         )
     return pd.concat(parts, ignore_index=True)
 
@@ -138,6 +144,7 @@ class ForecastPipeline:
         recalibrate_every_days: int = 1,
         conformal_window_days: int = 182,
         weight_window_days: int = 28,
+        aci_gamma: float = 0.0,
     ) -> None:
         if ensemble not in (None, "median", "inverse_error"):
             raise ValueError(f"ensemble must be 'median', 'inverse_error' or None, not {ensemble!r}")
@@ -151,6 +158,7 @@ class ForecastPipeline:
         self.recalibrate_every_days = recalibrate_every_days
         self.conformal_window_days = conformal_window_days
         self.weight_window_days = weight_window_days
+        self.aci_gamma = float(aci_gamma)
 
     @property
     def member_names(self) -> list[str]:
@@ -173,6 +181,7 @@ class ForecastPipeline:
             "recalibrate_every_days": self.recalibrate_every_days,
             "conformal_window_days": self.conformal_window_days,
             "weight_window_days": self.weight_window_days,
+            "aci_gamma": self.aci_gamma,
             "lear_calibration_windows": [list(w) for w in windows],
         }
 
@@ -203,9 +212,7 @@ class ForecastPipeline:
             if i % self.recalibrate_every_days == 0:
                 for model in self.models:
                     model.fit(history, self.timezone)
-            preds = pd.concat(
-                [m.predict(history, future, self.timezone) for m in self.models], ignore_index=True
-            )
+            preds = pd.concat([m.predict(history, future, self.timezone) for m in self.models], ignore_index=True)
             preds = self._with_ensemble(preds, store, day)
             preds = self._with_intervals(preds, store, day)
             preds["origin"] = origin
@@ -258,8 +265,10 @@ class ForecastPipeline:
         parts = []
         for (uid, model), block in preds.groupby([ID_COL, "model"], sort=False):
             slots = slot_of_hours(pd.DatetimeIndex(block[TIME_COL]), self.timezone)
+            a80, a95 = (store.alpha(str(uid), str(model), n) for n in (80, 95))
+            levels = np.clip([a95 / 2, a80 / 2, 0.5, 1 - a80 / 2, 1 - a95 / 2], 0.0, 1.0)
             offsets = _interval_offsets(
-                store.window(str(uid), str(model), day, self.conformal_window_days), slots
+                store.window(str(uid), str(model), day, self.conformal_window_days), slots, levels
             )
             bands = np.sort(block["y_hat"].to_numpy(float)[:, None] + offsets, axis=1)
             block = block.copy()
@@ -274,6 +283,16 @@ class ForecastPipeline:
         for (uid, model), block in preds.groupby([ID_COL, "model"], sort=False):
             slots = slot_of_hours(pd.DatetimeIndex(block[TIME_COL]), self.timezone)
             store.add(str(uid), str(model), day, slots, (block[TARGET_COL] - block["y_hat"]).to_numpy(float))
+            known = block[block[TARGET_COL].notna() & block["lo80"].notna()]
+            if self.aci_gamma <= 0 or known.empty:
+                continue
+            y = known[TARGET_COL].to_numpy(float)
+            for nominal, lo, hi in ((80, "lo80", "hi80"), (95, "lo95", "hi95")):
+                missed = float(np.mean((y < known[lo].to_numpy(float)) | (y > known[hi].to_numpy(float))))
+                key = (str(uid), str(model), nominal)
+                # ACI step: a day with more misses than nominal lowers the working alpha (wider intervals).
+                alpha = store.alpha(*key) + self.aci_gamma * ((1 - nominal / 100) - missed)
+                store.alphas[key] = float(np.clip(alpha, 0.0, 1.0))
 
     # ---------------------------------------------------------------------------------- entry points ---
     def backtest(
@@ -329,6 +348,9 @@ class ForecastPipeline:
 
 
 PRODUCTION_WINDOWS = (56, 84, 1092, 1456)
+# Daily step of adaptive conformal inference (see ForecastPipeline): a day whose 80% interval misses every hour
+# widens the next day's interval by 0.016 of nominal level; fixed before the full EPF run (see the README).
+PRODUCTION_ACI_GAMMA = 0.02
 
 
 def production_pipeline(
@@ -337,23 +359,40 @@ def production_pipeline(
     alpha_refresh_days: int = 28,
     calibration_windows: Sequence[int] = PRODUCTION_WINDOWS,
     long_window_refit_days: int = 7,
+    dnn_refit_days: int | None = 7,
+    dnn_members: int = 16,
+    ensemble: str = "median",
+    aci_gamma: float = PRODUCTION_ACI_GAMMA,
 ) -> ForecastPipeline:
-    """The pipeline the assets and the EPF benchmark run: the LEAR calibration-window ensemble.
+    """The pipeline the assets and the EPF benchmark run: LEAR and DNN ensembles, combined hour by hour.
 
     LEAR is averaged over `calibration_windows` (days; the epftoolbox set by default). The short windows
     (< 365 days) are re-estimated every `recalibrate_every_days` (1 = daily, the epftoolbox protocol), the
     long ones every `long_window_refit_days`. Per-hour LASSO alphas are re-selected by AIC every
     `alpha_refresh_days` days for short windows; for long windows every `alpha_refresh_days` of their refits
     (i.e. every alpha_refresh_days x long_window_refit_days / recalibrate_every_days days). See `LEAR`.
+    The DNN ensemble (`DNN`, `dnn_members` networks) is retrained every `dnn_refit_days` days (warm-started);
+    None leaves it out.
+    The published forecast is the `ensemble` ("median" of two members = their mean, as Lago et al.) of the two.
+    Interval levels adapt by ACI with step `aci_gamma` (0 = plain split conformal).
     """
     refresh = max(1, round(alpha_refresh_days / recalibrate_every_days))
     long_every = max(1, round(long_window_refit_days / recalibrate_every_days))
-    lear = LEAR(
-        calibration_windows=calibration_windows,
-        name="LEAR",
-        alpha_refresh_every=refresh,
-        long_window_refit_every=long_every,
-    )
+    models: list[Forecaster] = [
+        LEAR(
+            calibration_windows=calibration_windows,
+            name="LEAR",
+            alpha_refresh_every=refresh,
+            long_window_refit_every=long_every,
+        )
+    ]
+    if dnn_refit_days is not None:
+        refit = max(1, round(dnn_refit_days / recalibrate_every_days))
+        models.append(DNN(n_members=dnn_members, refit_every=refit))
     return ForecastPipeline(
-        [lear], ensemble=None, timezone=timezone, recalibrate_every_days=recalibrate_every_days
+        models,
+        ensemble=ensemble if len(models) > 1 else None,
+        timezone=timezone,
+        recalibrate_every_days=recalibrate_every_days,
+        aci_gamma=aci_gamma,
     )

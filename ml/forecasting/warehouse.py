@@ -283,9 +283,7 @@ def _forecast_days(
     frame = pd.concat(
         [
             history,
-            future[
-                future[TIME_COL] < local_day_hours_utc(days[0], pipeline.timezone)[-1] + pd.Timedelta(hours=1)
-            ],
+            future[future[TIME_COL] < local_day_hours_utc(days[0], pipeline.timezone)[-1] + pd.Timedelta(hours=1)],
         ],
         ignore_index=True,
     )
@@ -303,9 +301,7 @@ def _forecast_days(
         filled = (
             future[future[TIME_COL].isin(prev_rows[TIME_COL])]
             .drop(columns=TARGET_COL)
-            .merge(
-                prev_rows[[TIME_COL, "y_hat"]].rename(columns={"y_hat": TARGET_COL}), on=TIME_COL, how="left"
-            )
+            .merge(prev_rows[[TIME_COL, "y_hat"]].rename(columns={"y_hat": TARGET_COL}), on=TIME_COL, how="left")
         )
         known = pd.concat([known, filled], ignore_index=True)
         hours = local_day_hours_utc(day, pipeline.timezone)
@@ -337,12 +333,12 @@ def forecast_zone(
     """The published forecast of `zone`/`target` for `horizon_days` local days from `day`.
 
     `frame`: long frame of the zone (history; exogenous columns must also hold the horizon's values). The
-    pipeline is `pipeline` if given, else the zone's champion model, else the production pipeline (LEAR);
-    when that cannot run on the available history (LEAR needs ~36 complete days before its first calibration
-    day) the `fallback_models` pipeline is used and the reason noted. The calibration loop is shortened to
-    the history there is. Days after the first are forecast recursively (earlier days' y = their forecast,
-    intervals = day 1's per-slot widths around the new point forecast), so their intervals are 1-day-ahead
-    intervals and likely too narrow for longer leads.
+    pipeline is `pipeline` if given, else the zone's champion model, else the production pipeline (LEAR +
+    DNN); when that cannot run on the available history (LEAR and the DNN need ~36 complete days before the
+    first calibration day) the `fallback_models` pipeline is used and the reason noted. The calibration loop
+    is shortened to the history there is. Days after the first are forecast recursively (earlier days' y =
+    their forecast, intervals = day 1's per-slot widths around the new point forecast), so their intervals are
+    1-day-ahead intervals and likely too narrow for longer leads.
     """
     day = local_date(pd.Timestamp(day), timezone)
     days = [day + pd.Timedelta(days=k) for k in range(max(1, horizon_days))]
@@ -421,9 +417,7 @@ def interval_coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame) -> dict[st
 # --- writes ---------------------------------------------------------------------------------------------
 
 
-def replace_forecasts(
-    conn: psycopg.Connection, delivery_date: date, zone: str, target: str, rows: pd.DataFrame
-) -> int:
+def replace_forecasts(conn: psycopg.Connection, delivery_date: date, zone: str, target: str, rows: pd.DataFrame) -> int:
     """Replace the partition's rows of one zone and target in gold.forecasts (caller's transaction)."""
     conn.execute(
         "DELETE FROM gold.forecasts WHERE delivery_date = %s AND zone = %s AND target = %s",
@@ -445,13 +439,9 @@ ANOMALY_GOLD_COLUMNS = [
 ]
 
 
-def replace_anomalies(
-    conn: psycopg.Connection, market_date: date, targets: Sequence[str], rows: pd.DataFrame
-) -> int:
+def replace_anomalies(conn: psycopg.Connection, market_date: date, targets: Sequence[str], rows: pd.DataFrame) -> int:
     """Replace the day's anomalies of `targets` (rows in ANOMALY_GOLD_COLUMNS; caller's transaction)."""
-    conn.execute(
-        "DELETE FROM gold.anomalies WHERE market_date = %s AND target = ANY(%s)", (market_date, list(targets))
-    )
+    conn.execute("DELETE FROM gold.anomalies WHERE market_date = %s AND target = ANY(%s)", (market_date, list(targets)))
     return insert_frame(conn, "gold.anomalies", rows[ANOMALY_GOLD_COLUMNS])
 
 

@@ -42,18 +42,14 @@ def synthetic_facts(zone: str, tz: str, seed: int) -> tuple[pd.DataFrame, pd.Tim
     ts = pd.date_range(start, end, freq="h", inclusive="left")
     local = ts.tz_convert(tz)
     hour, dow = local.hour.to_numpy(), local.dayofweek.to_numpy()
-    load = (
-        10_000 + 2_500 * np.sin(2 * np.pi * (hour - 8) / 24) - 800 * (dow >= 5) + rng.normal(0, 150, len(ts))
-    )
+    load = 10_000 + 2_500 * np.sin(2 * np.pi * (hour - 8) / 24) - 800 * (dow >= 5) + rng.normal(0, 150, len(ts))
     noise = np.zeros(len(ts))
     for i in range(1, len(ts)):
         noise[i] = 0.5 * noise[i - 1] + rng.normal(0, 2.0)
     price = 10 + 0.004 * load + 6 * np.sin(2 * np.pi * (hour - 17) / 24) + noise
     spike = pd.Timestamp(SPIKE_DAY).tz_localize(tz).tz_convert("UTC") + pd.Timedelta(hours=14)
     price[ts == spike] += 150.0
-    frame = pd.DataFrame(
-        {"zone": zone, "ts_utc": ts, "market_date": local.date, "price": price, "load": load}
-    )
+    frame = pd.DataFrame({"zone": zone, "ts_utc": ts, "market_date": local.date, "price": price, "load": load})
     return frame, spike
 
 
@@ -79,9 +75,7 @@ def seeded(database_url: str) -> dict[str, pd.Timestamp]:
                            price_avg, n_obs) VALUES (%s, %s, %s, 'RT', 'USD', %s, 1)""",
                     [
                         (z, t, d, 9999.0)
-                        for z, t, d in frame[["zone", "ts_utc", "market_date"]]
-                        .head(48)
-                        .itertuples(index=False)
+                        for z, t, d in frame[["zone", "ts_utc", "market_date"]].head(48).itertuples(index=False)
                     ],
                 )
                 cur.executemany(
@@ -154,8 +148,8 @@ def test_forecasts_per_zone_and_target_idempotent(seeded, warehouse, database_ur
         & (rows["q50"] <= rows["hi80"])
         & (rows["hi80"] <= rows["hi95"])
     ).all()
-    # 49 days of history: enough for the production LEAR (with load as a price feature).
-    assert set(rows["model"]) == {"LEAR"}
+    # 49 days of history: enough for the production LEAR + DNN ensemble (with load as a price feature).
+    assert set(rows["model"]) == {"ensemble"}
     price = rows[rows["target"] == "price"]
     assert price["y_hat"].between(20, 120).all()  # the 9999 RT rows never reached the model
     meta = result.asset_materializations_for_node("gold__forecasts")[0].metadata
@@ -173,9 +167,7 @@ def test_forecasts_per_zone_and_target_idempotent(seeded, warehouse, database_ur
     assert set(rerun["run_id"]) == {again.run_id}
 
 
-def test_backtests_select_and_register_champions(
-    seeded, warehouse, database_url: str, tmp_path: Path
-) -> None:
+def test_backtests_select_and_register_champions(seeded, warehouse, database_url: str, tmp_path: Path) -> None:
     from ml.forecasting.tracking import champion_version
 
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"

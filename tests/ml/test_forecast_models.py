@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ml.forecasting.data import local_day_start_utc
 from ml.forecasting.models import (
+    DNN,
     LEAR,
     NEURAL_MODELS,
     STATS_MODELS,
@@ -24,9 +26,7 @@ def split_day(frame: pd.DataFrame, day: str) -> tuple[pd.DataFrame, pd.DataFrame
     return history, target.drop(columns="y"), target["y"].to_numpy()
 
 
-def check_output(
-    out: pd.DataFrame, future: pd.DataFrame, actual: np.ndarray, names: list[str], max_mae: float
-) -> None:
+def check_output(out: pd.DataFrame, future: pd.DataFrame, actual: np.ndarray, names: list[str], max_mae: float) -> None:
     assert set(out["model"]) == set(names)
     for name in names:
         rows = out[out["model"] == name].sort_values("ds")
@@ -49,6 +49,30 @@ def test_lear_fits_and_predicts(np_frame: pd.DataFrame) -> None:
     alphas = {w: f.alpha.copy() for w, f in refit._fits["NP"].items()}
     refit.fit(np_frame[np_frame["ds"] < future["ds"].min() + pd.Timedelta(days=1)])
     assert all(np.array_equal(alphas[w], f.alpha) for w, f in refit._fits["NP"].items())
+
+
+def test_dnn_fits_predicts_and_refits_on_schedule(np_frame: pd.DataFrame) -> None:
+    history, future, actual = split_day(np_frame, "2017-04-20")
+    # Small networks and few epochs keep this a wiring test; accuracy is the benchmark's business.
+    model = DNN(n_members=2, hidden=(32,), max_epochs=30, patience=5, train_days=70, alt_train_days=56, refit_every=2)
+    out = model.fit(history).predict(history, future)
+    check_output(out, future, actual, ["DNN"], max_mae=15.0)
+    assert len(model._members["NP"]) == 2 and 1 <= max(model.last_epochs) <= 30
+    first = [net[0].weight.detach().clone() for _, net in model._members["NP"]]
+    model.fit(history)  # 2nd call: not a refit day, weights kept
+    assert all(torch.equal(a, net[0].weight) for a, (_, net) in zip(first, model._members["NP"], strict=True))
+    model.fit(history)  # 3rd call: retrained, warm-started from the previous weights
+    assert not all(torch.equal(a, net[0].weight) for a, (_, net) in zip(first, model._members["NP"], strict=True))
+    # Same data and seed: same forecast (the validation days and the initialisation are deterministic).
+    again = DNN(n_members=2, hidden=(32,), max_epochs=30, patience=5, train_days=70, alt_train_days=56)
+    np.testing.assert_allclose(again.fit(history).predict(history, future)["y_hat"], out["y_hat"], rtol=1e-5)
+    assert isinstance(forecaster_for("dnn"), DNN)
+
+
+def test_dnn_rejects_a_too_short_history(np_frame: pd.DataFrame) -> None:
+    history = split_day(np_frame, "2017-01-25")[0]
+    with pytest.raises(ValueError, match="DNN needs at least 28 complete days"):
+        DNN().fit(history)
 
 
 def test_statsforecast_models_fit_and_predict(np_frame: pd.DataFrame) -> None:
