@@ -111,7 +111,8 @@ def market_tick_events(
         zone = zones[i % len(zones)]
         node = None if rng.random() < 0.3 else f"{zone}_N{rng.randint(1, 4)}"
         ts = start + timedelta(minutes=5 * (i // len(zones)))
-        level[zone] = max(ZONES_BY_CODE[zone].price_floor, level[zone] * (1 + rng.gauss(0, 0.02)))
+        market = ZONES_BY_CODE[zone]
+        level[zone] = min(market.price_cap, max(market.price_floor, level[zone] * (1 + rng.gauss(0, 0.02))))
         tick = {
             "zone": zone,
             "node": node,
@@ -355,8 +356,10 @@ class _TradingSystem:
         return (now + timedelta(hours=self.rng.randint(12, 36))).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _price_for(self, zone: str) -> float:
-        base = 4200.0 if ZONES_BY_CODE[zone].currency == "INR" else 42.0
-        return round(base * self.rng.lognormvariate(0, 0.25), 2)
+        """A limit price the zone's exchange accepts: within its floor and cap (silver's checks enforce both)."""
+        market = ZONES_BY_CODE[zone]
+        base = 4200.0 if market.currency == "INR" else 42.0
+        return round(min(market.price_cap, max(market.price_floor, base * self.rng.lognormvariate(0, 0.25))), 2)
 
 
 _SCHEMA_CACHE: dict[str, dict[str, Any]] = {}

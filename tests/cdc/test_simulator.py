@@ -45,6 +45,27 @@ def test_same_seed_same_stream_and_lifecycles_hold():
     assert len(next(trading_events(1, seed=1, with_schema=True)).value) > 2000  # with the Connect schema
 
 
+def test_simulated_prices_stay_within_each_zones_floor_and_cap():
+    from ingestion.reference import ZONES_BY_CODE
+
+    checked = 0
+    for event in trading_events(60_000, seed=3):
+        envelope = orjson.loads(event.value) if event.value else None
+        row = envelope and envelope["after"]
+        if not row or "zone" not in row:
+            continue
+        zone = ZONES_BY_CODE[row["zone"]]
+        for column in ("price", "cleared_price"):
+            if row.get(column) is not None:
+                assert zone.price_floor <= row[column] <= zone.price_cap, (row, column)
+                checked += 1
+    assert checked > 30_000
+    for tick in market_tick_events(20_000, seed=3):
+        row = orjson.loads(tick.value)
+        zone = ZONES_BY_CODE[row["zone"]]
+        assert zone.price_floor <= row["price"] <= zone.price_cap, row
+
+
 def test_produce_events_round_trips_through_the_consumer(broker_bootstrap, client_config, lake):
     prefix = f"t{uuid.uuid4().hex[:10]}.public"
     ticks_topic = f"{prefix}.ticks"
