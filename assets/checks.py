@@ -15,7 +15,7 @@ from orchestration.partitions import daily_partitions
 from orchestration.resources import WarehouseResource
 
 
-def _check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
+def _check_result(outcome: SuiteOutcome, **extra: dg.MetadataValue) -> dg.AssetCheckResult:
     meta = outcome.as_metadata()
     return dg.AssetCheckResult(
         passed=outcome.success,
@@ -30,6 +30,7 @@ def _check_result(outcome: SuiteOutcome) -> dg.AssetCheckResult:
                 {f"{f['expectation']}({f['column'] or ''})": f["unexpected_count"] for f in meta["failures"]}
             ),
             "failures": dg.MetadataValue.json(meta["failures"]),
+            **extra,
         },
     )
 
@@ -94,13 +95,7 @@ def _make_trading_check(table: str) -> dg.AssetChecksDefinition:
             warehouse.url, table, first, last, docs_dir=get_settings().reports_dir / "gx_docs"
         )
         context.log.info(outcome.summary())
-        result = _check_result(outcome)
-        return dg.AssetCheckResult(
-            passed=result.passed,
-            severity=result.severity,
-            description=result.description,
-            metadata={**result.metadata, "deliveries": dg.MetadataValue.text(f"{first} .. {last}")},
-        )
+        return _check_result(outcome, deliveries=dg.MetadataValue.text(f"{first} .. {last}"))
 
     return _check
 
