@@ -23,7 +23,7 @@ from psycopg import sql
 
 from ingestion.bi.clickhouse import replicate_partition
 from ingestion.bi.tables import FCT_PRICES_5MIN, FCT_PRICES_HOURLY
-from tests.bi.conftest import create_gold_table
+from tests.bi.conftest import create_gold_table, expected_realtime_kpis
 
 UTC = dt.UTC
 START = dt.datetime(2024, 5, 1, tzinfo=UTC)
@@ -42,9 +42,7 @@ def _hourly() -> pd.DataFrame:
     # org_b's private series (e.g. from its uploads): only org_b may see it.
     frames.append(pd.DataFrame({"zone": "PRIV", "ts_utc": ts, "price_avg": common + 5, "org_id": "org_b"}))
     df = pd.concat(frames, ignore_index=True)
-    df.loc[(df["zone"] == "NO2") & (df["ts_utc"] == START + dt.timedelta(days=4, hours=12)), "price_avg"] = (
-        500.0
-    )
+    df.loc[(df["zone"] == "NO2") & (df["ts_utc"] == START + dt.timedelta(days=4, hours=12)), "price_avg"] = 500.0
     df["market_date"] = df["ts_utc"].dt.date
     df["market"], df["currency"] = "DA", "EUR"
     df["price_min"], df["price_max"], df["n_obs"] = df["price_avg"] - 1, df["price_avg"] + 1, 4
@@ -177,9 +175,7 @@ def test_correlations_match_pandas(bi_client, auth, frames):
         win = wide[(days > end_day - dt.timedelta(days=window)) & (days <= end_day)]
         for a, b in [("NO1", "NO2"), ("NO1", "SE3"), ("NO2", "SE3")]:
             pair = win[[a, b]].dropna()
-            want.append(
-                {"zone_a": a, "zone_b": b, "end_day": end_day.isoformat(), "rho": pair[a].corr(pair[b])}
-            )
+            want.append({"zone_a": a, "zone_b": b, "end_day": end_day.isoformat(), "rho": pair[a].corr(pair[b])})
     want = pd.DataFrame(want).sort_values(["zone_a", "zone_b", "end_day"]).reset_index(drop=True)
     assert len(got) == len(want) == 12
     assert list(zip(got["zone_a"], got["zone_b"], got["end_day"], strict=True)) == list(
@@ -197,20 +193,7 @@ def test_realtime_kpis_match_pandas(bi_client, auth, frames):
     )
     assert resp.status_code == 200, resp.text
     got = pd.DataFrame(resp.json()["data"]).set_index("zone")
-    win = df[(df["ts_utc"] > NOW - dt.timedelta(minutes=45)) & (df["ts_utc"] <= NOW)]
-    last = win[win["ts_utc"] == win.groupby("zone")["ts_utc"].transform("max")]
-    want = (
-        win.groupby("zone")
-        .agg(
-            n_obs=("price", "size"),
-            n_nodes=("node", "nunique"),
-            price_avg=("price", "mean"),
-            price_min=("price", "min"),
-            price_max=("price", "max"),
-            price_std=("price", lambda s: s.std(ddof=0)),
-        )
-        .join(last.groupby("zone")["price"].mean().rename("price_last"))
-    )
+    want = expected_realtime_kpis(df, NOW, minutes=45)
     assert list(got.index) == ["Z0", "Z1", "Z2"]
     assert list(got["n_obs"]) == list(want["n_obs"]) == [27, 27, 27]
     assert set(got["currency"]) == {"USD"} and got["org_id"].isna().all()
@@ -225,9 +208,7 @@ def test_bad_parameters_are_400_or_422_in_the_error_shape(bi_client, auth):
     resp = bi_client.get(url, headers=h, params={"start": "2024-05-03T00:00Z", "end": "2024-05-02T00:00Z"})
     assert resp.status_code == 400 and resp.json()["code"] == "invalid_parameter"
     assert "end must be after start" in resp.json()["message"]
-    resp = bi_client.get(
-        url, headers=h, params={"start": "2024-05-01", "end": "2024-05-02", "window_hours": 0}
-    )
+    resp = bi_client.get(url, headers=h, params={"start": "2024-05-01", "end": "2024-05-02", "window_hours": 0})
     assert resp.status_code == 422 and resp.json()["code"] == "validation_error"
     resp = bi_client.get(
         "/api/v1/analytics/correlations",
@@ -244,9 +225,7 @@ def test_clickhouse_down_or_unconfigured_is_503(api_settings, auth):
     from serving_api.app import create_app
 
     params = {"start": "2024-05-01", "end": "2024-05-02"}
-    down = api_settings.model_copy(
-        update={"clickhouse_url": f"clickhouse://default@127.0.0.1:{free_port()}/x"}
-    )
+    down = api_settings.model_copy(update={"clickhouse_url": f"clickhouse://default@127.0.0.1:{free_port()}/x"})
     with TestClient(create_app(down)) as c:
         resp = c.get("/api/v1/analytics/price-anomalies", headers=auth("org_a", "viewer"), params=params)
         assert resp.status_code == 503, resp.text

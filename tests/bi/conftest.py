@@ -8,11 +8,13 @@ session `database_url` fixture), because the tests create `gold.*` tables and cl
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
@@ -50,14 +52,10 @@ def bi_pg_url(database_url: str) -> Iterator[str]:
 
 def create_gold_table(conn: psycopg.Connection, spec: TableSpec) -> None:
     """The gold table of `spec` with the registry's column types (what dbt builds, minus constraints)."""
-    cols = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type)) for c in spec.columns
-    )
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.pg_type)) for c in spec.columns)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.pg_schema)))
     conn.execute(
-        sql.SQL("CREATE TABLE {}.{} ({})").format(
-            sql.Identifier(spec.pg_schema), sql.Identifier(spec.pg_table), cols
-        )
+        sql.SQL("CREATE TABLE {}.{} ({})").format(sql.Identifier(spec.pg_schema), sql.Identifier(spec.pg_table), cols)
     )
 
 
@@ -70,3 +68,22 @@ def pg(bi_pg_url: str) -> Iterator[psycopg.Connection]:
         for spec in TABLES.values():
             create_gold_table(conn, spec)
         yield conn
+
+
+def expected_realtime_kpis(df: pd.DataFrame, now: dt.datetime, minutes: int) -> pd.DataFrame:
+    """The real-time KPI oracle in pandas: per zone over (now - minutes, now], the last price averaged over the
+    zone's rows at its latest timestamp."""
+    win = df[(df["ts_utc"] > now - dt.timedelta(minutes=minutes)) & (df["ts_utc"] <= now)]
+    last = win[win["ts_utc"] == win.groupby("zone")["ts_utc"].transform("max")]
+    return (
+        win.groupby("zone")
+        .agg(
+            n_obs=("price", "size"),
+            n_nodes=("node", "nunique"),
+            price_avg=("price", "mean"),
+            price_min=("price", "min"),
+            price_max=("price", "max"),
+            price_std=("price", lambda s: s.std(ddof=0)),
+        )
+        .join(last.groupby("zone")["price"].mean().rename("price_last"))
+    )

@@ -16,6 +16,7 @@ from ingestion.bi.analytics import (
 )
 from ingestion.bi.clickhouse import ensure_clickhouse_schema
 from ingestion.bi.tables import FCT_PRICES_5MIN, FCT_PRICES_HOURLY
+from tests.bi.conftest import expected_realtime_kpis
 
 UTC = dt.UTC
 START = dt.datetime(2024, 5, 1, tzinfo=UTC)
@@ -50,12 +51,8 @@ def hourly(ch) -> pd.DataFrame:
         frame = pd.DataFrame({"zone": zone, "ts_utc": ts, "price_avg": price, "market": "DA", "org_id": None})
         frames.append(frame.drop(index=rng.choice(len(ts), 15, replace=False)))  # gaps
     acme = 45 + common * 0.8 + rng.normal(0, 4, len(ts))
-    frames.append(
-        pd.DataFrame({"zone": "NO1", "ts_utc": ts, "price_avg": acme, "market": "DA", "org_id": "acme"})
-    )
-    frames.append(
-        pd.DataFrame({"zone": "NO1", "ts_utc": ts, "price_avg": 900.0, "market": "RT", "org_id": None})
-    )
+    frames.append(pd.DataFrame({"zone": "NO1", "ts_utc": ts, "price_avg": acme, "market": "DA", "org_id": "acme"}))
+    frames.append(pd.DataFrame({"zone": "NO1", "ts_utc": ts, "price_avg": 900.0, "market": "RT", "org_id": None}))
     df = pd.concat(frames, ignore_index=True)
     spike = (df["zone"] == "NO2") & (df["ts_utc"] == START + dt.timedelta(days=6, hours=12))
     df.loc[spike, "price_avg"] = 500.0
@@ -78,9 +75,7 @@ def want_anomalies(df: pd.DataFrame, start, end, window_h: int, min_points: int)
         s = g.set_index("ts_utc")["price_avg"].sort_index()
         roll = s.rolling(f"{window_h}h", closed="left")
         frame = pd.DataFrame({"value": s, "mean": roll.mean(), "std": roll.std(ddof=1), "n": roll.count()})
-        frame = frame[
-            (frame.index >= start) & (frame.index < end) & (frame["n"] >= min_points) & (frame["std"] > 0)
-        ]
+        frame = frame[(frame.index >= start) & (frame.index < end) & (frame["n"] >= min_points) & (frame["std"] > 0)]
         frame["z"] = (frame["value"] - frame["mean"]) / frame["std"]
         want.append(frame.assign(zone=zone, org_id=owner or None).reset_index(names="ts"))
     return pd.concat(want, ignore_index=True)
@@ -88,9 +83,7 @@ def want_anomalies(df: pd.DataFrame, start, end, window_h: int, min_points: int)
 
 def test_zscore_anomalies_match_pandas_rolling_window(ch, hourly):
     start, end = START + dt.timedelta(days=2), START + dt.timedelta(days=9)
-    got = pd.DataFrame(
-        price_anomalies(ch, start=start, end=end, window_hours=48, z_threshold=0, min_points=24)
-    )
+    got = pd.DataFrame(price_anomalies(ch, start=start, end=end, window_hours=48, z_threshold=0, min_points=24))
     want = want_anomalies(public_da(hourly), start, end, 48, 24).sort_values(["zone", "ts"])
     want = want.reset_index(drop=True)
 
@@ -107,9 +100,7 @@ def test_zscore_anomalies_match_pandas_rolling_window(ch, hourly):
 
     # acme sees the public series plus its own NO1 series, as a separate series (public first)
     visible = hourly[(hourly["market"] == "DA") & (hourly["org_id"].isna() | (hourly["org_id"] == "acme"))]
-    mine = pd.DataFrame(
-        price_anomalies(ch, start=start, end=end, org_id="acme", window_hours=48, z_threshold=0)
-    )
+    mine = pd.DataFrame(price_anomalies(ch, start=start, end=end, org_id="acme", window_hours=48, z_threshold=0))
     want = want_anomalies(visible, start, end, 48, 24)
     want = want.assign(owner=want["org_id"].fillna("")).sort_values(["zone", "owner", "ts"])
     assert list(zip(mine["zone"], mine["org_id"].fillna(""), strict=True)) == list(
@@ -123,9 +114,7 @@ def test_zscore_anomalies_match_pandas_rolling_window(ch, hourly):
 
 def test_rolling_cross_zone_correlation_matches_pandas(ch, hourly):
     first, last, window = dt.date(2024, 5, 4), dt.date(2024, 5, 10), 3
-    got = pd.DataFrame(
-        zone_price_correlations(ch, start_day=first, end_day=last, window_days=window, min_overlap=24)
-    )
+    got = pd.DataFrame(zone_price_correlations(ch, start_day=first, end_day=last, window_days=window, min_overlap=24))
     wide = public_da(hourly).pivot(index="ts_utc", columns="zone", values="price_avg")
     days = wide.index.date
     want = []
@@ -133,9 +122,7 @@ def test_rolling_cross_zone_correlation_matches_pandas(ch, hourly):
         win = wide[(days > end_day - dt.timedelta(days=window)) & (days <= end_day)]
         for a, b in [("NO1", "NO2"), ("NO1", "SE3"), ("NO2", "SE3")]:
             pair = win[[a, b]].dropna()
-            want.append(
-                {"zone_a": a, "zone_b": b, "end_day": end_day, "rho": pair[a].corr(pair[b]), "n": len(pair)}
-            )
+            want.append({"zone_a": a, "zone_b": b, "end_day": end_day, "rho": pair[a].corr(pair[b]), "n": len(pair)})
     want = pd.DataFrame(want).sort_values(["zone_a", "zone_b", "end_day"]).reset_index(drop=True)
 
     assert len(got) == len(want) == 21
@@ -143,16 +130,12 @@ def test_rolling_cross_zone_correlation_matches_pandas(ch, hourly):
     assert list(got["n"]) == list(want["n"])
     np.testing.assert_allclose(got["rho"], want["rho"], rtol=1e-9)
 
-    only = zone_price_correlations(
-        ch, start_day=first, end_day=first, zones=["NO1", "SE3"], window_days=window
-    )
+    only = zone_price_correlations(ch, start_day=first, end_day=first, zones=["NO1", "SE3"], window_days=window)
     assert [(r["zone_a"], r["zone_b"]) for r in only] == [("NO1", "SE3")]
 
     # with acme's scope its NO1 series is a fourth series: public NO1 x acme NO1 is a pair of its own
     mine = pd.DataFrame(
-        zone_price_correlations(
-            ch, start_day=first, end_day=last, org_id="acme", window_days=window, min_overlap=24
-        )
+        zone_price_correlations(ch, start_day=first, end_day=last, org_id="acme", window_days=window, min_overlap=24)
     )
     assert len(mine) == 6 * 7 and got["org_a"].isna().all()
     pair = mine[(mine["zone_a"] == "NO1") & mine["org_a"].isna() & (mine["zone_b"] == "NO1")]
@@ -171,11 +154,7 @@ def test_realtime_kpis_over_last_minutes_match_pandas(ch):
     ts = pd.date_range("2024-06-01 22:00", periods=48, freq="5min", tz="UTC")  # crosses midnight
     nodes = [(f"N{n}", f"Z{n % 3}") for n in range(9)] + [(None, f"Z{z}") for z in range(3)]  # + zone prices
     df = pd.DataFrame(
-        [
-            (node, zone, t, t.date(), "RT", "USD", None, float(rng.normal(50, 15)))
-            for node, zone in nodes
-            for t in ts
-        ],
+        [(node, zone, t, t.date(), "RT", "USD", None, float(rng.normal(50, 15))) for node, zone in nodes for t in ts],
         columns=list(FCT_PRICES_5MIN.column_names),
     )
     private = df[df["zone"] == "Z0"].assign(org_id="acme", price=1000.0)  # not visible without acme's scope
@@ -183,20 +162,7 @@ def test_realtime_kpis_over_last_minutes_match_pandas(ch):
     now = dt.datetime(2024, 6, 2, 0, 30, tzinfo=UTC)
 
     got = pd.DataFrame(realtime_kpis(ch, minutes=45, now=now)).set_index("zone")
-    win = df[(df["ts_utc"] > now - dt.timedelta(minutes=45)) & (df["ts_utc"] <= now)]
-    last = win[win["ts_utc"] == win.groupby("zone")["ts_utc"].transform("max")]
-    want = (
-        win.groupby("zone")
-        .agg(
-            n_obs=("price", "size"),
-            n_nodes=("node", "nunique"),
-            price_avg=("price", "mean"),
-            price_min=("price", "min"),
-            price_max=("price", "max"),
-            price_std=("price", lambda s: s.std(ddof=0)),
-        )
-        .join(last.groupby("zone")["price"].mean().rename("price_last"))
-    )
+    want = expected_realtime_kpis(df, now, minutes=45)
 
     assert list(got.index) == ["Z0", "Z1", "Z2"]
     assert list(got["n_obs"]) == list(want["n_obs"]) == [36, 36, 36]  # 9 intervals x (3 nodes + zone)
@@ -216,9 +182,7 @@ def test_realtime_kpis_over_last_minutes_match_pandas(ch):
 
 def test_inputs_are_bound_or_rejected(ch, hourly):
     hostile = ["NO1' OR 1=1 --", "x`; DROP TABLE fct_prices_hourly; --"]
-    assert (
-        price_anomalies(ch, start=START, end=START + dt.timedelta(days=9), zones=hostile, z_threshold=0) == []
-    )
+    assert price_anomalies(ch, start=START, end=START + dt.timedelta(days=9), zones=hostile, z_threshold=0) == []
     assert ch.execute("SELECT count() FROM fct_prices_hourly")[0][0] == len(hourly)
     assert price_anomalies(ch, start=START, end=START + dt.timedelta(days=9), org_id="x' OR 1=1 --") != []
     assert all(
@@ -228,9 +192,7 @@ def test_inputs_are_bound_or_rejected(ch, hourly):
         )
     )
     with pytest.raises(AnalyticsInputError, match="no column"):
-        price_anomalies(
-            ch, start=START, end=START + dt.timedelta(days=1), value_column="price_avg; DROP TABLE x"
-        )
+        price_anomalies(ch, start=START, end=START + dt.timedelta(days=1), value_column="price_avg; DROP TABLE x")
     with pytest.raises(AnalyticsInputError, match="not numeric"):
         zone_price_correlations(ch, start_day=START.date(), end_day=START.date(), value_column="zone")
     with pytest.raises(AnalyticsInputError, match="window_hours"):
