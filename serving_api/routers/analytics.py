@@ -163,6 +163,14 @@ def _zones(zones: str | None) -> list[str] | None:
 _ERR = error_responses(400, 503)
 
 
+async def _counted_rows(
+    request: Request, session: OrgSession, spec: TableSpec, query: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """`{count, data}` of one analytics query, run off the event loop in the caller's organization."""
+    rows = await asyncio.to_thread(_run, api_state(request).settings, session.principal.org_id, spec, query, **kwargs)
+    return {"count": len(rows), "data": rows}
+
+
 @router.get(
     "/analytics/price-anomalies",
     response_model=AnomalyResult,
@@ -181,10 +189,9 @@ async def price_anomalies(
 ):
     _in_range("start", start)
     _in_range("end", end)
-    rows = await asyncio.to_thread(
-        _run,
-        api_state(request).settings,
-        session.principal.org_id,
+    return await _counted_rows(
+        request,
+        session,
         FCT_PRICES_HOURLY,
         analytics.price_anomalies,
         start=_utc(start),
@@ -194,7 +201,6 @@ async def price_anomalies(
         z_threshold=z_threshold,
         min_points=min_points,
     )
-    return {"count": len(rows), "data": rows}
 
 
 @router.get(
@@ -216,10 +222,9 @@ async def correlations(
     _in_range("end_day", end_day)
     if (end_day - start_day).days > analytics.MAX_WINDOW_DAYS:
         raise ApiError(400, "invalid_parameter", f"at most {analytics.MAX_WINDOW_DAYS} end days per request")
-    rows = await asyncio.to_thread(
-        _run,
-        api_state(request).settings,
-        session.principal.org_id,
+    return await _counted_rows(
+        request,
+        session,
         FCT_PRICES_HOURLY,
         analytics.zone_price_correlations,
         start_day=start_day,
@@ -228,7 +233,6 @@ async def correlations(
         window_days=window_days,
         min_overlap=min_overlap,
     )
-    return {"count": len(rows), "data": rows}
 
 
 @router.get(
@@ -246,17 +250,15 @@ async def realtime_kpis(
 ):
     if now is not None:
         _in_range("now", now)
-    rows = await asyncio.to_thread(
-        _run,
-        api_state(request).settings,
-        session.principal.org_id,
+    return await _counted_rows(
+        request,
+        session,
         FCT_PRICES_5MIN,
         analytics.realtime_kpis,
         minutes=minutes,
         now=_utc(now) if now else datetime.now(UTC),
         zones=_zones(zones),
     )
-    return {"count": len(rows), "data": rows}
 
 
 @router.get(
