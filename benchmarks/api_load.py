@@ -187,7 +187,7 @@ def main(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", worke
     from infra import db
     from infra.services import free_port
     from serving_api import cli
-    from serving_api.notifications import notify_kpi_update
+    from infra.signals import notify_kpi_update
     from tests.api.conftest import DAY0, _seed  # the API tests' contract-shaped fixture data
 
     url = db.create_database(admin_url, "bench_api", drop_existing=True)

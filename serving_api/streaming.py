@@ -28,7 +28,7 @@ import psycopg
 
 from serving_api import repository
 from serving_api.deps import set_org_scope
-from serving_api.notifications import AUTH_CHANNEL, KPI_CHANNEL, TABLE_VERSION_CHANNEL
+from infra.signals import AUTH_CHANNEL, KPI_CHANNEL, TABLE_VERSION_CHANNEL
 from serving_api.state import ApiState
 
 log = logging.getLogger(__name__)

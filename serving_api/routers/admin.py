@@ -13,7 +13,7 @@ from serving_api import repository, security
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_responses
 from serving_api.models import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, AuditEntry, UserCreate, UserOut
-from serving_api.notifications import AUTH_CHANNEL
+from infra.signals import AUTH_CHANNEL
 from serving_api.security import Permission
 
 router = APIRouter(tags=["admin"], responses=error_responses(*STANDARD_ERRORS))

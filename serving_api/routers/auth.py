@@ -21,7 +21,7 @@ from serving_api import repository, security
 from serving_api.deps import api_state
 from serving_api.errors import ApiError, error_responses
 from serving_api.models import Ok, RefreshRequest, TokenResponse
-from serving_api.notifications import AUTH_CHANNEL
+from infra.signals import AUTH_CHANNEL
 from serving_api.state import ApiState
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(400, 401, 422, 429, 500, 503))

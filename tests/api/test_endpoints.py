@@ -148,7 +148,7 @@ def test_exports_csv_parquet_xlsx(client, auth):
 
 def test_cache_hits_and_invalidation_on_rematerialization(client, auth, api_database):
     from infra import db
-    from serving_api.notifications import bump_table_version
+    from infra.signals import bump_table_version
 
     params = {
         "from": DAY0.isoformat(),

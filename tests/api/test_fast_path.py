@@ -183,7 +183,7 @@ def test_rate_limit_is_shared_by_apps_on_one_home(client, full_path_client):
 
 def test_invalidated_partition_is_not_served(client, auth, api_database):
     from infra import db
-    from serving_api.notifications import bump_table_version
+    from infra.signals import bump_table_version
 
     params = {**_day(1), "zone": "PJM", "fields": "ts_utc,load_mw_avg", "limit": 2}
     headers = auth("org_a", "analyst")

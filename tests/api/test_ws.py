@@ -15,7 +15,7 @@ from tests.api.conftest import DAY0
 
 def _publish(database_url: str, code: str, org_id: str | None, start, n: int, value: float) -> None:
     from infra import db
-    from serving_api.notifications import notify_kpi_update
+    from infra.signals import notify_kpi_update
 
     with db.connect(database_url) as conn:
         with conn.cursor() as cur:
@@ -91,7 +91,7 @@ def test_slow_client_is_dropped_not_buffered(api_settings, auth, api_database):
             )
             if i:
                 from infra import db
-                from serving_api.notifications import notify_kpi_update
+                from infra.signals import notify_kpi_update
 
                 with db.connect(api_database) as conn:
                     notify_kpi_update(conn, "slow_kpi", "minute", "NP", start, start + timedelta(days=1))

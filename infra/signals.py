@@ -1,7 +1,8 @@
-"""What gold assets call after they write, so the API's cache and WebSocket streams follow them.
+"""Warehouse signals: what the pipeline sends when it writes gold, so the API's cache and streams follow.
 
-Deliberately tiny and FastAPI-free (gold assets import it): both functions run inside the caller's
-transaction, so the version bump and the NOTIFY become visible exactly when the new rows commit.
+The pipeline (dbt gold runs, the Python gold writers, the real-time KPI path) calls these functions; the API
+only listens on the channels named here. Both functions run inside the caller's transaction, so the version
+bump and the NOTIFY become visible exactly when the new rows commit, and never for a rolled-back write.
 """
 
 from __future__ import annotations
