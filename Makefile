@@ -1,4 +1,4 @@
-# OptiBid: `make demo` runs the platform end to end, `make test` runs the test suite.
+# OptiBid: `make demo` runs the platform (Ctrl-C stops it; DEMO_ARGS="--until-fresh" exits once fresh), `make test` runs the test suite.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -26,7 +26,7 @@ dbt-parse: | $(BIN)/python
 	fi
 
 demo: install
-	$(BIN)/optibid demo
+	$(BIN)/optibid demo $(DEMO_ARGS)
 
 # A private --basetemp: pytest prunes old numbered temp dirs, which must never be another run's live Postgres.
 test: install

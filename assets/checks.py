@@ -1,7 +1,9 @@
 """Blocking data-quality checks: the Great Expectations suites of silver and gold tables as asset checks.
 
 A failing check on a silver table stops the gold dbt models downstream in the same run; a failing check
-on a gold table stops the ML and export assets. Suites and validation live in `expectations/`.
+on a gold table stops the ML and export assets. The checks own no automation condition on purpose: so they
+ride along in every run (or backfill) the automation starts for their table, where they can block. Suites
+and validation live in `expectations/`.
 """
 
 from datetime import UTC, datetime, timedelta

@@ -5,7 +5,8 @@ registry (`ingestion.bi.tables.TABLES`), downstream of the dbt asset `["gold", <
 day in ClickHouse (`replicate_partition`: idempotent, re-running a day never duplicates it), with a
 blocking check of row-count parity and grain uniqueness; and `["bi", "access"]`, which re-creates the
 `bi.*` views, comments, grants and row-level-security policies that a dbt rebuild of the gold tables drops.
-Exports share the `clickhouse_export` pool so a backfill does not flood the server.
+Exports share the `clickhouse_export` pool so a backfill does not flood the server. Both follow gold by
+themselves: a day's export after each rebuild of its gold day, the access layer after any gold rebuild.
 """
 
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from infra.clickhouse import ClickHouseNotInstalledError
 from ingestion.bi.access import ORG_ID, BiRoles, ensure_bi_roles
 from ingestion.bi.clickhouse import duplicate_key_count, replicate_partition, row_count_parity
 from ingestion.bi.tables import TABLES, TableSpec
+from orchestration import automation
 from orchestration.partitions import daily_partitions
 from orchestration.resources import ClickHouseResource, WarehouseResource
 
@@ -53,6 +55,7 @@ def _export_asset(spec: TableSpec) -> dg.AssetsDefinition:
         deps=[gold_key(spec)],
         pool=POOL,
         kinds={"clickhouse"},
+        automation_condition=automation.day_partitions(),
         description=f"{spec.qualified_pg_name} replicated to ClickHouse table `{spec.ch_table}` per market "
         f"day (the day is replaced, never appended). {spec.description}",
     )
@@ -117,6 +120,7 @@ class BiAccessConfig(dg.Config):
     group_name=GROUP,
     deps=[ORGANIZATIONS, *(gold_key(spec) for spec in TABLES.values())],
     kinds={"postgres"},
+    automation_condition=automation.unpartitioned(),
     description="BI roles (bi_reader, org_<id> per organization), grants, row-level security and the "
     "commented bi.* views on the gold tables; re-run after dbt rebuilds them (dbt drops all of that).",
 )

@@ -27,10 +27,15 @@ from dagster_dbt import (
 )
 
 from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, manifest_is_stale, prepare_manifest
+from infra.signals import signal_gold_window, signal_kpi_window
+from ingestion.silver.trading import ENTITIES
+from orchestration import automation
 from orchestration.partitions import daily_partitions
 from orchestration.resources import WarehouseResource
 
 PARTITIONED_SELECTION = "tag:partitioned"
+# One dbt build at a time: concurrent window rebuilds of the same tables would only wait on each other's locks.
+DBT_POOL = "dbt"
 
 gold_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 # `make install` parses the project once; re-parse here only when a model, seed or macro is newer than the
@@ -39,8 +44,48 @@ if manifest_is_stale(gold_dbt_project.manifest_path):
     prepare_manifest(gold_dbt_project.project_dir / gold_dbt_project.target_path)
 
 
+def _manifest_models() -> dict[str, Mapping[str, Any]]:
+    manifest = json.loads(gold_dbt_project.manifest_path.read_text())
+    return {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] in ("model", "seed")}
+
+
+_MODELS = _manifest_models()
+# Parents of the partitioned models that carry no day: their updates rebuild only the recent days.
+UNPARTITIONED_PARENTS = (
+    dg.AssetSelection.groups("reference")
+    | dg.AssetSelection.assets(
+        *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in ENTITIES for suffix in ("", "_history"))
+    )
+    | dg.AssetSelection.assets(
+        *(dg.AssetKey(["gold", name]) for name, n in _MODELS.items() if "partitioned" not in n["tags"])
+    )
+)
+# Models a partition run rewrites in the `gold` schema (staging views live in gold_staging, unread by the API).
+GOLD_TABLES = {
+    name: f"gold.{name}"
+    for name, n in _MODELS.items()
+    if n["resource_type"] == "model" and n["schema"] == "gold" and "partitioned" in n["tags"]
+}
+KPI_MODEL = "kpi_values"
+# The gold facts and KPIs the freshness policy watches (the API's hourly reads).
+FRESHNESS_WATCHED = {
+    "fct_prices_hourly",
+    "fct_prices_5min",
+    "fct_load_hourly",
+    "fct_generation_hourly",
+    "fct_trades",
+    "fct_positions",
+    KPI_MODEL,
+}
+
+
 class GoldDbtTranslator(DagsterDbtTranslator):
-    """dbt models/seeds -> `["gold", name]` in group `gold`; dbt sources -> the silver assets' keys."""
+    """dbt models/seeds -> `["gold", name]` in group `gold`; dbt sources -> the silver assets' keys.
+
+    Partitioned models follow their silver days (and rebuild recent days when trading state or dimensions
+    change); dimensions, reference staging and seeds follow their parents. dbt tests own no condition:
+    they ride along in the runs of their model, where they block.
+    """
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         if dbt_resource_props["resource_type"] == "source":
@@ -49,6 +94,19 @@ class GoldDbtTranslator(DagsterDbtTranslator):
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return None if dbt_resource_props["resource_type"] == "source" else "gold"
+
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        if dbt_resource_props["resource_type"] == "source":
+            return None
+        if "partitioned" in dbt_resource_props.get("tags", []):
+            return automation.day_partitions(UNPARTITIONED_PARENTS)
+        return automation.unpartitioned()
+
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if spec.key.path[0] == "gold" and spec.key.path[-1] in FRESHNESS_WATCHED:
+            return spec.replace_attributes(freshness_policy=automation.gold_fact_freshness())
+        return spec
 
 
 gold_translator = GoldDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
@@ -60,6 +118,7 @@ gold_translator = GoldDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
     dagster_dbt_translator=gold_translator,
     exclude=PARTITIONED_SELECTION,
     name="gold_dbt_unpartitioned",
+    pool=DBT_POOL,
 )
 def gold_dbt_unpartitioned(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
@@ -77,15 +136,35 @@ def gold_dbt_unpartitioned(
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     name="gold_dbt_partitioned",
+    pool=DBT_POOL,
 )
 def gold_dbt_partitioned(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
 ) -> Iterator[Any]:
-    """Incremental facts and KPIs: delete+insert of the run's market-date window."""
+    """Incremental facts and KPIs: delete+insert of the run's market-date window.
+
+    As each model of the window commits, its gold table's version is bumped for every date of the window
+    and, for `kpi_values`, KPI subscribers are notified (`infra.signals`): the API and streams follow.
+    """
     window = context.partition_time_window
-    dbt_vars = {
-        "min_date": window.start.date().isoformat(),
-        "max_date": (window.end - timedelta(days=1)).date().isoformat(),
-    }
+    first, last = window.start.date(), (window.end - timedelta(days=1)).date()
+    dbt_vars = {"min_date": first.isoformat(), "max_date": last.isoformat()}
     export_dbt_env(warehouse.url)
-    yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream()
+    for event in dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream():
+        yield event
+        if isinstance(event, dg.Output | dg.AssetMaterialization):
+            model = _model_of(context, event)
+            if model in GOLD_TABLES:
+                with warehouse.connect() as conn:
+                    signal_gold_window(conn, GOLD_TABLES[model], first, last)
+                    if model == KPI_MODEL:
+                        signal_kpi_window(conn, first, last)
+
+
+def _model_of(context: dg.AssetExecutionContext, event: dg.Output | dg.AssetMaterialization) -> str | None:
+    """The dbt model an Output/AssetMaterialization event of the dbt stream is for."""
+    if isinstance(event, dg.AssetMaterialization):
+        key = event.asset_key
+    else:
+        key = context.asset_key_for_output(event.output_name)
+    return key.path[-1] if key.path[0] == "gold" else None

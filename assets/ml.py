@@ -7,7 +7,6 @@ monitoring modules do the work.
 
 import math
 import time
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -18,8 +17,14 @@ from pydantic import Field
 from infra.settings import get_settings
 from ml.forecasting import warehouse as wh
 from ml.forecasting.data import ID_COL, TARGET_COL, TIME_COL, ForecastDataError, local_day_hours_utc
-from ml.forecasting.models import forecaster_for
-from ml.forecasting.pipeline import BacktestResult, ForecastPipeline
+from ml.forecasting.selection import (
+    SELECTION_METRICS,
+    ZoneSelection,
+    complete_day_window,
+    relabelled,
+    select_zone,
+)
+from orchestration import automation
 from orchestration.partitions import daily_partitions, delivery_day_partitions
 from orchestration.resources import MlflowResource, WarehouseResource
 
@@ -27,6 +32,8 @@ PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])
 LOAD = dg.AssetKey(["gold", "fct_load_hourly"])
 FORECASTS = dg.AssetKey(["gold", "forecasts"])
 DRIFT = dg.AssetKey(["ml", "drift_report"])
+# Tomorrow's delivery day is forecast from the facts up to today: delivery day D depends on market day D-1.
+DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 # Registered-model name prefix per target (price keeps the library default).
 REGISTRY_PREFIX = {"price": "optibid-forecast", "load": "optibid-forecast-load"}
 
@@ -51,14 +58,20 @@ class ForecastConfig(dg.Config):
     targets: list[str] = Field(default=["load", "price"])
     fallback_models: list[str] = Field(default=["seasonal_naive"])  # when the history is too short for LEAR
     use_champions: bool = True  # the per-zone model chosen by the backtests asset, when there is one
+    zones: list[str] = Field(default=[])  # empty: every zone with public facts
 
 
 @dg.asset(
     key=["gold", "forecasts"],
     group_name="ml",
     partitions_def=delivery_day_partitions,
-    deps=[PRICES, LOAD],
-    description="Day-ahead price and load forecasts with conformal intervals, per zone and delivery day.",
+    deps=[dg.AssetDep(PRICES, partition_mapping=DAY_BEFORE), dg.AssetDep(LOAD, partition_mapping=DAY_BEFORE)],
+    automation_condition=automation.day_ahead(),
+    freshness_policy=automation.day_ahead_freshness(),
+    description="Day-ahead price and load forecasts with conformal intervals, per zone and delivery day. "
+    "Runs for tomorrow a lead time (OPTIBID_GATE_CLOSURE_LEAD_MINUTES) before each market's day-ahead gate "
+    "closure, in the market's timezone (ml/optimization/gate_closures.py), and again, at most hourly, when "
+    "today's facts change; fresh when tomorrow's forecast exists by the day's first gate closure.",
 )
 def forecasts(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: ForecastConfig
@@ -76,7 +89,7 @@ def forecasts(
     end = day_ts.tz_localize("UTC") + pd.Timedelta(days=horizon_days + 1)
     with warehouse.connect() as conn:
         try:
-            facts = {t: wh.fact_frame(conn, t, start, end) for t in ("price", "load")}
+            facts = {t: wh.fact_frame(conn, t, start, end, config.zones or None) for t in ("price", "load")}
         except wh.MissingFactsError as exc:
             raise dg.Failure(str(exc)) from exc
         tzs = wh.zone_timezones(conn)
@@ -214,16 +227,24 @@ class BacktestConfig(dg.Config):
     days: int = 14  # scored local days, ending with the last complete day of data
     warmup_days: int = 7  # forecast before the window so intervals are calibrated from its first day
     history_days: int = 182
-    models: list[str] = Field(default=["lear", "seasonal_naive", "auto_ets", "auto_theta"])
+    # Single models challenging the production LEAR + DNN ensemble, which is always a candidate and stays
+    # champion unless one of these beats it (ml.forecasting.selection); lear and dnn are its own members.
+    models: list[str] = Field(default=["lear", "dnn", "seasonal_naive", "auto_ets", "auto_theta"])
     targets: list[str] = Field(default=["price"])
-    selection_metric: str = "mae"
+    selection_metric: str = "mae"  # one of ml.forecasting.selection.SELECTION_METRICS (lower is better)
+    zones: list[str] = Field(default=[])  # empty: every zone with public facts
 
 
 @dg.asset(
     key=["ml", "backtests"],
     group_name="ml",
     deps=[PRICES, LOAD],
-    description="Weekly rolling-origin backtest per zone; the best model by MAE becomes the zone's champion.",
+    automation_condition=automation.weekly(),
+    description=(
+        "Weekly rolling-origin backtest per zone: the production LEAR + DNN ensemble against single models; "
+        "a single model becomes the zone's champion only if it beats the ensemble (MAE, same origins). "
+        "Runs after Monday 03:00 once gold has updated since."
+    ),
 )
 def backtests(
     context: dg.AssetExecutionContext,
@@ -233,84 +254,65 @@ def backtests(
 ) -> dg.MaterializeResult:
     from ml.forecasting.tracking import log_backtest_run, register_champion
 
+    if config.selection_metric not in SELECTION_METRICS:
+        raise dg.Failure(f"selection_metric must be one of {SELECTION_METRICS}, got {config.selection_metric!r}")
     uri = mlflow.uri()
     with warehouse.connect() as conn:
         latest = wh.latest_fact_time(conn, "price")
         if latest is None:
             raise dg.Failure("gold.fct_prices_hourly holds no public prices: nothing to backtest")
         start = latest - pd.Timedelta(days=config.history_days)
+        zones = config.zones or None
         try:
-            facts = {t: wh.fact_frame(conn, t, start, latest + pd.Timedelta(hours=1)) for t in config.targets}
+            facts = {
+                t: wh.fact_frame(conn, t, start, latest + pd.Timedelta(hours=1), zones) for t in config.targets
+            }
             load = (
                 facts.get("load")
                 if "load" in facts
-                else wh.fact_frame(conn, "load", start, latest + pd.Timedelta(hours=1))
+                else wh.fact_frame(conn, "load", start, latest + pd.Timedelta(hours=1), zones)
             )
         except wh.MissingFactsError as exc:
             raise dg.Failure(str(exc)) from exc
         tzs = wh.zone_timezones(conn)
     table, skipped = [], {}
-    selections = []
+    selections: list[tuple[str, ZoneSelection, str, str]] = []
     for target in config.targets:
         frame = facts[target] if target == "load" else wh.with_load_feature(facts[target], load)
         for zone in sorted(frame[ID_COL].unique()):
             tz = tzs.get(zone, "UTC")
             rows = wh.zone_frame(frame, zone)
-            local = rows[TIME_COL].dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
-            complete = local.value_counts()
-            full_days = complete[complete >= 23].index
-            if full_days.empty:
+            window = complete_day_window(rows, tz, config.days)
+            if window is None:
                 skipped[f"{zone}/{target}"] = "no complete local day"
                 continue
-            end = full_days.max()
-            first = end - pd.Timedelta(days=config.days - 1)
-            result, models, why = _backtest(rows, first, end, tz, config)
-            if result is None:
-                skipped[f"{zone}/{target}"] = why
+            try:
+                chosen = select_zone(
+                    rows, zone, *window, tz, config.models, config.selection_metric, config.warmup_days
+                )
+            except (ForecastDataError, ValueError) as exc:
+                skipped[f"{zone}/{target}"] = str(exc)
                 continue
-            overall = result.overall()
-            best = overall.sort_values(config.selection_metric).iloc[0]
-            champion = str(best["model"])
-            pipe = ForecastPipeline([forecaster_for(champion)], ensemble=None, timezone=tz)
+            for note in chosen.notes:
+                context.log.info(f"{zone}/{target}: {note}")
             label = zone if target == "price" else f"{zone}-load"
             run_id = log_backtest_run(
-                result if target == "price" else _relabelled(result, label),
+                chosen.result if target == "price" else relabelled(chosen.result, label),
                 uri,
                 zone=label,
-                pipeline=pipe,
+                pipeline=chosen.pipeline,
                 run_name=f"backtest-{label}-{context.run_id[:8]}",
             )
             version = register_champion(run_id, zone, uri, prefix=REGISTRY_PREFIX[target])
-            metrics = {
-                str(r["model"]): {k: v for k, v in r.items() if k not in (ID_COL, "model")}
-                for r in overall.to_dict(orient="records")
-            }
-            selections.append(
-                (
-                    zone,
-                    target,
-                    champion.lower(),
-                    first.date(),
-                    end.date(),
-                    models,
-                    metrics,
-                    run_id,
-                    version,
-                    float(best[config.selection_metric]),
-                    result.wall_seconds,
-                )
-            )
-            for r in overall.to_dict(orient="records"):
+            selections.append((target, chosen, run_id, version))
+            for model, metrics in chosen.metrics_by_model().items():
                 table.append(
                     {
                         "zone": zone,
                         "target": target,
-                        "model": r["model"],
-                        "mae": r.get("mae"),
-                        "rmae": r.get("rmae"),
-                        "coverage80": r.get("coverage80"),
-                        "coverage95": r.get("coverage95"),
-                        "champion": r["model"] == champion,
+                        "model": model,
+                        **{k: metrics.get(k) for k in ("mae", "rmae", "coverage80", "coverage95")},
+                        "champion": model == chosen.champion,
                     }
                 )
     if not selections:
@@ -318,46 +320,40 @@ def backtests(
             description="no zone could be backtested", metadata={"skipped": dg.MetadataValue.json(skipped)}
         )
     with warehouse.connect() as conn:
-        for zone, target, model, first, end, models, metrics, run_id, version, value, wall in selections:
+        for target, chosen, run_id, version in selections:
+            first, end = (pd.Timestamp(chosen.result.settings[k]).date() for k in ("start", "end"))
             wh.insert_backtest(
-                conn, context.run_id, zone, target, (first, end), models, metrics, run_id, wall
+                conn,
+                context.run_id,
+                chosen.zone,
+                target,
+                (first, end),
+                chosen.candidates,
+                chosen.metrics_by_model(),
+                run_id,
+                chosen.result.wall_seconds,
             )
             wh.insert_model_selection(
-                conn, zone, target, model, context.run_id, config.selection_metric, value, run_id, version
+                conn,
+                chosen.zone,
+                target,
+                chosen.champion_key,
+                context.run_id,
+                chosen.metric,
+                chosen.value,
+                run_id,
+                version,
             )
     return dg.MaterializeResult(
         metadata={
             "metrics": dg.MetadataValue.md(_md_table(pd.DataFrame(table))),
-            "champions": dg.MetadataValue.json({f"{s[0]}/{s[1]}": s[2] for s in selections}),
-            "registry_versions": dg.MetadataValue.json({f"{s[0]}/{s[1]}": s[8] for s in selections}),
+            "champions": dg.MetadataValue.json({f"{c.zone}/{t}": c.champion_key for t, c, _, _ in selections}),
+            "candidates": dg.MetadataValue.json({f"{c.zone}/{t}": c.candidates for t, c, _, _ in selections}),
+            "registry_versions": dg.MetadataValue.json({f"{c.zone}/{t}": v for t, c, _, v in selections}),
             "mlflow_tracking_uri": dg.MetadataValue.text(uri),
             "skipped": dg.MetadataValue.json(skipped),
         }
     )
-
-
-def _relabelled(result: BacktestResult, label: str) -> BacktestResult:
-    """The backtest result with unique_id set to `label`, so a load run is logged under `<zone>-load`."""
-    metrics = {k: [{**r, ID_COL: label} for r in v] for k, v in result.metrics.items()}
-    return replace(result, forecasts=result.forecasts.assign(**{ID_COL: label}), metrics=metrics)
-
-
-def _backtest(
-    rows: pd.DataFrame, first: pd.Timestamp, end: pd.Timestamp, tz: str, config: BacktestConfig
-) -> tuple[BacktestResult | None, list[str], str]:
-    """(BacktestResult, model labels, reason) for one zone; models that cannot run on the history are dropped."""
-    models = list(config.models)
-    reasons = []
-    while models:
-        pipe = ForecastPipeline([forecaster_for(m) for m in models], ensemble=None, timezone=tz)
-        try:
-            return pipe.backtest(rows, first, end, warmup_days=config.warmup_days), pipe.member_names, ""
-        except ForecastDataError as exc:
-            reasons.append(str(exc))
-            if "LEAR" not in str(exc) or "lear" not in models:
-                break
-            models.remove("lear")
-    return None, [], "; ".join(reasons) or "no models configured"
 
 
 # --- ml.drift_report ------------------------------------------------------------------------------------
@@ -372,7 +368,9 @@ class DriftConfig(dg.Config):
     key=["ml", "drift_report"],
     group_name="ml",
     deps=[PRICES, LOAD, FORECASTS],
-    description="Evidently drift of price, load and forecast error per zone: last week vs the weeks before.",
+    automation_condition=automation.weekly(),
+    description="Evidently drift of price, load and forecast error per zone: last week vs the weeks before. "
+    "Runs after Monday 03:00 once gold has updated since.",
 )
 def drift_report(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: DriftConfig
@@ -455,7 +453,9 @@ def drift_share_below_threshold(context: dg.AssetCheckExecutionContext) -> dg.As
     group_name="ml",
     partitions_def=daily_partitions,
     deps=[PRICES, LOAD, FORECASTS],
-    description="Price and load spikes and level shifts per zone and market day (replaced per day).",
+    automation_condition=automation.day_partitions(),
+    description="Price and load spikes and level shifts per zone and market day (replaced per day); rebuilt "
+    "whenever the day's facts or forecasts change.",
 )
 def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     from ml.monitoring.anomalies import detect_anomalies

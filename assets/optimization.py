@@ -18,6 +18,7 @@ from ml.optimization import SolveOptions
 from ml.optimization import warehouse as wh
 from ml.optimization.explain import storage_schedule_png
 from ml.optimization.storage import StorageSchedule
+from orchestration import automation
 from orchestration.partitions import delivery_day_partitions
 from orchestration.resources import WarehouseResource
 
@@ -26,6 +27,14 @@ PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])
 LOAD = dg.AssetKey(["gold", "fct_load_hourly"])
 REF_ASSETS = dg.AssetKey(["silver", "ref__assets"])
 PREVIEW_ROWS = 24
+# Tomorrow's delivery day is optimized on the facts up to today (the forecast itself is for the same day).
+DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+AUTOMATION = automation.day_ahead(follow=dg.AssetSelection.assets(FORECASTS))
+AUTOMATION_NOTE = (
+    " Runs for tomorrow a lead time before each market's day-ahead gate closure (in the market's timezone), "
+    "right after each new forecast, and at most hourly when other inputs change; fresh when tomorrow's "
+    "results exist by the day's first gate closure."
+)
 
 
 class OptimizationConfig(dg.Config):
@@ -95,8 +104,11 @@ def _run_day(
     key=["gold", "storage_schedules"],
     group_name="optimization",
     partitions_def=delivery_day_partitions,
-    deps=[FORECASTS, PRICES, REF_ASSETS],
-    description="Revenue-maximising battery schedules per delivery day (runs in ml.optimization_runs).",
+    deps=[FORECASTS, dg.AssetDep(PRICES, partition_mapping=DAY_BEFORE), REF_ASSETS],
+    automation_condition=AUTOMATION,
+    freshness_policy=automation.day_ahead_freshness(),
+    description="Revenue-maximising battery schedules per delivery day (runs in ml.optimization_runs)."
+    + AUTOMATION_NOTE,
 )
 def storage_schedules(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
@@ -119,8 +131,10 @@ def storage_schedules(
     key=["gold", "bid_curves"],
     group_name="optimization",
     partitions_def=delivery_day_partitions,
-    deps=[FORECASTS, PRICES, REF_ASSETS],
-    description="Exchange-conforming day-ahead bid curves per organization and zone.",
+    deps=[FORECASTS, dg.AssetDep(PRICES, partition_mapping=DAY_BEFORE), REF_ASSETS],
+    automation_condition=AUTOMATION,
+    freshness_policy=automation.day_ahead_freshness(),
+    description="Exchange-conforming day-ahead bid curves per organization and zone." + AUTOMATION_NOTE,
 )
 def bid_curves(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
@@ -133,8 +147,11 @@ def bid_curves(
     key=["gold", "unit_commitment"],
     group_name="optimization",
     partitions_def=delivery_day_partitions,
-    deps=[FORECASTS, LOAD, REF_ASSETS],
-    description="Least-cost commitment of each organization's thermal/hydro units against the load forecast.",
+    deps=[FORECASTS, dg.AssetDep(LOAD, partition_mapping=DAY_BEFORE), REF_ASSETS],
+    automation_condition=AUTOMATION,
+    freshness_policy=automation.day_ahead_freshness(),
+    description="Least-cost commitment of each organization's thermal/hydro units against the load forecast."
+    + AUTOMATION_NOTE,
 )
 def unit_commitment(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig

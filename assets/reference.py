@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ingestion.reference import seed_reference_data
+from orchestration import automation
 from orchestration.resources import WarehouseResource
 
 REFERENCE_TABLES = ("ref__organizations", "ref__zones", "ref__nodes", "ref__assets")
@@ -10,10 +11,16 @@ REFERENCE_TABLES = ("ref__organizations", "ref__zones", "ref__nodes", "ref__asse
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(["silver", table], group_name="reference", description=f"Reference dimension silver.{table}.")
+        dg.AssetSpec(
+            ["silver", table],
+            group_name="reference",
+            description=f"Reference dimension silver.{table}.",
+            automation_condition=automation.unpartitioned(),
+        )
         for table in REFERENCE_TABLES
     ],
-    description="Upsert the reference dimensions every layer joins to (idempotent).",
+    description="Upsert the reference dimensions every layer joins to (idempotent); built once by the "
+    "automation when never materialized, re-run by hand after editing the seeds.",
 )
 def reference_data(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     with warehouse.connect() as conn:

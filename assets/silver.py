@@ -3,19 +3,28 @@
 Market data is one multi-asset per market-local day (daily partitions in the configured timezone); a backfill
 of many days is a single run over the whole window. The trading tables follow bronze CDC incrementally (a
 watermark per bronze table), so they are not partitioned. The library code is `ingestion/silver/`.
+
+Automation: a market day is rebuilt when a landing run records it in `["bronze", "market_days"]` (any age),
+today and yesterday when ticks or files land (the bronze tables carry no day), and each new day once; the
+trading tables follow every CDC batch.
 """
 
 
 import dagster as dg
 
+from assets.bronze.files import MARKET_DAYS
 from ingestion.silver.market import DATASETS, build_market_window
 from ingestion.silver.trading import ENTITIES, build_trading_entity
+from orchestration import automation
 from orchestration.partitions import daily_partitions
 from orchestration.resources import LakeResource, SparkResource, WarehouseResource
 
 MARKET_BRONZE = [dg.AssetKey(["bronze", f"files__{name}"]) for name in DATASETS] + [
     dg.AssetKey(["bronze", "ticks__prices"])
 ]
+# Spark runs one at a time: two local Spark jobs on two cores only thrash.
+SPARK_POOL = "spark"
+MARKET_CONDITION = automation.day_partitions(unpartitioned_deps=dg.AssetSelection.assets(*MARKET_BRONZE))
 
 
 def _market_spec(table: str, description: str, deps: list[dg.AssetKey]) -> dg.AssetSpec:
@@ -24,7 +33,8 @@ def _market_spec(table: str, description: str, deps: list[dg.AssetKey]) -> dg.As
         group_name="silver",
         kinds={"spark", "postgres"},
         description=description,
-        deps=deps,
+        deps=[*deps, MARKET_DAYS],
+        automation_condition=MARKET_CONDITION,
     )
 
 
@@ -56,6 +66,7 @@ def _market_spec(table: str, description: str, deps: list[dg.AssetKey]) -> dg.As
     ],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=SPARK_POOL,
 )
 def silver_market(
     context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource, warehouse: WarehouseResource
@@ -94,6 +105,7 @@ def _trading_asset(entity: str) -> dg.AssetsDefinition:
                 kinds={"spark", "postgres"},
                 description=f"Current state of each {entity} row (deleted rows absent).",
                 deps=[bronze],
+                automation_condition=automation.unpartitioned(),
             ),
             dg.AssetSpec(
                 ["silver", f"{table}_history"],
@@ -101,8 +113,10 @@ def _trading_asset(entity: str) -> dg.AssetsDefinition:
                 kinds={"spark", "postgres"},
                 description=f"SCD-2 history of {entity}: valid_from, valid_to, is_current, op.",
                 deps=[bronze],
+                automation_condition=automation.unpartitioned(),
             ),
         ],
+        pool=SPARK_POOL,
     )
     def build(
         context: dg.AssetExecutionContext,

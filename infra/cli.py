@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -159,36 +157,21 @@ def simulate_trading(
         env = export_service_env(settings)
     except (ServiceError, LakeError) as exc:
         raise fail(str(exc)) from None
-    counts = produce_simulated_trading(
-        env["KAFKA_BOOTSTRAP_SERVERS"], events, ticks, seed_value, with_schema, kafka_security_config(settings)
-    )
-    for topic, count in sorted(counts.items()):
-        console.print(f"{topic}: {count} events")
+    from ingestion.simulator.live import produce_simulated_trading
 
-
-def produce_simulated_trading(
-    bootstrap: str, events: int, ticks: int, seed: int, with_schema: bool, security: dict[str, object]
-) -> dict[str, int]:
-    """Produce trading change events (and optional ticks) with a progress bar; counts per topic."""
-    import itertools
-    from datetime import UTC, datetime
-
-    from ingestion.simulator.trading import market_tick_events, produce_events, trading_events
-
-    start = datetime.combine(date.today() - timedelta(days=7), datetime.min.time(), tzinfo=UTC)
-    stream = itertools.chain(
-        trading_events(events, seed=seed, start=start, with_schema=with_schema),
-        market_tick_events(ticks, seed=seed, start=start),
-    )
     with progress() as bar:
         task = bar.add_task("producing events", total=events + ticks)
-
-        def counted():
-            for event in stream:
-                bar.advance(task)
-                yield event
-
-        return produce_events(bootstrap, counted(), security=security)
+        counts = produce_simulated_trading(
+            env["KAFKA_BOOTSTRAP_SERVERS"],
+            events,
+            ticks,
+            seed_value,
+            with_schema,
+            kafka_security_config(settings),
+            on_event=lambda: bar.advance(task),
+        )
+    for topic, count in sorted(counts.items()):
+        console.print(f"{topic}: {count} events")
 
 
 def _mount_area_commands() -> None:
@@ -210,64 +193,41 @@ def _mount_area_commands() -> None:
 
 @app.command("demo")
 def demo(
-    days: Annotated[
-        int, typer.Option(min=1, help="Days of simulated history (backtests and drift need three weeks).")
-    ] = 28,
-    serve: Annotated[bool, typer.Option(help="Serve the Dagster UI and the API after materializing.")] = True,
-    dagster_port: Annotated[int, typer.Option(help="Dagster UI port.")] = 3000,
-    api_port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    days: Annotated[int, typer.Option(min=1, help="Days of simulated market history before today.")] = 7,
+    until_fresh: Annotated[
+        bool, typer.Option(help="Stop everything and exit once the platform is fresh (CI, automation).")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for freshness before saying so.")] = 900,
 ) -> None:
-    """Run the platform end to end: services, seed, simulate, materialize every asset, then serve."""
-    from infra.demo import materialize_everything, simulate_demo_data
+    """Run the platform: services, Dagster (webserver + daemon), the API and the CDC consumer; seed and
+    simulate; let the automation bring every layer up to date; then keep a live load flowing until Ctrl-C.
 
+    Addresses come from the settings (OPTIBID_DAGSTER_HOST/PORT, OPTIBID_API_HOST/PORT); the live load from
+    OPTIBID_DEMO_TICKS_PER_SECOND, OPTIBID_DEMO_TRADING_EVENTS_PER_SECOND, OPTIBID_DEMO_FILE_INTERVAL_SECONDS.
+    """
+    from infra.demo import run_demo
+    from infra.services import stop_services
+
+    started = time.monotonic()
     settings = get_settings()
     try:
         env = export_service_env(settings)
     except (ServiceError, LakeError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"[green]services ready[/] (home {settings.home_dir})")
-    simulate_demo_data(
-        settings,
-        database_url=env["OPTIBID_DATABASE_URL"],
-        bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-        days=days,
-        console=console,
-    )
-    from infra.demo import MaterializationError, demo_window
-
+    console.print(f"[green]services ready[/] in {time.monotonic() - started:.0f} s (home {settings.home_dir})")
     try:
-        materialize_everything(*demo_window(days), console=console)
-    except MaterializationError as exc:
-        raise fail(str(exc)) from None
-    if not serve:
-        return
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions", "-p", str(dagster_port)],
-            env={**os.environ, **env},
-        ),
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "serving_api.app:app", "--port", str(api_port)],
-            env={**os.environ, **env},
-        ),
-    ]
-    console.print(
-        f"[bold green]Dagster UI[/] http://127.0.0.1:{dagster_port}   [bold green]API[/] "
-        f"http://127.0.0.1:{api_port}/docs   (Ctrl-C stops everything)"
-    )
-    try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        code = run_demo(
+            get_settings(),
+            env,
+            days=days,
+            until_fresh=until_fresh,
+            timeout=timeout,
+            console=console,
+            services_started_at=started,
+        )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-        from infra.services import stop_services
-
-        console.print("stopped: " + ", ".join(stop_services(settings)))
+        console.print("stopped: " + (", ".join(stop_services(settings)) or "no embedded service"))
+    raise typer.Exit(code)
 
 
 _mount_area_commands()

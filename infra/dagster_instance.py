@@ -2,6 +2,11 @@
 
 The storage URL is read by Dagster from the `OPTIBID_DATABASE_URL` variable at run time (never written to
 disk), so a password in the URL stays in the environment.
+
+Concurrency keeps the two-core default responsive: at most two runs at once, and one run per pool at a
+time (`spark` for the silver Spark jobs, `dbt` for gold builds, `clickhouse_export` for the exports), so the
+automation's runs queue instead of thrashing. Each queued run waits for its pool as a whole (run
+granularity): a backfill of 30 days is one run holding one slot.
 """
 
 from __future__ import annotations
@@ -10,14 +15,23 @@ from pathlib import Path
 
 from infra.settings import Settings
 
-DAGSTER_YAML = """\
+MAX_CONCURRENT_RUNS = 2
+POOL_LIMIT = 1
+
+DAGSTER_YAML = f"""\
 # Written by `optibid`; regenerate rather than edit.
 storage:
   postgres:
     postgres_url:
       env: OPTIBID_DATABASE_URL
-run_queue:
-  max_concurrent_runs: 2  # two cores: more concurrent Spark/dbt runs would only thrash
+concurrency:
+  runs:
+    max_concurrent_runs: {MAX_CONCURRENT_RUNS}  # two cores: more concurrent Spark/dbt runs would only thrash
+  pools:
+    default_limit: {POOL_LIMIT}  # spark, dbt, clickhouse_export: one run of each at a time
+    granularity: run
+run_monitoring:
+  enabled: true
 telemetry:
   enabled: false
 """

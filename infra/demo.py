@@ -1,23 +1,40 @@
-"""What `optibid demo` does between starting the services and serving the UI: seed, simulate, materialize.
+"""What `optibid demo` does: start the platform, feed it simulated data, and report when it is fresh.
 
-Materialization goes through `dagster asset materialize` against the Dagster instance, layer by layer,
-so every run of the demo is visible in the UI afterwards exactly as a scheduled run would be.
+Part of the CLI (the application layer, like `infra/cli.py`), so it may look at the Dagster instance.
+Nothing here materializes an asset: the platform's own sensors, schedules and automation conditions bring
+every layer up to date, and this module only watches the warehouse and the run queue until they have.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from datetime import date, timedelta
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 
 from infra import db
 from infra.settings import Settings
 
-# Layers in dependency order; assets of one group are materialized together.
-GROUP_ORDER = ("reference", "bronze", "silver", "gold", "ml", "optimization", "exports")
+NODES_PER_ZONE = 4
+SEED = 42
+TRADING_EVENTS_PER_DAY = 3_000
+HISTORY_TICKS = 2_000
+# The day-ahead outputs that must exist for tomorrow's delivery day before the demo calls itself fresh.
+DAY_AHEAD_ASSETS = (
+    ("forecasts", ("gold", "forecasts")),
+    ("optimization", ("gold", "storage_schedules")),
+    ("optimization", ("gold", "bid_curves")),
+    ("optimization", ("gold", "unit_commitment")),
+)
+MAX_RESTARTS = 5
 
 
 def demo_window(days: int, today: date | None = None) -> tuple[date, date]:
@@ -26,106 +43,399 @@ def demo_window(days: int, today: date | None = None) -> tuple[date, date]:
     return last - timedelta(days=days - 1), last
 
 
+@dataclass(frozen=True)
+class SimulatedHistory:
+    """What the landing folder and Kafka have received: market files for `history_start`..`last`."""
+
+    history_start: date
+    last: date
+
+
 def simulate_demo_data(
     settings: Settings, *, database_url: str, bootstrap_servers: str, days: int, console: Console
-) -> None:
-    """Reference data, a window of market files in the landing folder, and trading CDC events on Kafka."""
+) -> SimulatedHistory:
+    """Seed the reference data, drop the window's market files in the landing folder and produce the
+    trading history to Kafka.
+
+    The simulation is anchored at the first run's first day (kept in `<home>/run/demo_simulated.json`) and
+    continued from there on later runs, so a second `make demo` adds only the days since the last one, with
+    prices that join up, instead of rewriting history that is already in gold.
+    """
+    from infra.services import kafka_security_config
     from ingestion.reference import seed_reference_data
-    from ingestion.simulator.files import write_landing_files
-    from ingestion.simulator.market import iter_market_days
+    from ingestion.simulator.live import produce_simulated_trading, write_market_window
 
     with db.connect(database_url) as conn:
         seed_reference_data(conn)
     first, last = demo_window(days)
-    # A second `make demo` reuses what the first one simulated instead of producing the events again.
-    marker = settings.home_dir / "run" / "demo_simulated.json"
-    if marker.exists() and json.loads(marker.read_text()) == {"first": str(first), "last": str(last)}:
-        console.print(f"reusing the simulated data of {first}..{last}")
-        return
+    marker = _history_marker(settings)
+    previous = json.loads(marker.read_text()) if marker.exists() else {}
+    history_start = demo_history_start(settings, days)
+    done_until = date.fromisoformat(previous["last"]) if "last" in previous else history_start - timedelta(days=1)
     landing = settings.resolved_landing_dir
-    files = 0
-    for day in iter_market_days(first, days, nodes_per_zone=4, seed=42):
-        files += len(write_landing_files(day, landing))
-    console.print(f"simulated {days} days from {first}: {files} files in {landing}")
-    from infra.cli import produce_simulated_trading
-    from infra.services import kafka_security_config
-
-    counts = produce_simulated_trading(
-        bootstrap_servers, 3_000 * days, 2_000, 42, False, kafka_security_config(settings)
-    )
-    console.print(f"produced {sum(counts.values())} trading change events and ticks to Kafka")
+    if done_until >= last:
+        console.print(f"reusing the simulated market data of {history_start}..{done_until}")
+    else:
+        # Continue the deterministic simulation from its anchor; only days not written before are dropped.
+        start = max(first, done_until + timedelta(days=1))
+        files = write_market_window(
+            history_start, last, landing, skip_before=start, nodes_per_zone=NODES_PER_ZONE, seed=SEED
+        )
+        console.print(f"simulated {start}..{last}: {files} market files in {landing}")
+    if not previous.get("trading_produced"):
+        counts = produce_simulated_trading(
+            bootstrap_servers,
+            TRADING_EVENTS_PER_DAY * days,
+            HISTORY_TICKS,
+            SEED,
+            False,
+            kafka_security_config(settings),
+            start=datetime.combine(first, datetime.min.time(), tzinfo=UTC),
+        )
+        console.print(f"produced {sum(counts.values())} trading change events and ticks to Kafka")
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"first": str(first), "last": str(last)}))
+    marker.write_text(
+        json.dumps({"history_start": str(history_start), "last": str(max(last, done_until)), "trading_produced": True})
+    )
+    return SimulatedHistory(history_start, max(last, done_until))
 
 
-def materialize_everything(
-    first: date,
-    last: date,
-    *,
-    console: Console,
-    groups: tuple[str, ...] = GROUP_ORDER,
-    per_day_recent: int = 2,
-) -> None:
-    """Materialize every asset of `groups`, in order, through the Dagster instance in DAGSTER_HOME (so the
-    runs show in the UI). Assets that backfill in one run cover `first`..`last`; assets that need a run per
-    day (forecasts, optimizations) cover only the last `per_day_recent` days, as a daily schedule would."""
-    from orchestration.definitions import defs
+def _history_marker(settings: Settings) -> Path:
+    return settings.home_dir / "run" / "demo_simulated.json"
 
-    graph = defs.resolve_asset_graph()
-    for group in groups:
-        keys = [
-            k for k in graph.get_all_asset_keys() if graph.get(k).group_name == group and graph.get(k).is_materializable
-        ]
-        if not keys:
-            continue
-        unpartitioned = [k for k in keys if graph.get(k).partitions_def is None]
-        if unpartitioned:
-            _materialize(unpartitioned, None, console, group)
-        # One run per partitions definition: a run can only target assets that share one.
-        by_partitions: dict[str, list] = {}
-        for key in keys:
-            if graph.get(key).partitions_def is not None:
-                by_partitions.setdefault(str(graph.get(key).partitions_def), []).append(key)
-        for partitioned in by_partitions.values():
-            single_run = all(
-                graph.get(k).backfill_policy is not None
-                and graph.get(k).backfill_policy.max_partitions_per_run is None  # single run
-                for k in partitioned
+
+def demo_history_start(settings: Settings, days: int) -> date:
+    """The first simulated day of this home: the first demo's window start, kept across runs."""
+    marker = _history_marker(settings)
+    if marker.exists():
+        return date.fromisoformat(json.loads(marker.read_text())["history_start"])
+    return demo_window(days)[0]
+
+
+def demo_api_key(settings: Settings, database_url: str) -> str:
+    """An analyst API key of the `acme` organization for the printed examples: the one kept in
+    `<home>/run/demo_api_key` while it is still valid, else a new one (the key is shown once by design,
+    so the demo keeps its own copy, readable only by the user)."""
+    from serving_api.cli import create_api_key
+    from serving_api.security import api_key_prefix_of, token_digest
+
+    path = settings.home_dir / "run" / "demo_api_key"
+    if path.exists():
+        key = path.read_text().strip()
+        prefix = api_key_prefix_of(key)
+        with db.connect(database_url) as conn:
+            valid = (
+                prefix is not None
+                and conn.execute(
+                    "SELECT 1 FROM ops.api_keys WHERE prefix = %s AND key_hash = %s AND revoked_at IS NULL",
+                    (prefix, token_digest(key)),
+                ).fetchone()
             )
-            if single_run:
-                _materialize(
-                    partitioned, f"{first.isoformat()}...{last.isoformat()}", console, f"{group} {first}..{last}"
+        if valid:
+            return key
+    key = create_api_key(database_url, "acme", "optibid demo", "analyst")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+# --- freshness -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """One look at the platform: which layers hold the days they should, and what Dagster is doing."""
+
+    files_waiting: int
+    silver: bool
+    gold_prices: bool
+    gold_kpis: bool
+    forecasts: bool
+    optimization: bool
+    runs_in_progress: int
+    runs_queued: int
+
+    @property
+    def fresh(self) -> bool:
+        return (
+            self.files_waiting == 0
+            and self.silver
+            and self.gold_prices
+            and self.gold_kpis
+            and self.forecasts
+            and self.optimization
+            and self.runs_in_progress == 0
+            and self.runs_queued == 0
+        )
+
+    def describe(self) -> str:
+        def mark(ok: bool) -> str:
+            return "[green]✓[/]" if ok else "[yellow]…[/]"
+
+        return (
+            f"landing {self.files_waiting} waiting · silver {mark(self.silver)} · gold prices "
+            f"{mark(self.gold_prices)} · KPIs {mark(self.gold_kpis)} · forecasts {mark(self.forecasts)} · "
+            f"optimization {mark(self.optimization)} · runs {self.runs_in_progress} running, "
+            f"{self.runs_queued} queued"
+        )
+
+
+def _has_market_date(conn, table: str, day: date) -> bool:
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+        return False
+    return conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE market_date = %s)", (day,)).fetchone()[0]
+
+
+def look(settings: Settings, database_url: str, instance, last_market_date: date, delivery_day: date) -> Freshness:
+    """Where the platform stands: the warehouse for `last_market_date`, Dagster for `delivery_day`."""
+    import dagster as dg
+
+    landing = settings.resolved_landing_dir
+    waiting = sum(1 for p in landing.iterdir() if p.is_file() and not p.name.startswith(".")) if landing.exists() else 0
+    with db.connect(database_url) as conn:
+        silver = _has_market_date(conn, "silver.market__prices", last_market_date)
+        prices = _has_market_date(conn, "gold.fct_prices_hourly", last_market_date)
+        kpis = _has_market_date(conn, "gold.kpi_values", last_market_date)
+    partition = delivery_day.isoformat()
+    done: dict[str, bool] = {}
+    for layer, key in DAY_AHEAD_ASSETS:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(list(key)), asset_partitions=[partition]), limit=1
+        ).records
+        done[layer] = done.get(layer, True) and bool(records)
+    running = instance.get_runs_count(
+        dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.CANCELING,
+            ]
+        )
+    )
+    queued = instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+    return Freshness(waiting, silver, prices, kpis, done["forecasts"], done["optimization"], running, queued)
+
+
+def end_orphaned_runs(instance) -> int:
+    """Mark runs that a previous demo left "in progress" as failed; how many.
+
+    Called before the daemon starts, when no process of this home can be executing a run: a run whose
+    process died with the last demo would otherwise stay STARTED for ever and hold a run-queue slot.
+    """
+    import dagster as dg
+
+    orphans = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.CANCELING,
+            ]
+        )
+    )
+    for run in orphans:
+        instance.report_run_failed(run, message="the demo that ran it was stopped")
+    return len(orphans)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (e.g. `kill`, a CI timeout) stops the demo the same clean way as Ctrl-C."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(
+    settings: Settings,
+    env: dict[str, str],
+    *,
+    days: int,
+    until_fresh: bool,
+    timeout: float,
+    console: Console,
+    services_started_at: float,
+) -> int:
+    """Start the platform, feed it, report freshness; keep it alive until Ctrl-C (or until fresh with
+    `until_fresh`). The exit code: 0, or 1 when `until_fresh` timed out or a process kept dying."""
+    import dagster as dg
+
+    from infra.platform import PlatformError, PlatformProcesses, default_log_dir
+    from infra.services import kafka_security_config
+    from ingestion.cdc.topics import default_topics
+    from ingestion.simulator.live import LiveLoad, LiveSimulator
+    from ingestion.simulator.trading import ensure_topics
+
+    database_url = env["OPTIBID_DATABASE_URL"]
+    security = kafka_security_config(settings)
+    if "partition_start" not in settings.model_fields_set:
+        # Partitions start with the simulated history: from the 2024 default, the automation would first
+        # fill hundreds of empty days.
+        env = {**env, "OPTIBID_PARTITION_START": demo_history_start(settings, days).isoformat()}
+    instance = dg.DagsterInstance.get()
+    orphans = end_orphaned_runs(instance)
+    if orphans:
+        console.print(f"marked {orphans} runs left in progress by a previous demo as failed")
+    platform = PlatformProcesses(
+        env={**os.environ, **env},
+        dagster_home=Path(env["DAGSTER_HOME"]),
+        log_dir=default_log_dir(settings.home_dir),
+        dagster_host=settings.dagster_host,
+        dagster_port=settings.dagster_port,
+        api_host=settings.api_host,
+        api_port=settings.api_port,
+    )
+    simulator = LiveSimulator(
+        env["KAFKA_BOOTSTRAP_SERVERS"],
+        security,
+        settings.resolved_landing_dir,
+        history_start=date.today(),  # replaced below once the history's anchor is known
+        load=LiveLoad(
+            ticks_per_second_per_zone=settings.demo_ticks_per_second,
+            trading_events_per_second=settings.demo_trading_events_per_second,
+            file_interval_seconds=settings.demo_file_interval_seconds,
+            nodes_per_zone=NODES_PER_ZONE,
+            seed=SEED,
+        ),
+    )
+    code = 0
+    try:
+        with sigterm_as_interrupt():
+            console.print(f"starting Dagster (webserver + daemon) and the API; logs in {platform.log_dir}")
+            try:
+                # The code server loads the definitions while the simulator writes the history.
+                platform.start_code_server()
+                history = simulate_demo_data(
+                    settings,
+                    database_url=database_url,
+                    bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                    days=days,
+                    console=console,
                 )
-                continue
-            day = max(first, last - timedelta(days=per_day_recent - 1))
-            while day <= last:
-                _materialize(partitioned, day.isoformat(), console, f"{group} {day}")
-                day += timedelta(days=1)
+                # The follow-mode consumer reads the topics that exist when it starts; the embedded broker
+                # keeps topics in memory, so after a broker restart they are created before it starts.
+                ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], default_topics(), security=security)
+                platform.start()
+                simulator.history_start = history.history_start
+                simulator.start_stream()
+                platform.wait_until_serving()
+            except PlatformError as exc:
+                console.print(f"[bold red]error:[/] {exc}")
+                return 2
+            key = demo_api_key(settings, database_url)
+            delivery_day = datetime.now(ZoneInfo(settings.market_timezone)).date() + timedelta(days=1)
+            fresh_after = _wait_until_fresh(
+                settings,
+                database_url,
+                instance,
+                platform,
+                history.last,
+                delivery_day,
+                timeout,
+                console,
+                services_started_at,
+            )
+            _print_urls(platform, key, history.last, console)
+            if fresh_after is None:
+                console.print(
+                    f"[bold red]not fresh after {timeout:.0f} s[/]: see the runs in {platform.dagster_url}/runs"
+                )
+                code = 1
+            if until_fresh:
+                return code
+            # New market files only after the first fresh moment: each drop starts landing, silver and gold
+            # runs, and a drop every few minutes would otherwise keep "runs in progress" from ever reaching 0.
+            simulator.start_files()
+            console.print(
+                f"live: {settings.demo_ticks_per_second:g} ticks/s per zone, "
+                f"{settings.demo_trading_events_per_second:g} trading events/s, a market file for today every "
+                f"{settings.demo_file_interval_seconds:g} s.  Ctrl-C stops everything."
+            )
+            code = _keep_alive(platform, simulator, console)
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+    finally:
+        stopped = platform.stop()
+        simulator.stop()
+        if stopped:
+            console.print("stopped: " + ", ".join([*stopped, "simulator"]))
+    return code
 
 
-class MaterializationError(RuntimeError):
-    """A `dagster asset materialize` run failed; the message carries the end of its output."""
+def _wait_until_fresh(
+    settings: Settings,
+    database_url: str,
+    instance,
+    platform,
+    last_market_date: date,
+    delivery_day: date,
+    timeout: float,
+    console: Console,
+    services_started_at: float,
+) -> float | None:
+    """Poll until fresh; seconds since the services started, or None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    shown: Freshness | None = None
+    with console.status("waiting for the platform to catch up") as status:
+        while True:
+            state = look(settings, database_url, instance, last_market_date, delivery_day)
+            elapsed = time.monotonic() - services_started_at
+            if state.fresh:
+                console.print(
+                    f"[bold green]fresh[/] after {elapsed:.0f} s: {last_market_date} is in gold, the forecasts and "
+                    f"optimizations for {delivery_day} are in, no run is in flight"
+                )
+                return elapsed
+            if time.monotonic() > deadline:
+                console.print(state.describe())
+                return None
+            _revive(platform, console)
+            line = f"[{elapsed:4.0f} s] {state.describe()}"
+            status.update(line)
+            # Without a terminal (CI, a log file) the spinner shows nothing: print each change instead.
+            if not console.is_terminal and state != shown:
+                console.print(line)
+                shown = state
+            time.sleep(5)
 
 
-def _materialize(keys: list, partition: str | None, console: Console, label: str) -> None:
-    selection = ",".join(key.to_user_string() for key in keys)
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "asset",
-        "materialize",
-        "-m",
-        "orchestration.definitions",
-        "--select",
-        selection,
-    ]
-    if partition and "..." in partition:
-        command += ["--partition-range", partition]
-    elif partition:
-        command += ["--partition", partition]
-    console.print(f"[bold]materializing[/] {label}: {len(keys)} assets")
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
-        raise MaterializationError(f"materializing {label} failed (the run is in the Dagster UI):\n{tail}")
+def _keep_alive(platform, simulator, console: Console) -> int:
+    while True:
+        if not _revive(platform, console):
+            return 1
+        if simulator.counts.errors:
+            console.print(f"[yellow]simulator:[/] {simulator.counts.errors.pop()}")
+        time.sleep(2)
+
+
+def _revive(platform, console: Console) -> bool:
+    """Restart processes that died; False when one has died too often to keep trying."""
+    for name in platform.dead():
+        proc = platform.processes[name]
+        if proc.restarts >= MAX_RESTARTS:
+            console.print(f"[bold red]{name} keeps exiting[/] (log {proc.log_path}):\n{proc.tail()}")
+            return False
+        console.print(f"[yellow]{name} exited; restarting it[/] (log {proc.log_path})")
+        platform.restart(name)
+    return True
+
+
+def _print_urls(platform, key: str, last_market_date: date, console: Console) -> None:
+    api, ws = platform.api_url, platform.api_url.replace("http://", "ws://", 1)
+    day, next_day = last_market_date.isoformat(), (last_market_date + timedelta(days=1)).isoformat()
+    console.print(
+        f"[bold green]Dagster UI[/]  {platform.dagster_url}  (runs: /runs, automation: /automation)\n"
+        f"[bold green]API docs[/]    {api}/docs\n"
+        f"[bold green]WebSocket[/]   {ws}/api/v1/ws/kpis/price_avg?zone=PJM&grain=minute&api_key={key}\n"
+        f"[bold green]try[/]         curl -H 'X-API-Key: {key}' "
+        f"'{api}/api/v1/prices?zone=PJM&market=DA&from={day}T00:00:00Z&to={next_day}T00:00:00Z'"
+    )

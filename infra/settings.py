@@ -9,15 +9,25 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, AliasPath, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """OptiBid configuration, read from the environment (and an optional `.env` file)."""
+    """OptiBid configuration, read from the environment (and an optional `.env` file).
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    Only the documented names (each field's `validation_alias`) are read from the environment: enabling
+    `populate_by_name`/`validate_by_name` would make pydantic-settings read field names too, so a plain
+    `HOME` would become `home` and `DATABASE_URL` the warehouse. Code may still construct
+    `Settings(home=...)` by field name: `__init__` renames such keywords to their alias first.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_by_alias(type(self), values))
 
     # --- core -----------------------------------------------------------------------------------
     home: Path = Field(
@@ -114,6 +124,23 @@ class Settings(BaseSettings):
         validation_alias="OPTIBID_UPLOAD_MAX_BYTES",
         description="Largest accepted upload (bytes).",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        validation_alias="OPTIBID_TRUSTED_PROXIES",
+        description="JSON list of CIDRs of reverse proxies whose X-Forwarded-For names the client address.",
+    )
+    api_statement_timeout_ms: int = Field(
+        default=15_000,
+        ge=0,
+        validation_alias="OPTIBID_API_STATEMENT_TIMEOUT_MS",
+        description="statement_timeout of the API's pooled connections (0 = none).",
+    )
+    api_idle_in_transaction_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        validation_alias="OPTIBID_API_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        description="idle_in_transaction_session_timeout of the API's pooled connections (0 = none).",
+    )
 
     # --- area-specific settings (helpers append below, one field per line group) --------------
     # files (issue 4): where uploaded files are kept between receiving and processing
@@ -140,6 +167,65 @@ class Settings(BaseSettings):
         default=0.5,
         validation_alias="OPTIBID_DRIFT_SHARE_WARN_THRESHOLD",
         description="Evidently drift share of any zone above which the drift_report check warns.",
+    )
+
+    # automation (issue 13): how long before each market's day-ahead gate closure forecasts and
+    # optimizations for tomorrow run (ml/optimization/gate_closures.py has the closures)
+    gate_closure_lead_minutes: int = Field(
+        default=120,
+        gt=0,
+        lt=24 * 60,
+        validation_alias="OPTIBID_GATE_CLOSURE_LEAD_MINUTES",
+        description="Minutes before each market's day-ahead gate closure that tomorrow's forecasts and "
+        "optimizations run.",
+    )
+
+    # demo (issue 13): where the Dagster webserver listens, and the live load `optibid demo` keeps producing
+    dagster_host: str = Field(default="127.0.0.1", validation_alias="OPTIBID_DAGSTER_HOST")
+    dagster_port: int = Field(default=3000, validation_alias="OPTIBID_DAGSTER_PORT")
+    demo_file_interval_seconds: float = Field(
+        default=180.0,
+        validation_alias="OPTIBID_DEMO_FILE_INTERVAL_SECONDS",
+        description="How often the running demo drops a new market file for the current day in the landing folder.",
+    )
+    demo_ticks_per_second: float = Field(
+        default=2.0,
+        validation_alias="OPTIBID_DEMO_TICKS_PER_SECOND",
+        description="Real-time price ticks per second and zone that the running demo produces to Kafka.",
+    )
+    demo_trading_events_per_second: float = Field(
+        default=1.0,
+        validation_alias="OPTIBID_DEMO_TRADING_EVENTS_PER_SECOND",
+        description="Trading-system change events per second that the running demo produces to Kafka.",
+    )
+
+    # alerts (issue 13): where infra/alerts.py delivers alert and resolution notices
+    alert_webhook_urls: list[SecretStr] = Field(
+        default_factory=list,
+        validation_alias="OPTIBID_ALERT_WEBHOOK_URLS",
+        description="JSON list of webhook URLs receiving alerts as Slack-compatible JSON (URLs are secrets).",
+    )
+    alert_smtp_host: str | None = Field(
+        default=None, validation_alias="OPTIBID_ALERT_SMTP_HOST", description="SMTP server for alert e-mail."
+    )
+    alert_smtp_port: int = Field(default=25, validation_alias="OPTIBID_ALERT_SMTP_PORT")
+    alert_smtp_starttls: bool = Field(default=False, validation_alias="OPTIBID_ALERT_SMTP_STARTTLS")
+    alert_smtp_username: str | None = Field(default=None, validation_alias="OPTIBID_ALERT_SMTP_USERNAME")
+    alert_smtp_password: SecretStr | None = Field(default=None, validation_alias="OPTIBID_ALERT_SMTP_PASSWORD")
+    alert_email_from: str = Field(default="optibid@localhost", validation_alias="OPTIBID_ALERT_EMAIL_FROM")
+    alert_email_to: list[str] = Field(
+        default_factory=list,
+        validation_alias="OPTIBID_ALERT_EMAIL_TO",
+        description="JSON list of alert e-mail recipients; e-mail is off while this or the SMTP host is unset.",
+    )
+    alert_delivery_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        validation_alias="OPTIBID_ALERT_DELIVERY_MAX_ATTEMPTS",
+        description="Failed deliveries of one notice (one per sensor tick) before it is given up.",
+    )
+    alert_delivery_timeout_seconds: float = Field(
+        default=10.0, gt=0, validation_alias="OPTIBID_ALERT_DELIVERY_TIMEOUT_SECONDS"
     )
 
     # --- derived paths --------------------------------------------------------------------------
@@ -174,6 +260,32 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home_dir / "reports"
+
+
+def _by_alias(cls: type[BaseSettings], values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments with field names replaced by the field's (first) environment name.
+
+    Unknown keywords raise instead of being dropped by `extra="ignore"` (which exists for foreign `.env`
+    entries, not for typos in code); pydantic-settings' own `_env_file`-style arguments pass through.
+    """
+    out: dict[str, Any] = {}
+    aliases = {a for f in cls.model_fields.values() for a in _alias_names(f.validation_alias)}
+    for key, value in values.items():
+        field = cls.model_fields.get(key)
+        if field is not None and field.validation_alias is not None:
+            key = _alias_names(field.validation_alias)[0]
+        elif field is None and key not in aliases and not key.startswith("_"):
+            raise TypeError(f"Settings has no field or environment name {key!r}")
+        out[key] = value
+    return out
+
+
+def _alias_names(alias: str | AliasPath | AliasChoices | None) -> list[str]:
+    if isinstance(alias, str):
+        return [alias]
+    if isinstance(alias, AliasChoices):
+        return [c for c in alias.choices if isinstance(c, str)]
+    return []
 
 
 @lru_cache(maxsize=1)

@@ -61,3 +61,36 @@ def notify_kpi_update(
         }
     )
     conn.execute("SELECT pg_notify(%s, %s)", (KPI_CHANNEL, payload))
+
+
+def market_dates(first: date, last: date) -> list[date]:
+    """Every date from `first` to `last`, both included."""
+    return [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
+
+
+def signal_gold_window(conn: psycopg.Connection, table: str, first: date, last: date) -> int:
+    """Bump `table`'s version for every market date of a rewritten window [first, last]; dates bumped.
+
+    A window rebuild deletes and re-inserts each date, so every date changed, including one left empty.
+    """
+    dates = market_dates(first, last)
+    for market_date in dates:
+        bump_table_version(conn, table, market_date)
+    return len(dates)
+
+
+def signal_kpi_window(conn: psycopg.Connection, first: date, last: date) -> int:
+    """Notify KPI subscribers of the `gold.kpi_values` rows of market dates [first, last]; notifications sent.
+
+    One notification per (kpi_code, grain, zone, org_id) spanning the first to the last period written.
+    """
+    groups = conn.execute(
+        """SELECT kpi_code, grain, zone, org_id, min(period_start), max(period_start)
+           FROM gold.kpi_values WHERE market_date BETWEEN %s AND %s
+           GROUP BY kpi_code, grain, zone, org_id
+           ORDER BY kpi_code, grain, zone, org_id NULLS FIRST""",
+        (first, last),
+    ).fetchall()
+    for kpi_code, grain, zone, org_id, period_from, period_to in groups:
+        notify_kpi_update(conn, kpi_code, grain, zone, period_from, period_to, org_id)
+    return len(groups)

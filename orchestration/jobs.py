@@ -1,4 +1,4 @@
-"""Jobs: the asset selections that sensors and schedules start."""
+"""Jobs: the bronze asset selections that sensors and schedules start (later layers run from automation)."""
 
 import dagster as dg
 

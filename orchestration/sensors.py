@@ -1,4 +1,4 @@
-"""Sensors: react to new data (broker lag, landed files)."""
+"""Sensors: react to new data (broker lag, landed files); on by default, a running platform needs them."""
 
 import hashlib
 

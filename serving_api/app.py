@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from infra.settings import Settings, get_settings
@@ -22,6 +23,7 @@ from serving_api.cache import ResponseCache
 from serving_api.errors import install_error_handlers
 from serving_api.fastpath import CachedReadFastPath
 from serving_api.freshness import FreshnessReader
+from serving_api.guard import RequestGuard, known_query_params
 from serving_api.metrics import ApiMetrics, MetricsMiddleware
 from serving_api.state import ApiOptions, ApiState, RateLimiter
 from serving_api.streaming import Hub
@@ -42,6 +44,7 @@ API_ROUTERS = [
     "ingestion",
     "analytics",
     "optimize",
+    "alerts",
 ]
 
 
@@ -51,6 +54,21 @@ def _database_url(settings: Settings) -> str:
     from infra.services import embedded_postgres_url
 
     return embedded_postgres_url(settings)
+
+
+def _session_limits(settings: Settings) -> Callable[[AsyncConnection], Awaitable[None]]:
+    """Pool `configure` hook: no pooled connection runs a statement, or idles in a transaction, forever."""
+
+    async def configure(conn: AsyncConnection) -> None:
+        await conn.set_autocommit(True)
+        await conn.execute(
+            "SELECT set_config('statement_timeout', %s, false),"
+            " set_config('idle_in_transaction_session_timeout', %s, false)",
+            (f"{settings.api_statement_timeout_ms}ms", f"{settings.api_idle_in_transaction_timeout_ms}ms"),
+        )
+        await conn.set_autocommit(False)
+
+    return configure
 
 
 def create_app(settings: Settings | None = None, options: ApiOptions | None = None) -> FastAPI:
@@ -63,7 +81,7 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
     limiter = RateLimiter(settings.home_dir / "run" / "api_rate_limits.bin")
     state = ApiState(settings=settings, options=options, jwt_secret=secret, limiter=limiter)
     state.metrics = ApiMetrics()
-    state.cache = ResponseCache(options.cache_max_entries)
+    state.cache = ResponseCache(options.cache_max_entries, options.cache_max_bytes)
     state.freshness = FreshnessReader(settings.dagster_home)
 
     @asynccontextmanager
@@ -73,7 +91,11 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
         state.database_url = await asyncio.to_thread(_database_url, settings)
         await asyncio.to_thread(db.migrate, state.database_url)
         state.pool = AsyncConnectionPool(
-            state.database_url, min_size=options.pool_min_size, max_size=options.pool_max_size, open=False
+            state.database_url,
+            min_size=options.pool_min_size,
+            max_size=options.pool_max_size,
+            open=False,
+            configure=_session_limits(settings),
         )
         await state.pool.open(wait=True, timeout=30)
         state.hub = Hub(state)
@@ -112,6 +134,7 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
             expose_headers=["Retry-After"],
         )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, prefix=API_PREFIX)
+    app.add_middleware(RequestGuard, state=state, prefix=API_PREFIX)
     if options.cache_fast_path:
         # Added last, so outermost: cache hits skip routing, dependencies and the middleware above.
         app.add_middleware(CachedReadFastPath, state=state, prefix=API_PREFIX)
@@ -121,7 +144,7 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
     app.include_router(health.router)
     for name in API_ROUTERS:
         module = importlib.import_module(f"serving_api.routers.{name}")
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(known_query_params)])
     return app
 
 

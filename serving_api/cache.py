@@ -77,10 +77,13 @@ class CachedResponse:
 
 
 class ResponseCache:
-    """A bounded LRU of serialized responses, one per request target (the last one stored)."""
+    """An LRU of serialized responses, one per request target (the last one stored), bounded both by entry
+    count and by the bytes of the bodies it holds (a few huge pages must not outgrow the count bound)."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.versions = TableVersions()
         self.enabled = False
         self._entries: OrderedDict[tuple[str, str, str], CachedResponse] = OrderedDict()
@@ -127,7 +130,7 @@ class ResponseCache:
         if entry.checked_generation != generation:
             key = entry.key
             if self.versions.digest(key.table, key.first, key.last) != key.digest:
-                del self._entries[target]  # a partition was re-materialized: never current again
+                self._drop(target)  # a partition was re-materialized: never current again
                 return None
             entry.checked_generation = generation
         return entry
@@ -137,14 +140,23 @@ class ResponseCache:
         self.hits += 1
 
     def put(self, key: CacheKey | None, body: bytes, permission: str, route: str) -> None:
-        if key is None:
-            return
+        if key is None or len(body) > self.max_bytes // 16:
+            return  # one entry may hold at most 1/16 of the budget, so a single page cannot flush the rest
+        self._drop(key.target)
         # Checked as of when the digest was computed, not now: a bump that arrived while the rows were being
         # read must make the fast path re-check this entry.
         self._entries[key.target] = CachedResponse(key, body, permission, route, key.generation)
         self._entries.move_to_end(key.target)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self.bytes += len(body)
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= len(evicted.body)
+
+    def _drop(self, target: tuple[str, str, str]) -> None:
+        entry = self._entries.pop(target, None)
+        if entry is not None:
+            self.bytes -= len(entry.body)
 
     def clear(self) -> None:
         self._entries.clear()
+        self.bytes = 0

@@ -93,17 +93,29 @@ async def _api_key_row(state: ApiState, key: str) -> dict[str, Any] | None:
         assert state.pool is not None
         async with state.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            # Runs as the table owner: the organization is what this lookup finds out.
+            # Runs as the table owner: the organization is what this lookup finds out. A read, so a flood of
+            # made-up prefixes costs an index probe each and writes nothing.
             await cur.execute(
-                """UPDATE ops.api_keys SET last_used_at = now()
-                   WHERE prefix = %s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-                   RETURNING key_id, org_id, role, key_hash, rate_limit_per_minute""",
+                """SELECT key_id, org_id, role, key_hash, rate_limit_per_minute FROM ops.api_keys
+                   WHERE prefix = %s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())""",
                 (prefix,),
             )
             row = await cur.fetchone()
-        state.api_keys[prefix] = (now, row)
-        cached = state.api_keys[prefix]
+            if row is not None and _matching_key_row(row, key) is not None:
+                # Once per cache period per key (hits are served from memory in between).
+                await conn.execute("UPDATE ops.api_keys SET last_used_at = now() WHERE key_id = %s", (row["key_id"],))
+        _remember_api_key_row(state, prefix, (now, row))
+        cached = (now, row)
     return _matching_key_row(cached[1], key)
+
+
+def _remember_api_key_row(state: ApiState, prefix: str, entry: tuple[float, dict[str, Any] | None]) -> None:
+    """Known and unknown prefixes share one LRU, so made-up keys can neither grow memory nor evict for long."""
+    keys = state.api_keys
+    keys[prefix] = entry
+    keys.move_to_end(prefix)
+    while len(keys) > state.options.api_key_cache_max_entries:
+        keys.popitem(last=False)
 
 
 def _matching_key_row(row: dict[str, Any] | None, key: str) -> dict[str, Any] | None:

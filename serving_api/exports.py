@@ -3,6 +3,11 @@
 Memory stays bounded by one chunk: CSV and Parquet bytes are yielded as each chunk is encoded (one Parquet
 row group per chunk). Excel's zip container cannot be emitted incrementally by openpyxl, so the write-only
 workbook spools to a temporary file on disk and is streamed from there.
+
+Text cells that a spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, tab or carriage
+return; OWASP "CSV injection") are prefixed with `'` in CSV and Excel, so an uploaded value such as
+`=HYPERLINK(...)` is shown as text instead of being evaluated when an analyst opens the export. Numbers stay
+numbers; Parquet is typed and never evaluated, so it is written unchanged.
 """
 
 from __future__ import annotations
@@ -114,13 +119,13 @@ async def xlsx_bytes(columns: list[str], chunks: AsyncIterator[list[tuple]]) -> 
 
     wb = Workbook(write_only=True)
     sheet = wb.create_sheet("data")
-    sheet.append(columns)
+    sheet.append([neutralized(c) for c in columns])
     rows_in_sheet = 0
     async for rows in chunks:
         for row in rows:
             if rows_in_sheet >= XLSX_MAX_ROWS:
                 sheet = wb.create_sheet(f"data_{len(wb.worksheets) + 1}")
-                sheet.append(columns)
+                sheet.append([neutralized(c) for c in columns])
                 rows_in_sheet = 0
             sheet.append(_excel(row))
             rows_in_sheet += 1
@@ -131,8 +136,25 @@ async def xlsx_bytes(columns: list[str], chunks: AsyncIterator[list[tuple]]) -> 
             yield block
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralized(value: str) -> str:
+    """`value` as inert spreadsheet text: a leading formula character is escaped with `'`."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
 def _plain(row: tuple) -> list[Any]:
-    return [v.isoformat() if isinstance(v, datetime) else v for v in row]
+    out = []
+    for v in row:
+        if isinstance(v, datetime):
+            v = v.isoformat()
+        elif isinstance(v, list | dict):
+            v = str(v)
+        if isinstance(v, str):
+            v = neutralized(v)
+        out.append(v)
+    return out
 
 
 def _excel(row: tuple) -> list[Any]:
@@ -145,5 +167,7 @@ def _excel(row: tuple) -> list[Any]:
             v = float(v)
         elif isinstance(v, list | dict):
             v = str(v)
+        if isinstance(v, str):
+            v = neutralized(v)
         out.append(v)
     return out

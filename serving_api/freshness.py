@@ -4,6 +4,11 @@ A small adapter over `dagster.DagsterInstance`: latest materialization per asset
 of each asset check. The instance is the one configured in `<OPTIBID_HOME>/dagster_home` (the directory
 Dagster uses as DAGSTER_HOME); when it does not exist the adapter reports `configured: false` instead of
 failing. Dagster calls are blocking, so callers run them in a worker thread.
+
+Check metadata is filtered before it leaves this module: Great Expectations records failure samples,
+observed values and row counts of gold tables that hold organization-private rows, while any caller with
+`market:read` may read freshness. Only the keys in `PUBLIC_CHECK_METADATA` (how many expectations ran and
+failed, and which ones) are passed on; everything else stays in Dagster's UI for operators.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 CHECK_EVENTS_SCANNED = 5000
+# Metadata keys that describe the suite, never the data: safe to show every organization.
+PUBLIC_CHECK_METADATA = frozenset({"evaluated_expectations", "failed_expectations", "failing"})
+_MAX_METADATA_CHARS = 2000
 GOLD_TABLES = (
     "fct_prices_hourly",
     "fct_prices_5min",
@@ -107,6 +115,16 @@ class FreshnessReader:
                 "passed": bool(evaluation.passed),
                 "severity": str(severity),
                 "at": datetime.fromtimestamp(record.timestamp, UTC).isoformat(),
-                "metadata": {k: str(getattr(v, "value", v)) for k, v in (evaluation.metadata or {}).items()},
+                "metadata": public_check_metadata(evaluation.metadata or {}),
             }
         return {path: sorted(c.values(), key=lambda c: c["name"]) for path, c in latest.items()}
+
+
+def public_check_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+    """The organization-neutral part of a check's metadata: allowed keys only, values as bounded strings."""
+    out = {}
+    for key, value in metadata.items():
+        if key not in PUBLIC_CHECK_METADATA:
+            continue
+        out[key] = str(getattr(value, "value", value))[:_MAX_METADATA_CHARS]
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import time
@@ -182,3 +183,45 @@ def api_key_prefix_of(key: str) -> str | None:
 
 def digests_match(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(cidrs: tuple[str, ...] | list[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs (or single addresses) as networks; ValueError naming the bad entry."""
+    out = []
+    for cidr in cidrs:
+        try:
+            out.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"OPTIBID_TRUSTED_PROXIES: {cidr!r} is not an address or CIDR") from exc
+    return tuple(out)
+
+
+def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(peer: str, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]) -> str:
+    """The client's address for throttling and audit.
+
+    X-Forwarded-For is honoured only when the connecting peer is a trusted proxy (anyone else could write
+    any address in it); then the list is walked from the right, skipping trusted proxies, and the first
+    untrusted hop is the client. Each proxy appends the address it received from, so the hops to the right
+    of a trusted one are the only ones nobody but trusted proxies could have written.
+    """
+    if not trusted or not _in_networks(peer, trusted):
+        return peer
+    hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in_networks(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # a malformed hop written by the client: fall back to the proxy's address
+    return hops[0] if hops else peer

@@ -10,6 +10,7 @@ import mmap
 import os
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,11 +43,25 @@ class ApiOptions:
     pool_max_size: int = 10
     max_page_size: int = 10_000
     export_chunk_rows: int = 5_000
+    # Login throttling (routers/auth.py): failures beyond these counts cost a progressive delay, never a
+    # refusal of the right password; only the same (e-mail, address) pair is refused during its backoff.
     login_max_failures: int = 5
     login_window_seconds: int = 15 * 60
     login_max_failures_per_ip: int = 50
+    login_delay_base_seconds: float = 0.25
+    login_delay_max_seconds: float = 4.0
+    login_backoff_max_seconds: int = 15 * 60
+    password_hash_concurrency: int = 4
     api_key_cache_seconds: float = 30.0
+    api_key_cache_max_entries: int = 10_000  # known and unknown prefixes together (LRU)
     table_catalog_seconds: float = 60.0
+    cache_max_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024  # JSON bodies (optimize, mapping, admin)
+    max_auth_body_bytes: int = 16 * 1024
+    max_query_params: int = 32
+    optimize_timeout_s: float = 30.0  # wall time of one optimize request's solve, model building included
+    ws_auth_recheck_seconds: float = 1.0
+    listener_keepalive_seconds: float = 5.0
 
 
 class RateLimiter:
@@ -137,6 +152,6 @@ class ApiState:
     metrics: ApiMetrics | None = None
     freshness: FreshnessReader | None = None
     revoked_families: set[str] = field(default_factory=set)
-    api_keys: dict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
+    api_keys: OrderedDict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=OrderedDict)
     access_claims: dict[str, AccessClaims] = field(default_factory=dict)
     table_catalog: dict[str, tuple[float, dict[str, str] | None, bool]] = field(default_factory=dict)

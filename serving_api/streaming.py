@@ -26,12 +26,15 @@ from typing import Any
 
 import psycopg
 
+from infra.signals import AUTH_CHANNEL, KPI_CHANNEL, TABLE_VERSION_CHANNEL
 from serving_api import repository
 from serving_api.deps import set_org_scope
-from infra.signals import AUTH_CHANNEL, KPI_CHANNEL, TABLE_VERSION_CHANNEL
+from serving_api.security import ACCESS_TOKEN_SECONDS
 from serving_api.state import ApiState
 
 log = logging.getLogger(__name__)
+# libpq TCP keepalives: the kernel notices a dead peer even while no query is in flight.
+LISTENER_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
 
 @dataclass(eq=False)
@@ -67,7 +70,7 @@ class Hub:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.state.database_url, autocommit=True
+                    self.state.database_url, autocommit=True, **LISTENER_KEEPALIVES
                 ) as conn:
                     for channel in (KPI_CHANNEL, TABLE_VERSION_CHANNEL, AUTH_CHANNEL):
                         await conn.execute(f"LISTEN {channel}")
@@ -75,8 +78,7 @@ class Hub:
                     self.connected = True
                     self._ready.set()
                     backoff = 0.5
-                    async for note in conn.notifies():
-                        await self._dispatch(note.channel, note.payload)
+                    await self._listen(conn)
             except asyncio.CancelledError:
                 self.connected = False
                 raise
@@ -88,14 +90,33 @@ class Hub:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10)
 
+    async def _listen(self, conn: psycopg.AsyncConnection) -> None:
+        """Dispatch notifications; between them, prove the connection alive with a bounded round trip.
+
+        A half-open TCP connection (server gone, no RST) would otherwise look like a quiet channel forever,
+        with revocations silently missed and `connected` still true. The probe fails within
+        `listener_keepalive_seconds` (plus its own timeout), which drops to the reconnect path: `connected`
+        goes false (the cache is bypassed and tokens are checked in the database) until a reload.
+        """
+        interval = self.state.options.listener_keepalive_seconds
+        while True:
+            async for note in conn.notifies(timeout=interval):
+                await self._dispatch(note.channel, note.payload)
+            await asyncio.wait_for(conn.execute("SELECT 1"), interval)
+
     async def _reload(self, conn: psycopg.AsyncConnection) -> None:
         versions = await (
             await conn.execute("SELECT table_name, market_date, version FROM ops.table_versions")
         ).fetchall()
+        # Every revoked family an access token could still be alive for: access tokens never outlive the
+        # family's newest token's issue time plus their lifetime (older revocations cannot matter).
         families = await (
             await conn.execute(
-                """SELECT DISTINCT family_id FROM ops.refresh_tokens
-               WHERE revoked_at IS NOT NULL AND revoked_at > now() - interval '1 hour'"""
+                """SELECT family_id FROM ops.refresh_tokens
+                   GROUP BY family_id
+                   HAVING bool_or(revoked_at IS NOT NULL)
+                      AND max(issued_at) > now() - make_interval(secs => %s)""",
+                (ACCESS_TOKEN_SECONDS + 60,),
             )
         ).fetchall()
         self.state.revoked_families.update(f for (f,) in families)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import psycopg
 from fastapi import Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from serving_api import exports, repository
 from serving_api.app import API_PREFIX
 from serving_api.cache import request_target
-from serving_api.deps import OrgSession, api_state
+from serving_api.deps import OrgSession, api_state, set_org_scope
 from serving_api.errors import ApiError
 from serving_api.metrics import route_template
 from serving_api.repository import Dataset, TableQuery
@@ -59,6 +60,14 @@ async def table_params(
     )
 
 
+async def _closing(body: AsyncIterator[bytes], conn: psycopg.AsyncConnection) -> AsyncIterator[bytes]:
+    try:
+        async for block in body:
+            yield block
+    finally:
+        await conn.close()
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -97,14 +106,22 @@ async def tabular_response(
             raise ApiError(403, "forbidden", f"role '{session.principal.role}' lacks permission 'export'")
         if precheck:
             await precheck()
-        conn = await session.conn()
-        columns, types, chunks = await repository.stream_rows(state, conn, query)
+        # Its own short-lived connection, not the pool's: a client reading slowly holds this one (and its
+        # snapshot) only, never a pooled connection other requests wait for. Closed when the stream ends.
+        conn = await psycopg.AsyncConnection.connect(state.database_url)
+        try:
+            await set_org_scope(conn, session.principal.org_id)
+            columns, types, chunks = await repository.stream_rows(state, conn, query)
+        except BaseException:
+            await conn.close()
+            raise
         if params.format == "csv":
-            body = exports.csv_bytes(columns, chunks)
+            encoded = exports.csv_bytes(columns, chunks)
         elif params.format == "parquet":
-            body = exports.parquet_bytes(columns, types, chunks)
+            encoded = exports.parquet_bytes(columns, types, chunks)
         else:
-            body = exports.xlsx_bytes(columns, chunks)
+            encoded = exports.xlsx_bytes(columns, chunks)
+        body = _closing(encoded, conn)
         filename = f"{dataset.key}.{params.format}"
         return StreamingResponse(
             body,

@@ -3,9 +3,14 @@
 Files at the landing folder's root are the public market feed (organization `market`); files under
 `<landing>/<org_id>/` belong to that organization. The library (`ingestion.files.service`) does the
 detection, mapping, quarantine and exactly-once landing; this asset only walks the folder and reports.
+
+Bronze tables hold every day, so they are not partitioned; `["bronze", "market_days"]` is their view by
+market day: a landing run records a materialization of each day its market rows fall on, and silver
+rebuilds exactly those days (a corrected file for a past day rebuilds that day, weeks later too).
 """
 
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -14,7 +19,23 @@ from infra.settings import get_settings
 from ingestion.files.canonical import DATASETS
 from ingestion.files.service import ingest_landing_file, scan_landing_folder
 from ingestion.reference import MARKET_FEED_ORG
+from ingestion.silver.market import DATASETS as MARKET_DATASETS
+from orchestration.partitions import daily_partitions, market_days_touched
 from orchestration.resources import LakeResource, WarehouseResource
+
+MARKET_DAYS = dg.AssetKey(["bronze", "market_days"])
+
+market_days = dg.AssetSpec(
+    MARKET_DAYS,
+    group_name="bronze",
+    partitions_def=daily_partitions,
+    deps=[
+        *(dg.AssetKey(["bronze", f"files__{name}"]) for name in MARKET_DATASETS),
+        dg.AssetKey(["bronze", "ticks__prices"]),
+    ],
+    description="The bronze market tables by market-local day: day D is materialized whenever a run lands "
+    "market rows dated D (recorded by the landing run; bronze itself is one append-only table per dataset).",
+)
 
 
 def landing_files_by_org(landing_dir: Path) -> list[tuple[str, Path]]:
@@ -48,6 +69,7 @@ def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     landed: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
+    days: Counter[str] = Counter()
     for index, (org_id, path) in enumerate(waiting, start=1):
         report = ingest_landing_file(
             path,
@@ -63,10 +85,16 @@ def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         if dataset:
             landed[dataset] += report.get("rows_landed") or 0
             quarantined[dataset] += report.get("rows_quarantined") or 0
+        if dataset in MARKET_DATASETS and report["status"] == "landed" and report.get("rows_landed"):
+            days.update(_days_of(report))
         context.log.info(
             f"[{index}/{len(waiting)}] {path.name} ({org_id}): {report['status']}"
             + (f", {report.get('rows_landed')} landed, {report.get('rows_quarantined')} quarantined" if dataset else "")
             + (f" - {report['error']}" if report.get("error") else "")
+        )
+    for day, files in sorted(days.items()):
+        context.log_event(
+            dg.AssetMaterialization(asset_key=MARKET_DAYS, partition=day, metadata={"files": files})
         )
     for name in DATASETS:
         yield dg.MaterializeResult(
@@ -79,3 +107,14 @@ def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
                 "table_uri": lake.lake.table_uri("bronze", f"files__{name}"),
             },
         )
+
+
+def _days_of(report: dict) -> list[str]:
+    """Partition keys of the market days an upload's rows fall on (from its profile's ts_utc range)."""
+    span = ((report.get("profile") or {}).get("ranges") or {}).get("ts_utc")
+    if not span:
+        return []
+    first, last = (datetime.fromisoformat(str(v)) for v in span)
+    if first.tzinfo is None:  # profiles store ts_utc as UTC
+        first, last = first.replace(tzinfo=UTC), last.replace(tzinfo=UTC)
+    return market_days_touched(first, last)

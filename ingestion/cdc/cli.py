@@ -5,6 +5,7 @@ Mounted by `infra/cli.py`; also runnable as `python -m ingestion.cdc.cli` (used 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -35,6 +36,22 @@ def _client_config(bootstrap: str | None) -> dict[str, object]:
     return {"bootstrap_servers": servers, **kafka_security_config(settings)}
 
 
+def _minute_kpi_writer():
+    from ingestion.cdc.realtime import MinuteKpiWriter
+
+    def warehouse() -> str:  # resolved at the first tick: a follow run of CDC topics only never connects
+        from infra import db
+        from infra.services import embedded_postgres_url
+        from infra.settings import get_settings
+
+        settings = get_settings()
+        url = settings.database_url or embedded_postgres_url(settings)
+        db.migrate(url)
+        return url
+
+    return MinuteKpiWriter(warehouse)
+
+
 TopicOpt = Annotated[
     list[str] | None, typer.Option("--topic", "-t", help="Topic to ingest (repeatable); default all OptiBid topics.")
 ]
@@ -56,6 +73,13 @@ def ingest(
         int,
         typer.Option(min=0, help="Drain only: kafka-python fetch processes (0 = fetch in this process)."),
     ] = 0,
+    realtime: Annotated[
+        bool | None,
+        typer.Option(
+            "--realtime/--no-realtime",
+            help="Keep the minute price KPIs in gold current from the ticks (default: on with --follow).",
+        ),
+    ] = None,
     bootstrap: BootstrapOpt = None,
     lake_uri: LakeOpt = None,
 ) -> None:
@@ -67,6 +91,7 @@ def ingest(
 
     if reset_policy not in ("earliest", "fail"):
         raise typer.BadParameter("--reset-policy must be 'earliest' or 'fail'")
+    kpi_writer = _minute_kpi_writer() if (follow if realtime is None else realtime) else None
     consumer = CdcConsumer(
         _lake(lake_uri),
         _client_config(bootstrap),
@@ -75,8 +100,9 @@ def ingest(
         batch_max_seconds=batch_seconds,
         reset_policy=reset_policy,  # type: ignore[arg-type]
         fetch_processes=fetch_processes,
+        row_sink=kpi_writer,
     )
-    with consumer:
+    with consumer, contextlib.closing(kpi_writer) if kpi_writer else contextlib.nullcontext():
         if follow:
             stop = threading.Event()
             # The handler only sets a flag: the loop commits the batch in hand, then returns.

@@ -541,6 +541,13 @@ def _json_text(value: object) -> str | None:
     return str(value)
 
 
+# Distinct keys a JSON upload may bring; a record that would pass it is quarantined (a file whose every
+# record invents new keys is not a table, and each column costs every later chunk a full-width array).
+MAX_JSON_COLUMNS = 1000
+# A document that is neither an array of records nor an object wrapping one is parsed as one value.
+MAX_WHOLE_JSON_BYTES = 16 * 1024 * 1024
+
+
 def _records_table(records: list[dict], columns: list[str]) -> pa.Table:
     return pa.table({c: pa.array([_json_text(r.get(c)) for r in records], pa.string()) for c in columns})
 
@@ -614,6 +621,11 @@ class JsonReader:
         import ijson
 
         n = 0
+        if not self.prefix and self.path.stat().st_size > MAX_WHOLE_JSON_BYTES:
+            raise ValueError(
+                f"a JSON document that is not an array of records (or an object wrapping one array) may be at "
+                f"most {MAX_WHOLE_JSON_BYTES} bytes; send an array or JSON Lines"
+            )
         with self.path.open("rb") as fh:
             if fh.read(3) != b"\xef\xbb\xbf":
                 fh.seek(0)
@@ -627,13 +639,21 @@ class JsonReader:
         records: list[dict] = []
         numbers: list[int] = []
         malformed: list[tuple[int, str, str]] = []
+        known = set(self.columns)
         for n, rec, line in self._records():
             if isinstance(rec, dict):
-                records.append(rec)
-                numbers.append(n)
-                extra = set(rec) - set(self.columns)
-                if extra:
-                    self.columns.extend(sorted(extra))
+                extra = rec.keys() - known  # linear in the record, never in the columns seen so far
+                if extra and len(known) + len(extra) > MAX_JSON_COLUMNS:
+                    text, _, _ = (line or json.dumps(rec)[:10_000]).partition("\x00")
+                    malformed.append(
+                        (n, text, f"record brings columns beyond the limit of {MAX_JSON_COLUMNS} distinct keys")
+                    )
+                else:
+                    records.append(rec)
+                    numbers.append(n)
+                    if extra:
+                        self.columns.extend(sorted(extra))
+                        known.update(extra)
             else:
                 text, _, why = (line or json.dumps(rec)).partition("\x00")
                 malformed.append((n, text, why or "record is not a JSON object"))

@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,6 +68,8 @@ _ROW_FIELDS: dict[str, list[tuple[str, str, bool]]] = {
     ],
 }
 _PRIMARY_KEYS = {"bids": "bid_id", "trades": "trade_id", "assets": "asset_id", "market_orders": "order_id"}
+# Zones whose real-time market publishes 5-minute price ticks on `optibid.market.ticks`.
+TICK_ZONES = ("PJM", "NYISO", "ERCOT", "CAISO", "IEX_N", "IEX_S", "IEX_W")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,7 @@ def market_tick_events(
 ) -> Iterator[KafkaEvent]:
     """`n_events` plain-JSON real-time price ticks (5-minute, zone level and nodal), keyed by zone/node."""
     rng = random.Random(seed)
-    zones = ["PJM", "NYISO", "ERCOT", "CAISO", "IEX_N", "IEX_S", "IEX_W"]
+    zones = list(TICK_ZONES)
     level = {z: (4200.0 if ZONES_BY_CODE[z].currency == "INR" else 42.0) for z in zones}
     for i in range(n_events):
         zone = zones[i % len(zones)]
@@ -121,6 +124,55 @@ def market_tick_events(
             "interval_minutes": 5,
             "price": round(level[zone], 2),
             "currency": ZONES_BY_CODE[zone].currency,
+        }
+        yield KafkaEvent(topic, f"{zone}|{node or ''}".encode(), orjson.dumps(tick))
+
+
+def live_trading_events(
+    *,
+    seed: int = 0,
+    clock: Callable[[], float] = time.time,
+    with_schema: bool = False,
+    topic_prefix: str = TOPIC_PREFIX,
+) -> Iterator[KafkaEvent]:
+    """The trading system's change stream, endless and stamped with `clock` (epoch seconds) as it is pulled.
+
+    Ids, LSNs and transaction ids start from the wall clock, so a new live session never reuses a key or an
+    LSN of an earlier session or of a `trading_events` backfill (a reused bid id would rewrite history).
+    """
+    now_ms = int(clock() * 1000)
+    sim = _TradingSystem(random.Random(seed), datetime.fromtimestamp(now_ms / 1000, UTC), with_schema, topic_prefix)
+    sim.lsn = sim.tx_id = now_ms * 1000
+    sim.counters = dict.fromkeys(sim.counters, now_ms)
+    for event in sim.run():
+        yield event
+        sim.clock_ms = max(sim.clock_ms, int(clock() * 1000))
+
+
+def live_market_ticks(
+    *, seed: int = 0, clock: Callable[[], float] = time.time, topic: str = TICKS_TOPIC
+) -> Iterator[KafkaEvent]:
+    """Endless real-time price ticks, round-robin over `TICK_ZONES`, for the 5-minute interval `clock` is in.
+
+    Several ticks of one zone (or node) and interval are revisions of its provisional price: silver keeps
+    the latest, as it does for a republished real-time price.
+    """
+    rng = random.Random(seed)
+    level = {z: (4200.0 if ZONES_BY_CODE[z].currency == "INR" else 42.0) for z in TICK_ZONES}
+    for zone in itertools.cycle(TICK_ZONES):
+        market = ZONES_BY_CODE[zone]
+        level[zone] = min(market.price_cap, max(market.price_floor, level[zone] * (1 + rng.gauss(0, 0.01))))
+        now = clock()
+        interval = datetime.fromtimestamp(now - now % 300, UTC)
+        node = None if rng.random() < 0.3 else f"{zone}_N{rng.randint(1, 4)}"
+        tick = {
+            "zone": zone,
+            "node": node,
+            "ts_utc": interval.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "market": "RT",
+            "interval_minutes": 5,
+            "price": round(level[zone], 2),
+            "currency": market.currency,
         }
         yield KafkaEvent(topic, f"{zone}|{node or ''}".encode(), orjson.dumps(tick))
 

@@ -28,6 +28,9 @@ Public API (what the assets call)
     forecaster_for(name) -> Forecaster
         # lear | dnn | seasonal_naive auto_ets auto_arima mstl auto_theta | nhits nbeatsx tft
     metrics_of(rows) / backtest_metrics(rows, timezone)   # MAE RMSE sMAPE rMAE pinball coverage
+    ml.forecasting.selection: select_zone(frame, zone, start, end, timezone, models, metric) -> ZoneSelection
+        # the production ensemble vs single models on the same origins; a single model is champion only if
+        # it beats the ensemble. candidate_pipeline(name, timezone) -> the pipeline that publishes `name`.
     ml.forecasting.tracking: log_backtest_run(result, tracking_uri, zone, pipeline) -> run_id,
         register_champion(run_id, zone, tracking_uri) -> version, load_champion(zone, tracking_uri)
     ml.forecasting.cli: Typer `app` (mount as `optibid forecast`; command `backtest`)

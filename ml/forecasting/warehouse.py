@@ -3,7 +3,8 @@ write forecasts, anomalies, backtests and model selections.
 
 What belongs here: the SQL the ML assets need (plain psycopg 3 connections in, pandas out) and the small
 amount of orchestration-free logic around the library calls that only makes sense against the warehouse —
-which pipeline a zone gets (champion, production LEAR, or a fallback when the history is too short), load
+which pipeline a zone gets (its champion from `ml.forecasting.selection`, the production LEAR + DNN
+ensemble when none was selected, or a fallback when the history is too short), load
 forecasts feeding price forecasts as the exogenous `load` column, and multi-day horizons. No Dagster here
 (assets/ml.py is the thin wrapper).
 
@@ -28,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from infra.db import db_value, insert_frame
+from infra.signals import bump_table_version
 from ml.forecasting.data import (
     ID_COL,
     TARGET_COL,
@@ -37,8 +39,8 @@ from ml.forecasting.data import (
     local_day_hours_utc,
     slot_of_hours,
 )
-from ml.forecasting.models import forecaster_for
-from ml.forecasting.pipeline import ForecastPipeline, production_pipeline
+from ml.forecasting.pipeline import ENSEMBLE_NAME, ForecastPipeline, production_pipeline
+from ml.forecasting.selection import candidate_pipeline
 
 TARGETS = ("price", "load")
 LOAD_FEATURE = "load"
@@ -239,14 +241,19 @@ def champions(conn: psycopg.Connection) -> dict[tuple[str, str], Champion]:
 
 @dataclass
 class ZoneForecast:
-    """Published rows of one zone and target (forecast-frame columns, primary model) and how they came about."""
+    """Published rows of one zone and target (forecast-frame columns, primary model) and how they came about.
+
+    `model` names what produced the rows: `ensemble` (the production LEAR + DNN ensemble), a single model's
+    label, or `median(a+b)` for a multi-model fallback; `model_version` fingerprints its configuration (and
+    the registry version when a backtest selected it).
+    """
 
     zone: str
     target: str
     rows: pd.DataFrame
     model: str
     model_version: str
-    source: str  # "champion", "production" or "fallback"
+    source: str  # "champion", "production", "given" or "fallback"
     notes: list[str] = field(default_factory=list)
 
 
@@ -333,12 +340,14 @@ def forecast_zone(
     """The published forecast of `zone`/`target` for `horizon_days` local days from `day`.
 
     `frame`: long frame of the zone (history; exogenous columns must also hold the horizon's values). The
-    pipeline is `pipeline` if given, else the zone's champion model, else the production pipeline (LEAR +
-    DNN); when that cannot run on the available history (LEAR and the DNN need ~36 complete days before the
-    first calibration day) the `fallback_models` pipeline is used and the reason noted. The calibration loop
-    is shortened to the history there is. Days after the first are forecast recursively (earlier days' y =
-    their forecast, intervals = day 1's per-slot widths around the new point forecast), so their intervals are
-    1-day-ahead intervals and likely too narrow for longer leads.
+    pipeline is `pipeline` if given, else the zone's champion (`ensemble` is the production pipeline; a single
+    model only holds the title after beating it, see `ml.forecasting.selection`), else the production pipeline
+    (LEAR + DNN). A single-model champion that cannot run hands over to the production pipeline; when that
+    cannot run on the available history either (LEAR and the DNN need ~36 complete days before the first
+    calibration day) the `fallback_models` pipeline is used. Each skipped pipeline's reason is noted. The
+    calibration loop is shortened to the history there is. Days after the first are forecast recursively
+    (earlier days' y = their forecast, intervals = day 1's per-slot widths around the new point forecast), so
+    their intervals are 1-day-ahead intervals and likely too narrow for longer leads.
     """
     day = local_date(pd.Timestamp(day), timezone)
     days = [day + pd.Timedelta(days=k) for k in range(max(1, horizon_days))]
@@ -357,12 +366,11 @@ def forecast_zone(
     candidates: list[tuple[str, ForecastPipeline]] = []
     if pipeline is not None:
         candidates.append(("given", pipeline))
-    elif champion is not None:
-        candidates.append(
-            ("champion", ForecastPipeline([forecaster_for(champion.model)], ensemble=None, timezone=timezone))
-        )
-    else:
+    elif champion is not None and champion.model != ENSEMBLE_NAME:
+        candidates.append(("champion", candidate_pipeline(champion.model, timezone)))
         candidates.append(("production", production_pipeline(timezone=timezone)))
+    else:
+        candidates.append(("champion" if champion else "production", production_pipeline(timezone=timezone)))
     candidates.append(
         (
             "fallback",
@@ -380,9 +388,12 @@ def forecast_zone(
             notes.append(f"{source} pipeline skipped: {exc}")
             continue
         version = pipeline_version(pipe)
-        if source == "champion" and champion is not None:
-            version = f"champion-v{champion.version}" if champion.version else f"champion-{version}"
-        return ZoneForecast(zone, target, out, pipe.primary_model, version, source, notes)
+        if source == "champion" and champion is not None and champion.version:
+            version = f"{version}@registry-v{champion.version}"
+        model = pipe.primary_model
+        if source == "fallback" and model == ENSEMBLE_NAME:
+            model = f"{pipe.ensemble}({'+'.join(pipe.member_names)})"  # not the production ensemble
+        return ZoneForecast(zone, target, out.assign(model=model), model, version, source, notes)
     raise ForecastDataError(f"{zone}/{target}: no pipeline could forecast {day.date()}: {'; '.join(notes)}")
 
 
@@ -391,6 +402,7 @@ def gold_forecast_rows(forecast: ZoneForecast, run_id: str, delivery_date: date)
     rows = forecast.rows.rename(columns={ID_COL: "zone", TIME_COL: "ts_utc"})
     rows = rows.assign(
         target=forecast.target,
+        model=forecast.model,
         model_version=forecast.model_version,
         run_id=run_id,
         delivery_date=delivery_date,
@@ -418,12 +430,17 @@ def interval_coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame) -> dict[st
 
 
 def replace_forecasts(conn: psycopg.Connection, delivery_date: date, zone: str, target: str, rows: pd.DataFrame) -> int:
-    """Replace the partition's rows of one zone and target in gold.forecasts (caller's transaction)."""
+    """Replace the partition's rows of one zone and target in gold.forecasts (caller's transaction).
+
+    The delivery date's version is bumped in the same transaction, so the API never serves the old rows.
+    """
     conn.execute(
         "DELETE FROM gold.forecasts WHERE delivery_date = %s AND zone = %s AND target = %s",
         (delivery_date, zone, target),
     )
-    return insert_frame(conn, "gold.forecasts", rows[GOLD_FORECAST_COLUMNS])
+    written = insert_frame(conn, "gold.forecasts", rows[GOLD_FORECAST_COLUMNS])
+    bump_table_version(conn, "gold.forecasts", delivery_date)
+    return written
 
 
 ANOMALY_GOLD_COLUMNS = [
@@ -440,9 +457,12 @@ ANOMALY_GOLD_COLUMNS = [
 
 
 def replace_anomalies(conn: psycopg.Connection, market_date: date, targets: Sequence[str], rows: pd.DataFrame) -> int:
-    """Replace the day's anomalies of `targets` (rows in ANOMALY_GOLD_COLUMNS; caller's transaction)."""
+    """Replace the day's anomalies of `targets` (rows in ANOMALY_GOLD_COLUMNS; caller's transaction), bumping
+    the market date's version of gold.anomalies in the same transaction."""
     conn.execute("DELETE FROM gold.anomalies WHERE market_date = %s AND target = ANY(%s)", (market_date, list(targets)))
-    return insert_frame(conn, "gold.anomalies", rows[ANOMALY_GOLD_COLUMNS])
+    written = insert_frame(conn, "gold.anomalies", rows[ANOMALY_GOLD_COLUMNS])
+    bump_table_version(conn, "gold.anomalies", market_date)
+    return written
 
 
 def insert_backtest(

@@ -32,6 +32,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from infra.db import db_value, insert_frame
+from infra.signals import bump_table_version
 from ml.optimization.bidding import BidCurveInput, BidCurveResult, RenewableGenerator, bid_curve_violations
 from ml.optimization.common import SolveOptions
 from ml.optimization.markets import market_rules_for
@@ -449,7 +450,8 @@ def replace_delivery_day(
     """Delete the org's rows of `identities` (assets, zones or units) in `window`, then insert `records`.
 
     Runs in the caller's transaction, so a delivery day is replaced atomically and re-running it never
-    duplicates rows. Runs stay in ml.optimization_runs (every run is kept); only results are replaced.
+    duplicates rows. Runs stay in ml.optimization_runs (every run is kept); only results are replaced. The
+    delivery day's version of the result table is bumped in the same transaction, so the API follows.
     Returns the number of result rows inserted.
     """
     table, _, time_col, id_col = _RESULTS[problem]
@@ -460,7 +462,19 @@ def replace_delivery_day(
         (org_id, identities, window[0], window[1]),
     )
     insert_runs(conn, records)
-    return sum(insert_frame(conn, table, result_frame(r)) for r in records)
+    written = sum(insert_frame(conn, table, result_frame(r)) for r in records)
+    bump_table_version(conn, table, delivery_date(window))
+    return written
+
+
+def delivery_date(window: tuple[datetime, datetime]) -> date:
+    """The local delivery day of a UTC window [first hour start, last hour end) of one zone-local day.
+
+    The UTC date of its midpoint (local noon), which is the local date for every offset from UTC-11 to
+    UTC+12, so for every zone of the reference data.
+    """
+    start, end = window
+    return (start + (end - start) / 2).astimezone(ZoneInfo("UTC")).date()
 
 
 def stored_run_record(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:

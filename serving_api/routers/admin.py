@@ -9,11 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from psycopg import errors as pg_errors
 
+from infra.signals import AUTH_CHANNEL
 from serving_api import repository, security
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_responses
 from serving_api.models import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, AuditEntry, UserCreate, UserOut
-from infra.signals import AUTH_CHANNEL
 from serving_api.security import Permission
 
 router = APIRouter(tags=["admin"], responses=error_responses(*STANDARD_ERRORS))

@@ -38,6 +38,20 @@ ZONES_PATTERN = r"^[A-Za-z0-9_\-]{1,40}(,[A-Za-z0-9_\-]{1,40}){0,99}$"
 
 router = APIRouter(tags=["analytics"], responses=error_responses(*STANDARD_ERRORS))
 Session = Annotated[OrgSession, Depends(scoped(Permission.market_read))]
+# Query cost bounds. price-anomalies compares each observation with its trailing window inside one array per
+# series, so its cost grows with (span + window)²; correlations fan every observation out to `window_days`
+# end days for every pair of series. Spans and zone lists are bounded here, and every query runs under
+# `CLICKHOUSE_QUERY_SETTINGS` (time and memory caps, read-only) so what slips through is still stopped.
+MAX_ANOMALY_SPAN_DAYS = 93
+MAX_ANOMALY_SPAN_PLUS_WINDOW_HOURS = 24 * 186
+MAX_CORRELATION_DAYS = 120  # end days plus the window
+MAX_ZONES = 20
+CLICKHOUSE_QUERY_SETTINGS = {
+    "max_execution_time": 15,
+    "max_memory_usage": 2 * 1024**3,
+    "readonly": 1,
+}
+
 Zones = Annotated[
     str | None, Query(pattern=ZONES_PATTERN, description="Comma-separated zones; all if omitted")
 ]
@@ -138,6 +152,7 @@ def _run(settings: Settings, org_id: str, spec: TableSpec, query: Any, **kwargs:
     except (ch_infra.ClickHouseNotInstalledError, ch_infra.ClickHouseStartError) as exc:
         raise ApiError(503, "clickhouse_unavailable", f"ClickHouse is unavailable: {exc}") from None
     client = Client.from_url(url)
+    client.settings.update(CLICKHOUSE_QUERY_SETTINGS)
     try:
         return _clean(query(client, table=spec, org_id=org_id, **kwargs))
     except analytics.AnalyticsInputError as exc:
@@ -146,6 +161,13 @@ def _run(settings: Settings, org_id: str, spec: TableSpec, query: Any, **kwargs:
         if exc.code == ch_errors.ErrorCodes.UNKNOWN_TABLE:
             raise ApiError(
                 503, "dataset_unavailable", f"{spec.ch_table} has not been replicated to ClickHouse yet"
+            ) from None
+        if exc.code in (ch_errors.ErrorCodes.TIMEOUT_EXCEEDED, ch_errors.ErrorCodes.MEMORY_LIMIT_EXCEEDED):
+            raise ApiError(
+                400,
+                "query_too_expensive",
+                "the query exceeded its time or memory budget; narrow the span, window or zones",
+                {"limits": CLICKHOUSE_QUERY_SETTINGS},
             ) from None
         raise
     except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
@@ -157,7 +179,14 @@ def _run(settings: Settings, org_id: str, spec: TableSpec, query: Any, **kwargs:
 
 
 def _zones(zones: str | None) -> list[str] | None:
-    return zones.split(",") if zones else None
+    if not zones:
+        return None
+    listed = zones.split(",")
+    if len(listed) > MAX_ZONES:
+        raise ApiError(
+            400, "invalid_parameter", f"zones: {len(listed)} zones; at most {MAX_ZONES}", {"field": "zones"}
+        )
+    return listed
 
 
 _ERR = error_responses(400, 503)
@@ -189,6 +218,21 @@ async def price_anomalies(
 ):
     _in_range("start", start)
     _in_range("end", end)
+    span_hours = (_utc(end) - _utc(start)).total_seconds() / 3600
+    if span_hours > MAX_ANOMALY_SPAN_DAYS * 24:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"end: at most {MAX_ANOMALY_SPAN_DAYS} days after start",
+            {"field": "end", "limit_days": MAX_ANOMALY_SPAN_DAYS},
+        )
+    if span_hours + window_hours > MAX_ANOMALY_SPAN_PLUS_WINDOW_HOURS:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"window_hours: the span plus the window may cover at most {MAX_ANOMALY_SPAN_PLUS_WINDOW_HOURS} hours",
+            {"field": "window_hours", "limit_hours": MAX_ANOMALY_SPAN_PLUS_WINDOW_HOURS},
+        )
     return await _counted_rows(
         request,
         session,
@@ -222,6 +266,13 @@ async def correlations(
     _in_range("end_day", end_day)
     if (end_day - start_day).days > analytics.MAX_WINDOW_DAYS:
         raise ApiError(400, "invalid_parameter", f"at most {analytics.MAX_WINDOW_DAYS} end days per request")
+    if (end_day - start_day).days + window_days > MAX_CORRELATION_DAYS:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"window_days: the end days plus the window may cover at most {MAX_CORRELATION_DAYS} days",
+            {"field": "window_days", "limit_days": MAX_CORRELATION_DAYS},
+        )
     return await _counted_rows(
         request,
         session,

@@ -7,7 +7,10 @@ copied, so the whole family (and its access tokens, via `fam`) is revoked.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -17,18 +20,50 @@ from fastapi.security import OAuth2PasswordRequestForm
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from infra.signals import AUTH_CHANNEL
 from serving_api import repository, security
 from serving_api.deps import api_state
 from serving_api.errors import ApiError, error_responses
 from serving_api.models import Ok, RefreshRequest, TokenResponse
-from infra.signals import AUTH_CHANNEL
-from serving_api.state import ApiState
+from serving_api.state import ApiOptions, ApiState
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(400, 401, 422, 429, 500, 503))
 
 
 def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
+    state = api_state(request)
+    peer = request.client.host if request.client else "unknown"
+    return security.client_address(
+        peer, request.headers.getlist("x-forwarded-for"), _trusted(tuple(state.settings.trusted_proxies))
+    )
+
+
+@functools.cache
+def _trusted(cidrs: tuple[str, ...]) -> tuple[security.IPNetwork, ...]:
+    return security.parse_networks(cidrs)
+
+
+_email_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+# Attempts on one throttled e-mail that may wait in line; beyond it the caller is told when to retry.
+_MAX_WAITING_PER_EMAIL = 8
+_verify_slots: dict[int, asyncio.Semaphore] = {}
+
+
+async def _password_matches(state: ApiState, password_hash: str | None, password: str) -> bool:
+    """argon2 verification in a worker thread (~50 ms of CPU), at most `password_hash_concurrency` at once."""
+    loop_id = id(asyncio.get_running_loop())
+    slot = _verify_slots.get(loop_id)
+    if slot is None:
+        slot = _verify_slots[loop_id] = asyncio.Semaphore(state.options.password_hash_concurrency)
+    async with slot:
+        return await asyncio.to_thread(security.password_matches, password_hash, password)
+
+
+def _delay_for(failures: int, threshold: int, opts: ApiOptions) -> float:
+    if failures < threshold:
+        return 0.0
+    return min(opts.login_delay_max_seconds, opts.login_delay_base_seconds * 2 ** (failures - threshold))
 
 
 async def _issue(
@@ -76,9 +111,9 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             """SELECT count(*) FILTER (WHERE lower(email) = %(email)s) AS by_email,
-                      min(at) FILTER (WHERE lower(email) = %(email)s) AS oldest_email,
                       count(*) FILTER (WHERE client_ip = %(ip)s) AS by_ip,
-                      min(at) FILTER (WHERE client_ip = %(ip)s) AS oldest_ip
+                      count(*) FILTER (WHERE lower(email) = %(email)s AND client_ip = %(ip)s) AS by_pair,
+                      max(at) FILTER (WHERE lower(email) = %(email)s AND client_ip = %(ip)s) AS last_pair
                FROM ops.login_attempts
                WHERE NOT success AND at > now() - %(window)s
                  AND (lower(email) = %(email)s OR client_ip = %(ip)s)""",
@@ -86,28 +121,62 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
         )
         counts = await cur.fetchone()
         assert counts is not None
-        locked_until = None
-        if counts["by_email"] >= opts.login_max_failures:
-            locked_until = counts["oldest_email"] + window
-        elif counts["by_ip"] >= opts.login_max_failures_per_ip:
-            locked_until = counts["oldest_ip"] + window
-        if locked_until is not None:
-            wait = max(1, int((locked_until - datetime.now(UTC)).total_seconds()) + 1)
-            await repository.audit(conn, None, email, "login.locked", email, {"ip": ip})
-            await conn.commit()
-            raise ApiError(
-                429,
-                "account_locked",
-                "too many failed logins; try again later",
-                {"retry_after": wait},
-                headers={"Retry-After": str(wait)},
-            )
+        if counts["by_pair"] >= opts.login_max_failures:
+            # Only this e-mail from this address backs off (exponentially): neither the account from other
+            # addresses nor other accounts from this address are refused.
+            backoff = min(opts.login_backoff_max_seconds, 2 ** (counts["by_pair"] - opts.login_max_failures + 1))
+            remaining = (counts["last_pair"] + timedelta(seconds=backoff) - datetime.now(UTC)).total_seconds()
+            if remaining > 0:
+                wait = math.ceil(remaining)
+                await repository.audit(conn, None, email, "login.backoff", email, {"ip": ip})
+                await conn.commit()
+                raise ApiError(
+                    429,
+                    "login_backoff",
+                    "too many failed logins for this account from this address; try again later",
+                    {"retry_after": wait},
+                    headers={"Retry-After": str(wait)},
+                )
+    delay = max(
+        _delay_for(counts["by_email"], opts.login_max_failures, opts),
+        _delay_for(counts["by_ip"], opts.login_max_failures_per_ip, opts),
+    )
+    if delay <= 0:
+        return await _verify_and_issue(request, state, email, ip, form.password)
+    # Throttled: attempts on this e-mail are serialized and each waits `delay`, so guessing runs at most at
+    # 1/delay per account however many connections or addresses are used; the right password still gets in.
+    lock, waiting = _email_locks.setdefault(email, (asyncio.Lock(), [0]))
+    if waiting[0] >= _MAX_WAITING_PER_EMAIL:
+        wait = max(1, int(delay * _MAX_WAITING_PER_EMAIL))
+        raise ApiError(
+            429,
+            "login_busy",
+            "too many concurrent login attempts for this account; try again shortly",
+            {"retry_after": wait},
+            headers={"Retry-After": str(wait)},
+        )
+    waiting[0] += 1
+    try:
+        async with lock:
+            await asyncio.sleep(delay)
+            return await _verify_and_issue(request, state, email, ip, form.password)
+    finally:
+        waiting[0] -= 1
+        if waiting[0] == 0:
+            _email_locks.pop(email, None)
+
+
+async def _verify_and_issue(request: Request, state: ApiState, email: str, ip: str, password: str) -> TokenResponse:
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             "SELECT user_id, org_id, role, password_hash, is_active FROM ops.users WHERE lower(email) = %s",
             (email,),
         )
         user = await cur.fetchone()
-        ok = security.password_matches(user["password_hash"] if user else None, form.password)
+        await conn.commit()  # no transaction stays open across the hash
+        ok = await _password_matches(state, user["password_hash"] if user else None, password)
         ok = ok and user is not None and user["is_active"]
         await conn.execute(
             "INSERT INTO ops.login_attempts (email, client_ip, success) VALUES (%s, %s, %s)", (email, ip, ok)
@@ -140,6 +209,15 @@ async def _revoke_family(conn: AsyncConnection, state: ApiState, family_id: str)
     )
     await conn.execute("SELECT pg_notify(%s, %s)", (AUTH_CHANNEL, json.dumps({"family_id": family_id})))
     state.revoked_families.add(family_id)
+
+
+async def _family_revoked(conn: AsyncConnection, state: ApiState, family_id: str) -> bool:
+    if family_id in state.revoked_families:
+        return True
+    cur = await conn.execute(
+        "SELECT 1 FROM ops.refresh_tokens WHERE family_id = %s AND revoked_at IS NOT NULL LIMIT 1", (family_id,)
+    )
+    return await cur.fetchone() is not None
 
 
 async def _token_row(conn: AsyncConnection, token: str) -> dict | None:
@@ -180,6 +258,9 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenResponse:
             )
         if row["revoked_at"] is not None or row["expires_at"] <= datetime.now(UTC) or not row["is_active"]:
             raise ApiError(401, "invalid_refresh_token", "refresh token is expired or revoked")
+        if await _family_revoked(conn, state, row["family_id"]):
+            # A token rotated in concurrently with the family's revocation escaped the UPDATE: still dead.
+            raise ApiError(401, "invalid_refresh_token", "the session of this refresh token was revoked")
         user = {"user_id": row["user_id"], "org_id": row["org_id"], "role": row["role"]}
         tokens, new_id = await _issue(conn, state, user, row["family_id"])
         await conn.execute(

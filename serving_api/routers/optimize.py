@@ -2,11 +2,17 @@
 
 `POST /optimize/storage`, `/optimize/bids`, `/optimize/grid-switching` take the library's pydantic input
 models (`ml.optimization`), so bad input is a 422 whose details name the field (negative capacity, inverted
-SoC bounds, horizon mismatch, unreachable terminal SoC, oversized requests). The solve runs in a worker
-thread under a request time limit capped at `MAX_TIME_LIMIT_S`; every run, infeasible ones included, is
-stored in ml.optimization_runs for the caller's organization (row-level security: the API role may only
-insert rows of its own org). A unit commitment whose demand cannot be met answers 422 naming
-`load_forecast_mw` with the diagnostics and the stored run id.
+SoC bounds, horizon mismatch, unreachable terminal SoC, oversized requests). Every dimension is bounded
+before the library builds anything: the horizon (`MAX_HOURS` hourly values, `MAX_INTERVALS` sub-hourly
+ones), assets, quantile paths and magnitudes, and the body itself (`ApiOptions.max_body_bytes`, refused by
+`serving_api.guard` before it is read). The solve runs on a dedicated pool of `SOLVER_THREADS` threads
+(never the event loop's default executor, which logins and Dagster reads share); a request waits at most
+`QUEUE_WAIT_S` for a free solver (503 with Retry-After otherwise) and at most
+`ApiOptions.optimize_timeout_s` for its result. The solver's own time limit, capped at `MAX_TIME_LIMIT_S`,
+is what stops the work; the wall-time bound answers the client even if model building runs long. Every
+run, infeasible ones included, is stored in ml.optimization_runs for the caller's organization
+(row-level security: the API role may only insert rows of its own org). A unit commitment whose demand
+cannot be met answers 422 naming `load_forecast_mw` with the diagnostics and the stored run id.
 
 "grid-switching" is the unit-commitment problem (which units to switch on, hour by hour, to meet the load).
 """
@@ -14,12 +20,13 @@ insert rows of its own org). A unit commitment whose demand cannot be met answer
 from __future__ import annotations
 
 import asyncio
-import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ml.optimization import (
     BidCurveInput,
@@ -36,7 +43,7 @@ from ml.optimization import (
 from ml.optimization.warehouse import run_insert_statement, run_params
 from serving_api import repository
 from serving_api.deps import OrgSession, scoped
-from serving_api.errors import STANDARD_ERRORS, error_body, error_responses
+from serving_api.errors import STANDARD_ERRORS, ApiError, error_body, error_responses
 from serving_api.security import Permission
 
 MAX_TIME_LIMIT_S = 10.0
@@ -44,19 +51,29 @@ MAX_TIME_LIMIT_S = 10.0
 MAX_ABS_VALUE = 1e7
 MAX_ASSETS = 50
 MAX_QUANTILES = 20
+MAX_HOURS = 168  # a week of hourly values (bids, unit commitment)
+MAX_INTERVALS = 168 * 12  # a week of 5-minute intervals (storage dispatch)
 # Solves are CPU-bound; more at once than this only slows every one of them down.
-_SOLVE_SLOTS = threading.BoundedSemaphore(2)
+SOLVER_THREADS = 2
+QUEUE_WAIT_S = 5.0
+_solver_pool = ThreadPoolExecutor(max_workers=SOLVER_THREADS, thread_name_prefix="optibid-solver")
+_solver_slots: dict[int, asyncio.Semaphore] = {}  # per event loop (tests run several apps)
 
 router = APIRouter(tags=["optimize"], responses=error_responses(*STANDARD_ERRORS))
 Session = Annotated[OrgSession, Depends(scoped(Permission.optimize_write))]
 
 
 def _too_large(value: Any, path: str) -> str | None:
-    """Path of the first number in `value` whose magnitude exceeds MAX_ABS_VALUE (None if none does)."""
+    """Why `value` is too big to model: a number beyond ±MAX_ABS_VALUE or a list beyond MAX_INTERVALS items
+    (the path and the limit); None if nothing is."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return path if abs(value) > MAX_ABS_VALUE else None
+        if abs(value) > MAX_ABS_VALUE:
+            return f"{path} exceeds ±{MAX_ABS_VALUE:g} (values are MW, MWh or currency/MWh)"
+        return None
+    if isinstance(value, list) and len(value) > MAX_INTERVALS:
+        return f"{path} has {len(value)} items; at most {MAX_INTERVALS}"
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         found = _too_large(item, f"{path}.{key}")
@@ -79,14 +96,23 @@ class _Request(BaseModel):
     @classmethod
     def _magnitudes(cls, data: Any) -> Any:
         # Model building is not under the time limit, and huge numbers only overflow the solver: refuse both.
-        path = _too_large(data.get("input"), "input") if isinstance(data, dict) else None
-        if path:
-            raise ValueError(f"{path} exceeds ±{MAX_ABS_VALUE:g} (values are MW, MWh or currency/MWh)")
+        problem = _too_large(data.get("input"), "input") if isinstance(data, dict) else None
+        if problem:
+            raise ValueError(problem)
         return data
 
 
 class StorageRequest(_Request):
     input: StorageDispatchInput
+
+    @field_validator("input")
+    @classmethod
+    def _size(cls, value: StorageDispatchInput) -> StorageDispatchInput:
+        if value.price_quantiles and len(value.price_quantiles) > MAX_QUANTILES:
+            raise ValueError(
+                f"input.price_quantiles has {len(value.price_quantiles)} paths; at most {MAX_QUANTILES}"
+            )
+        return value
 
 
 class BidsRequest(_Request):
@@ -102,6 +128,8 @@ class BidsRequest(_Request):
             raise ValueError(
                 f"input.price_quantiles has {len(value.price_quantiles)} paths; at most {MAX_QUANTILES}"
             )
+        if value.hours > MAX_HOURS:
+            raise ValueError(f"input.price_quantiles covers {value.hours} hours; at most {MAX_HOURS}")
         return value
 
 
@@ -154,14 +182,51 @@ def explanations_of(result: BaseModel) -> list[str]:
     ]
 
 
-def _solve_limited(inp: BaseModel, options: SolveOptions) -> BaseModel:
-    with _SOLVE_SLOTS:
-        return solve(inp, options)
+def _solver_slot() -> asyncio.Semaphore:
+    loop_id = id(asyncio.get_running_loop())
+    slot = _solver_slots.get(loop_id)
+    if slot is None:
+        slot = _solver_slots[loop_id] = asyncio.Semaphore(SOLVER_THREADS)
+    return slot
+
+
+async def _solve(inp: BaseModel, options: SolveOptions, timeout_s: float) -> BaseModel:
+    """The library's solve on the solver pool, admitted only when a solver thread is free."""
+    slot = _solver_slot()
+    try:
+        await asyncio.wait_for(slot.acquire(), QUEUE_WAIT_S)
+    except TimeoutError:
+        raise ApiError(
+            503, "solver_busy", "every solver is busy; try again shortly", headers={"Retry-After": "5"}
+        ) from None
+    started = time.monotonic()
+    future = asyncio.get_running_loop().run_in_executor(_solver_pool, solve, inp, options)
+    # The slot is released when the thread is done, not when we stop waiting: a solve that outlives its
+    # request still occupies its thread, and admission must not overbook the pool.
+    future.add_done_callback(lambda _: slot.release())
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+    except TimeoutError:
+        raise ApiError(
+            503,
+            "solver_timeout",
+            f"the solve did not finish within {timeout_s:g} s",
+            {"elapsed_s": round(time.monotonic() - started, 2), "limit_s": timeout_s},
+        ) from None
+    except ValidationError as exc:
+        # The library derives sub-problems (a battery's dispatch inside bidding) and validates them itself.
+        first = exc.errors()[0] if exc.errors() else {}
+        raise ApiError(
+            422,
+            "validation_error",
+            f"input: {first.get('msg', 'invalid')}",
+            {"field": "input", "errors": [str(e.get("msg", "")) for e in exc.errors()][:5]},
+        ) from None
 
 
 async def _run(session: OrgSession, inp: BaseModel, time_limit_s: float) -> tuple[dict[str, Any], BaseModel]:
     options = SolveOptions(time_limit_s=time_limit_s)
-    result = await asyncio.to_thread(_solve_limited, inp, options)
+    result = await _solve(inp, options, session.state.options.optimize_timeout_s)
     record = run_record(inp, result, options, org_id=session.principal.org_id)
     conn = await session.conn()
     await conn.execute(run_insert_statement(), run_params(record))

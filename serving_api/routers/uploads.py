@@ -338,6 +338,9 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
             "duplicate_of": receipt.duplicate_of,
         },
     )
+    # Commit the audit row and give the pooled connection back now: background work opens its own
+    # connections, and must never keep this request's transaction idle for as long as it runs.
+    await session.close(None)
     if deferred:
         background.add_task(_process_in_background, receipt.upload_id, state.database_url, settings)
         return _report_response(report, 202)

@@ -2,7 +2,9 @@
 
 Authenticate with `?access_token=` / `?api_key=` (browsers cannot set headers on WebSockets) or the usual
 headers. Messages: `{"type": "kpi_values", ...}` with a list of values, `{"type": "heartbeat", "at": ...}`.
-Close codes: 4401 unauthenticated, 4403 forbidden, 4400 bad parameters, 1013 dropped for falling behind.
+Close codes: 4401 unauthenticated (also when the token expires or its session, or the API key, is revoked
+while streaming: credentials are re-checked every `ws_auth_recheck_seconds`), 4403 forbidden, 4400 bad
+parameters, 1013 dropped for falling behind.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from serving_api import repository
 from serving_api.deps import principal_from_credentials, set_org_scope
 from serving_api.errors import ApiError
 from serving_api.models import CODE_PATTERN, ZONE_PATTERN
-from serving_api.security import Permission
+from serving_api.security import Permission, api_key_prefix_of
 from serving_api.streaming import kpi_message
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,15 @@ async def kpi_stream(websocket: WebSocket, code: str) -> None:
     )
     receiver = asyncio.create_task(_drain_client(websocket))
     dropped = asyncio.create_task(sub.dropped.wait())
+    revoked = asyncio.create_task(_credentials_lost(state, token, api_key))
     try:
-        done, _ = await asyncio.wait({sender, receiver, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {sender, receiver, dropped, revoked}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if revoked in done and not revoked.cancelled() and revoked.exception() is None:
+            sender.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(websocket.close(code=4401, reason=revoked.result()), 1)
         if sender in done and not sender.cancelled() and sender.exception() is not None:
             log.warning("WebSocket sender failed", exc_info=sender.exception())
         if dropped in done:
@@ -75,10 +84,29 @@ async def kpi_stream(websocket: WebSocket, code: str) -> None:
                     websocket.close(code=1013, reason="client too slow; resume with since"), 1
                 )
     finally:
-        for task in (sender, receiver, dropped):
+        for task in (sender, receiver, dropped, revoked):
             task.cancel()
         hub.unsubscribe(sub)
         state.metrics.ws_clients.dec()
+
+
+async def _credentials_lost(state, token: str | None, api_key: str | None) -> str:
+    """Returns (the close reason) once the stream's credentials stop being valid: expiry or revocation.
+
+    Revocations reach memory through the listener (`revoked_families`, evicted API-key rows); while it is
+    down, API keys are looked up afresh so the bound holds without it.
+    """
+    interval = state.options.ws_auth_recheck_seconds
+    while True:
+        await asyncio.sleep(interval)
+        if api_key and (state.hub is None or not state.hub.connected):
+            prefix = api_key_prefix_of(api_key)
+            if prefix:
+                state.api_keys.pop(prefix, None)
+        try:
+            await principal_from_credentials(state, token, api_key)
+        except ApiError as exc:
+            return exc.code
 
 
 async def _drain_client(websocket: WebSocket) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
 import pyarrow.parquet as pq
+import pytest
 from openpyxl import load_workbook
 
 from tests.api.conftest import DAY0, window
@@ -146,37 +148,57 @@ def test_exports_csv_parquet_xlsx(client, auth):
     assert values[0][:3] == ("kpi_code", "grain", "zone") and len(values) == 49
 
 
-def test_cache_hits_and_invalidation_on_rematerialization(client, auth, api_database):
-    from infra import db
-    from infra.signals import bump_table_version
+@pytest.fixture(scope="module")
+def pipeline(database_url, settings, tmp_path_factory):
+    """(warehouse URL, API client) on a warehouse whose gold comes from Dagster materializations."""
+    from tests.gold.pipeline import pipeline_api, pipeline_warehouse
 
-    params = {
-        "from": DAY0.isoformat(),
-        "to": (DAY0 + timedelta(days=1)).isoformat(),
-        "zone": "NP",
-        "fields": "ts_utc,price_avg",
-        "limit": 1,
-    }
-    first = client.get(f"{V1}/prices", params=params, headers=auth())
-    second = client.get(f"{V1}/prices", params=params, headers=auth())
+    url = pipeline_warehouse(database_url)
+    with pipeline_api(settings, url, tmp_path_factory.mktemp("pipeline_home")) as client:
+        yield url, client
+
+
+def test_cache_hits_and_invalidation_on_rematerialization(pipeline):
+    """A corrected past day reaches the API: the gold partition run bumps the day's version, the cached
+    answer is dropped, and the new value is served."""
+    from tests.gold.pipeline import (
+        PARTITION,
+        PRICE_MODELS,
+        bearer,
+        correct_pjm_price,
+        day_window,
+        materialize_gold,
+        table_versions,
+    )
+
+    url, client = pipeline
+    versions = table_versions(url)
+    assert versions[("gold.fct_prices_hourly", PARTITION)] >= 1  # the build through Dagster signalled
+    assert versions[("gold.kpi_values", PARTITION)] >= 1
+    headers = bearer(client)
+    params = {**day_window(), "zone": "PJM", "fields": "ts_utc,price_avg", "limit": 24}
+    first = client.get(f"{V1}/prices", params=params, headers=headers)
+    second = client.get(f"{V1}/prices", params=params, headers=headers)
     assert first.headers["x-cache"] == "miss" and second.headers["x-cache"] == "hit"
     assert second.json() == first.json()
-    with db.connect(api_database) as conn:
-        conn.execute(
-            "UPDATE gold.fct_prices_hourly SET price_avg = -1 WHERE zone = 'NP' AND ts_utc = %s", (DAY0,)
-        )
-        bump_table_version(conn, "gold.fct_prices_hourly", DAY0.date())
-    hub = client.app.state.api.hub
-    for _ in range(50):  # the notification arrives on the listener connection
-        third = client.get(f"{V1}/prices", params=params, headers=auth())
-        if third.json()["data"][0]["price_avg"] == -1:
-            break
-        import time
+    corrected = correct_pjm_price(url, 5, -1.0)
+    assert client.get(f"{V1}/prices", params=params, headers=headers).headers["x-cache"] == "hit"  # silver only
 
+    assert materialize_gold(url, PRICE_MODELS).success
+    assert table_versions(url)[("gold.fct_prices_hourly", PARTITION)] == versions[
+        ("gold.fct_prices_hourly", PARTITION)
+    ] + 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the bump reaches the app through its listener
+        third = client.get(f"{V1}/prices", params=params, headers=headers)
+        if third.headers["x-cache"] != "hit":
+            break
         time.sleep(0.05)
-    assert hub.connected and third.json()["data"][0]["price_avg"] == -1
+    assert third.headers["x-cache"] == "miss"
+    served = {datetime.fromisoformat(r["ts_utc"]): r["price_avg"] for r in third.json()["data"]}
+    assert served[corrected] == -1.0
     # a range ending today is never cached
-    live = client.get(f"{V1}/prices", params={"zone": "NP"}, headers=auth())
+    live = client.get(f"{V1}/prices", params={"zone": "PJM"}, headers=headers)
     assert live.headers["x-cache"] == "bypass"
 
 

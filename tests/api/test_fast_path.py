@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -181,35 +181,37 @@ def test_rate_limit_is_shared_by_apps_on_one_home(client, full_path_client):
     assert statuses == [200, 200, 200, 200, 429, 429]
 
 
-def test_invalidated_partition_is_not_served(client, auth, api_database):
-    from infra import db
-    from infra.signals import bump_table_version
+@pytest.fixture(scope="module")
+def pipeline(database_url, settings, tmp_path_factory):
+    """(warehouse URL, API client) on a warehouse whose gold comes from Dagster materializations."""
+    from tests.gold.pipeline import pipeline_api, pipeline_warehouse
 
-    params = {**_day(1), "zone": "PJM", "fields": "ts_utc,load_mw_avg", "limit": 2}
-    headers = auth("org_a", "analyst")
-    client.get(f"{V1}/load", params=params, headers=headers)
-    before = client.get(f"{V1}/load", params=params, headers=headers)
-    assert before.headers["x-cache"] == "hit"
-    first_ts = before.json()["data"][0]["ts_utc"]
-    old_value = before.json()["data"][0]["load_mw_avg"]
+    url = pipeline_warehouse(database_url)
+    with pipeline_api(settings, url, tmp_path_factory.mktemp("pipeline_home")) as client:
+        yield url, client
 
-    def rematerialize(value: float) -> None:
-        with db.connect(api_database) as conn:
-            conn.execute(
-                "UPDATE gold.fct_load_hourly SET load_mw_avg = %s WHERE zone = 'PJM' AND ts_utc = %s",
-                (value, first_ts),
-            )
-            bump_table_version(conn, "gold.fct_load_hourly", (DAY0 + timedelta(days=1)).date())
 
-    rematerialize(-5)
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # the bump reaches the app through its listener
-            after = client.get(f"{V1}/load", params=params, headers=headers)
-            if after.headers["x-cache"] != "hit":
-                break
-            time.sleep(0.05)
-        assert after.headers["x-cache"] == "miss" and after.json()["data"][0]["load_mw_avg"] == -5
-        assert client.get(f"{V1}/load", params=params, headers=headers).headers["x-cache"] == "hit"
-    finally:
-        rematerialize(old_value)
+def test_invalidated_partition_is_not_served(pipeline):
+    """A fast-path hit stops once a gold partition run rewrites the day: the route answers the new value."""
+    from tests.gold.pipeline import PRICE_MODELS, bearer, correct_pjm_price, day_window, materialize_gold
+
+    url, client = pipeline
+    params = {**day_window(), "zone": "PJM", "fields": "ts_utc,price_avg", "limit": 24}
+    headers = bearer(client, "acme", "analyst")
+    client.get(f"{V1}/prices", params=params, headers=headers)
+    fast_before = _fast_hits(client)
+    before = client.get(f"{V1}/prices", params=params, headers=headers)
+    assert before.headers["x-cache"] == "hit" and _fast_hits(client) == fast_before + 1
+    corrected = correct_pjm_price(url, 6, -5.0)
+
+    assert materialize_gold(url, PRICE_MODELS).success
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the bump reaches the app through its listener
+        after = client.get(f"{V1}/prices", params=params, headers=headers)
+        if after.headers["x-cache"] != "hit":
+            break
+        time.sleep(0.05)
+    assert after.headers["x-cache"] == "miss"
+    served = {datetime.fromisoformat(r["ts_utc"]): r["price_avg"] for r in after.json()["data"]}
+    assert served[corrected] == -5.0
+    assert client.get(f"{V1}/prices", params=params, headers=headers).headers["x-cache"] == "hit"

@@ -14,6 +14,8 @@ from tests.api.conftest import DAY0
 
 
 def _publish(database_url: str, code: str, org_id: str | None, start, n: int, value: float) -> None:
+    """Rows of a KPI and their NOTIFY, for the hub's queueing test only (see the slow-client test): the
+    pipeline's own signalling is exercised end to end by the gold-run test above it."""
     from infra import db
     from infra.signals import notify_kpi_update
 
@@ -30,24 +32,59 @@ def _token(auth, org="org_a", role="viewer") -> str:
     return auth(org, role)["Authorization"].split(" ", 1)[1]
 
 
-def test_receive_heartbeat_resume_and_org_scope(client, auth, api_database):
-    url = f"/api/v1/ws/kpis/ws_kpi?zone=NP&grain=minute&access_token={_token(auth)}"
-    start = DAY0 + timedelta(days=1)
-    with client.websocket_connect(url) as ws:
-        assert ws.receive_json()["type"] == "heartbeat"  # heartbeat every 0.5 s in tests
-        _publish(api_database, "ws_kpi", "org_b", start, 2, 99.0)  # other org: must not arrive
-        _publish(api_database, "ws_kpi", None, start + timedelta(hours=1), 3, 7.0)
+@pytest.fixture(scope="module")
+def pipeline(database_url, settings, tmp_path_factory):
+    """(warehouse URL, API client) on a warehouse whose gold comes from Dagster materializations."""
+    from tests.gold.pipeline import pipeline_api, pipeline_warehouse
+
+    url = pipeline_warehouse(database_url)
+    with pipeline_api(settings, url, tmp_path_factory.mktemp("pipeline_home")) as client:
+        yield url, client
+
+
+def _next_values(ws) -> dict:
+    message = ws.receive_json()
+    while message["type"] == "heartbeat":
         message = ws.receive_json()
-        while message["type"] == "heartbeat":
-            message = ws.receive_json()
+    return message
+
+
+def test_kpis_of_a_gold_run_are_pushed_resumed_and_org_scoped(pipeline):
+    """A gold partition run of kpi_values (through Dagster) pushes the day's KPI values to subscribers of
+    the KPI's organization only; a reconnect with ?since= gets the remainder from the table."""
+    from tests.gold.pipeline import KPI_MODELS, bearer, day_window, materialize_gold
+
+    url, client = pipeline
+    acme = bearer(client, "acme", "viewer")["Authorization"].split(" ", 1)[1]
+    volt = bearer(client, "voltindia", "viewer")["Authorization"].split(" ", 1)[1]
+    public = f"/api/v1/ws/kpis/price_avg?zone=PJM&grain=hour&access_token={acme}"
+    with (
+        client.websocket_connect(public) as ws,
+        client.websocket_connect(f"/api/v1/ws/kpis/revenue?zone=PJM&grain=hour&access_token={acme}") as own,
+        client.websocket_connect(f"/api/v1/ws/kpis/revenue?zone=PJM&grain=hour&access_token={volt}") as other,
+    ):
+        for stream in (ws, own, other):
+            assert stream.receive_json()["type"] == "heartbeat"  # heartbeat every 0.5 s in tests
+        assert materialize_gold(url, KPI_MODELS).success
+        message = _next_values(ws)
         assert message["type"] == "kpi_values"
-        assert [v["value"] for v in message["values"]] == [7.0, 7.0, 7.0]
+        served = client.get(
+            "/api/v1/kpis/price_avg",
+            params={**day_window(), "zone": "PJM", "grain": "hour", "limit": 100},
+            headers={"Authorization": f"Bearer {acme}"},
+        ).json()["data"]
+        assert [v["value"] for v in message["values"]] == [r["value"] for r in served]
+        assert len(message["values"]) == 24
+        revenue = _next_values(own)
+        assert revenue["type"] == "kpi_values" and revenue["values"]
+        # acme's revenue never reaches voltindia's subscriber: heartbeats only
+        assert all(other.receive_json()["type"] == "heartbeat" for _ in range(4))
         last = message["values"][1]["period_start"]
-    # reconnect with the last period seen: the remainder comes from the table, then live values again
-    with client.websocket_connect(f"{url}&since={quote(last)}") as ws:
+    # reconnect with the last period seen: the remainder comes from the table
+    with client.websocket_connect(f"{public}&since={quote(last)}") as ws:
         backlog = ws.receive_json()
-        assert backlog["backlog"] is True and len(backlog["values"]) == 1
-        assert backlog["values"][0]["period_start"] > last
+        assert backlog["backlog"] is True and len(backlog["values"]) == 22
+        assert all(v["period_start"] > last for v in backlog["values"])
 
 
 def test_websocket_rejects_bad_credentials_and_params(client, auth):
@@ -63,7 +100,10 @@ def test_websocket_rejects_bad_credentials_and_params(client, auth):
 
 
 def test_slow_client_is_dropped_not_buffered(api_settings, auth, api_database):
-    """A client that never reads fills its TCP window; its bounded queue overflows and it is closed."""
+    """A client that never reads fills its TCP window; its bounded queue overflows and it is closed.
+
+    This tests the hub's queueing, not the pipeline seam: it needs hundreds of notifications in seconds,
+    so it writes rows and issues their NOTIFY itself (the gold-run test covers the pipeline's own)."""
     import uvicorn
 
     from infra.services import free_port

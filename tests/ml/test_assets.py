@@ -6,6 +6,7 @@ driven by load) in July-August 2024, with a price spike injected on the anomaly 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -167,11 +168,50 @@ def test_forecasts_per_zone_and_target_idempotent(seeded, warehouse, database_ur
     assert set(rerun["run_id"]) == {again.run_id}
 
 
-def test_backtests_select_and_register_champions(seeded, warehouse, database_url: str, tmp_path: Path) -> None:
+def _selections(database_url: str, run_id: str) -> tuple[dict[str, str], dict[str, tuple[list, dict]]]:
+    """zone -> chosen model, and zone -> (candidate models, metrics) of one backtests run."""
+    with connect(database_url) as conn:
+        chosen = dict(
+            conn.execute("SELECT zone, model FROM ml.model_selection WHERE backtest_run_id = %s", (run_id,)).fetchall()
+        )
+        rows = conn.execute("SELECT zone, models, metrics FROM ml.backtests WHERE run_id = %s", (run_id,)).fetchall()
+    return chosen, {zone: (models, metrics) for zone, models, metrics in rows}
+
+
+def _published(database_url: str, zones: list[str]) -> dict[str, set[tuple[str, str]]]:
+    """zone -> {(model, model_version)} of the price rows published for DELIVERY_DAY."""
+    with connect(database_url) as conn:
+        rows = conn.execute(
+            """SELECT zone, model, model_version FROM gold.forecasts
+               WHERE zone = ANY(%s) AND delivery_date = %s AND target = 'price'""",
+            (zones, DELIVERY_DAY),
+        ).fetchall()
+    out: dict[str, set[tuple[str, str]]] = {}
+    for zone, model, version in rows:
+        out.setdefault(zone, set()).add((model, version))
+    return out
+
+
+def _forecast_price(warehouse: WarehouseResource, zones: list[str]) -> dg.ExecuteInJobResult:
+    config = {"calibration_days": 1, "targets": ["price"], "zones": zones}
+    result = dg.materialize(
+        [ml_assets.forecasts],
+        partition_key=DELIVERY_DAY.isoformat(),
+        resources={"warehouse": warehouse},
+        run_config={"ops": {"gold__forecasts": {"config": config}}},
+    )
+    assert result.success
+    return result
+
+
+def test_backtests_keep_the_production_ensemble_unless_beaten(
+    seeded, warehouse, database_url: str, tmp_path: Path
+) -> None:
+    """The LEAR + DNN ensemble is always a candidate; a single model that does not beat it leaves it champion."""
     from ml.forecasting.tracking import champion_version
 
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    config = {"days": 2, "warmup_days": 1, "models": ["lear", "seasonal_naive"]}
+    config = {"days": 2, "warmup_days": 1, "models": ["seasonal_naive"], "zones": list(ZONES)}
     result = dg.materialize(
         [ml_assets.backtests],
         resources={"warehouse": warehouse, "mlflow": MlflowResource(tracking_uri=uri)},
@@ -180,32 +220,80 @@ def test_backtests_select_and_register_champions(seeded, warehouse, database_url
     assert result.success
     meta = result.asset_materializations_for_node("ml__backtests")[0].metadata
     assert meta["skipped"].value == {}, meta["skipped"].value
-    assert "| zone" in meta["metrics"].value and "LEAR" in meta["metrics"].value
-    for zone in ZONES:
+    assert meta["candidates"].value == {f"{z}/price": ["ensemble", "seasonal_naive"] for z in ZONES}
+    chosen, backtests = _selections(database_url, result.run_id)
+    assert set(backtests) == set(ZONES)
+    for zone, (models, metrics) in backtests.items():
+        assert models == ["ensemble", "seasonal_naive"]
+        # Same origins, same hours: both were scored on the 2 days' rows.
+        assert metrics["ensemble"]["n"] == metrics["seasonal_naive"]["n"] == 48
+        assert metrics["ensemble"]["mae"] < metrics["seasonal_naive"]["mae"], metrics
+        assert chosen[zone] == "ensemble"
         assert champion_version(zone, uri) == "1"
+
+    forecast = _forecast_price(warehouse, list(ZONES))
+    published = _published(database_url, list(ZONES))
+    assert set(published) == set(ZONES)
+    for rows in published.values():
+        ((model, version),) = rows  # one model per zone, and it is the production ensemble
+        assert model == "ensemble" and version.startswith("ensemble-") and version.endswith("@registry-v1")
+    summary = forecast.asset_materializations_for_node("gold__forecasts")[0].metadata["forecasts"].value
+    assert "champion" in summary
+
+
+PERIODIC_ZONE = "ERCOT"  # a seeded zone (America/Chicago), free in the module's data
+
+
+@pytest.fixture()
+def periodic_zone(seeded, database_url: str) -> Iterator[str]:
+    """PERIODIC_ZONE with a price that repeats exactly every week: the weekly naive forecast is perfect."""
+    tz = "America/Chicago"
+    start = pd.Timestamp(FIRST_DAY).tz_localize(tz).tz_convert("UTC")
+    ts = pd.date_range(start, periods=N_DAYS * 24, freq="h")
+    hour = np.arange(len(ts))
+    price = 40 + 15 * np.sin(2 * np.pi * hour / 24) + 5 * np.cos(2 * np.pi * hour / 168) + (hour % 168 == 30) * 20
+    local_days = ts.tz_convert(tz).date
+    tables = ("gold.fct_prices_hourly", "gold.forecasts", "ml.backtests", "ml.model_selection")
     with connect(database_url) as conn:
-        chosen = dict(
-            conn.execute(
-                "SELECT zone, model FROM ml.model_selection WHERE backtest_run_id = %s", (result.run_id,)
-            ).fetchall()
-        )
-        backtest_rows = conn.execute(
-            "SELECT zone, metrics FROM ml.backtests WHERE run_id = %s", (result.run_id,)
-        ).fetchall()
-    assert set(chosen) == set(ZONES) and set(chosen.values()) <= {"lear", "seasonal_naive"}
-    for _, metrics in backtest_rows:
-        assert {"LEAR", "seasonal_naive"} == set(metrics) and metrics["LEAR"]["mae"] > 0
-    # The next forecast uses the champion.
-    dg.materialize(
-        [ml_assets.forecasts],
-        partition_key=DELIVERY_DAY.isoformat(),
-        resources={"warehouse": warehouse},
-        run_config={"ops": {"gold__forecasts": {"config": {"calibration_days": 1, "targets": ["price"]}}}},
+        for table in tables:
+            conn.execute(f"DELETE FROM {table} WHERE zone = %s", (PERIODIC_ZONE,))
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO gold.fct_prices_hourly (zone, ts_utc, market_date, market, currency, price_avg,
+                       n_obs) VALUES (%s, %s, %s, 'DA', 'USD', %s, 1)""",
+                [(PERIODIC_ZONE, t, d, float(p)) for t, d, p in zip(ts, local_days, price, strict=True)],
+            )
+    yield PERIODIC_ZONE
+    with connect(database_url) as conn:
+        for table in tables:
+            conn.execute(f"DELETE FROM {table} WHERE zone = %s", (PERIODIC_ZONE,))
+
+
+def test_a_model_that_beats_the_ensemble_replaces_it(
+    periodic_zone: str, warehouse, database_url: str, tmp_path: Path
+) -> None:
+    from ml.forecasting.tracking import champion_version
+
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    config = {"days": 2, "warmup_days": 1, "models": ["lear", "seasonal_naive"], "zones": [periodic_zone]}
+    result = dg.materialize(
+        [ml_assets.backtests],
+        resources={"warehouse": warehouse, "mlflow": MlflowResource(tracking_uri=uri)},
+        run_config={"ops": {"ml__backtests": {"config": config}}},
     )
-    rows = _forecast_rows(database_url)
-    published = dict(rows[rows["target"] == "price"].groupby("zone")["model"].first())
-    names = {"lear": "LEAR", "seasonal_naive": "seasonal_naive"}
-    assert published == {z: names[m] for z, m in chosen.items()}
+    assert result.success
+    chosen, backtests = _selections(database_url, result.run_id)
+    models, metrics = backtests[periodic_zone]
+    assert models == ["ensemble", "LEAR", "seasonal_naive"]  # LEAR is the production member itself
+    assert metrics["seasonal_naive"]["mae"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["ensemble"]["mae"] > 0
+    assert chosen == {periodic_zone: "seasonal_naive"}
+    assert champion_version(periodic_zone, uri) == "1"
+
+    _forecast_price(warehouse, [periodic_zone])
+    ((model, version),) = _published(database_url, [periodic_zone])[periodic_zone]
+    assert model == "seasonal_naive"
+    assert version.startswith("seasonal_naive-") and version.endswith("@registry-v1")
 
 
 def test_drift_report_and_check(seeded, warehouse, settings) -> None:

@@ -1,0 +1,257 @@
+"""Freshness benchmark: how long data takes to reach the API and the KPI WebSocket under steady load.
+
+    python -m benchmarks.freshness [admin_postgres_url] [--rate 200] [--seconds 60] [--probe-every 10]
+
+Part 1, market ticks -> minute KPIs (target: p95 <= 30 s). Creates database `bench_freshness` on the
+Postgres server (default the local one), migrates it, seeds the reference data and builds gold once with
+dbt (on empty market data, so `gold.kpi_values` and the KPI catalogue exist). Then, on the real broker
+(KAFKA_BOOTSTRAP_SERVERS or the embedded one), it starts `python -m ingestion.cdc.cli --follow` (the
+real-time writer on) and the API (uvicorn, one worker, as deployed), subscribes one WebSocket client per
+zone, and produces simulated ticks at `--rate` per second for `--seconds`. Every `--probe-every`-th
+zone-level tick is a probe: its latency is the time from its send to the first API answer, and to the first
+WebSocket message, that holds its minute with its price. The peer figure from the same run is the bare
+produce -> bronze Delta commit latency of every tick (from the commit timestamps, as in cdc_throughput).
+
+Every figure is printed with the load average of the machine beside it (a shared 2-core box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import orjson
+import pyarrow.compute as pc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGET_P95_S = 30.0
+ZONES = ("PJM", "NYISO", "ERCOT", "CAISO", "IEX_N", "IEX_S", "IEX_W")
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def _prepare_warehouse(admin_url: str) -> str:
+    from infra import db
+    from infra.dbt import run_dbt
+    from ingestion.reference import seed_reference_data
+
+    url = db.create_database(admin_url, "bench_freshness", drop_existing=True)
+    db.migrate(url)
+    with db.connect(url) as conn:
+        seed_reference_data(conn)
+    started = time.monotonic()
+    target = Path(tempfile.mkdtemp(prefix="bench_freshness_dbt_"))
+    run_dbt(["seed"], database_url=url, target_path=target)
+    run_dbt(["run", "--select", "+kpi_values"], database_url=url, target_path=target)
+    print(f"gold built by dbt in {time.monotonic() - started:.0f} s (setup, not measured)   [{_load()}]")
+    return url
+
+
+class Probes:
+    """Probe ticks in flight and when each was first seen with its price on the API and the WebSocket."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent: dict[tuple[str, datetime], tuple[float, float]] = {}  # key -> (send time, price)
+        self.api: dict[tuple[str, datetime], float] = {}
+        self.ws: dict[tuple[str, datetime], float] = {}
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+
+    def seen(self, where: dict, zone: str, period_start: str, value: float) -> None:
+        key = (zone, datetime.fromisoformat(period_start).astimezone(UTC))
+        with self.lock:
+            probe = self.sent.get(key)
+            if probe is not None and key not in where and value == probe[1]:
+                where[key] = time.time()
+
+    def poll_api(self, base: str, key: str) -> None:
+        with httpx.Client(headers={"X-API-Key": key}, timeout=10) as http:
+            while not self.stop.is_set():
+                with self.lock:
+                    pending = [k for k in self.sent if k not in self.api]
+                for zone, ts in pending:
+                    params = {"zone": zone, "grain": "minute", "from": ts.isoformat(),
+                              "to": (ts + timedelta(minutes=1)).isoformat()}
+                    try:
+                        resp = http.get(f"{base}/api/v1/kpis/price_avg", params=params)
+                        resp.raise_for_status()
+                        for row in resp.json()["data"]:
+                            self.seen(self.api, zone, row["period_start"], row["value"])
+                    except Exception as exc:
+                        self.errors.append(repr(exc))
+                self.stop.wait(0.2)
+
+    def listen(self, base: str, key: str, zone: str, ready: threading.Barrier) -> None:
+        from websockets.sync.client import connect
+
+        url = base.replace("http", "ws", 1) + f"/api/v1/ws/kpis/price_avg?zone={zone}&grain=minute&api_key={quote(key)}"
+        try:
+            with connect(url, max_size=None) as ws:
+                ready.wait()
+                while not self.stop.is_set():
+                    try:
+                        message = json.loads(ws.recv(timeout=0.5))
+                    except TimeoutError:
+                        continue
+                    if message["type"] == "kpi_values":
+                        for value in message["values"]:
+                            self.seen(self.ws, zone, value["period_start"], value["value"])
+        except Exception as exc:
+            self.errors.append(f"websocket {zone}: {exc!r}")
+
+
+def _produce_steady(bootstrap: str, topic: str, rate: int, seconds: int, probe_every: int, probes: Probes) -> int:
+    """Simulated ticks at `rate`/s; every `probe_every`-th zone-level tick is registered as a probe."""
+    from kafka import KafkaProducer
+
+    from ingestion.simulator.trading import market_tick_events
+
+    n = rate * seconds
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=5 * (n // len(ZONES) + 1) + now.minute % 5)  # ends now, within retention
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    zone_ticks = 0
+    t0 = time.monotonic()
+    for i, event in enumerate(market_tick_events(n, seed=7, start=start, topic=topic)):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        tick = orjson.loads(event.value)
+        if tick["node"] is None:
+            zone_ticks += 1
+            if zone_ticks % probe_every == 0:
+                with probes.lock:
+                    probes.sent[(tick["zone"], datetime.fromisoformat(tick["ts_utc"]))] = (time.time(), tick["price"])
+        producer.send(topic, key=event.key, value=event.value)
+    producer.flush()
+    producer.close()
+    return n
+
+
+def _bronze_latency(lake_root: str) -> np.ndarray:
+    from infra.lake import Lake
+    from ingestion.cdc.topics import TICKS_TABLE
+
+    table = Lake(lake_root).table("bronze", TICKS_TABLE)
+    commit_ms = {h["optibid.batch_id"]: h["timestamp"] for h in table.history() if "optibid.batch_id" in h}
+    data = table.to_pyarrow_table(columns=["_batch_id", "_kafka_timestamp"])
+    kafka_ms = pc.cast(data["_kafka_timestamp"], "int64").to_numpy() // 1000
+    committed = np.array([commit_ms[b] for b in data["_batch_id"].to_pylist()])
+    return (committed - kafka_ms) / 1000.0
+
+
+def _line(name: str, latencies: np.ndarray, peer_p95: float | None, expected: int) -> str:
+    if not len(latencies):
+        return f"  {name:36s} nothing observed of {expected} probes   [{_load()}]"
+    p50, p95 = np.percentile(latencies, 50), np.percentile(latencies, 95)
+    line = (f"  {name:36s} n={len(latencies)}/{expected}  p50 {p50:6.2f} s  p95 {p95:6.2f} s  "
+            f"max {latencies.max():6.2f} s")
+    met = p95 <= TARGET_P95_S and len(latencies) == expected
+    ratios = f"p95 / {TARGET_P95_S:.0f} s = {p95 / TARGET_P95_S:.3f} (met: {met})"
+    if peer_p95:
+        ratios += f"   p95 / bronze p95 = {p95 / peer_p95:.2f}"
+    return f"{line}\n  {'':36s} {ratios}   [{_load()}]"
+
+
+def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
+    from benchmarks.api_load import _server
+    from infra.services import embedded_broker_bootstrap, free_port
+    from infra.settings import get_settings
+    from ingestion.simulator.trading import ensure_topics
+    from serving_api import cli
+
+    settings = get_settings()
+    bootstrap = settings.kafka_bootstrap_servers or embedded_broker_bootstrap(settings)
+    url = _prepare_warehouse(admin_url)
+    key = cli.create_api_key(url, "acme", "bench", "viewer", rate_limit_per_minute=100_000_000)
+    topic = f"bench{uuid.uuid4().hex[:6]}.market.ticks"
+    ensure_topics(bootstrap, [topic], 6)
+    lake_root = tempfile.mkdtemp(prefix="bench_freshness_lake_")
+    port = free_port()
+    api = _server(url, port, 1)
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "ingestion.cdc.cli", "--topic", topic, "--bootstrap", bootstrap, "--lake", lake_root,
+         "--follow"],
+        cwd=REPO_ROOT, env={**os.environ, "OPTIBID_DATABASE_URL": url}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    probes = Probes()
+    threads: list[threading.Thread] = []
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        ready = threading.Barrier(len(ZONES) + 1)
+        threads = [threading.Thread(target=probes.listen, args=(base, key, z, ready), daemon=True) for z in ZONES]
+        threads.append(threading.Thread(target=probes.poll_api, args=(base, key), daemon=True))
+        for thread in threads:
+            thread.start()
+        ready.wait(timeout=60)
+        time.sleep(3)  # consumer start-up (imports, metadata) is not latency
+        print(
+            f"freshness part 1: {rate} ticks/s for {seconds} s -> follow consumer -> minute KPIs; "
+            f"API uvicorn 1 worker; {len(ZONES)} WebSocket clients; {os.cpu_count()}-core box   [{_load()}]"
+        )
+        sent = _produce_steady(bootstrap, topic, rate, seconds, probe_every, probes)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with probes.lock:
+                done = all(k in probes.api and k in probes.ws for k in probes.sent)
+            if done:
+                break
+            time.sleep(0.5)
+    finally:
+        probes.stop.set()
+        for thread in threads:
+            thread.join(5)
+        consumer.send_signal(signal.SIGTERM)
+        out, err = consumer.communicate(timeout=120)
+        api.terminate()
+        api.wait(20)
+    if consumer.returncode != 0:
+        raise SystemExit(f"follow consumer failed: {err.decode()[-2000:]}")
+    bronze = _bronze_latency(lake_root)
+    bronze_p95 = float(np.percentile(bronze, 95))
+    with probes.lock:
+        api_lat = np.array([probes.api[k] - probes.sent[k][0] for k in probes.api])
+        ws_lat = np.array([probes.ws[k] - probes.sent[k][0] for k in probes.ws])
+        expected = len(probes.sent)
+    print(f"  {'produce -> bronze commit (peer)':36s} n={len(bronze)}/{sent}  p50 {np.percentile(bronze, 50):6.2f} s  "
+          f"p95 {bronze_p95:6.2f} s  max {bronze.max():6.2f} s   [{_load()}]")
+    print(_line("produce -> minute KPI served (API)", api_lat, bronze_p95, expected))
+    print(_line("produce -> minute KPI pushed (WS)", ws_lat, bronze_p95, expected))
+    if probes.errors:
+        print(f"  client errors: {len(probes.errors)}, first: {probes.errors[0]}")
+    print(f"  follow consumer summary: {json.loads(out.decode().strip().splitlines()[-1])}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("admin_url", nargs="?", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--rate", type=int, default=200, help="ticks per second")
+    parser.add_argument("--seconds", type=int, default=60, help="duration of the steady load")
+    parser.add_argument("--probe-every", type=int, default=10, help="every n-th zone-level tick is a probe")
+    args = parser.parse_args()
+    main(args.admin_url, args.rate, args.seconds, args.probe_every)

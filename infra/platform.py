@@ -1,0 +1,273 @@
+"""The running platform's processes: Dagster (code server, webserver, daemon), the API, the follow-mode CDC
+consumer, started as child processes with their own logs and stopped in order.
+
+Dagster runs as the production processes rather than `dagster dev`: `dagster-webserver` and
+`dagster-daemon run` are separate children, so the daemon (sensors, schedules, automation, run queue) is a
+process of its own that the demo can watch and restart without taking the UI down, exactly as
+`infra/deploy/` runs it. Both talk to one shared `dagster code-server`, as `dagster dev` does: loading the
+definitions costs ~15 s of CPU, and loading them once instead of twice matters on a 2-core machine.
+
+Every child gets its own session (process group): Ctrl-C in the terminal reaches only the parent, which
+then stops the children one by one (`stop`), and a child's own subprocesses (Dagster runs, code servers)
+go with it. Used by `optibid demo` and by tests that need the platform running with their own
+DAGSTER_HOME and ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from infra.services import free_port
+
+DEFINITIONS_MODULE = "orchestration.definitions"
+CODE_LOCATION = "optibid"
+# Stop order: first what starts new work (UI launches, daemon ticks), then the API and consumer, and the
+# code server last because the other two talk to it.
+STOP_ORDER = ("webserver", "daemon", "api", "cdc_follow", "code_server")
+
+
+class PlatformError(RuntimeError):
+    """A platform process could not start or died; the message names its log."""
+
+
+@dataclass
+class PlatformProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+    restarts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class PlatformProcesses:
+    """Start the platform's processes on `__enter__`, stop them on `__exit__` (or `stop()`).
+
+    `env` is the complete environment of the children (services exported, DAGSTER_HOME set); `log_dir`
+    receives one log file per process.
+    """
+
+    env: Mapping[str, str]
+    dagster_home: Path
+    log_dir: Path
+    dagster_host: str = "127.0.0.1"
+    dagster_port: int = 3000
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api: bool = True
+    cdc_follow: bool = True
+    cwd: Path | None = None
+    python: str = sys.executable
+    stop_timeout: float = 30.0
+    processes: dict[str, PlatformProcess] = field(default_factory=dict)
+    _grpc_port: int = 0
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{_client_host(self.dagster_host)}:{self.dagster_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_client_host(self.api_host)}:{self.api_port}"
+
+    def __enter__(self) -> PlatformProcesses:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start_code_server(self) -> None:
+        """Check the listening ports are free and start the shared code server (it loads the definitions
+        for ~15 s, which the caller can overlap with other work before `start`)."""
+        listeners = [("Dagster UI", self.dagster_host, self.dagster_port)]
+        if self.api:
+            listeners.append(("API", self.api_host, self.api_port))
+        for what, host, port in listeners:
+            if not _port_free(host, port):
+                raise PlatformError(f"{host}:{port} ({what}) is already in use: is another OptiBid platform running?")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._grpc_port = free_port()
+        (self.dagster_home / "workspace.yaml").write_text(
+            "# Written by `optibid demo`: the webserver and the daemon share one code server.\n"
+            f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {self._grpc_port}\n"
+            f"      location_name: {CODE_LOCATION}\n"
+        )
+        self._add(
+            "code_server",
+            [
+                self.python,
+                "-m",
+                "dagster",
+                "code-server",
+                "start",
+                "-m",
+                DEFINITIONS_MODULE,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self._grpc_port),
+                "--location-name",
+                CODE_LOCATION,
+            ],
+        )
+        self._start("code_server")
+
+    def start(self) -> None:
+        """Start every process (the code server first, unless `start_code_server` already did); returns
+        once they are launched: `wait_until_serving` waits for the UI and the API to answer."""
+        if "code_server" not in self.processes:
+            self.start_code_server()
+        workspace = self.dagster_home / "workspace.yaml"
+        self._wait_for(lambda: not _port_free("127.0.0.1", self._grpc_port), "code_server", timeout=180)
+        self._add(
+            "webserver",
+            [
+                self._script("dagster-webserver"),
+                "-w",
+                str(workspace),
+                "-h",
+                self.dagster_host,
+                "-p",
+                str(self.dagster_port),
+            ],
+        )
+        self._add("daemon", [self._script("dagster-daemon"), "run", "-w", str(workspace)])
+        if self.api:
+            self._add(
+                "api",
+                [
+                    self.python,
+                    "-m",
+                    "uvicorn",
+                    "serving_api.app:app",
+                    "--host",
+                    self.api_host,
+                    "--port",
+                    str(self.api_port),
+                ],
+            )
+        if self.cdc_follow:
+            self._add("cdc_follow", [self.python, "-m", "ingestion.cdc.cli", "--follow"])
+        for name in self.processes:
+            if name != "code_server":
+                self._start(name)
+
+    def wait_until_serving(self, timeout: float = 180.0) -> None:
+        """Block until the Dagster UI answers (and the API, when started); `PlatformError` if one dies."""
+        self._wait_for(lambda: _answers(f"{self.dagster_url}/server_info"), "webserver", timeout)
+        if self.api:
+            self._wait_for(lambda: _answers(f"{self.api_url}/healthz"), "api", timeout)
+
+    def dead(self) -> list[str]:
+        """Names of the processes that have exited."""
+        return [name for name, proc in self.processes.items() if proc.popen is not None and not proc.running]
+
+    def restart(self, name: str) -> None:
+        """Start a process that exited again (its log is appended to)."""
+        proc = self.processes[name]
+        if proc.running:
+            return
+        proc.restarts += 1
+        self._start(name)
+
+    def stop(self) -> list[str]:
+        """Stop every running process in `STOP_ORDER`: SIGINT to its process group, then SIGKILL after
+        `stop_timeout`; the names stopped."""
+        stopped = []
+        for name in STOP_ORDER:
+            proc = self.processes.get(name)
+            if proc is None or not proc.running:
+                continue
+            assert proc.popen is not None
+            _signal_group(proc.popen, signal.SIGINT)
+            try:
+                proc.popen.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.popen, signal.SIGKILL)
+                proc.popen.wait(timeout=10)
+            # Leftover grandchildren (a run subprocess, a code server) share the group: end them too.
+            _signal_group(proc.popen, signal.SIGKILL)
+            stopped.append(name)
+        return stopped
+
+    def _script(self, name: str) -> str:
+        """A console script of the environment `python` belongs to."""
+        return str(Path(self.python).parent / name)
+
+    def _add(self, name: str, argv: list[str]) -> None:
+        self.processes[name] = PlatformProcess(name, argv, self.log_dir / f"{name}.log")
+
+    def _start(self, name: str) -> None:
+        proc = self.processes[name]
+        with open(proc.log_path, "ab") as log:
+            proc.popen = subprocess.Popen(
+                proc.argv,
+                env=dict(self.env),
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _wait_for(self, ready, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self.processes[name]
+        while not ready():
+            if not proc.running:
+                raise PlatformError(f"{name} exited (log {proc.log_path}):\n{proc.tail()}")
+            if time.monotonic() > deadline:
+                raise PlatformError(f"{name} did not come up within {timeout:.0f} s (log {proc.log_path})")
+            time.sleep(0.5)
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((_client_host(host), port)) != 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, sig)
+
+
+def default_log_dir(home: Path) -> Path:
+    """Where `optibid demo` keeps the platform processes' logs."""
+    return home / "logs"

@@ -1,0 +1,164 @@
+"""Declarative automation: when each layer after bronze runs by itself, and how fresh it must be.
+
+Every asset downstream of bronze carries one of the `AutomationCondition`s built here; the automation
+sensor (`automation_sensor`, on by default) evaluates them every `AUTOMATION_INTERVAL_SECONDS` and emits a
+backfill whenever a tick requests more than one partition of an asset, so 30 days landing at once are one
+backfill, which the assets' single-run backfill policy turns into one Spark run and one dbt run.
+
+- Day partitions (silver market, gold facts and KPIs, anomalies, ClickHouse exports) follow their own
+  upstream day partitions at any age (a corrected day from weeks ago is rebuilt, and only that day), fill
+  in partitions whose upstream days exist but which were never built, and start each new day. Updates of
+  unpartitioned parents (trading state, dimensions, the bronze tables themselves) rebuild only the last
+  `RECENT_DAYS` days: they carry no day, and rebuilding the whole history on every CDC batch would never end.
+- Delivery-day assets (forecasts, optimizations) build tomorrow's partition a lead time before each
+  market's day-ahead gate closure (cron in the market's timezone), and again when their inputs change,
+  at most once an hour; optimizations follow a new forecast at once.
+- Unpartitioned assets run when a parent updates (`eager`), or once when they were never built.
+- The weekly ML assets run after Monday's cron tick once gold has updated since.
+
+Asset checks own no condition: Dagster then runs them in every run (and backfill) of their asset, where
+blocking checks stop the downstream assets of the same run. A condition of their own would take them out
+of those runs and start one check-only run per partition.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from infra.settings import get_settings
+from ml.optimization.gate_closures import GATE_CLOSURES, run_before_gate_closure
+
+AC = dg.AutomationCondition
+
+# Days that an update of an unpartitioned parent rebuilds: yesterday (late trades, corrections of the last
+# market day) and today.
+RECENT_DAYS = 2
+AUTOMATION_INTERVAL_SECONDS = 30
+WEEKLY_CRON = "0 3 * * 1"  # Monday 03:00 in the partition timezone: backtests and drift reports
+INPUT_CHANGE_CRON = "0 * * * *"  # day-ahead assets re-run on changed inputs at most once an hour
+GOLD_FACT_FAIL_WINDOW = timedelta(hours=2)
+GOLD_FACT_WARN_WINDOW = timedelta(hours=1)
+
+
+def _settings_timezone() -> str:
+    return get_settings().market_timezone
+
+
+def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """Never built, every (day-mapped) parent exists, and the last attempt did not fail (no retry loops)."""
+    deps_present = ~AC.any_deps_missing()
+    if unpartitioned_deps is not None:
+        deps_present = deps_present.ignore(unpartitioned_deps)
+    return (AC.missing() & deps_present & ~AC.execution_failed()).with_label("fill_missing")
+
+
+def day_partitions(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """The condition of a daily-partitioned asset whose day-partitioned parents map day to day.
+
+    `unpartitioned_deps` are the parents without partitions: their updates touch every day as far as
+    Dagster knows, so they only rebuild the last `RECENT_DAYS` days.
+    """
+    same_day = AC.any_deps_updated()
+    if unpartitioned_deps is not None:
+        same_day = same_day.ignore(unpartitioned_deps)
+    recent = AC.in_latest_time_window(timedelta(days=RECENT_DAYS)) & AC.any_deps_updated()
+    new_day = AC.in_latest_time_window() & AC.newly_missing()
+    changed = (
+        same_day.with_label("day_partition_updated")
+        | recent.with_label("unpartitioned_parent_updated_recent_days")
+        | new_day.with_label("new_day")
+    ).since_last_handled()
+    return (
+        (changed | _fill_missing(unpartitioned_deps))
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label("day_partitions")
+
+
+def unpartitioned() -> dg.AutomationCondition:
+    """Eager on any parent update (any day of a partitioned parent), and built once when missing.
+
+    `eager()` minus its missing-parents guard: a partitioned parent always has missing (empty) days.
+    """
+    eager = AC.eager().without(~AC.any_deps_missing())
+    return (eager | (AC.missing() & ~AC.in_progress() & ~AC.execution_failed())).with_label("unpartitioned")
+
+
+def gate_closure_crons() -> list[tuple[str, str]]:
+    """(cron, timezone) of the runs before each market's day-ahead gate closure."""
+    return run_before_gate_closure(timedelta(minutes=get_settings().gate_closure_lead_minutes))
+
+
+def _before_gate_closure() -> dg.AutomationCondition:
+    ticks = [AC.cron_tick_passed(cron, tz) for cron, tz in gate_closure_crons()]
+    condition = ticks[0]
+    for tick in ticks[1:]:
+        condition = condition | tick
+    return condition.with_label("before_gate_closure")
+
+
+def day_ahead(follow: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """Tomorrow's partition of a delivery-day asset: before each gate closure, and when inputs change.
+
+    Changed inputs re-run it at most hourly (a forecast takes minutes and gold's current day changes with
+    every batch of ticks); parents in `follow` (the forecasts, for the optimizations) are followed at once.
+    """
+    inputs_changed = AC.any_deps_updated().since_last_handled() & AC.cron_tick_passed(
+        INPUT_CHANGE_CRON, _settings_timezone()
+    ).since_last_handled()
+    trigger = _before_gate_closure().since_last_handled() | inputs_changed.with_label("inputs_changed_hourly")
+    if follow is not None:
+        trigger = trigger | AC.any_deps_updated().allow(follow).since_last_handled().with_label("forecast_updated")
+    return (
+        AC.in_latest_time_window() & trigger & ~AC.any_deps_in_progress() & ~AC.in_progress()
+    ).with_label("day_ahead")
+
+
+def weekly() -> dg.AutomationCondition:
+    """Monday 03:00 (partition timezone), once gold has updated since the tick."""
+    return AC.on_cron(WEEKLY_CRON, _settings_timezone()) & ~AC.in_progress()
+
+
+# --- freshness ---------------------------------------------------------------------------------------
+
+
+def gold_fact_freshness() -> dg.FreshnessPolicy:
+    """Gold facts and KPIs: updated within two hours (warn after one), as the market hours advance."""
+    return dg.FreshnessPolicy.time_window(fail_window=GOLD_FACT_FAIL_WINDOW, warn_window=GOLD_FACT_WARN_WINDOW)
+
+
+def first_gate_closure() -> tuple[str, str]:
+    """(cron, timezone) of the day's earliest day-ahead gate closure in absolute time."""
+    reference = datetime(2024, 1, 10)
+    first = min(
+        GATE_CLOSURES.values(),
+        key=lambda g: datetime.combine(reference, g.closes_at, ZoneInfo(g.timezone)).astimezone(ZoneInfo("UTC")),
+    )
+    return f"{first.closes_at.minute} {first.closes_at.hour} * * *", first.timezone
+
+
+def day_ahead_freshness() -> dg.FreshnessPolicy:
+    """Tomorrow's forecasts and schedules exist by the day's first gate closure: materialized between the
+    pre-closure run (lead time before it, plus an hour of slack) and the closure itself."""
+    cron, tz = first_gate_closure()
+    lead = timedelta(minutes=get_settings().gate_closure_lead_minutes)
+    return dg.FreshnessPolicy.cron(deadline_cron=cron, lower_bound_delta=lead + timedelta(hours=1), timezone=tz)
+
+
+# --- sensor ------------------------------------------------------------------------------------------
+
+# Bronze is driven by its own sensors (CDC lag, landing folder) and the CDC floor schedule.
+AUTOMATED = dg.AssetSelection.all() - dg.AssetSelection.groups("bronze")
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=AUTOMATED,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    emit_backfills=True,
+    description="Evaluates the automation conditions of every asset after bronze (orchestration/automation.py); "
+    "several partitions of one asset in a tick become one backfill, run as a single run.",
+)

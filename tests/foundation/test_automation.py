@@ -1,0 +1,170 @@
+"""The platform runs itself: every asset after bronze has an automation condition, the sensors and schedules
+a running platform needs are on by default, freshness policies are declared, and the real conditions,
+evaluated against a real Dagster instance, request exactly the days that changed, as one backfill."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import dagster as dg
+import pytest
+
+BRONZE_GROUP = "bronze"
+MARKET_DAYS = dg.AssetKey(["bronze", "market_days"])
+SILVER_PRICES = dg.AssetKey(["silver", "market__prices"])
+SILVER_MARKET = [
+    dg.AssetKey(["silver", t])
+    for t in (
+        "market__prices",
+        "market__price_revisions",
+        "market__load",
+        "market__generation",
+        "market__weather",
+        "quality__gaps",
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    from orchestration.definitions import defs
+
+    return defs
+
+
+@pytest.fixture(scope="module")
+def asset_graph(defs):
+    return defs.get_repository_def().asset_graph
+
+
+def _materializable_after_bronze(asset_graph) -> list[dg.AssetKey]:
+    bronze = {k for k in asset_graph.materializable_asset_keys if asset_graph.get(k).group_name == BRONZE_GROUP}
+    return sorted(
+        k for k in asset_graph.materializable_asset_keys if k not in bronze and asset_graph.get(k).group_name
+    )
+
+
+def test_every_asset_after_bronze_has_an_automation_condition(asset_graph) -> None:
+    keys = _materializable_after_bronze(asset_graph)
+    assert len(keys) > 40  # silver, gold, ML, optimization, exports
+    missing = [k.to_user_string() for k in keys if asset_graph.get(k).automation_condition is None]
+    assert not missing, f"assets without an automation condition: {missing}"
+    # checks ride along in their asset's automated runs (where blocking checks block) only without one
+    own_condition = [str(k) for k in asset_graph.asset_check_keys if asset_graph.get(k).automation_condition]
+    assert not own_condition, f"checks taken out of their asset's runs: {own_condition}"
+
+
+def test_sensors_and_schedules_a_running_platform_needs_are_on_by_default(defs) -> None:
+    repo = defs.get_repository_def()
+    sensors = {s.name: s for s in repo.sensor_defs}
+    for name in ("automation_sensor", "bronze_cdc_lag_sensor", "landing_folder_sensor"):
+        assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING, name
+    automation = sensors["automation_sensor"]
+    assert isinstance(automation, dg.AutomationConditionSensorDefinition)
+    assert automation.emit_backfills
+    schedules = {s.name: s for s in repo.schedule_defs}
+    assert schedules["bronze_cdc_floor"].default_status == dg.DefaultScheduleStatus.RUNNING
+    stopped = [s.name for s in [*repo.sensor_defs, *repo.schedule_defs] if s.default_status.value != "RUNNING"]
+    assert not stopped, f"off by default: {stopped}"
+
+
+def test_freshness_policies_on_gold_facts_kpis_forecasts_and_optimization(asset_graph) -> None:
+    for name in ("fct_prices_hourly", "fct_load_hourly", "kpi_values"):
+        policy = asset_graph.get(dg.AssetKey(["gold", name])).freshness_policy
+        assert policy is not None and policy.fail_window.to_timedelta() == timedelta(hours=2), name
+    for name in ("forecasts", "storage_schedules", "bid_curves", "unit_commitment"):
+        policy = asset_graph.get(dg.AssetKey(["gold", name])).freshness_policy
+        assert policy is not None and policy.deadline_cron, name
+
+
+def test_spark_assets_share_a_pool_and_the_instance_limits_it() -> None:
+    import yaml
+
+    from assets.silver import silver_market, silver_trading_bids
+    from infra.dagster_instance import DAGSTER_YAML
+
+    assert silver_market.op.pool == "spark" and silver_trading_bids.op.pool == "spark"
+    config = yaml.safe_load(DAGSTER_YAML)["concurrency"]
+    assert config["runs"]["max_concurrent_runs"] == 2
+    assert config["pools"] == {"default_limit": 1, "granularity": "run"}
+
+
+def test_day_ahead_runs_before_every_market_gate_closure() -> None:
+    from ml.optimization.gate_closures import run_before_gate_closure
+
+    crons = run_before_gate_closure(timedelta(hours=2))
+    assert ("0 8 * * *", "America/Chicago") in crons  # ERCOT closes 10:00 CPT
+    assert ("0 10 * * *", "Asia/Kolkata") in crons  # IEX closes 12:00 IST
+    assert ("0 3 * * *", "America/New_York") in crons  # NYISO closes 05:00 ET
+
+
+# --- the real conditions on a real instance ----------------------------------------------------------------
+
+
+def _past_days(n: int) -> list[str]:
+    today = date.today()
+    return [(today - timedelta(days=30 + i)).isoformat() for i in range(n)]
+
+
+def _record_bronze_days(instance: dg.DagsterInstance, days: list[str]) -> None:
+    """What a landing run records for the market days its rows fall on (assets/bronze/files.py)."""
+    for day in days:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=MARKET_DAYS, partition=day))
+
+
+def test_a_corrected_past_day_rebuilds_exactly_that_silver_day(defs) -> None:
+    selection = dg.AssetSelection.assets(*SILVER_MARKET, MARKET_DAYS)
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        [corrected] = _past_days(1)
+        _record_bronze_days(instance, [corrected])
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+        )
+        assert result.get_requested_partitions(SILVER_PRICES) == {corrected}
+        assert all(result.get_requested_partitions(k) == {corrected} for k in SILVER_MARKET)
+        # once the run has rebuilt the day, nothing more is asked for
+        for key in SILVER_MARKET:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=corrected))
+        again = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=result.cursor
+        )
+        assert again.get_requested_partitions(SILVER_PRICES) == set()
+
+
+def test_many_changed_days_become_one_backfill_not_one_run_per_day(defs) -> None:
+    """The production sensor's target and settings, evaluated in-process (user-code evaluation), with 30
+    days landed at once: one backfill request covering the 30 silver days, which the single-run backfill
+    policy executes as one run."""
+    from orchestration.automation import automation_sensor
+
+    sensor = dg.AutomationConditionSensorDefinition(
+        "automation_sensor_in_process",
+        target=dg.AssetSelection.assets(*SILVER_MARKET, MARKET_DAYS),
+        emit_backfills=automation_sensor.emit_backfills,
+        use_user_code_server=True,
+    )
+    # the same assets with only this sensor: one automation sensor may target an asset
+    test_defs = dg.Definitions(
+        assets=list(defs.assets or []),
+        asset_checks=list(defs.asset_checks or []),
+        resources=defs.resources,
+        sensors=[sensor],
+    )
+    days = _past_days(30)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, definitions=test_defs)
+        first = sensor(context)
+        _record_bronze_days(instance, days)
+        context = dg.build_sensor_context(instance=instance, definitions=test_defs, cursor=first.cursor)
+        result = sensor(context)
+    requests = result.run_requests
+    assert len(requests) == 1, requests
+    [request] = requests
+    assert request.requires_backfill_daemon()
+    subset = request.asset_graph_subset
+    assert subset.asset_keys == set(SILVER_MARKET)
+    assert set(subset.partitions_subsets_by_asset_key[SILVER_PRICES].get_partition_keys()) == set(days)
+    from assets.silver import silver_market
+
+    assert silver_market.backfill_policy == dg.BackfillPolicy.single_run()

@@ -1,0 +1,77 @@
+"""The platform's processes as `optibid demo` runs them: a shared code server, the Dagster webserver and
+daemon, the API and the follow-mode CDC consumer come up, a dead daemon is restarted, and `stop` leaves no
+process behind. The children get a private home and database so their sensors touch nothing of other tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from infra.platform import STOP_ORDER, PlatformProcesses
+from infra.services import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_platform_processes_start_restart_and_stop(database_url: str, broker_bootstrap: str, tmp_path: Path) -> None:
+    from infra.settings import Settings
+    from tests.conftest import private_database
+
+    home = tmp_path / "home"
+    for url in private_database(database_url, "optibid_test_platform"):
+        settings = Settings(home=home, database_url=url)
+        from infra.dagster_instance import write_dagster_home
+
+        dagster_home = write_dagster_home(settings)
+        env = {
+            **os.environ,
+            "OPTIBID_HOME": str(home),
+            "OPTIBID_DATABASE_URL": url,
+            "KAFKA_BOOTSTRAP_SERVERS": broker_bootstrap,
+            "DAGSTER_HOME": str(dagster_home),
+        }
+        platform = PlatformProcesses(
+            env=env,
+            dagster_home=dagster_home,
+            log_dir=tmp_path / "logs",
+            dagster_port=free_port(),
+            api_port=free_port(),
+            cwd=REPO,
+        )
+        with platform:
+            platform.wait_until_serving(timeout=240)
+            assert httpx.get(f"{platform.api_url}/healthz", timeout=5).status_code == 200
+            locations = httpx.post(
+                f"{platform.dagster_url}/graphql",
+                json={"query": "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"},
+                timeout=30,
+            ).json()["data"]["workspaceOrError"]["locationEntries"]
+            assert [entry["name"] for entry in locations] == ["optibid"]
+            assert set(platform.processes) == set(STOP_ORDER)
+            assert not platform.dead()
+
+            daemon = platform.processes["daemon"]
+            os.killpg(daemon.popen.pid, signal.SIGKILL)
+            daemon.popen.wait(timeout=10)
+            assert platform.dead() == ["daemon"]
+            platform.restart("daemon")
+            assert daemon.running and daemon.restarts == 1
+            pids = [p.popen.pid for p in platform.processes.values()]
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in pids if _alive(pid)], "a platform process outlived stop()"
+        # The follow-mode consumer stopped cleanly: it prints its summary on SIGINT.
+        assert '"events_read"' in platform.processes["cdc_follow"].log_path.read_text()
