@@ -5,8 +5,8 @@ of many days is a single run over the whole window. The trading tables follow br
 watermark per bronze table), so they are not partitioned. The library code is `ingestion/silver/`.
 
 Automation: a market day is rebuilt when a landing run records it in `["bronze", "market_days"]` (any age),
-today and yesterday when ticks or files land (the bronze tables carry no day), and each new day once; the
-trading tables follow every CDC batch.
+today and yesterday when ticks land (the tick table carries no day), and each new day once; the trading
+tables follow every CDC batch.
 """
 
 
@@ -24,7 +24,11 @@ MARKET_BRONZE = [dg.AssetKey(["bronze", f"files__{name}"]) for name in DATASETS]
 ]
 # Spark runs one at a time: two local Spark jobs on two cores only thrash.
 SPARK_POOL = "spark"
-MARKET_CONDITION = automation.day_partitions(unpartitioned_deps=dg.AssetSelection.assets(*MARKET_BRONZE))
+# Landed files record their days in bronze/market_days; ticks (CDC) do not, and are about today.
+MARKET_CONDITION = automation.day_partitions(
+    unpartitioned_deps=dg.AssetSelection.assets(*MARKET_BRONZE),
+    recent_deps=dg.AssetSelection.assets(dg.AssetKey(["bronze", "ticks__prices"])),
+)
 
 
 def _market_spec(table: str, description: str, deps: list[dg.AssetKey]) -> dg.AssetSpec:

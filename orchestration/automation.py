@@ -55,16 +55,20 @@ def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.Aut
     return (AC.missing() & deps_present & ~AC.execution_failed()).with_label("fill_missing")
 
 
-def day_partitions(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+def day_partitions(
+    unpartitioned_deps: dg.AssetSelection | None = None, recent_deps: dg.AssetSelection | None = None
+) -> dg.AutomationCondition:
     """The condition of a daily-partitioned asset whose day-partitioned parents map day to day.
 
     `unpartitioned_deps` are the parents without partitions: their updates touch every day as far as
-    Dagster knows, so they only rebuild the last `RECENT_DAYS` days.
+    Dagster knows, so they only rebuild the last `RECENT_DAYS` days; `recent_deps` narrows that to the
+    parents whose days are not recorded otherwise (default: all of them).
     """
     same_day = AC.any_deps_updated()
     if unpartitioned_deps is not None:
         same_day = same_day.ignore(unpartitioned_deps)
-    recent = AC.in_latest_time_window(timedelta(days=RECENT_DAYS)) & AC.any_deps_updated()
+    any_parent = AC.any_deps_updated() if recent_deps is None else AC.any_deps_updated().allow(recent_deps)
+    recent = AC.in_latest_time_window(timedelta(days=RECENT_DAYS)) & any_parent
     new_day = AC.in_latest_time_window() & AC.newly_missing()
     changed = (
         same_day.with_label("day_partition_updated")

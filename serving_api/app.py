@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from infra.settings import Settings, get_settings
 from serving_api import security
 from serving_api.cache import ResponseCache
+from serving_api.deps import assume_api_role
 from serving_api.errors import install_error_handlers
 from serving_api.fastpath import CachedReadFastPath
 from serving_api.freshness import FreshnessReader
@@ -57,7 +58,8 @@ def _database_url(settings: Settings) -> str:
 
 
 def _session_limits(settings: Settings) -> Callable[[AsyncConnection], Awaitable[None]]:
-    """Pool `configure` hook: no pooled connection runs a statement, or idles in a transaction, forever."""
+    """Pool `configure` hook: every pooled connection acts as the API role (never the owner), and none runs a
+    statement, or idles in a transaction, forever."""
 
     async def configure(conn: AsyncConnection) -> None:
         await conn.set_autocommit(True)
@@ -66,6 +68,7 @@ def _session_limits(settings: Settings) -> Callable[[AsyncConnection], Awaitable
             " set_config('idle_in_transaction_session_timeout', %s, false)",
             (f"{settings.api_statement_timeout_ms}ms", f"{settings.api_idle_in_transaction_timeout_ms}ms"),
         )
+        await assume_api_role(conn)
         await conn.set_autocommit(False)
 
     return configure

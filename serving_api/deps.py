@@ -52,6 +52,18 @@ def api_state(request: Request) -> ApiState:
     return request.app.state.api
 
 
+async def assume_api_role(conn: AsyncConnection) -> None:
+    """For the whole session of a connection the API opens: act as the RLS-bound API role, never the owner.
+
+    A query that forgets `set_org_scope` then runs with no organization and sees no org rows (fails
+    closed); pre-authentication lookups go through the `api_auth` functions (infra/sql/120_api_hardening.sql).
+    """
+    autocommit = conn.autocommit
+    await conn.set_autocommit(True)
+    await conn.execute(f"SET ROLE {API_ROLE}")
+    await conn.set_autocommit(autocommit)
+
+
 async def set_org_scope(conn: AsyncConnection, org_id: str) -> None:
     """Inside the current transaction: become the RLS-bound API role with the caller's organization."""
     await conn.execute("SELECT set_config('optibid.org_id', %s, true)", (org_id,))
@@ -65,13 +77,8 @@ async def _family_revoked(state: ApiState, family_id: str) -> bool:
         return False  # the listener keeps revoked_families current
     assert state.pool is not None
     async with state.pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                "SELECT 1 FROM ops.refresh_tokens WHERE family_id = %s AND revoked_at IS NOT NULL LIMIT 1",
-                (family_id,),
-            )
-        ).fetchone()
-    return row is not None
+        row = await (await conn.execute("SELECT api_auth.family_revoked(%s)", (family_id,))).fetchone()
+    return bool(row and row[0])
 
 
 def _cached_api_key_row(
@@ -93,17 +100,16 @@ async def _api_key_row(state: ApiState, key: str) -> dict[str, Any] | None:
         assert state.pool is not None
         async with state.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            # Runs as the table owner: the organization is what this lookup finds out. A read, so a flood of
-            # made-up prefixes costs an index probe each and writes nothing.
+            # The organization is what this lookup finds out, so it runs through a SECURITY DEFINER function
+            # that reads only this. A read, so a flood of made-up prefixes costs an index probe each.
             await cur.execute(
-                """SELECT key_id, org_id, role, key_hash, rate_limit_per_minute FROM ops.api_keys
-                   WHERE prefix = %s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())""",
+                "SELECT key_id, org_id, role, key_hash, rate_limit_per_minute FROM api_auth.api_key_by_prefix(%s)",
                 (prefix,),
             )
             row = await cur.fetchone()
             if row is not None and _matching_key_row(row, key) is not None:
                 # Once per cache period per key (hits are served from memory in between).
-                await conn.execute("UPDATE ops.api_keys SET last_used_at = now() WHERE key_id = %s", (row["key_id"],))
+                await conn.execute("SELECT api_auth.touch_api_key(%s, %s)", (row["key_id"], row["key_hash"]))
         _remember_api_key_row(state, prefix, (now, row))
         cached = (now, row)
     return _matching_key_row(cached[1], key)

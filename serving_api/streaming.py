@@ -28,7 +28,7 @@ import psycopg
 
 from infra.signals import AUTH_CHANNEL, KPI_CHANNEL, TABLE_VERSION_CHANNEL
 from serving_api import repository
-from serving_api.deps import set_org_scope
+from serving_api.deps import assume_api_role, set_org_scope
 from serving_api.security import ACCESS_TOKEN_SECONDS
 from serving_api.state import ApiState
 
@@ -72,6 +72,7 @@ class Hub:
                 async with await psycopg.AsyncConnection.connect(
                     self.state.database_url, autocommit=True, **LISTENER_KEEPALIVES
                 ) as conn:
+                    await assume_api_role(conn)
                     for channel in (KPI_CHANNEL, TABLE_VERSION_CHANNEL, AUTH_CHANNEL):
                         await conn.execute(f"LISTEN {channel}")
                     await self._reload(conn)
@@ -111,13 +112,7 @@ class Hub:
         # Every revoked family an access token could still be alive for: access tokens never outlive the
         # family's newest token's issue time plus their lifetime (older revocations cannot matter).
         families = await (
-            await conn.execute(
-                """SELECT family_id FROM ops.refresh_tokens
-                   GROUP BY family_id
-                   HAVING bool_or(revoked_at IS NOT NULL)
-                      AND max(issued_at) > now() - make_interval(secs => %s)""",
-                (ACCESS_TOKEN_SECONDS + 60,),
-            )
+            await conn.execute("SELECT api_auth.revoked_families(%s)", (ACCESS_TOKEN_SECONDS + 60,))
         ).fetchall()
         self.state.revoked_families.update(f for (f,) in families)
         if self.state.cache:

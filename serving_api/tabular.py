@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from serving_api import exports, repository
 from serving_api.app import API_PREFIX
 from serving_api.cache import request_target
-from serving_api.deps import OrgSession, api_state, set_org_scope
+from serving_api.deps import OrgSession, api_state, assume_api_role, set_org_scope
 from serving_api.errors import ApiError
 from serving_api.metrics import route_template
 from serving_api.repository import Dataset, TableQuery
@@ -110,6 +110,7 @@ async def tabular_response(
         # snapshot) only, never a pooled connection other requests wait for. Closed when the stream ends.
         conn = await psycopg.AsyncConnection.connect(state.database_url)
         try:
+            await assume_api_role(conn)
             await set_org_scope(conn, session.principal.org_id)
             columns, types, chunks = await repository.stream_rows(state, conn, query)
         except BaseException:

@@ -10,10 +10,13 @@ Project convention (applies to every table with an `org_id text` column):
 The table owner (the pipeline/dbt user) is not subject to RLS, so loading is unaffected.
 
 Hardening: `optibid.org_id` is an ordinary custom setting, so any session can `SET` it to another
-organisation's id. For the org roles created here an extra RESTRICTIVE policy binds rows to the login role
-(`org_id IS NULL OR '<prefix>' || org_id = current_user`), so `SET optibid.org_id` cannot widen what an org
-role sees. The setting-based policy stays the project-wide convention for connections (e.g. the API's pool
-role) that set it on behalf of an authenticated organisation.
+organisation's id, and an org role that is a member of `bi_reader` (the gold layer's convention) could
+`SET ROLE bi_reader` and reach its `USING (true)` policy. So an extra RESTRICTIVE policy, for every role,
+binds the rows of a session that LOGGED IN as an org role to that organisation
+(`org_id IS NULL OR NOT starts_with(session_user, '<prefix>') OR '<prefix>' || org_id = session_user`):
+`session_user` is the login role, which neither `SET optibid.org_id` nor `SET ROLE` changes. The
+setting-based policy stays the project-wide convention for connections (e.g. the API's pool role) that set
+it on behalf of an authenticated organisation.
 
 `ensure_bi_roles` is idempotent and safe to run concurrently with itself or when the roles exist already
 (roles are cluster-wide in Postgres). Re-run it after every dbt build: dbt recreates its tables, which drops
@@ -141,12 +144,6 @@ def ensure_bi_roles(
     for role in all_roles:
         _ensure_role(conn, role)
     present = [s for s in specs if _table_exists(conn, s)]
-    # every org role of this prefix, also those created by earlier calls with other org lists
-    like = roles.org_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    bound_roles = sorted(
-        {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (like,))}
-        | set(org_roles)
-    )
     missing = tuple(s.qualified_pg_name for s in specs if s not in present)
     idents = sql.SQL(", ").join(sql.Identifier(r) for r in all_roles)
     with conn.transaction():
@@ -192,18 +189,13 @@ def ensure_bi_roles(
                         sql.Identifier(READER_POLICY), table, sql.Identifier(roles.reader)
                     )
                 )
-                if bound_roles:
-                    conn.execute(
-                        sql.SQL(
-                            "CREATE POLICY {} ON {} AS RESTRICTIVE FOR SELECT TO {} "
-                            "USING (org_id IS NULL OR {} || org_id = current_user)"
-                        ).format(
-                            sql.Identifier(BINDING_POLICY),
-                            table,
-                            sql.SQL(", ").join(sql.Identifier(r) for r in bound_roles),
-                            sql.Literal(roles.org_prefix),
-                        )
-                    )
+                conn.execute(
+                    sql.SQL(
+                        "CREATE POLICY {} ON {} AS RESTRICTIVE FOR SELECT USING "
+                        "(org_id IS NULL OR NOT starts_with(session_user, {prefix}) "
+                        "OR {prefix} || org_id = session_user)"
+                    ).format(sql.Identifier(BINDING_POLICY), table, prefix=sql.Literal(roles.org_prefix))
+                )
             conn.execute(friendly_view_sql(spec, roles.bi_schema, invoker))
             for stmt in comment_statements(spec, roles.bi_schema):
                 conn.execute(stmt)

@@ -1,7 +1,10 @@
 """OAuth2 password login, refresh-token rotation with reuse detection, and revocation.
 
-Login and refresh run as the table owner (the caller's organization is what they discover), never as the
-RLS-bound API role. Refresh tokens rotate on every use; presenting an already-rotated token means it was
+Login and refresh run before the caller's organization is known, so their reads and writes go through the
+narrow SECURITY DEFINER functions of `api_auth` (infra/sql/120_api_hardening.sql); the API's connections
+themselves are the RLS-bound API role and never the tables' owner.
+
+Refresh tokens rotate on every use; presenting an already-rotated token means it was
 copied, so the whole family (and its access tokens, via `fam`) is revoked.
 """
 
@@ -21,7 +24,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from infra.signals import AUTH_CHANNEL
-from serving_api import repository, security
+from serving_api import security
 from serving_api.deps import api_state
 from serving_api.errors import ApiError, error_responses
 from serving_api.models import Ok, RefreshRequest, TokenResponse
@@ -71,18 +74,20 @@ async def _issue(
 ) -> tuple[TokenResponse, str]:
     token, digest = security.new_refresh_token()
     token_id = uuid.uuid4().hex
-    await conn.execute(
-        """INSERT INTO ops.refresh_tokens (token_id, family_id, user_id, org_id, token_hash, expires_at)
-           VALUES (%s, %s, %s, %s, %s, %s)""",
-        (
-            token_id,
-            family_id,
-            user["user_id"],
-            user["org_id"],
-            digest,
-            datetime.now(UTC) + timedelta(seconds=security.REFRESH_TOKEN_SECONDS),
-        ),
-    )
+    issued = await (
+        await conn.execute(
+            "SELECT api_auth.issue_refresh_token(%s, %s, %s, %s, %s)",
+            (
+                token_id,
+                family_id,
+                user["user_id"],
+                digest,
+                datetime.now(UTC) + timedelta(seconds=security.REFRESH_TOKEN_SECONDS),
+            ),
+        )
+    ).fetchone()
+    if issued is None or issued[0] is None:
+        raise ApiError(401, "invalid_credentials", "the account is disabled")
     access = security.access_token_for(
         state.jwt_secret,
         user_id=user["user_id"],
@@ -110,14 +115,8 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
     async with state.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
-            """SELECT count(*) FILTER (WHERE lower(email) = %(email)s) AS by_email,
-                      count(*) FILTER (WHERE client_ip = %(ip)s) AS by_ip,
-                      count(*) FILTER (WHERE lower(email) = %(email)s AND client_ip = %(ip)s) AS by_pair,
-                      max(at) FILTER (WHERE lower(email) = %(email)s AND client_ip = %(ip)s) AS last_pair
-               FROM ops.login_attempts
-               WHERE NOT success AND at > now() - %(window)s
-                 AND (lower(email) = %(email)s OR client_ip = %(ip)s)""",
-            {"email": email, "ip": ip, "window": window},
+            "SELECT by_email, by_ip, by_pair, last_pair FROM api_auth.login_failures(%s, %s, %s)",
+            (email, ip, window),
         )
         counts = await cur.fetchone()
         assert counts is not None
@@ -128,7 +127,7 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
             remaining = (counts["last_pair"] + timedelta(seconds=backoff) - datetime.now(UTC)).total_seconds()
             if remaining > 0:
                 wait = math.ceil(remaining)
-                await repository.audit(conn, None, email, "login.backoff", email, {"ip": ip})
+                await conn.execute("SELECT api_auth.record_login_backoff(%s, %s)", (email, ip))
                 await conn.commit()
                 raise ApiError(
                     429,
@@ -171,24 +170,13 @@ async def _verify_and_issue(request: Request, state: ApiState, email: str, ip: s
     async with state.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
-            "SELECT user_id, org_id, role, password_hash, is_active FROM ops.users WHERE lower(email) = %s",
-            (email,),
+            "SELECT user_id, org_id, role, password_hash, is_active FROM api_auth.login_user(%s)", (email,)
         )
         user = await cur.fetchone()
         await conn.commit()  # no transaction stays open across the hash
         ok = await _password_matches(state, user["password_hash"] if user else None, password)
         ok = ok and user is not None and user["is_active"]
-        await conn.execute(
-            "INSERT INTO ops.login_attempts (email, client_ip, success) VALUES (%s, %s, %s)", (email, ip, ok)
-        )
-        await repository.audit(
-            conn,
-            user["org_id"] if user else None,
-            email,
-            "login.success" if ok else "login.failure",
-            email,
-            {"ip": ip},
-        )
+        await conn.execute("SELECT api_auth.record_login(%s, %s, %s)", (email, ip, ok))
         if not ok:
             await conn.commit()
             raise ApiError(
@@ -203,10 +191,7 @@ async def _verify_and_issue(request: Request, state: ApiState, email: str, ip: s
 
 
 async def _revoke_family(conn: AsyncConnection, state: ApiState, family_id: str) -> None:
-    await conn.execute(
-        "UPDATE ops.refresh_tokens SET revoked_at = now() WHERE family_id = %s AND revoked_at IS NULL",
-        (family_id,),
-    )
+    await conn.execute("SELECT api_auth.revoke_family(%s)", (family_id,))
     await conn.execute("SELECT pg_notify(%s, %s)", (AUTH_CHANNEL, json.dumps({"family_id": family_id})))
     state.revoked_families.add(family_id)
 
@@ -214,19 +199,21 @@ async def _revoke_family(conn: AsyncConnection, state: ApiState, family_id: str)
 async def _family_revoked(conn: AsyncConnection, state: ApiState, family_id: str) -> bool:
     if family_id in state.revoked_families:
         return True
-    cur = await conn.execute(
-        "SELECT 1 FROM ops.refresh_tokens WHERE family_id = %s AND revoked_at IS NOT NULL LIMIT 1", (family_id,)
+    row = await (await conn.execute("SELECT api_auth.family_revoked(%s)", (family_id,))).fetchone()
+    return bool(row and row[0])
+
+
+async def _audit_session(conn: AsyncConnection, family_id: str, action: str, details: dict | None = None) -> None:
+    await conn.execute(
+        "SELECT api_auth.audit_session(%s, %s, %s::jsonb)", (family_id, action, json.dumps(details or {}))
     )
-    return await cur.fetchone() is not None
 
 
 async def _token_row(conn: AsyncConnection, token: str) -> dict | None:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        """SELECT t.token_id, t.family_id, t.user_id, t.org_id, t.expires_at, t.used_at, t.revoked_at,
-                  u.role, u.is_active
-           FROM ops.refresh_tokens t JOIN ops.users u USING (user_id)
-           WHERE t.token_hash = %s FOR UPDATE OF t""",
+        """SELECT token_id, family_id, user_id, org_id, expires_at, used_at, revoked_at, role, is_active
+           FROM api_auth.refresh_token_for_update(%s)""",
         (security.token_digest(token),),
     )
     return await cur.fetchone()
@@ -242,14 +229,7 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenResponse:
             raise ApiError(401, "invalid_refresh_token", "refresh token is unknown")
         if row["used_at"] is not None:
             await _revoke_family(conn, state, row["family_id"])
-            await repository.audit(
-                conn,
-                row["org_id"],
-                f"user:{row['user_id']}",
-                "token.reuse_detected",
-                row["family_id"],
-                {"ip": _client_ip(request)},
-            )
+            await _audit_session(conn, row["family_id"], "token.reuse_detected", {"ip": _client_ip(request)})
             await conn.commit()
             raise ApiError(
                 401,
@@ -263,13 +243,8 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenResponse:
             raise ApiError(401, "invalid_refresh_token", "the session of this refresh token was revoked")
         user = {"user_id": row["user_id"], "org_id": row["org_id"], "role": row["role"]}
         tokens, new_id = await _issue(conn, state, user, row["family_id"])
-        await conn.execute(
-            "UPDATE ops.refresh_tokens SET used_at = now(), replaced_by = %s WHERE token_id = %s",
-            (new_id, row["token_id"]),
-        )
-        await repository.audit(
-            conn, row["org_id"], f"user:{row['user_id']}", "token.refresh", row["family_id"]
-        )
+        await conn.execute("SELECT api_auth.rotate_refresh_token(%s, %s)", (row["token_id"], new_id))
+        await _audit_session(conn, row["family_id"], "token.refresh")
     return tokens
 
 
@@ -282,7 +257,5 @@ async def revoke(request: Request, body: RefreshRequest) -> Ok:
         if row is None:
             raise ApiError(401, "invalid_refresh_token", "refresh token is unknown")
         await _revoke_family(conn, state, row["family_id"])
-        await repository.audit(
-            conn, row["org_id"], f"user:{row['user_id']}", "token.revoke", row["family_id"]
-        )
+        await _audit_session(conn, row["family_id"], "token.revoke")
     return Ok()

@@ -4,6 +4,8 @@ evaluated against a real Dagster instance, request exactly the days that changed
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import date, timedelta
 
 import dagster as dg
@@ -168,3 +170,47 @@ def test_many_changed_days_become_one_backfill_not_one_run_per_day(defs) -> None
     from assets.silver import silver_market
 
     assert silver_market.backfill_policy == dg.BackfillPolicy.single_run()
+
+
+def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, database_url, settings, tmp_path) -> None:
+    """The real producer: the landing asset lands one past day's files and records its market days; the
+    automation then asks silver for those days and no other."""
+    from assets.bronze.files import landing_files
+    from infra import db
+    from ingestion.reference import seed_reference_data, simulated_zones
+    from ingestion.simulator.files import write_landing_files
+    from ingestion.simulator.market import iter_market_days
+    from orchestration.resources import LakeResource, WarehouseResource
+
+    with db.connect(database_url) as conn:
+        seed_reference_data(conn)
+    day = date.today() - timedelta(days=20)
+    zones = [z for z in simulated_zones() if z.zone == "PJM"]
+    for market_day in iter_market_days(day, 1, zones=zones, nodes_per_zone=1, seed=3):
+        for path in write_landing_files(market_day, settings.resolved_landing_dir, formats=("csv",)):
+            os.utime(path, (time.time() - 60, time.time() - 60))  # settled: the folder scan skips fresh files
+    selection = dg.AssetSelection.assets(*SILVER_MARKET, MARKET_DAYS)
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        landed = dg.materialize(
+            [landing_files],
+            instance=instance,
+            resources={
+                "warehouse": WarehouseResource(database_url=database_url),
+                "lake": LakeResource(lake_uri=str(tmp_path / "lake")),
+            },
+        )
+        assert landed.success
+        recorded = {
+            e.partition
+            for e in instance.get_event_records(
+                dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION, asset_key=MARKET_DAYS)
+            )
+            for e in [e.asset_materialization]
+        }
+        # PJM's day, read in every zone's timezone, falls on the day and its neighbours at most
+        assert day.isoformat() in recorded and len(recorded) <= 3
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+        )
+        assert result.get_requested_partitions(SILVER_PRICES) == recorded

@@ -11,11 +11,13 @@ builds it once per process and drops the database at exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import psycopg
 
 from tests.gold.silver_fixture import DAY, PJM_DAY_START, load_fixture
 
@@ -38,7 +40,7 @@ def pipeline_warehouse(database_url: str) -> str:
         from serving_api import cli
 
         url = db.create_database(database_url, DATABASE, drop_existing=True)
-        atexit.register(db.drop_database, database_url, DATABASE)
+        atexit.register(_drop, database_url)
         db.migrate(url)
         load_fixture(url)
         result = materialize_gold(url, selection=None)
@@ -48,6 +50,14 @@ def pipeline_warehouse(database_url: str) -> str:
                 cli.create_user(url, org, f"{role}@{org}.pipeline.test", role, PASSWORD)
         _built["url"] = url
     return _built["url"]
+
+
+def _drop(database_url: str) -> None:
+    # The embedded server may already be stopped at exit, and its database with it.
+    with contextlib.suppress(psycopg.OperationalError):
+        from infra import db
+
+        db.drop_database(database_url, DATABASE)
 
 
 def materialize_gold(url: str, selection: Sequence[Sequence[str]] | None) -> dg.ExecuteInProcessResult:
