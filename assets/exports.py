@@ -11,11 +11,12 @@ themselves: a day's export after each rebuild of its gold day, the access layer 
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 
-from infra.clickhouse import ClickHouseNotInstalledError
+from infra.clickhouse import ClickHouseNotInstalledError, clickhouse_server_command
+from infra.settings import get_settings
 from ingestion.bi.access import ORG_ID, BiRoles, ensure_bi_roles
 from ingestion.bi.clickhouse import duplicate_key_count, replicate_partition, row_count_parity
 from ingestion.bi.tables import TABLES, TableSpec
@@ -47,28 +48,51 @@ def _clickhouse(clickhouse: ClickHouseResource) -> Iterator:
         raise dg.Failure(description=str(exc)) from None
 
 
+def _window_days(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[date]:
+    """The market days of the run's partition window (one day, or a whole backfill in one run)."""
+    window = context.partition_time_window
+    first, end = window.start.date(), window.end.date()
+    return [first + timedelta(days=i) for i in range((end - first).days)]
+
+
+def clickhouse_configured() -> bool:
+    """ClickHouse is configured (`CLICKHOUSE_URL`) or installed locally, so exports can run."""
+    return bool(get_settings().clickhouse_url) or clickhouse_server_command() is not None
+
+
 def _export_asset(spec: TableSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=export_key(spec),
         group_name=GROUP,
         partitions_def=daily_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[gold_key(spec)],
         pool=POOL,
         kinds={"clickhouse"},
-        automation_condition=automation.day_partitions(),
+        # Without ClickHouse every export would fail: they stay available to run by hand, not automated.
+        automation_condition=automation.day_partitions() if clickhouse_configured() else None,
         description=f"{spec.qualified_pg_name} replicated to ClickHouse table `{spec.ch_table}` per market "
         f"day (the day is replaced, never appended). {spec.description}",
     )
     def _export(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, clickhouse: ClickHouseResource
     ) -> dg.MaterializeResult:
-        day = date.fromisoformat(context.partition_key)
+        per_day = {}
         with _clickhouse(clickhouse) as ch, warehouse.connect() as conn:
-            result = replicate_partition(conn, ch, spec, day)
-        context.log.info(
-            f"{spec.qualified_pg_name} {day}: {result.rows_loaded} rows in {result.seconds:.2f}s"
+            for day in _window_days(context):
+                result = replicate_partition(conn, ch, spec, day)
+                context.log.info(f"{spec.qualified_pg_name} {day}: {result.rows_loaded} rows in {result.seconds:.2f}s")
+                per_day[day.isoformat()] = result
+        if len(per_day) == 1:
+            return dg.MaterializeResult(metadata=next(iter(per_day.values())).as_metadata())
+        return dg.MaterializeResult(
+            metadata={
+                "days": dg.MetadataValue.int(len(per_day)),
+                "rows_loaded": dg.MetadataValue.int(sum(r.rows_loaded for r in per_day.values())),
+                "seconds": dg.MetadataValue.float(round(sum(r.seconds for r in per_day.values()), 3)),
+                "rows_per_day": dg.MetadataValue.json({d: r.rows_loaded for d, r in per_day.items()}),
+            }
         )
-        return dg.MaterializeResult(metadata=result.as_metadata())
 
     return _export
 
@@ -85,17 +109,24 @@ def _parity_check(spec: TableSpec, asset: dg.AssetsDefinition) -> dg.AssetChecks
     def _check(
         context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
-        day = date.fromisoformat(context.partition_key)
+        counts: dict[str, dict[str, int]] = {}
         with _clickhouse(clickhouse) as ch, warehouse.connect() as conn:
-            pg_count, ch_count = row_count_parity(conn, ch, spec, day)
-            duplicates = duplicate_key_count(ch, spec, day)
+            for day in _window_days(context):
+                pg_count, ch_count = row_count_parity(conn, ch, spec, day)
+                counts[day.isoformat()] = {
+                    "pg_count": pg_count,
+                    "ch_count": ch_count,
+                    "duplicate_keys": duplicate_key_count(ch, spec, day),
+                }
+        failing = {d: c for d, c in counts.items() if c["pg_count"] != c["ch_count"] or c["duplicate_keys"]}
         return dg.AssetCheckResult(
-            passed=pg_count == ch_count and duplicates == 0,
+            passed=not failing,
             metadata={
-                "day": dg.MetadataValue.text(day.isoformat()),
-                "pg_count": dg.MetadataValue.int(pg_count),
-                "ch_count": dg.MetadataValue.int(ch_count),
-                "duplicate_keys": dg.MetadataValue.int(duplicates),
+                "days": dg.MetadataValue.text(f"{min(counts)} .. {max(counts)}"),
+                "pg_count": dg.MetadataValue.int(sum(c["pg_count"] for c in counts.values())),
+                "ch_count": dg.MetadataValue.int(sum(c["ch_count"] for c in counts.values())),
+                "duplicate_keys": dg.MetadataValue.int(sum(c["duplicate_keys"] for c in counts.values())),
+                "failing_days": dg.MetadataValue.json(failing),
             },
         )
 

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         validation_alias="OPTIBID_API_IDLE_IN_TRANSACTION_TIMEOUT_MS",
         description="idle_in_transaction_session_timeout of the API's pooled connections (0 = none).",
     )
+    api_solver_processes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        validation_alias="OPTIBID_API_SOLVER_PROCESSES",
+        description="Worker processes per API process that run on-demand optimization solves (killable).",
+    )
 
     # --- area-specific settings (helpers append below, one field per line group) --------------
     # files (issue 4): where uploaded files are kept between receiving and processing
@@ -169,6 +176,13 @@ class Settings(BaseSettings):
         description="Evidently drift share of any zone above which the drift_report check warns.",
     )
 
+    sensor_interval_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        validation_alias="OPTIBID_SENSOR_INTERVAL_SECONDS",
+        description="How often the daemon looks for new data and evaluates the automation and the alerts (s).",
+    )
     # automation (issue 13): how long before each market's day-ahead gate closure forecasts and
     # optimizations for tomorrow run (ml/optimization/gate_closures.py has the closures)
     gate_closure_lead_minutes: int = Field(

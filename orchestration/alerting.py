@@ -165,7 +165,7 @@ def _check_evaluation_records(instance: dg.DagsterInstance, after: int | None) -
 
 @dg.sensor(
     name="alert_on_check_evaluations",
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=get_settings().sensor_interval_seconds,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Opens alerts for failed blocking asset checks and drift, and resolves them when they pass.",
 )

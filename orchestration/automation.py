@@ -1,7 +1,7 @@
 """Declarative automation: when each layer after bronze runs by itself, and how fresh it must be.
 
 Every asset downstream of bronze carries one of the `AutomationCondition`s built here; the automation
-sensor (`automation_sensor`, on by default) evaluates them every `AUTOMATION_INTERVAL_SECONDS` and emits a
+sensor (`automation_sensor`, on by default) evaluates them every `OPTIBID_SENSOR_INTERVAL_SECONDS` and emits a
 backfill whenever a tick requests more than one partition of an asset, so 30 days landing at once are one
 backfill, which the assets' single-run backfill policy turns into one Spark run and one dbt run.
 
@@ -36,7 +36,6 @@ AC = dg.AutomationCondition
 # Days that an update of an unpartitioned parent rebuilds: yesterday (late trades, corrections of the last
 # market day) and today.
 RECENT_DAYS = 2
-AUTOMATION_INTERVAL_SECONDS = 30
 WEEKLY_CRON = "0 3 * * 1"  # Monday 03:00 in the partition timezone: backtests and drift reports
 INPUT_CHANGE_CRON = "0 * * * *"  # day-ahead assets re-run on changed inputs at most once an hour
 GOLD_FACT_FAIL_WINDOW = timedelta(hours=2)
@@ -161,7 +160,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
     target=AUTOMATED,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    minimum_interval_seconds=get_settings().sensor_interval_seconds,
     emit_backfills=True,
     description="Evaluates the automation conditions of every asset after bronze (orchestration/automation.py); "
     "several partitions of one asset in a tick become one backfill, run as a single run.",

@@ -26,6 +26,7 @@ from serving_api.fastpath import CachedReadFastPath
 from serving_api.freshness import FreshnessReader
 from serving_api.guard import RequestGuard, known_query_params
 from serving_api.metrics import ApiMetrics, MetricsMiddleware
+from serving_api.solver import SolverProcesses
 from serving_api.state import ApiOptions, ApiState, RateLimiter
 from serving_api.streaming import Hub
 
@@ -86,6 +87,9 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
     state.metrics = ApiMetrics()
     state.cache = ResponseCache(options.cache_max_entries, options.cache_max_bytes)
     state.freshness = FreshnessReader(settings.dagster_home)
+    state.solver = SolverProcesses(
+        settings.api_solver_processes, nice=options.solver_nice, queue_wait_s=options.solver_queue_wait_s
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
         finally:
             await state.hub.stop()
             await state.pool.close()
+            state.solver.close()
 
     app = FastAPI(
         title="OptiBid API",

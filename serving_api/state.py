@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from serving_api.freshness import FreshnessReader
     from serving_api.metrics import ApiMetrics
     from serving_api.security import AccessClaims
+    from serving_api.solver import SolverProcesses
     from serving_api.streaming import Hub
 
 
@@ -60,6 +61,9 @@ class ApiOptions:
     max_auth_body_bytes: int = 16 * 1024
     max_query_params: int = 32
     optimize_timeout_s: float = 30.0  # wall time of one optimize request's solve, model building included
+    solver_nice: int = 10  # CPU priority of the solver processes relative to the API's
+    solver_queue_wait_s: float = 5.0  # a request waits this long for an idle solver process, else 503
+    upload_worker_processes: int = 2  # large uploads processed at once, each in a child process
     ws_auth_recheck_seconds: float = 1.0
     listener_keepalive_seconds: float = 5.0
 
@@ -151,6 +155,7 @@ class ApiState:
     hub: Hub | None = None
     metrics: ApiMetrics | None = None
     freshness: FreshnessReader | None = None
+    solver: SolverProcesses | None = None
     revoked_families: set[str] = field(default_factory=set)
     api_keys: OrderedDict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=OrderedDict)
     access_claims: dict[str, AccessClaims] = field(default_factory=dict)

@@ -70,6 +70,7 @@ _ROW_FIELDS: dict[str, list[tuple[str, str, bool]]] = {
 _PRIMARY_KEYS = {"bids": "bid_id", "trades": "trade_id", "assets": "asset_id", "market_orders": "order_id"}
 # Zones whose real-time market publishes 5-minute price ticks on `optibid.market.ticks`.
 TICK_ZONES = ("PJM", "NYISO", "ERCOT", "CAISO", "IEX_N", "IEX_S", "IEX_W")
+TICK_NODES_PER_ZONE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +107,20 @@ def trading_events(
 def market_tick_events(
     n_events: int, *, seed: int = 0, start: datetime = datetime(2025, 1, 1, tzinfo=UTC), topic: str = TICKS_TOPIC
 ) -> Iterator[KafkaEvent]:
-    """`n_events` plain-JSON real-time price ticks (5-minute, zone level and nodal), keyed by zone/node."""
+    """`n_events` plain-JSON real-time price ticks (5-minute, zone level and nodal), keyed by zone/node.
+
+    Round-robin over every zone and its `TICK_NODES_PER_ZONE` nodes, so each series has a tick in every
+    interval it spans, as a real-time feed publishes them (silver's continuity check expects that).
+    """
     rng = random.Random(seed)
     zones = list(TICK_ZONES)
+    series_per_zone = TICK_NODES_PER_ZONE + 1
     level = {z: (4200.0 if ZONES_BY_CODE[z].currency == "INR" else 42.0) for z in zones}
     for i in range(n_events):
         zone = zones[i % len(zones)]
-        node = None if rng.random() < 0.3 else f"{zone}_N{rng.randint(1, 4)}"
-        ts = start + timedelta(minutes=5 * (i // len(zones)))
+        series = (i // len(zones)) % series_per_zone
+        node = None if series == 0 else f"{zone}_N{series}"
+        ts = start + timedelta(minutes=5 * (i // (len(zones) * series_per_zone)))
         market = ZONES_BY_CODE[zone]
         level[zone] = min(market.price_cap, max(market.price_floor, level[zone] * (1 + rng.gauss(0, 0.02))))
         tick = {
@@ -164,7 +171,7 @@ def live_market_ticks(
         level[zone] = min(market.price_cap, max(market.price_floor, level[zone] * (1 + rng.gauss(0, 0.01))))
         now = clock()
         interval = datetime.fromtimestamp(now - now % 300, UTC)
-        node = None if rng.random() < 0.3 else f"{zone}_N{rng.randint(1, 4)}"
+        node = None if rng.random() < 0.3 else f"{zone}_N{rng.randint(1, TICK_NODES_PER_ZONE)}"
         tick = {
             "zone": zone,
             "node": node,

@@ -136,21 +136,23 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
                     {"retry_after": wait},
                     headers={"Retry-After": str(wait)},
                 )
-    delay = max(
-        _delay_for(counts["by_email"], opts.login_max_failures, opts),
-        _delay_for(counts["by_ip"], opts.login_max_failures_per_ip, opts),
-    )
+    email_delay = _delay_for(counts["by_email"], opts.login_max_failures, opts)
+    ip_delay = _delay_for(counts["by_ip"], opts.login_max_failures_per_ip, opts)
+    delay = max(email_delay, ip_delay)
     if delay <= 0:
         return await _verify_and_issue(request, state, email, ip, form.password)
-    # Throttled: attempts on this e-mail are serialized and each waits `delay`, so guessing runs at most at
-    # 1/delay per account however many connections or addresses are used; the right password still gets in.
-    lock, waiting = _email_locks.setdefault(email, (asyncio.Lock(), [0]))
+    # Throttled: attempts on this e-mail (or, when the address is the one failing, from this address) are
+    # serialized and each waits `delay`, so guessing runs at most at 1/delay per account however many
+    # connections or addresses are used, and a flood of random e-mails from one address costs at most one
+    # password hash per `delay`; the right password still gets in.
+    throttle_key = email if email_delay >= ip_delay else f"address:{ip}"
+    lock, waiting = _email_locks.setdefault(throttle_key, (asyncio.Lock(), [0]))
     if waiting[0] >= _MAX_WAITING_PER_EMAIL:
         wait = max(1, int(delay * _MAX_WAITING_PER_EMAIL))
         raise ApiError(
             429,
             "login_busy",
-            "too many concurrent login attempts for this account; try again shortly",
+            "too many concurrent login attempts for this account or address; try again shortly",
             {"retry_after": wait},
             headers={"Retry-After": str(wait)},
         )
@@ -162,7 +164,7 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
     finally:
         waiting[0] -= 1
         if waiting[0] == 0:
-            _email_locks.pop(email, None)
+            _email_locks.pop(throttle_key, None)
 
 
 async def _verify_and_issue(request: Request, state: ApiState, email: str, ip: str, password: str) -> TokenResponse:

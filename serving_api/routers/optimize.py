@@ -5,11 +5,12 @@ models (`ml.optimization`), so bad input is a 422 whose details name the field (
 SoC bounds, horizon mismatch, unreachable terminal SoC, oversized requests). Every dimension is bounded
 before the library builds anything: the horizon (`MAX_HOURS` hourly values, `MAX_INTERVALS` sub-hourly
 ones), assets, quantile paths and magnitudes, and the body itself (`ApiOptions.max_body_bytes`, refused by
-`serving_api.guard` before it is read). The solve runs on a dedicated pool of `SOLVER_THREADS` threads
-(never the event loop's default executor, which logins and Dagster reads share); a request waits at most
-`QUEUE_WAIT_S` for a free solver (503 with Retry-After otherwise) and at most
-`ApiOptions.optimize_timeout_s` for its result. The solver's own time limit, capped at `MAX_TIME_LIMIT_S`,
-is what stops the work; the wall-time bound answers the client even if model building runs long. Every
+`serving_api.guard` before it is read). The solve runs in one of the API's solver processes
+(`serving_api.solver`, `OPTIBID_API_SOLVER_PROCESSES` of them, at a lower CPU priority); a request waits at
+most `ApiOptions.solver_queue_wait_s` for a free one (503 `solver_busy` with Retry-After otherwise). The
+solver's own time limit, capped at `MAX_TIME_LIMIT_S`, normally ends the solve; `ApiOptions.optimize_timeout_s`
+is a hard wall-clock bound, model building included, after which the process is killed and the client gets
+503 `solver_timeout`. Every
 run, infeasible ones included, is stored in ml.optimization_runs for the caller's organization
 (row-level security: the API role may only insert rows of its own org). A unit commitment whose demand
 cannot be met answers 422 naming `load_forecast_mw` with the diagnostics and the stored run id.
@@ -19,14 +20,12 @@ cannot be met answers 422 naming `load_forecast_mw` with the diagnostics and the
 
 from __future__ import annotations
 
-import asyncio
-import time
-from concurrent.futures import ThreadPoolExecutor
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ml.optimization import (
     BidCurveInput,
@@ -38,13 +37,16 @@ from ml.optimization import (
     UnitCommitmentResult,
     market_rules_for,
     run_record,
-    solve,
 )
 from ml.optimization.warehouse import run_insert_statement, run_params
 from serving_api import repository
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_body, error_responses
 from serving_api.security import Permission
+from serving_api.solver import SolverBusy, SolverCrashed, SolveTimeout, SolveValidationError
+from serving_api.state import ApiState
+
+log = logging.getLogger(__name__)
 
 MAX_TIME_LIMIT_S = 10.0
 # Request size limits: the solve is time-limited, building the model is not.
@@ -53,11 +55,6 @@ MAX_ASSETS = 50
 MAX_QUANTILES = 20
 MAX_HOURS = 168  # a week of hourly values (bids, unit commitment)
 MAX_INTERVALS = 168 * 12  # a week of 5-minute intervals (storage dispatch)
-# Solves are CPU-bound; more at once than this only slows every one of them down.
-SOLVER_THREADS = 2
-QUEUE_WAIT_S = 5.0
-_solver_pool = ThreadPoolExecutor(max_workers=SOLVER_THREADS, thread_name_prefix="optibid-solver")
-_solver_slots: dict[int, asyncio.Semaphore] = {}  # per event loop (tests run several apps)
 
 router = APIRouter(tags=["optimize"], responses=error_responses(*STANDARD_ERRORS))
 Session = Annotated[OrgSession, Depends(scoped(Permission.optimize_write))]
@@ -182,51 +179,41 @@ def explanations_of(result: BaseModel) -> list[str]:
     ]
 
 
-def _solver_slot() -> asyncio.Semaphore:
-    loop_id = id(asyncio.get_running_loop())
-    slot = _solver_slots.get(loop_id)
-    if slot is None:
-        slot = _solver_slots[loop_id] = asyncio.Semaphore(SOLVER_THREADS)
-    return slot
-
-
-async def _solve(inp: BaseModel, options: SolveOptions, timeout_s: float) -> BaseModel:
-    """The library's solve on the solver pool, admitted only when a solver thread is free."""
-    slot = _solver_slot()
+async def _solve(state: ApiState, inp: BaseModel, options: SolveOptions) -> BaseModel:
+    """The library's solve in a killable solver process (serving_api.solver), as HTTP errors."""
+    assert state.solver is not None
+    timeout_s = state.options.optimize_timeout_s
     try:
-        await asyncio.wait_for(slot.acquire(), QUEUE_WAIT_S)
-    except TimeoutError:
+        return await state.solver.solve(inp, options, timeout_s)
+    except SolverBusy:
         raise ApiError(
             503, "solver_busy", "every solver is busy; try again shortly", headers={"Retry-After": "5"}
         ) from None
-    started = time.monotonic()
-    future = asyncio.get_running_loop().run_in_executor(_solver_pool, solve, inp, options)
-    # The slot is released when the thread is done, not when we stop waiting: a solve that outlives its
-    # request still occupies its thread, and admission must not overbook the pool.
-    future.add_done_callback(lambda _: slot.release())
-    try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-    except TimeoutError:
+    except SolveTimeout as exc:
         raise ApiError(
             503,
             "solver_timeout",
-            f"the solve did not finish within {timeout_s:g} s",
-            {"elapsed_s": round(time.monotonic() - started, 2), "limit_s": timeout_s},
+            f"the solve did not finish within {timeout_s:g} s and was stopped",
+            {"elapsed_s": round(exc.elapsed_s, 2), "limit_s": timeout_s},
+            headers={"Retry-After": "5"},
         ) from None
-    except ValidationError as exc:
+    except SolveValidationError as exc:
         # The library derives sub-problems (a battery's dispatch inside bidding) and validates them itself.
-        first = exc.errors()[0] if exc.errors() else {}
+        first = exc.errors[0] if exc.errors else {}
         raise ApiError(
             422,
             "validation_error",
             f"input: {first.get('msg', 'invalid')}",
-            {"field": "input", "errors": [str(e.get("msg", "")) for e in exc.errors()][:5]},
+            {"field": "input", "errors": [e["msg"] for e in exc.errors][:5]},
         ) from None
+    except SolverCrashed:
+        log.exception("optimization solve failed")
+        raise ApiError(503, "solver_failed", "the solver failed on this input; try again later") from None
 
 
 async def _run(session: OrgSession, inp: BaseModel, time_limit_s: float) -> tuple[dict[str, Any], BaseModel]:
     options = SolveOptions(time_limit_s=time_limit_s)
-    result = await _solve(inp, options, session.state.options.optimize_timeout_s)
+    result = await _solve(session.state, inp, options)
     record = run_record(inp, result, options, org_id=session.principal.org_id)
     conn = await session.conn()
     await conn.execute(run_insert_statement(), run_params(record))

@@ -8,8 +8,10 @@ sha256 and records it in ops.uploads for the caller's organization.
 
 Inline or background: files up to `INLINE_MAX_BYTES` are processed inside the request (a second or so), so
 the client gets the final report — landed, quarantined, held for mapping — in one round trip (201). Bigger
-files answer 202 at once with status `received` and are processed by a background task after the response;
-the client polls `GET /uploads/{id}`. Holding a request open for minutes would tie up a worker and run into
+files answer 202 at once with status `received` and are processed after the response in a child process
+of their own (`serving_api.upload_worker`: own connections, lower CPU priority, a bounded number at once),
+so a large file costs neither the API's CPU share, its memory, nor a pooled connection; the client polls
+`GET /uploads/{id}`. Holding a request open for minutes would tie up a worker and run into
 proxy timeouts. Processing is idempotent (`process_upload` commits with a per-upload Delta app transaction),
 so an upload left `received` by a restart can simply be processed again.
 
@@ -23,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import pickle
+import sys
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,6 +49,7 @@ from serving_api.errors import STANDARD_ERRORS, ApiError, error_responses
 from serving_api.models import GenericPage, Page
 from serving_api.repository import DATASETS, Dataset, TableQuery, fetch_page
 from serving_api.security import Permission
+from serving_api.state import ApiState
 from serving_api.tabular import TableParams, table_params, tabular_response, tabular_responses
 
 log = logging.getLogger(__name__)
@@ -247,13 +252,24 @@ async def _spooled_file(request: Request, spool_path: Path, max_bytes: int) -> _
     return spool
 
 
-def _process_in_background(upload_id: int, database_url: str, settings: Settings) -> None:
-    try:
-        service.process_upload(upload_id, database_url=database_url, lake=lake_from_settings(settings))
-    except service.UploadError as exc:  # another worker holds it: that worker finishes it
-        log.info("upload %s not processed here: %s", upload_id, exc)
-    except Exception:  # the upload stays `received`; processing it again is safe
-        log.exception("background processing of upload %s failed", upload_id)
+_worker_slots: dict[int, asyncio.Semaphore] = {}  # per event loop (tests run several apps)
+
+
+async def _process_in_background(state: ApiState, upload_id: int) -> None:
+    """Process the upload in a child process (serving_api.upload_worker) with its own connections; at most
+    `ApiOptions.upload_worker_processes` at once per API process, the rest wait here (status `received`)."""
+    loop_id = id(asyncio.get_running_loop())
+    slots = _worker_slots.get(loop_id)
+    if slots is None:
+        slots = _worker_slots[loop_id] = asyncio.Semaphore(state.options.upload_worker_processes)
+    job = pickle.dumps((upload_id, state.database_url, state.settings))
+    async with slots:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serving_api.upload_worker", stdin=asyncio.subprocess.PIPE
+        )
+        await proc.communicate(job)
+    if proc.returncode != 0:  # the upload stays `received`; processing it again is safe
+        log.warning("upload worker for upload %s exited with %s", upload_id, proc.returncode)
 
 
 _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -342,7 +358,7 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
     # connections, and must never keep this request's transaction idle for as long as it runs.
     await session.close(None)
     if deferred:
-        background.add_task(_process_in_background, receipt.upload_id, state.database_url, settings)
+        background.add_task(_process_in_background, state, receipt.upload_id)
         return _report_response(report, 202)
     if receipt.duplicate_of is not None and await asyncio.to_thread(
         _never_processed, receipt.duplicate_of, state.database_url
@@ -350,7 +366,7 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
         # The original was registered but its processing died with a worker: without this, every later upload of
         # the same content is a duplicate of a file that never lands. Finish it (a no-op if another worker holds
         # its lock); the duplicate's report names it, and GET /uploads/{duplicate_of} shows its progress.
-        background.add_task(_process_in_background, receipt.duplicate_of, state.database_url, settings)
+        background.add_task(_process_in_background, state, receipt.duplicate_of)
     return _report_response(report, 201)
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+V1 = "/api/v1"
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +53,127 @@ def test_openapi_contract(live_server, auth):
         def check(case) -> None:
             # positive_data_acceptance is off: FastAPI reads an empty form field as missing (OAuth2 form's
             # username=""), a framework quirk rather than a contract violation of ours.
-            case.call_and_validate(
-                base_url=base_url, headers=headers, excluded_checks=[positive_data_acceptance]
-            )
+            case.call_and_validate(base_url=base_url, headers=headers, excluded_checks=[positive_data_acceptance])
 
         check()
+
+
+def _linked(spec: dict) -> dict:
+    """The app's spec plus OpenAPI links from creating operations to those using what they created, so the
+    state machine chains them (new API key -> revoke it, login -> refresh/revoke, upload -> its report,
+    quarantine and mapping, solve -> its stored run)."""
+    spec = copy.deepcopy(spec)
+    paths = spec["paths"]
+
+    def op_id(path: str, method: str) -> str:
+        return paths[f"{V1}{path}"][method]["operationId"]
+
+    def link(path: str, method: str, code: str, links: dict[str, dict]) -> None:
+        paths[f"{V1}{path}"][method]["responses"][code]["links"] = links
+
+    link(
+        "/api-keys",
+        "post",
+        "201",
+        {
+            "Revoke": {
+                "operationId": op_id("/api-keys/{key_id}", "delete"),
+                "parameters": {"key_id": "$response.body#/key_id"},
+            }
+        },
+    )
+    token_body = {"refresh_token": "$response.body#/refresh_token"}
+    link(
+        "/auth/token",
+        "post",
+        "200",
+        {
+            "Refresh": {"operationId": op_id("/auth/refresh", "post"), "requestBody": token_body},
+            "Revoke": {"operationId": op_id("/auth/revoke", "post"), "requestBody": token_body},
+        },
+    )
+    link(
+        "/auth/refresh",
+        "post",
+        "200",
+        {"RefreshAgain": {"operationId": op_id("/auth/refresh", "post"), "requestBody": token_body}},
+    )
+    upload = {"upload_id": "$response.body#/id"}
+    link(
+        "/uploads",
+        "post",
+        "201",
+        {
+            "Report": {"operationId": op_id("/uploads/{upload_id}", "get"), "parameters": upload},
+            "Quarantine": {"operationId": op_id("/uploads/{upload_id}/quarantine", "get"), "parameters": upload},
+            "Mapping": {"operationId": op_id("/uploads/{upload_id}/mapping", "post"), "parameters": upload},
+        },
+    )
+    for kind in ("storage", "bids", "grid-switching"):
+        link(
+            f"/optimize/{kind}",
+            "post",
+            "200",
+            {
+                "Run": {
+                    "operationId": op_id("/optimization/runs", "get"),
+                    "parameters": {"query.run_id": "$response.body#/run_id"},
+                }
+            },
+        )
+    return spec
+
+
+def test_stateful_links_never_5xx(live_server, auth):
+    app, base_url = live_server
+    headers = auth("org_a", "admin")
+    schema = schemathesis.openapi.from_dict(_linked(app.openapi()))
+
+    steps: list[tuple[str, int]] = []
+
+    class Links(schema.as_state_machine()):  # type: ignore[misc]
+        def after_call(self, response, case):
+            steps.append((f"{case.operation.method.upper()} {case.operation.path}", response.status_code))
+
+        def get_call_kwargs(self, case):
+            return {"base_url": base_url, "headers": headers}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=[not_a_server_error], transport_kwargs=kwargs or None)
+
+    Links.run(
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=6,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    followed = {name for name, _ in steps}
+    # Links were followed: operations reachable only through them ran with the created object's id.
+    assert {f"DELETE {V1}/api-keys/{{key_id}}", f"POST {V1}/auth/refresh"} <= followed, sorted(followed)
+
+
+def test_negative_data_never_5xx(live_server, auth):
+    app, base_url = live_server
+    headers = auth("org_a", "admin")
+    schema = schemathesis.openapi.from_dict(app.openapi())
+    operations = [result.ok() for result in schema.get_all_operations()]
+    statuses: list[int] = []
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        @settings(max_examples=4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def check(case) -> None:
+            response = case.call(base_url=base_url, headers=headers)
+            statuses.append(response.status_code)
+            case.validate_response(response, checks=[not_a_server_error])
+
+        try:
+            check()
+        except Unsatisfiable:
+            continue  # nothing of this operation can be malformed (no parameters, no body)
+    assert statuses and max(statuses) < 500
+    assert sum(400 <= s < 500 for s in statuses) > len(statuses) // 2  # bad data is refused, not served

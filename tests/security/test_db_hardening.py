@@ -43,7 +43,10 @@ def _api_connection_rows(client, queries: dict[str, str]) -> tuple[str, dict[str
 
 
 def test_api_connection_without_org_scope_sees_no_org_rows(client, auth, security_database):
+    from serving_api import cli
+
     auth("org_b", "admin")  # a login: refresh token and audit rows of org_b exist
+    cli.create_api_key(security_database, "org_b", "sec-probe-b", "viewer")
     with psycopg.connect(security_database) as owner:
         owner.execute(
             "INSERT INTO ops.uploads (org_id, file_name, size_bytes, sha256, status)"
@@ -95,10 +98,9 @@ def test_api_role_cannot_read_a_new_ops_table_by_default(client, security_databa
 
 def test_login_and_api_key_lookups_still_work_through_definer_functions(client, security_database):
     from serving_api import cli
-
     from tests.security.conftest import login
 
-    key = cli.create_api_key(security_database, "org_a", "sec-probe", "viewer")
+    key = cli.create_api_key(security_database, "org_a", "sec-probe", "analyst")
     resp = client.get("/api/v1/assets", headers={"X-API-Key": key})
     assert resp.status_code == 200, resp.text
     assert all(a.get("org_id") in (None, "org_a") for a in resp.json())

@@ -1,0 +1,321 @@
+"""The platform running itself: a bounded soak test with the Dagster daemon, the API and the follow-mode CDC
+consumer as separate processes on the test services, and no manual materialization.
+
+What a user drops or produces must reach the API and the WebSocket by itself: files in the landing folder
+(a new day, then a corrected past day, which must invalidate the API's cache), price ticks on Kafka (the
+minute KPI pushed to a subscriber), and a trading change that breaks a blocking check (an alert at the
+webhook and the SMTP receivers). Freshness must be recorded by the daemon. The whole test is bounded by
+`SOAK_SECONDS`; each wait names what it was waiting for when it gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pandas as pd
+import psycopg
+import pytest
+
+from tests.alerting.conftest import SmtpInbox, WebhookReceiver
+
+REPO = Path(__file__).resolve().parents[2]
+SOAK_SECONDS = 300
+ZONES = ("PJM", "ERCOT")
+ORG = "acme"
+PRICE_CORRECTION = 7.25  # added to every DA price of the corrected day
+KPI_PUSH_TARGET_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def database_url(database_url: str) -> Iterator[str]:
+    """The soak test's own warehouse: its gold is exactly what the platform builds."""
+    from tests.conftest import private_database
+
+    yield from private_database(database_url, "optibid_test_soak")
+
+
+@dataclass
+class Platform:
+    api_url: str
+    dagster_home: Path
+    landing: Path
+    database_url: str
+    bootstrap: str
+    api_key: str
+    webhook: WebhookReceiver
+    inbox: SmtpInbox
+    first: date
+    started: float
+
+    def left(self) -> float:
+        return SOAK_SECONDS - (time.monotonic() - self.started)
+
+
+@pytest.fixture(scope="module")
+def platform(settings, database_url: str, broker_bootstrap: str, tmp_path_factory) -> Iterator[Platform]:
+    from aiosmtpd.controller import Controller
+
+    from infra import db
+    from infra.dagster_instance import write_dagster_home
+    from infra.platform import PlatformProcesses
+    from infra.services import free_port
+    from ingestion.reference import seed_reference_data
+    from ingestion.simulator.files import write_landing_files
+    from ingestion.simulator.market import iter_market_days, simulated_zones
+    from ingestion.simulator.trading import ensure_topics
+    from serving_api import cli
+
+    root = tmp_path_factory.mktemp("soak")
+    landing = root / "landing"
+    first = date.today() - timedelta(days=2)
+    with db.connect(database_url) as conn:
+        seed_reference_data(conn)
+    api_key = cli.create_api_key(database_url, ORG, "soak", "analyst", rate_limit_per_minute=100_000)
+    # The first market day is waiting in the landing folder when the platform starts.
+    zones = [z for z in simulated_zones() if z.zone in ZONES]
+    for day in iter_market_days(first, 1, zones=zones, nodes_per_zone=1, seed=11):
+        write_landing_files(day, landing)
+    from ingestion.cdc.topics import default_topics
+
+    ensure_topics(broker_bootstrap, default_topics())
+
+    webhook = WebhookReceiver()
+    inbox = SmtpInbox()
+    smtp_port = free_port()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    dagster_home = write_dagster_home(settings.model_copy(update={"dagster_home_override": root / "dagster_home"}))
+    env = {
+        **os.environ,
+        "OPTIBID_DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": broker_bootstrap,
+        "DAGSTER_HOME": str(dagster_home),
+        "OPTIBID_LANDING_DIR": str(landing),
+        "OPTIBID_LAKE_URI": str(root / "lake"),
+        "OPTIBID_UPLOADS_DIR": str(root / "uploads"),
+        "OPTIBID_PARTITION_START": first.isoformat(),
+        "OPTIBID_SENSOR_INTERVAL_SECONDS": "5",
+        "OPTIBID_ALERT_WEBHOOK_URLS": json.dumps([webhook.url]),
+        "OPTIBID_ALERT_SMTP_HOST": "127.0.0.1",
+        "OPTIBID_ALERT_SMTP_PORT": str(smtp_port),
+        "OPTIBID_ALERT_EMAIL_FROM": "optibid-alerts@example.test",
+        "OPTIBID_ALERT_EMAIL_TO": json.dumps(["oncall@example.test"]),
+    }
+    processes = PlatformProcesses(
+        env=env,
+        dagster_home=dagster_home,
+        log_dir=root / "logs",
+        dagster_port=free_port(),
+        api_port=free_port(),
+        cwd=REPO,
+    )
+    started = time.monotonic()
+    with processes:
+        processes.wait_until_serving()
+        yield Platform(
+            processes.api_url,
+            dagster_home,
+            landing,
+            database_url,
+            broker_bootstrap,
+            api_key,
+            webhook,
+            inbox,
+            first,
+            started,
+        )
+    smtp.stop()
+    webhook.close()
+
+
+def wait_for(platform: Platform, what: str, probe: Callable[[], object], interval: float = 2.0) -> object:
+    """Poll `probe` until it returns something truthy, within the soak test's remaining time."""
+    while True:
+        value = probe()
+        if value:
+            return value
+        if platform.left() <= 0:
+            pytest.fail(f"not within the soak test's {SOAK_SECONDS} s: {what}")
+        time.sleep(interval)
+
+
+def served_prices(platform: Platform, zone: str, day: date) -> tuple[dict[pd.Timestamp, float], str]:
+    """DA hourly prices the API serves for the zone's UTC day, and the response's cache verdict."""
+    response = httpx.get(
+        f"{platform.api_url}/api/v1/prices",
+        params={"zone": zone, "market": "DA", "from": f"{day}T00:00:00Z", "to": f"{day + timedelta(days=1)}T00:00:00Z"},
+        headers={"X-API-Key": platform.api_key},
+        timeout=30,
+    )
+    if response.status_code == 503:  # gold not built yet
+        return {}, "none"
+    assert response.status_code == 200, response.text
+    rows = {pd.Timestamp(r["ts_utc"]): r["price_avg"] for r in response.json()["data"]}
+    return rows, response.headers.get("x-cache", "")
+
+
+def table_version(database_url: str, table: str, day: date) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT version FROM ops.table_versions WHERE table_name = %s AND market_date = %s", (table, day)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def simulated_prices(first: date, day: date, zone: str) -> dict[pd.Timestamp, float]:
+    from ingestion.simulator.market import iter_market_days, simulated_zones
+
+    zones = [z for z in simulated_zones() if z.zone in ZONES]
+    days = (day - first).days + 1
+    market = list(iter_market_days(first, days, zones=zones, nodes_per_zone=1, seed=11))[-1]
+    prices = market.prices
+    prices = prices[(prices.zone == zone) & (prices.market == "DA") & prices.node.isna()]
+    ts = pd.to_datetime(prices.ts_utc, utc=True)
+    return {t: float(p) for t, p in zip(ts, prices.price, strict=True) if t.date() == day}
+
+
+def write_corrected_prices(first: date, landing: Path) -> None:
+    """A corrected price file for `first`: every DA price moved by `PRICE_CORRECTION`."""
+    from ingestion.simulator.market import iter_market_days, simulated_zones
+
+    zones = [z for z in simulated_zones() if z.zone in ZONES]
+    day = next(iter(iter_market_days(first, 1, zones=zones, nodes_per_zone=1, seed=11)))
+    corrected = day.prices.copy()
+    corrected.loc[corrected.market == "DA", "price"] += PRICE_CORRECTION
+    corrected["ts_utc"] = pd.to_datetime(corrected.ts_utc, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    tmp = landing / f".prices_{first}_corrected.csv.tmp"
+    corrected.to_csv(tmp, index=False)
+    os.replace(tmp, landing / f"prices_{first}_corrected.csv")
+
+
+def produce_invalid_bid(bootstrap: str) -> str:
+    """A trading-system change that silver's blocking bids check must stop: a bid of negative volume,
+    delivered tomorrow. The bid id."""
+    from ingestion.simulator.trading import KafkaEvent, produce_events, trading_events
+
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for event in trading_events(200, seed=99, start=now):
+        envelope = orjson.loads(event.value)
+        payload = envelope.get("payload", envelope)
+        after = payload.get("after") or {}
+        if event.topic.endswith(".bids") and payload.get("op") == "c":
+            bid_id = f"soak-negative-{int(time.time())}"
+            after.update(bid_id=bid_id, quantity_mw=-3.0)
+            bad = KafkaEvent(event.topic, orjson.dumps({"bid_id": bid_id}), orjson.dumps(envelope))
+            produce_events(bootstrap, iter([bad]), security={})
+            return bid_id
+    raise AssertionError("the simulator produced no bid")
+
+
+def test_the_platform_follows_files_ticks_and_bad_data_by_itself(platform: Platform) -> None:
+    first, second = platform.first, platform.first + timedelta(days=1)
+    zone = "PJM"
+    expected_first = simulated_prices(first, first, zone)
+
+    # 1. The day waiting at start reaches gold and the API by itself.
+    wait_for(platform, f"{first} served by the API", lambda: served_prices(platform, zone, first)[0])
+    served, _ = served_prices(platform, zone, first)
+    assert served == pytest.approx(expected_first)
+    # Read it once more: now it is a cache hit, the entry the correction must invalidate.
+    assert served_prices(platform, zone, first)[1] == "hit"
+    version_before = table_version(platform.database_url, "gold.fct_prices_hourly", first)
+    assert version_before >= 1, "the gold run bumped the day's version"
+
+    # 2. A new day and a correction of the first one land together; a bad bid arrives on Kafka.
+    from ingestion.simulator.files import write_landing_files
+    from ingestion.simulator.market import iter_market_days, simulated_zones
+
+    zones = [z for z in simulated_zones() if z.zone in ZONES]
+    for day in list(iter_market_days(first, 2, zones=zones, nodes_per_zone=1, seed=11))[1:]:
+        write_landing_files(day, platform.landing)
+    write_corrected_prices(first, platform.landing)
+    bad_bid = produce_invalid_bid(platform.bootstrap)
+
+    corrected = {ts: price + PRICE_CORRECTION for ts, price in expected_first.items()}
+    wait_for(
+        platform,
+        f"the corrected {first} served",
+        lambda: served_prices(platform, zone, first)[0] == pytest.approx(corrected),
+    )
+    assert table_version(platform.database_url, "gold.fct_prices_hourly", first) > version_before
+    expected_second = simulated_prices(first, second, zone)
+    wait_for(platform, f"the new day {second} served", lambda: served_prices(platform, zone, second)[0])
+    assert served_prices(platform, zone, second)[0] == pytest.approx(expected_second)
+
+    # 3. Ticks produced now are pushed to a minute-KPI subscriber within the target.
+    latency = asyncio.run(kpi_push_latency(platform, zone))
+    assert latency <= KPI_PUSH_TARGET_S, f"minute KPI pushed after {latency:.1f} s"
+
+    # 4. The blocking bids check failed on the bad bid: its alert reached both channels, once.
+    wait_for(platform, "the bids check alert at the webhook", lambda: platform.webhook.about("trading__bids"), 1)
+    wait_for(platform, "the bids check alert by e-mail", lambda: platform.inbox.about("trading__bids"), 1)
+    with psycopg.connect(platform.database_url) as conn:
+        alert = conn.execute(
+            """SELECT kind, severity, resolved_at FROM ops.alerts
+               WHERE kind = 'check_failure' AND dedup_key LIKE '%%trading__bids%%'"""
+        ).fetchone()
+    assert alert is not None and alert[2] is None, f"open check alert for the bad bid {bad_bid}"
+
+    # 5. The daemon recorded freshness for the gold facts.
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(platform.dagster_home)
+    key = dg.AssetKey(["gold", "fct_prices_hourly"])
+    with dg.DagsterInstance.from_config(str(platform.dagster_home)) as instance:
+        states = wait_for(
+            platform, "a freshness state of gold/fct_prices_hourly", lambda: instance.get_freshness_state_records([key])
+        )
+    assert str(getattr(states[key].freshness_state, "value", states[key].freshness_state)) == "PASS"
+
+
+async def kpi_push_latency(platform: Platform, zone: str) -> float:
+    """Seconds from producing a zone tick for the current 5-minute interval to its minute KPI arriving."""
+    import websockets
+
+    from ingestion.simulator.trading import TICKS_TOPIC, ZONES_BY_CODE, KafkaEvent, produce_events
+
+    interval = datetime.now(UTC).replace(second=0, microsecond=0)
+    interval -= timedelta(minutes=interval.minute % 5)
+    price = 55.5
+    url = (
+        f"ws://{platform.api_url.removeprefix('http://')}/api/v1/ws/kpis/price_avg"
+        f"?zone={zone}&grain=minute&api_key={quote(platform.api_key)}"
+    )
+    async with websockets.connect(url) as ws:
+        tick = {
+            "zone": zone,
+            "node": None,
+            "ts_utc": interval.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "market": "RT",
+            "interval_minutes": 5,
+            "price": price,
+            "currency": ZONES_BY_CODE[zone].currency,
+        }
+        sent = time.monotonic()
+        await asyncio.to_thread(
+            produce_events,
+            platform.bootstrap,
+            iter([KafkaEvent(TICKS_TOPIC, f"{zone}|".encode(), orjson.dumps(tick))]),
+            security={},
+        )
+        while time.monotonic() - sent < min(KPI_PUSH_TARGET_S * 2, max(platform.left(), 1)):
+            try:
+                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
+            except TimeoutError:
+                continue
+            if message.get("type") != "kpi_values":
+                continue
+            values = {pd.Timestamp(v["period_start"]): v["value"] for v in message["values"]}
+            if values.get(pd.Timestamp(interval)) == pytest.approx(price):
+                return time.monotonic() - sent
+    pytest.fail("no minute KPI pushed for the produced tick")
