@@ -125,12 +125,16 @@ def gold_dbt_unpartitioned(
 ) -> Iterator[Any]:
     """Staging views, dimensions and seeds: rebuilt whole, they are small.
 
-    Cautious indirect selection: a test with a parent outside this run (the relationship tests of the
-    partitioned facts on the dimensions, the KPI catalog's singular test on `kpi_values`) belongs to the
-    partitioned run; run here, it would fail on a fresh warehouse where the facts do not exist yet.
+    A test with a parent outside this asset (the relationship tests of the partitioned facts on the
+    dimensions, the KPI catalog's singular test on `kpi_values`) belongs to the partitioned run: on a fresh
+    warehouse the facts do not exist yet. The whole asset excludes the partitioned models, and eager indirect
+    selection drops their tests with them; a subset selects models by name, where only cautious indirect
+    selection leaves those tests out.
     """
     export_dbt_env(warehouse.url)
-    yield from dbt.cli(["build", "--indirect-selection", "cautious"], context=context).stream()
+    subset = set(context.selected_asset_keys) != set(context.assets_def.keys)
+    args = ["build", "--indirect-selection", "cautious"] if subset else ["build"]
+    yield from dbt.cli(args, context=context).stream()
 
 
 @dbt_assets(

@@ -7,11 +7,12 @@ monitoring modules do the work.
 
 import math
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import psycopg
 from pydantic import Field
 
 from infra.settings import get_settings
@@ -452,60 +453,79 @@ def drift_share_below_threshold(context: dg.AssetCheckExecutionContext) -> dg.As
     key=["gold", "anomalies"],
     group_name="ml",
     partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[PRICES, LOAD, FORECASTS],
     automation_condition=automation.day_partitions(),
     description="Price and load spikes and level shifts per zone and market day (replaced per day); rebuilt "
     "whenever the day's facts or forecasts change.",
 )
 def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    first, end = window.start.date(), window.end.date()
+    days = [first + timedelta(days=i) for i in range((end - first).days)]
+    rows_by_day: dict[str, int] = {}
+    methods: dict[str, str] = {}
+    flagged: list[pd.DataFrame] = []
+    with warehouse.connect() as conn:
+        for day in days:
+            written, gold, day_methods = _replace_anomalies_of_day(context, conn, day)
+            rows_by_day[day.isoformat()] = written
+            methods.update(day_methods)
+            flagged.append(gold)
+    every = pd.concat(flagged, ignore_index=True)
+    counts = {f"{t}/{k}": int(n) for (t, k), n in every.groupby(["target", "kind"]).size().items()}
+    preview = every.drop(columns="market_date").head(20)
+    return dg.MaterializeResult(
+        metadata={
+            "market_dates": dg.MetadataValue.text(f"{days[0]} .. {days[-1]}"),
+            "rows": dg.MetadataValue.int(sum(rows_by_day.values())),
+            "rows_per_day": dg.MetadataValue.json(rows_by_day),
+            "by_kind": dg.MetadataValue.json(counts),
+            "methods": dg.MetadataValue.json(methods),
+            "preview": dg.MetadataValue.md(_md_table(preview)),
+        }
+    )
+
+
+def _replace_anomalies_of_day(
+    context: dg.AssetExecutionContext, conn: psycopg.Connection, day: date
+) -> tuple[int, pd.DataFrame, dict[str, str]]:
+    """Detect the day's anomalies and replace them in gold.anomalies: (rows written, rows, method per series)."""
     from ml.monitoring.anomalies import detect_anomalies
 
-    day = date.fromisoformat(context.partition_key)
     day_ts = pd.Timestamp(day)
     # A week of baseline before the day, and a day after it for level shifts (confirmed a day late).
     start = day_ts.tz_localize("UTC") - pd.Timedelta(days=9)
     end = day_ts.tz_localize("UTC") + pd.Timedelta(days=2)
     found, methods = [], {}
-    with warehouse.connect() as conn:
-        tzs = wh.zone_timezones(conn)
-        for target in wh.TARGETS:
-            try:
-                frame = wh.fact_frame(conn, target, start, end)
-            except wh.MissingFactsError as exc:
-                context.log.warning(str(exc))
-                continue
-            stored = wh.stored_forecasts(conn, target, start, end)
-            for zone in sorted(frame[ID_COL].unique()):
-                hours = local_day_hours_utc(day_ts, tzs.get(zone, "UTC"))
-                rows = frame[frame[ID_COL] == zone]
-                fc = stored[stored[ID_COL] == zone]
-                # Forecast residuals are the better signal, but only when forecasts cover the whole window.
-                use_fc = not fc.empty and rows[TIME_COL].isin(fc[TIME_COL]).all()
-                flagged = detect_anomalies(
-                    rows,
-                    fc.assign(model="published") if use_fc else None,
-                    model="published" if use_fc else None,
-                )
-                methods[f"{zone}/{target}"] = "forecast residual" if use_fc else "deseasonalised"
-                flagged = flagged[flagged[TIME_COL].isin(hours)]
-                if not flagged.empty:
-                    found.append(flagged.assign(target=target))
-        out = (
-            pd.concat(found, ignore_index=True)
-            if found
-            else pd.DataFrame(
-                columns=["unique_id", "ds", "kind", "value", "expected", "score", "method", "target"]
+    tzs = wh.zone_timezones(conn)
+    for target in wh.TARGETS:
+        try:
+            frame = wh.fact_frame(conn, target, start, end)
+        except wh.MissingFactsError as exc:
+            context.log.warning(str(exc))
+            continue
+        stored = wh.stored_forecasts(conn, target, start, end)
+        for zone in sorted(frame[ID_COL].unique()):
+            hours = local_day_hours_utc(day_ts, tzs.get(zone, "UTC"))
+            rows = frame[frame[ID_COL] == zone]
+            fc = stored[stored[ID_COL] == zone]
+            # Forecast residuals are the better signal, but only when forecasts cover the whole window.
+            use_fc = not fc.empty and rows[TIME_COL].isin(fc[TIME_COL]).all()
+            flagged = detect_anomalies(
+                rows,
+                fc.assign(model="published") if use_fc else None,
+                model="published" if use_fc else None,
             )
-        )
-        gold = out.rename(columns={ID_COL: "zone", TIME_COL: "ts_utc"}).assign(market_date=day)
-        written = wh.replace_anomalies(conn, day, wh.TARGETS, gold)
-    counts = out.groupby(["target", "kind"]).size() if not out.empty else pd.Series(dtype=int)
-    return dg.MaterializeResult(
-        metadata={
-            "market_date": dg.MetadataValue.text(str(day)),
-            "rows": dg.MetadataValue.int(written),
-            "by_kind": dg.MetadataValue.json({f"{t}/{k}": int(n) for (t, k), n in counts.items()}),
-            "methods": dg.MetadataValue.json(methods),
-            "preview": dg.MetadataValue.md(_md_table(gold.drop(columns="market_date").head(20))),
-        }
+            methods[f"{zone}/{target}"] = "forecast residual" if use_fc else "deseasonalised"
+            flagged = flagged[flagged[TIME_COL].isin(hours)]
+            if not flagged.empty:
+                found.append(flagged.assign(target=target))
+    out = (
+        pd.concat(found, ignore_index=True)
+        if found
+        else pd.DataFrame(columns=["unique_id", "ds", "kind", "value", "expected", "score", "method", "target"])
     )
+    gold = out.rename(columns={ID_COL: "zone", TIME_COL: "ts_utc"}).assign(market_date=day)
+    written = wh.replace_anomalies(conn, day, wh.TARGETS, gold)
+    return written, gold, methods

@@ -150,14 +150,14 @@ class Settings(BaseSettings):
     )
 
     # --- area-specific settings (helpers append below, one field per line group) --------------
-    # files (issue 4): where uploaded files are kept between receiving and processing
+    # files: where uploaded files are kept between receiving and processing
     uploads_dir: Path | None = Field(
         default=None,
         validation_alias="OPTIBID_UPLOADS_DIR",
         description="Where received upload files are kept (content-addressed by sha256); default <home>/uploads.",
     )
 
-    # cdc (issue 3): when the sensor starts a bronze CDC run, and how many dead letters fail the check
+    # cdc: when the sensor starts a bronze CDC run, and how many dead letters fail the check
     cdc_lag_threshold: int = Field(
         default=10_000,
         validation_alias="OPTIBID_CDC_LAG_THRESHOLD",
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         description="Share of a run's events that may be dead-lettered before the CDC asset check fails.",
     )
 
-    # ml (issue 6): drift share (drifted columns / columns, per zone) above which the drift check warns
+    # ml: drift share (drifted columns / columns, per zone) above which the drift check warns
     drift_share_warn_threshold: float = Field(
         default=0.5,
         validation_alias="OPTIBID_DRIFT_SHARE_WARN_THRESHOLD",
@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         validation_alias="OPTIBID_SENSOR_INTERVAL_SECONDS",
         description="How often the daemon looks for new data and evaluates the automation and the alerts (s).",
     )
-    # automation (issue 13): how long before each market's day-ahead gate closure forecasts and
+    # automation: how long before each market's day-ahead gate closure forecasts and
     # optimizations for tomorrow run (ml/optimization/gate_closures.py has the closures)
     gate_closure_lead_minutes: int = Field(
         default=120,
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
         "optimizations run.",
     )
 
-    # demo (issue 13): where the Dagster webserver listens, and the live load `optibid demo` keeps producing
+    # demo: where the Dagster webserver listens, and the live load `optibid demo` keeps producing
     dagster_host: str = Field(default="127.0.0.1", validation_alias="OPTIBID_DAGSTER_HOST")
     dagster_port: int = Field(default=3000, validation_alias="OPTIBID_DAGSTER_PORT")
     demo_file_interval_seconds: float = Field(
@@ -213,7 +213,7 @@ class Settings(BaseSettings):
         description="Trading-system change events per second that the running demo produces to Kafka.",
     )
 
-    # alerts (issue 13): where infra/alerts.py delivers alert and resolution notices
+    # alerts: where infra/alerts.py delivers alert and resolution notices
     alert_webhook_urls: list[SecretStr] = Field(
         default_factory=list,
         validation_alias="OPTIBID_ALERT_WEBHOOK_URLS",

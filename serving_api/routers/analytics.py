@@ -1,4 +1,4 @@
-"""ClickHouse analytics (issue 9) and the semantic description of the gold layer.
+"""ClickHouse analytics and the semantic description of the gold layer.
 
 The queries are `ingestion.bi.analytics` (values bound as parameters, identifiers from the registry); bad
 parameters are 422 (FastAPI bounds) or 400 (`AnalyticsInputError`), an unreachable or unconfigured ClickHouse

@@ -1,4 +1,4 @@
-"""File uploads of the caller's organization (issue 4's API door onto `ingestion.files.service`).
+"""File uploads of the caller's organization (the API door onto `ingestion.files.service`).
 
 `POST /uploads` streams the multipart body straight to a spool file under the uploads directory while
 counting bytes, so memory stays flat and an oversized body is cut off with 413 at the limit (earlier still
