@@ -35,7 +35,6 @@ from orchestration.resources import WarehouseResource
 
 PARTITIONED_SELECTION = "tag:partitioned"
 # One dbt build at a time: concurrent window rebuilds of the same tables would only wait on each other's locks.
-DBT_POOL = "dbt"
 
 gold_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 # `make install` parses the project once; re-parse here only when a model, seed or macro is newer than the
@@ -118,7 +117,6 @@ gold_translator = GoldDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
     dagster_dbt_translator=gold_translator,
     exclude=PARTITIONED_SELECTION,
     name="gold_dbt_unpartitioned",
-    pool=DBT_POOL,
 )
 def gold_dbt_unpartitioned(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
@@ -145,7 +143,6 @@ def gold_dbt_unpartitioned(
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     name="gold_dbt_partitioned",
-    pool=DBT_POOL,
 )
 def gold_dbt_partitioned(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource

@@ -5,8 +5,8 @@ of many days is a single run over the whole window. The trading tables follow br
 watermark per bronze table), so they are not partitioned. The library code is `ingestion/silver/`.
 
 Automation: a market day is rebuilt when a landing run records it in `["bronze", "market_days"]` (any age),
-today and yesterday when ticks land (the tick table carries no day), and each new day once; the trading
-tables follow every CDC batch.
+today and yesterday when ticks land (the tick table carries no day); the trading tables follow every CDC
+batch once their bronze tables exist.
 """
 
 
@@ -109,7 +109,7 @@ def _trading_asset(entity: str) -> dg.AssetsDefinition:
                 kinds={"spark", "postgres"},
                 description=f"Current state of each {entity} row (deleted rows absent).",
                 deps=[bronze],
-                automation_condition=automation.unpartitioned(),
+                automation_condition=automation.unpartitioned(require_parents=True),
             ),
             dg.AssetSpec(
                 ["silver", f"{table}_history"],
@@ -117,7 +117,7 @@ def _trading_asset(entity: str) -> dg.AssetsDefinition:
                 kinds={"spark", "postgres"},
                 description=f"SCD-2 history of {entity}: valid_from, valid_to, is_current, op.",
                 deps=[bronze],
-                automation_condition=automation.unpartitioned(),
+                automation_condition=automation.unpartitioned(require_parents=True),
             ),
         ],
         pool=SPARK_POOL,

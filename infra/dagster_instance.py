@@ -15,7 +15,7 @@ from pathlib import Path
 
 from infra.settings import Settings
 
-MAX_CONCURRENT_RUNS = 2
+MAX_CONCURRENT_RUNS = 3
 POOL_LIMIT = 1
 
 DAGSTER_YAML = f"""\
@@ -26,9 +26,9 @@ storage:
       env: OPTIBID_DATABASE_URL
 concurrency:
   runs:
-    max_concurrent_runs: {MAX_CONCURRENT_RUNS}  # two cores: more concurrent Spark/dbt runs would only thrash
+    max_concurrent_runs: {MAX_CONCURRENT_RUNS}  # one Spark run (its pool), the rest dbt and Python runs
   pools:
-    default_limit: {POOL_LIMIT}  # spark, dbt, clickhouse_export: one run of each at a time
+    default_limit: {POOL_LIMIT}  # spark, clickhouse_export: one run of each at a time
     granularity: run
 run_monitoring:
   enabled: true

@@ -7,7 +7,7 @@ backfill, which the assets' single-run backfill policy turns into one Spark run 
 
 - Day partitions (silver market, gold facts and KPIs, anomalies, ClickHouse exports) follow their own
   upstream day partitions at any age (a corrected day from weeks ago is rebuilt, and only that day), fill
-  in partitions whose upstream days exist but which were never built, and start each new day. Updates of
+  in partitions whose upstream days exist but which were never built (a day without data waits for it). Updates of
   unpartitioned parents (trading state, dimensions, the bronze tables themselves) rebuild only the last
   `RECENT_DAYS` days: they carry no day, and rebuilding the whole history on every CDC batch would never end.
 - Delivery-day assets (forecasts, optimizations) build tomorrow's partition a lead time before each
@@ -68,11 +68,8 @@ def day_partitions(
         same_day = same_day.ignore(unpartitioned_deps)
     any_parent = AC.any_deps_updated() if recent_deps is None else AC.any_deps_updated().allow(recent_deps)
     recent = AC.in_latest_time_window(timedelta(days=RECENT_DAYS)) & any_parent
-    new_day = AC.in_latest_time_window() & AC.newly_missing()
     changed = (
-        same_day.with_label("day_partition_updated")
-        | recent.with_label("unpartitioned_parent_updated_recent_days")
-        | new_day.with_label("new_day")
+        same_day.with_label("day_partition_updated") | recent.with_label("unpartitioned_parent_updated_recent_days")
     ).since_last_handled()
     return (
         (changed | _fill_missing(unpartitioned_deps))
@@ -81,13 +78,18 @@ def day_partitions(
     ).with_label("day_partitions")
 
 
-def unpartitioned() -> dg.AutomationCondition:
+def unpartitioned(require_parents: bool = False) -> dg.AutomationCondition:
     """Eager on any parent update (any day of a partitioned parent), and built once when missing.
 
-    `eager()` minus its missing-parents guard: a partitioned parent always has missing (empty) days.
+    `eager()` minus its missing-parents guard: a partitioned parent always has missing (empty) days. With
+    `require_parents` (parents without partitions, like the bronze CDC tables), nothing is built before every
+    parent exists: an empty Spark build would only hold up the runs that have data.
     """
     eager = AC.eager().without(~AC.any_deps_missing())
-    return (eager | (AC.missing() & ~AC.in_progress() & ~AC.execution_failed())).with_label("unpartitioned")
+    condition = eager | (AC.missing() & ~AC.in_progress() & ~AC.execution_failed())
+    if require_parents:
+        condition = condition & ~AC.any_deps_missing()
+    return condition.with_label("unpartitioned")
 
 
 def gate_closure_crons() -> list[tuple[str, str]]:

@@ -91,7 +91,7 @@ def test_spark_assets_share_a_pool_and_the_instance_limits_it() -> None:
 
     assert silver_market.op.pool == "spark" and silver_trading_bids.op.pool == "spark"
     config = yaml.safe_load(DAGSTER_YAML)["concurrency"]
-    assert config["runs"]["max_concurrent_runs"] == 2
+    assert config["runs"]["max_concurrent_runs"] == 3
     assert config["pools"] == {"default_limit": 1, "granularity": "run"}
 
 
