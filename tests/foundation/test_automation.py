@@ -50,7 +50,8 @@ def test_every_asset_after_bronze_has_an_automation_condition(asset_graph) -> No
     keys = _materializable_after_bronze(asset_graph)
     assert len(keys) > 40  # silver, gold, ML, optimization, exports
     missing = [k.to_user_string() for k in keys if asset_graph.get(k).automation_condition is None]
-    from assets.exports import GROUP as EXPORTS, clickhouse_configured
+    from assets.exports import GROUP as EXPORTS
+    from assets.exports import clickhouse_configured
 
     if not clickhouse_configured():  # exports run only by hand where no ClickHouse is installed or configured
         missing = [k for k in missing if asset_graph.get(dg.AssetKey.from_user_string(k)).group_name != EXPORTS]
