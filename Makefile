@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format services-up services-down dbt-parse bench clean
+.PHONY: install demo test soak lint format services-up services-down dbt-parse bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: install
 # A private --basetemp: pytest prunes old numbered temp dirs, which must never be another run's live Postgres.
 test: install
 	$(BIN)/python -m pytest --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
+
+# The platform running itself (daemon, API, follow consumer) on the test services: up to 20 minutes.
+soak: install
+	$(BIN)/python -m pytest -m soak tests/platform --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 lint: install
 	$(BIN)/ruff check .

@@ -244,6 +244,7 @@ def correct_invalid_bid(bootstrap: str, bad: dict) -> None:
     produce_events(bootstrap, iter([KafkaEvent(bad["topic"], key, orjson.dumps(payload))]), security={})
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(SOAK_SECONDS + 300)  # the platform's start and stop come on top of the soak itself
 def test_the_platform_follows_files_ticks_and_bad_data_by_itself(platform: Platform) -> None:
     first, second = platform.first, platform.first + timedelta(days=1)
