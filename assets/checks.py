@@ -7,17 +7,22 @@ and validation live in `expectations/`.
 """
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from expectations.runner import SuiteOutcome
-from expectations.warehouse import validate_deliveries, validate_partition
 from infra.settings import get_settings
 from orchestration.partitions import daily_partitions
 from orchestration.resources import WarehouseResource
 
+if TYPE_CHECKING:
+    from expectations.runner import SuiteOutcome
 
-def _check_result(outcome: SuiteOutcome, **extra: dg.MetadataValue) -> dg.AssetCheckResult:
+# Great Expectations is imported inside the checks, not here: it takes ~7 s of CPU to import, and every
+# Dagster run process (and the code server) loads this module whether or not its run evaluates a suite.
+
+
+def _check_result(outcome: "SuiteOutcome", **extra: dg.MetadataValue) -> dg.AssetCheckResult:
     meta = outcome.as_metadata()
     return dg.AssetCheckResult(
         passed=outcome.success,
@@ -56,6 +61,8 @@ def _make_check(table: str) -> dg.AssetChecksDefinition:
         description=f"Great Expectations suite of {table} on the run's partition window.",
     )
     def _check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        from expectations.warehouse import validate_partition
+
         window = context.partition_time_window
         min_date = window.start.date()
         max_date = (window.end - timedelta(days=1)).date()
@@ -94,6 +101,8 @@ def _make_trading_check(table: str) -> dg.AssetChecksDefinition:
         ),
     )
     def _check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        from expectations.warehouse import validate_deliveries
+
         today = datetime.now(UTC).date()
         first, last = today - timedelta(days=TRADING_DAYS_BACK), today + timedelta(days=TRADING_DAYS_AHEAD)
         outcome = validate_deliveries(

@@ -34,7 +34,6 @@ from orchestration.partitions import daily_partitions
 from orchestration.resources import WarehouseResource
 
 PARTITIONED_SELECTION = "tag:partitioned"
-# One dbt build at a time: concurrent window rebuilds of the same tables would only wait on each other's locks.
 
 gold_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 # `make install` parses the project once; re-parse here only when a model, seed or macro is newer than the
@@ -126,13 +125,18 @@ def gold_dbt_unpartitioned(
     A test with a parent outside this asset (the relationship tests of the partitioned facts on the
     dimensions, the KPI catalog's singular test on `kpi_values`) belongs to the partitioned run: on a fresh
     warehouse the facts do not exist yet. The whole asset excludes the partitioned models, and eager indirect
-    selection drops their tests with them; a subset selects models by name, where only cautious indirect
-    selection leaves those tests out.
+    selection drops their tests with them; a subset selects models by name (`_build_args`).
     """
     export_dbt_env(warehouse.url)
-    subset = set(context.selected_asset_keys) != set(context.assets_def.keys)
-    args = ["build", "--indirect-selection", "cautious"] if subset else ["build"]
-    yield from dbt.cli(args, context=context).stream()
+    yield from dbt.cli(_build_args(context), context=context).stream()
+
+
+def _build_args(context: dg.AssetExecutionContext, *extra: str) -> list[str]:
+    """`dbt build`, with cautious indirect selection in a subset run: a test that also reads a model outside
+    the run (a relationship to a fact, a singular test over several facts) may read a table that does not
+    exist yet, and belongs to the run that builds its last parent."""
+    # In a subset run `context.assets_def` is already the subset: only Dagster knows it is one.
+    return ["build", *extra, *(["--indirect-selection", "cautious"] if context.is_subset else [])]
 
 
 @dbt_assets(
@@ -156,7 +160,7 @@ def gold_dbt_partitioned(
     first, last = window.start.date(), (window.end - timedelta(days=1)).date()
     dbt_vars = {"min_date": first.isoformat(), "max_date": last.isoformat()}
     export_dbt_env(warehouse.url)
-    for event in dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream():
+    for event in dbt.cli(_build_args(context, "--vars", json.dumps(dbt_vars)), context=context).stream():
         yield event
         if isinstance(event, dg.Output | dg.AssetMaterialization):
             model = _model_of(context, event)

@@ -193,7 +193,7 @@ def _mount_area_commands() -> None:
 
 @app.command("demo")
 def demo(
-    days: Annotated[int, typer.Option(min=1, help="Days of simulated market history before today.")] = 7,
+    days: Annotated[int, typer.Option(min=1, help="Days of simulated market history, today included.")] = 7,
     until_fresh: Annotated[
         bool, typer.Option(help="Stop everything and exit once the platform is fresh (CI, automation).")
     ] = False,

@@ -3,10 +3,10 @@
 The storage URL is read by Dagster from the `OPTIBID_DATABASE_URL` variable at run time (never written to
 disk), so a password in the URL stays in the environment.
 
-Concurrency keeps the two-core default responsive: at most two runs at once, and one run per pool at a
-time (`spark` for the silver Spark jobs, `dbt` for gold builds, `clickhouse_export` for the exports), so the
-automation's runs queue instead of thrashing. Each queued run waits for its pool as a whole (run
-granularity): a backfill of 30 days is one run holding one slot.
+Concurrency keeps the two-core default responsive: at most three runs at once, and one run per pool at a
+time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the automation's runs
+queue instead of thrashing. Each queued run waits for its pool as a whole (run granularity): a backfill of
+30 days is one run holding one slot.
 """
 
 from __future__ import annotations

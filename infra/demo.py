@@ -35,11 +35,16 @@ DAY_AHEAD_ASSETS = (
     ("optimization", ("gold", "unit_commitment")),
 )
 MAX_RESTARTS = 5
+DEMO_SENSOR_INTERVAL_SECONDS = 15
 
 
 def demo_window(days: int, today: date | None = None) -> tuple[date, date]:
-    """The simulated window: the `days` full days before today (first, last inclusive)."""
-    last = (today or date.today()) - timedelta(days=1)
+    """The simulated window: `days` full market days up to and including today (first, last inclusive).
+
+    Today is simulated whole, as a day-ahead market knows it: its day-ahead prices were published yesterday,
+    and tomorrow's forecasts (hence the optimizations) need every hour of it. The live feed then re-delivers
+    today's hours as they pass."""
+    last = today or date.today()
     return last - timedelta(days=days - 1), last
 
 
@@ -281,6 +286,10 @@ def run_demo(
         # Partitions start with the simulated history: from the 2024 default, the automation would first
         # fill hundreds of empty days.
         env = {**env, "OPTIBID_PARTITION_START": demo_history_start(settings, days).isoformat()}
+    if "sensor_interval_seconds" not in settings.model_fields_set:
+        # Each layer starts at the automation sensor's next tick after its parents: a demo someone watches
+        # looks twice as often as the default (a tick costs the daemon 3-5 s of CPU).
+        env = {**env, "OPTIBID_SENSOR_INTERVAL_SECONDS": str(DEMO_SENSOR_INTERVAL_SECONDS)}
     instance = dg.DagsterInstance.get()
     orphans = end_orphaned_runs(instance)
     if orphans:
@@ -326,7 +335,6 @@ def run_demo(
                 ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], default_topics(), security=security)
                 platform.start()
                 simulator.history_start = history.history_start
-                simulator.start_stream()
                 platform.wait_until_serving()
             except PlatformError as exc:
                 console.print(f"[bold red]error:[/] {exc}")
@@ -352,8 +360,10 @@ def run_demo(
                 code = 1
             if until_fresh:
                 return code
-            # New market files only after the first fresh moment: each drop starts landing, silver and gold
-            # runs, and a drop every few minutes would otherwise keep "runs in progress" from ever reaching 0.
+            # The live feed starts after the first fresh moment: on two cores, the catch-up of the history
+            # goes first. Each file drop starts landing, silver and gold runs, and trading changes rebuild
+            # trading silver and gold, which would otherwise keep "runs in progress" from ever reaching 0.
+            simulator.start_stream()
             simulator.start_files()
             console.print(
                 f"live: {settings.demo_ticks_per_second:g} ticks/s per zone, "
@@ -364,6 +374,9 @@ def run_demo(
     except KeyboardInterrupt:
         console.print("\nstopping…")
     finally:
+        # A second Ctrl-C (or a SIGINT sent to the whole process group) must not cut the stop short: it would
+        # leave the children running, holding the ports the next demo needs.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopped = platform.stop()
         simulator.stop()
         if stopped:

@@ -7,6 +7,10 @@ process of its own that the demo can watch and restart without taking the UI dow
 `infra/deploy/` runs it. Both talk to one shared `dagster code-server`, as `dagster dev` does: loading the
 definitions costs ~15 s of CPU, and loading them once instead of twice matters on a 2-core machine.
 
+Spark runs as one long-lived Spark Connect server (`start-connect-server.sh`, shipped in the pyspark wheel)
+unless `SPARK_REMOTE` or `SPARK_MASTER` already point at a cluster: every silver run then opens a session on
+it in under a second instead of starting its own JVM (~15 s, and as much CPU, per run on two cores).
+
 Every child gets its own session (process group): Ctrl-C in the terminal reaches only the parent, which
 then stops the children one by one (`stop`), and a child's own subprocesses (Dagster runs, code servers)
 go with it. Used by `optibid demo` and by tests that need the platform running with their own
@@ -34,7 +38,7 @@ DEFINITIONS_MODULE = "orchestration.definitions"
 CODE_LOCATION = "optibid"
 # Stop order: first what starts new work (UI launches, daemon ticks), then the API and consumer, and the
 # code server last because the other two talk to it.
-STOP_ORDER = ("webserver", "daemon", "api", "cdc_follow", "code_server")
+STOP_ORDER = ("webserver", "daemon", "api", "cdc_follow", "code_server", "spark_connect")
 
 
 class PlatformError(RuntimeError):
@@ -48,6 +52,7 @@ class PlatformProcess:
     log_path: Path
     popen: subprocess.Popen | None = None
     restarts: int = 0
+    env: Mapping[str, str] | None = None  # its own environment, else the platform's
 
     @property
     def running(self) -> bool:
@@ -76,11 +81,15 @@ class PlatformProcesses:
     api_port: int = 8000
     api: bool = True
     cdc_follow: bool = True
+    # Start a Spark Connect server for the runs (unless the environment names a Spark cluster already).
+    spark_connect: bool = True
+    spark_driver_memory: str = "2g"
     cwd: Path | None = None
     python: str = sys.executable
     stop_timeout: float = 30.0
     processes: dict[str, PlatformProcess] = field(default_factory=dict)
     _grpc_port: int = 0
+    _spark_port: int = 0
 
     @property
     def dagster_url(self) -> str:
@@ -111,6 +120,7 @@ class PlatformProcesses:
             if not _port_free(host, port):
                 raise PlatformError(f"{host}:{port} ({what}) is already in use: is another OptiBid platform running?")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._start_spark_connect()
         self._grpc_port = free_port()
         (self.dagster_home / "workspace.yaml").write_text(
             "# Written by `optibid demo`: the webserver and the daemon share one code server.\n"
@@ -136,6 +146,47 @@ class PlatformProcesses:
             ],
         )
         self._start("code_server")
+
+    @property
+    def spark_remote(self) -> str | None:
+        """The Spark Connect URL the runs use, when this platform started the server."""
+        return f"sc://127.0.0.1:{self._spark_port}" if self._spark_port else None
+
+    def _start_spark_connect(self) -> None:
+        if not self.spark_connect or self.env.get("SPARK_REMOTE") or self.env.get("SPARK_MASTER"):
+            return
+        import pyspark
+
+        spark_home = Path(pyspark.__file__).parent
+        self._spark_port = free_port()
+        self._add(
+            "spark_connect",
+            [
+                str(spark_home / "sbin" / "start-connect-server.sh"),
+                "--wait",  # stay in the foreground, a child like the others
+                "--master",
+                "local[*]",
+                "--driver-memory",
+                self.spark_driver_memory,
+                "--conf",
+                "spark.connect.grpc.binding.address=127.0.0.1",
+                "--conf",
+                f"spark.connect.grpc.binding.port={self._spark_port}",
+                "--conf",
+                "spark.ui.enabled=false",
+                "--conf",
+                f"spark.sql.warehouse.dir={self.log_dir.parent / 'spark-warehouse'}",
+            ],
+        )
+        self.processes["spark_connect"].env = {
+            **self.env,
+            # The server's Python workers run the silver code: this environment's interpreter.
+            "PYSPARK_PYTHON": self.env.get("PYSPARK_PYTHON", self.python),
+            "SPARK_HOME": str(spark_home),
+        }
+        self._start("spark_connect")
+        # Every other child (the code server, hence every run) opens its sessions on this server.
+        self.env = {**self.env, "SPARK_REMOTE": self.spark_remote}
 
     def start(self) -> None:
         """Start every process (the code server first, unless `start_code_server` already did); returns
@@ -173,13 +224,15 @@ class PlatformProcesses:
             )
         if self.cdc_follow:
             self._add("cdc_follow", [self.python, "-m", "ingestion.cdc.cli", "--follow"])
-        for name in self.processes:
-            if name != "code_server":
+        for name, proc in self.processes.items():
+            if proc.popen is None:
                 self._start(name)
 
     def wait_until_serving(self, timeout: float = 180.0) -> None:
         """Block until the Dagster UI answers (and the API, when started); `PlatformError` if one dies."""
         self._wait_for(lambda: _answers(f"{self.dagster_url}/server_info"), "webserver", timeout)
+        if self._spark_port:
+            self._wait_for(lambda: not _port_free("127.0.0.1", self._spark_port), "spark_connect", timeout)
         if self.api:
             self._wait_for(lambda: _answers(f"{self.api_url}/healthz"), "api", timeout)
 
@@ -227,7 +280,7 @@ class PlatformProcesses:
         with open(proc.log_path, "ab") as log:
             proc.popen = subprocess.Popen(
                 proc.argv,
-                env=dict(self.env),
+                env=dict(self.env if proc.env is None else proc.env),
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # --- API ------------------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", validation_alias="OPTIBID_API_HOST")
     api_port: int = Field(default=8000, validation_alias="OPTIBID_API_PORT")
+    api_database_url: str | None = Field(
+        default=None,
+        validation_alias="OPTIBID_API_DATABASE_URL",
+        description="PostgreSQL URL the API serves requests with: a login that may only become optibid_api "
+        "(infra/sql/130_api_login.sql), not the tables' owner; unset = OPTIBID_DATABASE_URL with SET ROLE.",
+    )
     jwt_secret: SecretStr | None = Field(
         default=None,
         validation_alias="OPTIBID_JWT_SECRET",

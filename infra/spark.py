@@ -12,6 +12,8 @@ import threading
 
 from pyspark.sql import SparkSession
 
+from infra.settings import get_settings
+
 _lock = threading.Lock()
 
 
@@ -22,14 +24,22 @@ def spark_session(master: str = "local[*]", remote: str | None = None, app_name:
         # psycopg, not whichever `python3` is first on PATH; pyspark takes that choice only from the
         # environment, at context start. An explicit PYSPARK_PYTHON (a cluster's own) is kept.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # pyspark itself reads SPARK_REMOTE and refuses a master beside it.
+        remote = remote or get_settings().spark_remote
         builder = SparkSession.builder.appName(app_name)
-        builder = builder.remote(remote) if remote else builder.master(master)
+        if remote:
+            # A Connect server owns its driver: only session (SQL) settings can be set from here.
+            builder = builder.remote(remote)
+        else:
+            builder = (
+                builder.master(master)
+                .config("spark.ui.enabled", "false")
+                .config("spark.driver.memory", "2g")
+            )
         return (
             builder.config("spark.sql.session.timeZone", "UTC")
             # Few cores locally: 200 shuffle partitions would be 200 tiny tasks per stage.
             .config("spark.sql.shuffle.partitions", "8")
-            .config("spark.ui.enabled", "false")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .config("spark.driver.memory", "2g")
             .getOrCreate()
         )

@@ -46,22 +46,34 @@ def _settings_timezone() -> str:
     return get_settings().market_timezone
 
 
-def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
-    """Never built, every (day-mapped) parent exists, and the last attempt did not fail (no retry loops)."""
+def _deps_present(optional_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """Every parent (partition) exists, but `optional_deps`."""
     deps_present = ~AC.any_deps_missing()
-    if unpartitioned_deps is not None:
-        deps_present = deps_present.ignore(unpartitioned_deps)
-    return (AC.missing() & deps_present & ~AC.execution_failed()).with_label("fill_missing")
+    if optional_deps is not None:
+        deps_present = deps_present.ignore(optional_deps)
+    return deps_present.with_label("parents_exist")
+
+
+def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """Never built, its day-mapped parents hold the day (a day without data waits for it), and the last
+    attempt did not fail (no retry loops)."""
+    return (AC.missing() & _deps_present(unpartitioned_deps) & ~AC.execution_failed()).with_label("fill_missing")
 
 
 def day_partitions(
-    unpartitioned_deps: dg.AssetSelection | None = None, recent_deps: dg.AssetSelection | None = None
+    unpartitioned_deps: dg.AssetSelection | None = None,
+    recent_deps: dg.AssetSelection | None = None,
+    *,
+    optional_deps: dg.AssetSelection | None = None,
 ) -> dg.AutomationCondition:
     """The condition of a daily-partitioned asset whose day-partitioned parents map day to day.
 
     `unpartitioned_deps` are the parents without partitions: their updates touch every day as far as
     Dagster knows, so they only rebuild the last `RECENT_DAYS` days; `recent_deps` narrows that to the
-    parents whose days are not recorded otherwise (default: all of them).
+    parents whose days are not recorded otherwise (default: all of them). A day is built (changed or
+    missing) only once its parents exist, but `optional_deps` (parents that may never exist, like a tick
+    feed nobody sends): a dbt build before its trading tables exist only fails, and on a cold start every
+    such attempt holds a run slot.
     """
     same_day = AC.any_deps_updated()
     if unpartitioned_deps is not None:
@@ -73,6 +85,7 @@ def day_partitions(
     ).since_last_handled()
     return (
         (changed | _fill_missing(unpartitioned_deps))
+        & _deps_present(optional_deps)
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
     ).with_label("day_partitions")
@@ -106,7 +119,8 @@ def _before_gate_closure() -> dg.AutomationCondition:
 
 
 def day_ahead(follow: dg.AssetSelection | None = None) -> dg.AutomationCondition:
-    """Tomorrow's partition of a delivery-day asset: before each gate closure, and when inputs change.
+    """Tomorrow's partition of a delivery-day asset: once its inputs exist, before each gate closure, and
+    when inputs change.
 
     Changed inputs re-run it at most hourly (a forecast takes minutes and gold's current day changes with
     every batch of ticks); parents in `follow` (the forecasts, for the optimizations) are followed at once.
@@ -114,7 +128,14 @@ def day_ahead(follow: dg.AssetSelection | None = None) -> dg.AutomationCondition
     inputs_changed = AC.any_deps_updated().since_last_handled() & AC.cron_tick_passed(
         INPUT_CHANGE_CRON, _settings_timezone()
     ).since_last_handled()
-    trigger = _before_gate_closure().since_last_handled() | inputs_changed.with_label("inputs_changed_hourly")
+    # A platform that has just caught up has no forecast for tomorrow yet: build it once its inputs exist,
+    # not at the next cron tick (the same guard against retry loops as the day partitions).
+    first_build = (AC.missing() & ~AC.any_deps_missing() & ~AC.execution_failed()).with_label("tomorrow_missing")
+    trigger = (
+        _before_gate_closure().since_last_handled()
+        | inputs_changed.with_label("inputs_changed_hourly")
+        | first_build
+    )
     if follow is not None:
         trigger = trigger | AC.any_deps_updated().allow(follow).since_last_handled().with_label("forecast_updated")
     return (

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -10,9 +11,10 @@ from assets.bronze.cdc import TOPIC_KEYS, CdcTopicsConfig, lag_by_topic
 from assets.bronze.files import landing_files_by_org
 from infra.settings import get_settings
 from ingestion.cdc import CdcConsumer, route_for
+from ingestion.cdc.ownership import follow_mode_active
 from ingestion.cdc.topics import TICKS_TOPIC
 from orchestration.jobs import bronze_cdc_job, landing_files_job
-from orchestration.resources import BrokerResource, LakeResource
+from orchestration.resources import BrokerResource, LakeResource, WarehouseResource
 
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -36,8 +38,11 @@ def build_lag_sensor(
         minimum_interval_seconds=get_settings().sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def _sensor(context: dg.SensorEvaluationContext, broker: BrokerResource, lake: LakeResource):
-        """Start a CDC run when Kafka is more than `OPTIBID_CDC_LAG_THRESHOLD` events ahead of bronze."""
+    def _sensor(
+        context: dg.SensorEvaluationContext, broker: BrokerResource, lake: LakeResource, warehouse: WarehouseResource
+    ):
+        """Start a CDC run when Kafka is more than `OPTIBID_CDC_LAG_THRESHOLD` events ahead of bronze and no
+        follow-mode consumer owns the topics."""
         threshold = get_settings().cdc_lag_threshold
         with CdcConsumer(lake.lake, broker.client_config(), list(topic_keys)) as consumer:
             by_topic = lag_by_topic(consumer.lag())
@@ -49,6 +54,10 @@ def build_lag_sensor(
         ]
         if total <= threshold:
             return dg.SensorResult(asset_events=observations, skip_reason=f"lag {total} <= threshold {threshold}")
+        if follow_mode_active(warehouse.url, lake.lake.root):
+            return dg.SensorResult(
+                asset_events=observations, skip_reason=f"lag {total}: a follow-mode consumer owns the topics"
+            )
         in_flight = context.instance.get_runs(
             filters=dg.RunsFilter(job_name=bronze_cdc_job.name, statuses=_IN_FLIGHT), limit=1
         )
@@ -82,9 +91,38 @@ def landing_folder_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags={"optibid/files": str(len(waiting))})])
 
 
-# Ticks feed the minute KPIs through the real-time path within seconds; their batch reconciliation (silver and
-# gold of the recent days) need not follow every batch, which on two cores would keep Spark busy for ever.
-TICKS_RECONCILE_SECONDS = 15 * 60
+# When follow-mode commits are recorded (and so when silver rebuilds from them). A burst (a backlog drained,
+# a batch of trading changes) is recorded once it has been quiet for QUIET seconds; a table written without
+# pause is recorded at most every MAX_WAIT seconds, so a continuous stream does not keep Spark busy for ever
+# on two cores. Ticks reach the minute KPIs through the real-time path within seconds; their batch
+# reconciliation (silver and gold of the recent days) can wait longer than trading changes.
+COMMITS_QUIET_SECONDS = 20
+TRADING_MAX_WAIT_SECONDS = 5 * 60
+TICKS_MAX_WAIT_SECONDS = 15 * 60
+
+
+@dataclass
+class TableCommits:
+    """What the sensor knows of one bronze table: the version recorded last (and when), the version seen
+    last (and since when it has not changed)."""
+
+    recorded: int = -1
+    recorded_at: float = 0.0
+    seen: int = -1
+    seen_at: float = 0.0
+
+    def observe(self, version: int, now: float, max_wait: float) -> bool:
+        """Take the table's current version; True when it is time to record it."""
+        if version != self.seen:
+            self.seen, self.seen_at = version, now
+        if version <= self.recorded:
+            return False
+        quiet = now - self.seen_at >= COMMITS_QUIET_SECONDS
+        overdue = self.recorded >= 0 and now - self.recorded_at >= max_wait
+        if quiet or overdue:
+            self.recorded, self.recorded_at = version, now
+            return True
+        return False
 
 
 @dg.sensor(
@@ -95,10 +133,10 @@ def bronze_cdc_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeRes
     """Record bronze CDC commits made outside Dagster runs (the follow-mode consumer) as materializations.
 
     The automation builds silver from bronze materializations, and the follow-mode consumer is not a Dagster
-    run: without this sensor its trading changes would wait for the next drain run. The cursor holds the
-    Delta version last recorded per table; ticks are recorded at most every `TICKS_RECONCILE_SECONDS`.
+    run: without this sensor its trading changes would wait for the next drain run. The cursor holds what
+    `TableCommits` knows per table; see `COMMITS_QUIET_SECONDS` for when a commit is recorded.
     """
-    recorded: dict[str, list[float]] = json.loads(context.cursor) if context.cursor else {}
+    known = {t: TableCommits(*v) for t, v in (json.loads(context.cursor) if context.cursor else {}).items()}
     now = time.time()
     events = []
     for topic, key in TOPIC_KEYS.items():
@@ -106,13 +144,11 @@ def bronze_cdc_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeRes
         delta = lake.lake.table("bronze", table)
         if delta is None:
             continue
-        version = delta.version()
-        last_version, last_at = recorded.get(table, [-1, 0.0])
-        if version <= last_version:
+        commits = known.setdefault(table, TableCommits())
+        previous = commits.recorded
+        max_wait = TICKS_MAX_WAIT_SECONDS if topic == TICKS_TOPIC else TRADING_MAX_WAIT_SECONDS
+        if not commits.observe(delta.version(), now, max_wait):
             continue
-        if topic == TICKS_TOPIC and now - last_at < TICKS_RECONCILE_SECONDS and last_version >= 0:
-            continue
-        recorded[table] = [version, now]
         # A drain run's commit is recorded by the run itself.
         committed_at = delta.history(1)[0]["timestamp"] / 1000
         latest = context.instance.get_latest_materialization_event(key)
@@ -122,10 +158,11 @@ def bronze_cdc_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeRes
             dg.AssetMaterialization(
                 asset_key=key,
                 description="commits of the follow-mode consumer",
-                metadata={"delta_version": version, "previous_delta_version": last_version},
+                metadata={"delta_version": commits.recorded, "previous_delta_version": previous},
             )
         )
-    return dg.SensorResult(asset_events=events, cursor=json.dumps(recorded))
+    cursor = {t: [c.recorded, c.recorded_at, c.seen, c.seen_at] for t, c in known.items()}
+    return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor))
 
 
 SENSORS: list[dg.SensorDefinition] = [

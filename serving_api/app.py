@@ -14,13 +14,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from infra.settings import Settings, get_settings
 from serving_api import security
 from serving_api.cache import ResponseCache
-from serving_api.deps import assume_api_role
+from serving_api.deps import API_ROLE, assume_api_role
 from serving_api.errors import install_error_handlers
 from serving_api.fastpath import CachedReadFastPath
 from serving_api.freshness import FreshnessReader
@@ -56,6 +57,43 @@ def _database_url(settings: Settings) -> str:
     from infra.services import embedded_postgres_url
 
     return embedded_postgres_url(settings)
+
+
+def provision_api_login(owner_url: str, api_url: str) -> None:
+    """Check, as the owner, that the user of `api_url` can become the API role and nothing else, then give it
+    the URL's password (as a verifier computed here, so no plaintext reaches the server's statement log).
+
+    The API refuses to start otherwise: serving as a superuser, a BYPASSRLS role or a table owner would
+    bypass the row-level security that `OPTIBID_API_DATABASE_URL` exists to guarantee.
+    """
+    from infra import db
+
+    params = conninfo_to_dict(api_url)
+    login = str(params.get("user") or "")
+    with db.connect(owner_url) as conn:
+        row = conn.execute(
+            """SELECT r.rolsuper OR r.rolbypassrls OR EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid),
+                      pg_has_role(r.oid, %s, 'MEMBER'),
+                      ARRAY(SELECT b.rolname::text FROM pg_roles b
+                            WHERE b.oid <> r.oid AND b.rolname <> %s AND pg_has_role(r.oid, b.oid, 'MEMBER'))
+               FROM pg_roles r WHERE r.rolname = %s""",
+            (API_ROLE, API_ROLE, login),
+        ).fetchone()
+        privileged, can_be_api_role, other_roles = row or (False, False, [])
+        if privileged or not can_be_api_role or other_roles:
+            raise RuntimeError(
+                f"OPTIBID_API_DATABASE_URL must name a login that can become {API_ROLE} and nothing else (not a "
+                f"superuser, BYPASSRLS role or table owner): {login!r} is not one"
+                + (f" (it can also become {', '.join(other_roles)})" if other_roles and not privileged else "")
+                + "; see infra/sql/130_api_login.sql"
+            )
+        if params.get("password"):
+            # Several workers start at once: one ALTER ROLE at a time (concurrent ones fail).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('optibid.api_login'))")
+            verifier = conn.pgconn.encrypt_password(str(params["password"]).encode(), login.encode())
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(login), sql.Literal(verifier.decode()))
+            )
 
 
 def _session_limits(settings: Settings) -> Callable[[AsyncConnection], Awaitable[None]]:
@@ -97,8 +135,11 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
 
         state.database_url = await asyncio.to_thread(_database_url, settings)
         await asyncio.to_thread(db.migrate, state.database_url)
+        state.api_database_url = settings.api_database_url or state.database_url
+        if settings.api_database_url:
+            await asyncio.to_thread(provision_api_login, state.database_url, settings.api_database_url)
         state.pool = AsyncConnectionPool(
-            state.database_url,
+            state.api_database_url,
             min_size=options.pool_min_size,
             max_size=options.pool_max_size,
             open=False,

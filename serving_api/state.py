@@ -149,7 +149,8 @@ class ApiState:
     options: ApiOptions
     jwt_secret: str
     limiter: RateLimiter
-    database_url: str = ""
+    database_url: str = ""  # the owner's: migrations and upload processing (pipeline writes)
+    api_database_url: str = ""  # what serves requests: the pool, exports, the listener (as optibid_api)
     pool: AsyncConnectionPool | None = None
     cache: ResponseCache | None = None
     hub: Hub | None = None

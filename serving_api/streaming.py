@@ -70,7 +70,7 @@ class Hub:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.state.database_url, autocommit=True, **LISTENER_KEEPALIVES
+                    self.state.api_database_url, autocommit=True, **LISTENER_KEEPALIVES
                 ) as conn:
                     await assume_api_role(conn)
                     for channel in (KPI_CHANNEL, TABLE_VERSION_CHANNEL, AUTH_CHANNEL):

@@ -108,7 +108,7 @@ async def tabular_response(
             await precheck()
         # Its own short-lived connection, not the pool's: a client reading slowly holds this one (and its
         # snapshot) only, never a pooled connection other requests wait for. Closed when the stream ends.
-        conn = await psycopg.AsyncConnection.connect(state.database_url)
+        conn = await psycopg.AsyncConnection.connect(state.api_database_url)
         try:
             await assume_api_role(conn)
             await set_org_scope(conn, session.principal.org_id)

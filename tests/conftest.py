@@ -106,7 +106,7 @@ def spark(settings):
     """The one SparkSession of the run (local[2]: this machine has two cores)."""
     from infra.spark import spark_session
 
-    session = spark_session(master="local[2]", app_name="optibid-tests")
+    session = spark_session(master="local[2]", remote=os.environ.get("SPARK_REMOTE"), app_name="optibid-tests")
     yield session
     session.stop()
 

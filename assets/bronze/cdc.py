@@ -14,8 +14,9 @@ import dagster as dg
 
 from infra.settings import get_settings
 from ingestion.cdc import CdcConsumer, IngestStats, PartitionLag, dead_letters, default_topics, route_for
+from ingestion.cdc.ownership import follow_mode_active
 from ingestion.cdc.topics import CDC_TOPIC_PREFIX, DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TICKS_TOPIC
-from orchestration.resources import BrokerResource, LakeResource
+from orchestration.resources import BrokerResource, LakeResource, WarehouseResource
 
 CDC_TOPICS = default_topics()
 TOPIC_KEYS: dict[str, dg.AssetKey] = {t: dg.AssetKey(["bronze", route_for(t).table]) for t in CDC_TOPICS}
@@ -35,14 +36,18 @@ class CdcTopicsConfig(dg.Config):
         return {t: dg.AssetKey(["bronze", route_for(t).table]) for t in topics}
 
 
-def _spec(key: dg.AssetKey, description: str) -> dg.AssetSpec:
-    return dg.AssetSpec(key, group_name="bronze", kinds={"kafka", "delta"}, description=description)
+def _spec(key: dg.AssetKey, description: str, skippable: bool = False) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key, group_name="bronze", kinds={"kafka", "delta"}, description=description, skippable=skippable
+    )
 
 
 @dg.multi_asset(
     name="bronze_cdc",
     specs=[
-        *(_spec(key, f"Kafka topic `{topic}`, append-only, offsets committed with the rows.")
+        # Skippable: a drain that read nothing from a topic records an observation, not a materialization,
+        # so the floor schedule's empty drains start no silver rebuild.
+        *(_spec(key, f"Kafka topic `{topic}`, append-only, offsets committed with the rows.", skippable=True)
           for topic, key in TOPIC_KEYS.items()),
         _spec(DEAD_LETTERS_KEY, "Kafka records that could not be ingested, with raw bytes and a reason."),
         _spec(SCHEMA_CHANGES_KEY, "Columns added to and type conflicts seen in bronze CDC tables."),
@@ -50,36 +55,47 @@ def _spec(key: dg.AssetKey, description: str) -> dg.AssetSpec:
     can_subset=True,
 )
 def bronze_cdc(
-    context: dg.AssetExecutionContext, config: CdcTopicsConfig, broker: BrokerResource, lake: LakeResource
+    context: dg.AssetExecutionContext,
+    config: CdcTopicsConfig,
+    broker: BrokerResource,
+    lake: LakeResource,
+    warehouse: WarehouseResource,
 ):
-    """Drain each selected topic's partitions up to their high-water marks at run start."""
+    """Drain each selected topic's partitions up to their high-water marks at run start, unless a follow-mode
+    consumer owns the topics (then it has written them already, and a drain beside it would only fail)."""
     selected = context.selected_asset_keys
     topic_keys = config.topic_keys()
     topics = [topic for topic, key in topic_keys.items() if key in selected]
     stats = IngestStats()
-    if topics:
-        with CdcConsumer(lake.lake, broker.client_config(), topics, log=context.log) as consumer:
+    if topics and follow_mode_active(warehouse.url, lake.lake.root):
+        context.log.info("a follow-mode consumer owns the CDC topics of this lake: nothing to drain")
+        topics_to_drain: list[str] = []
+    else:
+        topics_to_drain = topics
+    if topics_to_drain:
+        with CdcConsumer(lake.lake, broker.client_config(), topics_to_drain, log=context.log) as consumer:
             stats = consumer.drain()
     lag_before, lag_after = lag_by_topic(stats.lag_before), lag_by_topic(stats.lag_after)
     for topic in topics:
         table = route_for(topic).table
         ts = stats.tables.get(table)
         read = ts.events_read if ts else 0
-        yield dg.MaterializeResult(
-            asset_key=topic_keys[topic],
-            metadata={
-                "topic": topic,
-                "events_read": read,
-                "rows_written": ts.rows_written if ts else 0,
-                "dead_lettered": ts.dead_lettered if ts else 0,
-                "new_columns": ", ".join(ts.new_columns) if ts and ts.new_columns else "",
-                "lag_before": lag_before.get(topic, 0),
-                "lag_after": lag_after.get(topic, 0),
-                "events_per_second": dg.MetadataValue.float(round(read / stats.seconds, 1) if stats.seconds else 0.0),
-                "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
-                "warnings": "\n".join(w for w in stats.warnings if w.startswith(topic)),
-            },
-        )
+        metadata = {
+            "topic": topic,
+            "events_read": read,
+            "rows_written": ts.rows_written if ts else 0,
+            "dead_lettered": ts.dead_lettered if ts else 0,
+            "new_columns": ", ".join(ts.new_columns) if ts and ts.new_columns else "",
+            "lag_before": lag_before.get(topic, 0),
+            "lag_after": lag_after.get(topic, 0),
+            "events_per_second": dg.MetadataValue.float(round(read / stats.seconds, 1) if stats.seconds else 0.0),
+            "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
+            "warnings": "\n".join(w for w in stats.warnings if w.startswith(topic)),
+        }
+        if ts and ts.rows_written:
+            yield dg.MaterializeResult(asset_key=topic_keys[topic], metadata=metadata)
+        else:
+            context.log_event(dg.AssetObservation(asset_key=topic_keys[topic], metadata=metadata))
     if DEAD_LETTERS_KEY in selected:
         yield dg.MaterializeResult(
             asset_key=DEAD_LETTERS_KEY,

@@ -1,6 +1,12 @@
 {#- Tenancy (docs/data_contracts.md): every gold table with an `org_id` column gets row-level security
-    with the project policy. Readers: `bi_reader` (BI org roles are its members) and `optibid_api` (the
-    NOINHERIT role the API queries as, created by infra/sql/080_api.sql), each granted SELECT directly. -#}
+    with the project policy, FORCED so that the owner is bound too (see `org_rls_statements`). Readers:
+    `bi_reader` (BI org roles are its members) and `optibid_api` (the NOINHERIT role the API queries as,
+    created by infra/sql/080_api.sql), each granted SELECT directly.
+
+    Org-scoped (have `org_id`: uploaded private series and trading data): dim_asset, dim_org, fct_bids,
+    fct_trades, fct_positions, fct_prices_hourly, fct_prices_5min, fct_load_hourly, fct_generation_hourly,
+    kpi_values. Market-wide, readable by every reader: dim_zone, dim_node, dim_calendar and the seeds.
+    Nothing is listed by hand: the post-hook decides by the built table's columns, on every build. -#}
 
 {% macro ensure_reader_role() -%}
 {#- Roles are cluster-wide and several databases (tests, dev) share a cluster: create only when absent
@@ -26,11 +32,21 @@ $$;
 GRANT USAGE ON SCHEMA {{ target.schema }} TO bi_reader, optibid_api;
 {%- endmacro %}
 
+{#- FORCE binds a non-superuser owner as well, so a connection as the owner that took an organization scope
+    sees that organization only (as infra/sql/120_api_hardening.sql does for ops/silver/ml). The owner keeps
+    every row while unscoped (`owner_unscoped`): the pipeline, dbt's own tests and the BI export read as
+    before. dbt runs as the owner, hence CURRENT_USER. Idempotent and run after every build of the model: a
+    full build recreates the table (without policies), an incremental one keeps it. -#}
 {% macro org_rls_statements(relation) -%}
 ALTER TABLE {{ relation }} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {{ relation }} FORCE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS org_isolation ON {{ relation }};
 CREATE POLICY org_isolation ON {{ relation }}
     USING (org_id IS NULL OR org_id = current_setting('optibid.org_id', true));
+DROP POLICY IF EXISTS owner_unscoped ON {{ relation }};
+CREATE POLICY owner_unscoped ON {{ relation }} TO CURRENT_USER
+    USING (coalesce(current_setting('optibid.org_id', true), '') = '')
+    WITH CHECK (coalesce(current_setting('optibid.org_id', true), '') = '');
 {%- endmacro %}
 
 {% macro enable_org_rls() -%}

@@ -36,20 +36,15 @@ def _client_config(bootstrap: str | None) -> dict[str, object]:
     return {"bootstrap_servers": servers, **kafka_security_config(settings)}
 
 
-def _minute_kpi_writer():
-    from ingestion.cdc.realtime import MinuteKpiWriter
+def _warehouse() -> str:
+    from infra import db
+    from infra.services import embedded_postgres_url
+    from infra.settings import get_settings
 
-    def warehouse() -> str:  # resolved at the first tick: a follow run of CDC topics only never connects
-        from infra import db
-        from infra.services import embedded_postgres_url
-        from infra.settings import get_settings
-
-        settings = get_settings()
-        url = settings.database_url or embedded_postgres_url(settings)
-        db.migrate(url)
-        return url
-
-    return MinuteKpiWriter(warehouse)
+    settings = get_settings()
+    url = settings.database_url or embedded_postgres_url(settings)
+    db.migrate(url)
+    return url
 
 
 TopicOpt = Annotated[
@@ -91,9 +86,13 @@ def ingest(
 
     if reset_policy not in ("earliest", "fail"):
         raise typer.BadParameter("--reset-policy must be 'earliest' or 'fail'")
-    kpi_writer = _minute_kpi_writer() if (follow if realtime is None else realtime) else None
+    from ingestion.cdc.ownership import follow_mode_ownership
+    from ingestion.cdc.realtime import MinuteKpiWriter
+
+    lake = _lake(lake_uri)
+    kpi_writer = MinuteKpiWriter(_warehouse) if (follow if realtime is None else realtime) else None
     consumer = CdcConsumer(
-        _lake(lake_uri),
+        lake,
         _client_config(bootstrap),
         topics or default_topics(),
         batch_max_events=batch_events,
@@ -102,7 +101,12 @@ def ingest(
         fetch_processes=fetch_processes,
         row_sink=kpi_writer,
     )
-    with consumer, contextlib.closing(kpi_writer) if kpi_writer else contextlib.nullcontext():
+    ownership = follow_mode_ownership(_warehouse(), lake.root) if follow else contextlib.nullcontext(True)
+    with ownership as owner, consumer, contextlib.closing(kpi_writer) if kpi_writer else contextlib.nullcontext():
+        if not owner:
+            raise typer.BadParameter(
+                f"another follow-mode consumer owns the CDC tables of {lake.root} (one follow-mode writer per lake)"
+            )
         if follow:
             stop = threading.Event()
             # The handler only sets a flag: the loop commits the batch in hand, then returns.

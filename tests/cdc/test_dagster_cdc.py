@@ -9,10 +9,11 @@ import pytest
 
 from assets.bronze import cdc
 from infra.settings import get_settings
-from orchestration.resources import BrokerResource, LakeResource
+from orchestration.resources import BrokerResource, LakeResource, WarehouseResource
 from orchestration.sensors import build_lag_sensor
 from tests.cdc.conftest import bronze
 from tests.cdc.test_bad_input_and_schema import bid, envelope
+from tests.cdc.test_exactly_once import _start_follow, _wait_for_commits
 
 
 @pytest.fixture
@@ -22,8 +23,12 @@ def topics_config() -> cdc.CdcTopicsConfig:
 
 
 @pytest.fixture
-def resources(broker_bootstrap, lake) -> dict[str, dg.ConfigurableResource]:
-    return {"broker": BrokerResource(bootstrap_servers=broker_bootstrap), "lake": LakeResource(lake_uri=lake.root)}
+def resources(broker_bootstrap, lake, database_url) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "broker": BrokerResource(bootstrap_servers=broker_bootstrap),
+        "lake": LakeResource(lake_uri=lake.root),
+        "warehouse": WarehouseResource(database_url=database_url),
+    }
 
 
 def _materialize(topics_config, resources, instance) -> dg.ExecuteInProcessResult:
@@ -51,7 +56,10 @@ def test_asset_drains_reports_metadata_and_checks_dead_letters(producer, topics_
     assert meta["cdc__bids"]["dead_lettered"].value == 2
     assert meta["cdc__bids"]["lag_before"].value == 32
     assert meta["cdc__bids"]["lag_after"].value == 0
-    assert meta["cdc__trades"]["events_read"].value == 0  # topic absent: nothing to read, not an error
+    # Topic absent: nothing to read, not an error, and no materialization that would start silver runs.
+    assert "cdc__trades" not in meta
+    observed = {o.asset_key.path[-1]: o.metadata for o in result.asset_observations_for_node("bronze_cdc")}
+    assert observed["cdc__trades"]["events_read"].value == 0
     assert meta["cdc__dead_letters"]["dead_lettered"].value == 2
     assert bronze(lake, "cdc__bids").num_rows == 30
 
@@ -64,7 +72,9 @@ def test_asset_drains_reports_metadata_and_checks_dead_letters(producer, topics_
     # Back to back: nothing new, nothing read twice, and the check passes.
     again = _materialize(topics_config, resources, instance)
     meta = {m.asset_key.path[-1]: m.metadata for m in again.asset_materializations_for_node("bronze_cdc")}
-    assert meta["cdc__bids"]["events_read"].value == 0
+    assert "cdc__bids" not in meta
+    observed = {o.asset_key.path[-1]: o.metadata for o in again.asset_observations_for_node("bronze_cdc")}
+    assert observed["cdc__bids"]["events_read"].value == 0
     (evaluation,) = again.get_asset_check_evaluations()
     assert evaluation.passed
     assert bronze(lake, "cdc__bids").num_rows == 30
@@ -96,3 +106,74 @@ def test_lag_sensor_observes_lag_and_requests_a_run_above_the_threshold(
     (request,) = busy.run_requests
     assert request.tags["optibid/cdc_lag"] == "12"
     assert request.run_config["ops"]["bronze_cdc"]["config"]["topic_prefix"] == topics_config.topic_prefix
+
+
+def test_commits_sensor_records_follow_mode_commits_once_a_burst_settles(
+    producer, topics_config, resources, lake, monkeypatch
+):
+    """The follow-mode consumer's commits become materializations (what starts silver), once per burst,
+    and at most every `TRADING_MAX_WAIT_SECONDS` while a table is written without pause."""
+    from ingestion.cdc import CdcConsumer
+    from orchestration import sensors
+
+    bids_topic = f"{topics_config.topic_prefix}.bids"
+
+    def commit(first: int) -> None:
+        producer(bids_topic, [(b"k", envelope("c", bid(i))) for i in range(first, first + 5)])
+        with CdcConsumer(lake, resources["broker"].client_config(), [bids_topic]) as consumer:
+            consumer.drain()
+
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = None
+
+    def evaluate() -> list[dg.AssetMaterialization]:
+        nonlocal cursor
+        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+            result = sensors.bronze_cdc_commits_sensor(context)
+        cursor = result.cursor
+        return [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
+
+    commit(0)
+    assert evaluate() == []  # just written: the burst may go on
+    monkeypatch.setattr(sensors, "COMMITS_QUIET_SECONDS", 0)
+    (recorded,) = evaluate()
+    assert recorded.asset_key == dg.AssetKey(["bronze", "cdc__bids"])
+    version = recorded.metadata["delta_version"].value
+    assert version == lake.table("bronze", "cdc__bids").version()
+    assert evaluate() == []  # nothing new
+
+    # A table written without pause is never quiet, and is recorded once it is overdue.
+    monkeypatch.setattr(sensors, "COMMITS_QUIET_SECONDS", 10**9)
+    commit(5)
+    monkeypatch.setattr(sensors, "TRADING_MAX_WAIT_SECONDS", 10**9)
+    assert evaluate() == []
+    monkeypatch.setattr(sensors, "TRADING_MAX_WAIT_SECONDS", 0)
+    (overdue,) = evaluate()
+    assert overdue.metadata["delta_version"].value > version
+    assert overdue.metadata["previous_delta_version"].value == version
+
+
+def test_a_drain_steps_aside_while_a_follow_mode_consumer_owns_the_lake(
+    producer, topics_config, resources, lake, database_url, broker_bootstrap
+):
+    """The follow-mode consumer (the real CLI process) owns the lake's CDC tables: a drain run beside it reads
+    nothing and fails nothing, and a second follow-mode consumer refuses to start."""
+    from ingestion.cdc.ownership import follow_mode_active
+
+    bids_topic = f"{topics_config.topic_prefix}.bids"
+    producer(bids_topic, [(b"k", envelope("c", bid(i))) for i in range(20)])
+    follower = _start_follow(broker_bootstrap, lake, bids_topic)
+    try:
+        _wait_for_commits(lake, "cdc__bids", 0, follower)
+        assert follow_mode_active(database_url, lake.root)
+        result = _materialize(topics_config, resources, dg.DagsterInstance.ephemeral())
+        assert result.success
+        assert "cdc__bids" not in {m.asset_key.path[-1] for m in result.asset_materializations_for_node("bronze_cdc")}
+        second = _start_follow(broker_bootstrap, lake, bids_topic)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode != 0 and b"another follow-mode consumer owns" in err
+    finally:
+        follower.terminate()
+        follower.wait(timeout=60)
+    assert bronze(lake, "cdc__bids").num_rows == 20
+    assert not follow_mode_active(database_url, lake.root)

@@ -168,7 +168,9 @@ def _wait_for_commits(lake: Lake, table: str, version: int, proc: subprocess.Pop
     raise AssertionError(f"{table} did not reach version {version} within {timeout}s")
 
 
-def test_sigkill_mid_batch_then_restart_is_exactly_once(producer, broker_bootstrap, client_config, lake):
+def test_sigkill_mid_batch_then_restart_is_exactly_once(
+    producer, broker_bootstrap, client_config, lake, database_url  # follow mode takes its lock in the warehouse
+):
     topic = f"t{uuid.uuid4().hex[:10]}.public.trades"
     events = [e for e in trading_events(15000, seed=5) if e.topic.endswith(".trades")]
     messages = []
@@ -201,7 +203,7 @@ def test_sigkill_mid_batch_then_restart_is_exactly_once(producer, broker_bootstr
     assert base64.b64decode(dead_table["value_b64"][0].as_py()) == b"\xff\xfe not utf-8"
 
 
-def test_sigterm_in_follow_mode_commits_and_exits_cleanly(producer, broker_bootstrap, lake):
+def test_sigterm_in_follow_mode_commits_and_exits_cleanly(producer, broker_bootstrap, lake, database_url):
     topic = f"t{uuid.uuid4().hex[:10]}.public.assets"
     events = [e for e in trading_events(3000, seed=8) if e.topic.endswith(".assets")]
     first = producer(topic, [(e.key, e.value) for e in events[:40]], partitions=2)

@@ -219,3 +219,60 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
             defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
         )
         assert result.get_requested_partitions(SILVER_PRICES) == recorded
+
+
+def test_gold_days_wait_for_every_parent_they_read(defs) -> None:
+    """A dimension's update asks for the recent days of the models that join it, but a model whose other
+    parents were never built (the trading tables on a cold start) is not started only to fail."""
+    stg_assets, dim_asset = dg.AssetKey(["gold", "stg_trading__assets"]), dg.AssetKey(["gold", "dim_asset"])
+    selection = dg.AssetSelection.assets(stg_assets, dim_asset)
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        for name in ("fuel_types", "stg_ref__assets"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name])))
+        waiting = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+        )
+        assert waiting.get_requested_partitions(stg_assets) == set()
+        assert waiting.get_requested_partitions(dim_asset) == set()
+
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=dg.AssetKey(["silver", "trading__assets"]))
+        )
+        ready = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=waiting.cursor
+        )
+        requested = ready.get_requested_partitions(stg_assets)
+        assert date.today().isoformat() in requested
+        # the child joins the same request: its parent days are built first, in the same run
+        assert date.today().isoformat() in ready.get_requested_partitions(dim_asset) <= requested
+
+
+def test_tomorrows_forecast_is_built_once_todays_facts_exist(defs) -> None:
+    """A platform that has just caught up builds tomorrow's forecast (and its optimizations) at once, not at
+    the next gate-closure or hourly cron tick."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from infra.settings import get_settings
+
+    forecasts = dg.AssetKey(["gold", "forecasts"])
+    today = datetime.now(ZoneInfo(get_settings().market_timezone)).date()
+    tomorrow = (today + timedelta(days=1)).isoformat()
+    selection = dg.AssetSelection.assets(forecasts)
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        assert first.get_requested_partitions(forecasts) == set()  # no facts yet
+        for name in ("fct_prices_hourly", "fct_load_hourly"):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name]), partition=today.isoformat())
+            )
+        ready = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+        )
+        assert ready.get_requested_partitions(forecasts) == {tomorrow}
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=forecasts, partition=tomorrow))
+        again = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=ready.cursor
+        )
+        assert again.get_requested_partitions(forecasts) == set()

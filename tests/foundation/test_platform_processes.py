@@ -1,11 +1,14 @@
 """The platform's processes as `optibid demo` runs them: a shared code server, the Dagster webserver and
-daemon, the API and the follow-mode CDC consumer come up, a dead daemon is restarted, and `stop` leaves no
-process behind. The children get a private home and database so their sensors touch nothing of other tests."""
+daemon, the API, the follow-mode CDC consumer and a Spark Connect server come up, a dead daemon is
+restarted, and `stop` leaves no process behind. The children get a private home and database so their
+sensors touch nothing of other tests."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +18,9 @@ from infra.platform import STOP_ORDER, PlatformProcesses
 from infra.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+SPARK_COUNT = (
+    "import sys; from infra.spark import spark_session; print(spark_session(remote=sys.argv[1]).range(5).count())"
+)
 
 
 def _alive(pid: int) -> bool:
@@ -61,6 +67,16 @@ def test_platform_processes_start_restart_and_stop(database_url: str, broker_boo
             assert [entry["name"] for entry in locations] == ["optibid"]
             assert set(platform.processes) == set(STOP_ORDER)
             assert not platform.dead()
+            # The runs' Spark: a session on the platform's Connect server, from a process of its own (this
+            # one holds the suite's local SparkSession).
+            count = subprocess.run(
+                [sys.executable, "-c", SPARK_COUNT, platform.spark_remote],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout.split()[-1]
+            assert count == "5"
 
             daemon = platform.processes["daemon"]
             os.killpg(daemon.popen.pid, signal.SIGKILL)

@@ -113,3 +113,36 @@ def test_blocking_silver_check_keeps_broken_batch_out_of_gold(gold_built: str, s
     assert _gold_materialized(broken) == set()
     assert _gold_load(url)["2024-07-11"] == [500.0] * 24
     assert (settings.reports_dir / "gx_docs" / "index.html").exists()
+
+
+def test_subset_runs_on_a_cold_warehouse_leave_other_runs_tests_out(database_url: str) -> None:
+    """What the automation starts on a fresh warehouse: dimensions, then a few facts, each a subset run. A
+    dbt test that also reads a model outside the run (the KPI catalog's test on `kpi_values`, the positions'
+    test on bids and trades) must wait for the run that builds that model, not fail this one."""
+    from assets import gold
+    from tests.conftest import private_database
+    from tests.gold.silver_fixture import load_fixture
+
+    for url in private_database(database_url, "optibid_test_gold_cold"):
+        load_fixture(url)
+        resources = {"warehouse": WarehouseResource(database_url=url), "dbt": gold_dbt_resource()}
+        dims = dg.materialize([gold.gold_dbt_unpartitioned], resources=resources, raise_on_error=False)
+        assert dims.success
+        catalog = dg.materialize(
+            [gold.gold_dbt_unpartitioned],
+            selection=dg.AssetSelection.assets(["gold", "kpi_catalog"]),
+            resources=resources,
+            raise_on_error=False,
+        )
+        assert catalog.success
+        bids = dg.materialize(
+            [gold.gold_dbt_partitioned],
+            selection=dg.AssetSelection.assets(["gold", "stg_trading__bids"], ["gold", "fct_bids"]),
+            partition_key=PARTITION,
+            resources=resources,
+            raise_on_error=False,
+        )
+        assert bids.success
+        assert _gold_materialized(bids) == {"gold/stg_trading__bids", "gold/fct_bids"}
+        with db.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('gold.fct_positions')").fetchone()[0] is None
