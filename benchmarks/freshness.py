@@ -284,7 +284,7 @@ def _price_file(day, offset: float, landing: Path, name: str) -> None:
 
     zones = [z for z in simulated_zones() if z.zone in FILES_ZONES]
     market = next(iter(iter_market_days(day, 1, zones=zones, nodes_per_zone=1, seed=5)))
-    prices = market.prices.copy()
+    prices = market.prices_hourly.copy()
     prices.loc[prices.market == "DA", "price"] += offset
     prices["ts_utc"] = pd.to_datetime(prices.ts_utc, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     tmp = landing / f".{name}.tmp"
@@ -306,7 +306,8 @@ def _served_offset(api_url: str, key: str, day, base: dict) -> float | None:
         timeout=30,
     )
     rows = response.json().get("data", []) if response.status_code == 200 else []
-    offsets = {round(r["price_avg"] - base[r["ts_utc"]], 6) for r in rows if r["ts_utc"] in base}
+    served = {pd.Timestamp(r["ts_utc"]): r["price_avg"] for r in rows}
+    offsets = {round(price - base[ts], 6) for ts, price in served.items() if ts in base}
     return offsets.pop() if len(offsets) == 1 else None
 
 
@@ -336,12 +337,10 @@ def files_to_gold(admin_url: str, rate: int, minutes: int) -> None:
     day = datetime.now(UTC).date() - timedelta(days=2)
     zones = [z for z in simulated_zones() if z.zone in FILES_ZONES]
     market = next(iter(iter_market_days(day, 1, zones=zones, nodes_per_zone=1, seed=5)))
-    da = market.prices[(market.prices.zone == "PJM") & (market.prices.market == "DA") & market.prices.node.isna()]
-    base = {
-        ts.strftime("%Y-%m-%dT%H:%M:%SZ"): float(p)
-        for ts, p in zip(pd.to_datetime(da.ts_utc, utc=True), da.price, strict=True)
-    }
-    _price_file(day, 0.0, landing, f"prices_{day}.csv")
+    hourly = market.prices_hourly
+    da = hourly[(hourly.zone == "PJM") & (hourly.market == "DA") & hourly.node.isna()]
+    base = {ts: float(p) for ts, p in zip(pd.to_datetime(da.ts_utc, utc=True), da.price, strict=True)}
+    _price_file(day, 0.0, landing, f"prices_hourly_{day}.csv")
     dagster_home = write_dagster_home(settings.model_copy(update={"dagster_home_override": root / "dagster_home"}))
     env = {
         **os.environ,
@@ -388,7 +387,7 @@ def files_to_gold(admin_url: str, rate: int, minutes: int) -> None:
             now = time.monotonic()
             if offset < minutes and now >= next_drop:
                 offset += 1
-                _price_file(day, float(offset), landing, f"prices_{day}_rev{offset}.csv")
+                _price_file(day, float(offset), landing, f"prices_hourly_{day}_rev{offset}.csv")
                 drops[offset] = now
                 next_drop = now + 60
             current = _served_offset(processes.api_url, key, day, base)
@@ -419,7 +418,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=60, help="duration of the steady load")
     parser.add_argument("--probe-every", type=int, default=10, help="every n-th zone-level tick is a probe")
     parser.add_argument("--files-minutes", type=int, default=0, help="part 2: minutes of one corrected file a minute")
+    parser.add_argument("--files-only", action="store_true", help="part 2 alone (with --files-minutes)")
     args = parser.parse_args()
-    main(args.admin_url, args.rate, args.seconds, args.probe_every)
+    if not args.files_only:
+        main(args.admin_url, args.rate, args.seconds, args.probe_every)
     if args.files_minutes:
         files_to_gold(args.admin_url, args.rate, args.files_minutes)
