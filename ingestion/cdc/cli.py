@@ -6,6 +6,7 @@ Mounted by `infra/cli.py`; also runnable as `python -m ingestion.cdc.cli` (used 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 import threading
@@ -36,7 +37,9 @@ def _client_config(bootstrap: str | None) -> dict[str, object]:
     return {"bootstrap_servers": servers, **kafka_security_config(settings)}
 
 
+@functools.cache
 def _warehouse() -> str:
+    """The warehouse URL, migrated (once per process: follow mode's lock and its real-time writer share it)."""
     from infra import db
     from infra.services import embedded_postgres_url
     from infra.settings import get_settings
@@ -102,19 +105,14 @@ def ingest(
         row_sink=kpi_writer,
     )
     ownership = follow_mode_ownership(_warehouse(), lake.root) if follow else contextlib.nullcontext(True)
-    with ownership as owner, consumer, contextlib.closing(kpi_writer) if kpi_writer else contextlib.nullcontext():
-        if not owner:
-            raise typer.BadParameter(
-                f"another follow-mode consumer owns the CDC tables of {lake.root} (one follow-mode writer per lake)"
+    with ownership as owner:
+        if not owner:  # checked before the consumer connects to the broker
+            typer.echo(
+                f"error: another follow-mode consumer owns the CDC tables of {lake.root} (one per lake)", err=True
             )
-        if follow:
-            stop = threading.Event()
-            # The handler only sets a flag: the loop commits the batch in hand, then returns.
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-            stats = consumer.follow(stop)
-        else:
-            stats = consumer.drain()
+            raise typer.Exit(2)
+        with consumer, contextlib.closing(kpi_writer) if kpi_writer else contextlib.nullcontext():
+            stats = _consume(consumer, follow)
     summary = {
         "events_read": stats.events_read,
         "rows_written": stats.rows_written,
@@ -126,6 +124,16 @@ def ingest(
         "warnings": stats.warnings,
     }
     typer.echo(json.dumps(summary))
+
+
+def _consume(consumer, follow: bool):
+    if not follow:
+        return consumer.drain()
+    stop = threading.Event()
+    # The handler only sets a flag: the loop commits the batch in hand, then returns.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return consumer.follow(stop)
 
 
 @app.command("lag")

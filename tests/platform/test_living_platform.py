@@ -29,7 +29,7 @@ import pytest
 from tests.alerting.conftest import SmtpInbox, WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
-SOAK_SECONDS = 300
+SOAK_SECONDS = 900
 ZONES = ("PJM", "ERCOT")
 ORG = "acme"
 PRICE_CORRECTION = 7.25  # added to every DA price of the corrected day
