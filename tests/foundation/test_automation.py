@@ -276,3 +276,63 @@ def test_tomorrows_forecast_is_built_once_todays_facts_exist(defs) -> None:
             defs=defs, instance=instance, asset_selection=selection, cursor=ready.cursor
         )
         assert again.get_requested_partitions(forecasts) == set()
+
+
+@pytest.mark.parametrize("partitioned", [True, False], ids=["day_partitions", "unpartitioned"])
+def test_a_change_landing_while_its_child_runs_is_rebuilt_after_that_run(partitioned: bool) -> None:
+    """A correction that lands while its day is being rebuilt was read by nobody: the run under way started
+    before it. Its end must not count as handling the change; the day is asked for again once it is done."""
+    import threading
+
+    from orchestration.automation import day_partitions, unpartitioned
+
+    days = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
+    day = (date.today() - timedelta(days=40)).isoformat()
+    hold, release = threading.Event(), threading.Event()
+
+    @dg.asset(partitions_def=days)
+    def parent() -> None: ...
+
+    @dg.asset(
+        partitions_def=days if partitioned else None,
+        deps=[parent],
+        automation_condition=day_partitions() if partitioned else unpartitioned(),
+    )
+    def child() -> None:
+        if hold.is_set():
+            assert release.wait(60)
+
+    defs = dg.Definitions(assets=[parent, child])
+    selection = dg.AssetSelection.assets(child)
+    child_partition = day if partitioned else None
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([parent], partition_key=day, instance=instance).success
+        assert dg.materialize([child], partition_key=child_partition, instance=instance).success
+        cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection).cursor
+        rebuild = threading.Thread(
+            target=dg.materialize, args=([child],), kwargs={"instance": instance, "partition_key": child_partition}
+        )
+        hold.set()
+        rebuild.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+                assert time.monotonic() < deadline, "the rebuild never started"
+                time.sleep(0.1)
+            # the correction (a runless event: a second in-process run would race the first for the logging setup)
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=parent.key, partition=day))
+            during = dg.evaluate_automation_conditions(
+                defs=defs, instance=instance, asset_selection=selection, cursor=cursor
+            )
+            assert during.total_requested == 0  # one run of a partition at a time
+        finally:
+            release.set()
+            rebuild.join()
+        after = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=during.cursor
+        )
+        assert after.total_requested == 1, "the correction was swallowed by the run that never read it"
+        settled = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=after.cursor
+        )
+        assert settled.total_requested == 0
