@@ -54,15 +54,19 @@ def _deps_present(optional_deps: dg.AssetSelection | None = None) -> dg.Automati
     return deps_present.with_label("parents_exist")
 
 
-def _since_requested(condition: dg.AutomationCondition) -> dg.AutomationCondition:
-    """True from when `condition` fires until this partition is next requested.
+def _since_handled(condition: dg.AutomationCondition) -> dg.AutomationCondition:
+    """`condition.since_last_handled()`, except that a change seen while this partition is being built is kept
+    until the partition is next requested.
 
-    Not `since_last_handled()`: that also resets when the partition is updated, and a run that was already
-    under way when a parent changed (a correction landing while its day is rebuilt) would then swallow the
-    change it never read. Parents updated by the same run as this asset are no trigger
-    (`any_deps_updated` leaves those out), so this costs no extra run.
+    `since_last_handled()` also resets when the partition is updated, so a run that was already under way when a
+    parent changed (a correction landing while its day is rebuilt) would swallow the change it never read.
+    Resetting on requests alone would not do either: a multi-asset built whole is often requested for its
+    neighbour's sake, and would then rebuild once more. Parents updated by the same run as this asset are no
+    trigger (`any_deps_updated` leaves those out).
     """
-    return condition.since((AC.newly_requested() | AC.initial_evaluation()).with_label("requested"))
+    requested = (AC.newly_requested() | AC.initial_evaluation()).with_label("requested")
+    during_run = (condition & AC.in_progress()).since(requested).with_label("changed_during_run")
+    return condition.since_last_handled() | during_run
 
 
 def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
@@ -91,7 +95,7 @@ def day_partitions(
         same_day = same_day.ignore(unpartitioned_deps)
     any_parent = AC.any_deps_updated() if recent_deps is None else AC.any_deps_updated().allow(recent_deps)
     recent = AC.in_latest_time_window(timedelta(days=RECENT_DAYS)) & any_parent
-    changed = _since_requested(
+    changed = _since_handled(
         same_day.with_label("day_partition_updated") | recent.with_label("unpartitioned_parent_updated_recent_days")
     )
     return (
@@ -106,11 +110,11 @@ def unpartitioned(require_parents: bool = False) -> dg.AutomationCondition:
     """Eager on any parent update (any day of a partitioned parent), and built once when missing.
 
     `eager()` without its missing-parents guard (a partitioned parent always has missing, empty days), and
-    with the change kept until the next request, as for the day partitions (`_since_requested`). With
+    with a change seen during its own run kept, as for the day partitions (`_since_handled`). With
     `require_parents` (parents without partitions, like the bronze CDC tables), nothing is built before every
     parent exists: an empty Spark build would only hold up the runs that have data.
     """
-    parent_updated = _since_requested(AC.newly_missing() | AC.any_deps_updated()).with_label("parent_updated")
+    parent_updated = _since_handled(AC.newly_missing() | AC.any_deps_updated()).with_label("parent_updated")
     eager = (AC.in_latest_time_window() & parent_updated & ~AC.any_deps_in_progress()).with_label("eager")
     condition = (eager | (AC.missing() & ~AC.execution_failed())) & ~AC.in_progress()
     if require_parents:
@@ -138,7 +142,7 @@ def day_ahead(follow: dg.AssetSelection | None = None) -> dg.AutomationCondition
     Changed inputs re-run it at most hourly (a forecast takes minutes and gold's current day changes with
     every batch of ticks); parents in `follow` (the forecasts, for the optimizations) are followed at once.
     """
-    inputs_changed = _since_requested(AC.any_deps_updated()) & AC.cron_tick_passed(
+    inputs_changed = _since_handled(AC.any_deps_updated()) & AC.cron_tick_passed(
         INPUT_CHANGE_CRON, _settings_timezone()
     ).since_last_handled()
     # A platform that has just caught up has no forecast for tomorrow yet: build it once its inputs exist,
@@ -150,7 +154,7 @@ def day_ahead(follow: dg.AssetSelection | None = None) -> dg.AutomationCondition
         | first_build
     )
     if follow is not None:
-        trigger = trigger | _since_requested(AC.any_deps_updated().allow(follow)).with_label("forecast_updated")
+        trigger = trigger | _since_handled(AC.any_deps_updated().allow(follow)).with_label("forecast_updated")
     return (
         AC.in_latest_time_window() & trigger & ~AC.any_deps_in_progress() & ~AC.in_progress()
     ).with_label("day_ahead")
