@@ -60,15 +60,20 @@ def partition_frame(database_url: str, table: str, min_date: date, max_date: dat
 
 
 def previous_row_count(database_url: str, table: str, min_date: date, max_date: date) -> int | None:
-    """Rows in the window of the same length just before [min_date, max_date]; None when that is empty."""
+    """Rows expected in [min_date, max_date] from the window of the same length just before it: that window's
+    rows per day it holds, times the days of this one; None when it is empty.
+
+    Per day held, not the plain count: the window before the first days of data is partly empty, and a full
+    window measured against it would fail the row-count check for no fault of its own.
+    """
     days = (max_date - min_date).days + 1
-    query = sql.SQL("SELECT count(*) FROM {t} WHERE {d} BETWEEN %s AND %s").format(
+    query = sql.SQL("SELECT count(*), count(DISTINCT {d}) FROM {t} WHERE {d} BETWEEN %s AND %s").format(
         t=_table_ident(table), d=_date_expr(table)
     )
     with db.connect(database_url) as conn:
         row = conn.execute(query, (min_date - timedelta(days=days), min_date - timedelta(days=1))).fetchone()
-    count = int(row[0]) if row else 0
-    return count or None
+    count, days_held = (int(row[0]), int(row[1])) if row else (0, 0)
+    return round(count / days_held * days) if days_held else None
 
 
 def validate_partition(

@@ -228,3 +228,23 @@ def test_trading_check_validates_the_delivery_window_of_current_bids(trading_dat
     failing = {(f["expectation"], f["column"]): f["unexpected_count"] for f in outcome.as_metadata()["failures"]}
     assert failing[("expect_column_values_to_be_between", "quantity_mw")] == 1
     assert sum(n for (name, _), n in failing.items() if "pair" in name) == 1
+
+
+def test_row_count_baseline_is_per_day_held_so_the_first_full_window_passes(trading_database: str) -> None:
+    """The window before the first days of data is partly empty: its rows per day, not its total, set what
+    the next window may hold (a demo's first three days once failed against the two days before them)."""
+    from datetime import date, timedelta
+
+    from expectations.warehouse import previous_row_count
+    from infra import db
+
+    first = date(2024, 7, 1)
+    with db.connect(trading_database) as conn:
+        conn.execute("CREATE TABLE public.daily_rows (market_date date NOT NULL)")
+        for offset in range(5):  # ten rows a day from the first day of data on
+            conn.execute(
+                "INSERT INTO public.daily_rows SELECT %s FROM generate_series(1, 10)", (first + timedelta(offset),)
+            )
+    window = (first + timedelta(days=2), first + timedelta(days=4))  # three days, after two days of data
+    assert previous_row_count(trading_database, "public.daily_rows", *window) == 30
+    assert previous_row_count(trading_database, "public.daily_rows", first, first) is None
