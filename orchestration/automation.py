@@ -65,8 +65,21 @@ def _since_handled(condition: dg.AutomationCondition) -> dg.AutomationCondition:
     trigger (`any_deps_updated` leaves those out).
     """
     requested = (AC.newly_requested() | AC.initial_evaluation()).with_label("requested")
-    during_run = (condition & AC.in_progress()).since(requested).with_label("changed_during_run")
+    # A parent still in progress is being built by this very run (or backfill): Dagster's own same-run
+    # exclusion (`executed_with_root_target`) recognises only the last partition a multi-day run wrote.
+    during_run = (condition & AC.in_progress() & ~AC.any_deps_in_progress()).since(requested)
+    during_run = during_run.with_label("changed_during_run")
     return condition.since_last_handled() | during_run
+
+
+def _parents_running() -> dg.AutomationCondition:
+    """A run is building a parent partition of this one.
+
+    Runs only, not backfills: the backfill daemon looks at its backfills every 30 s, so a backfill whose
+    run has finished stays "in progress" for up to that long, and children would wait on it for nothing.
+    A backfill whose run has not started yet has not changed the parent either.
+    """
+    return AC.any_deps_match(AC.run_in_progress()).with_label("parent_run_in_progress")
 
 
 def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
@@ -101,7 +114,7 @@ def day_partitions(
     return (
         (changed | _fill_missing(unpartitioned_deps))
         & _deps_present(optional_deps)
-        & ~AC.any_deps_in_progress()
+        & ~_parents_running()
         & ~AC.in_progress()
     ).with_label("day_partitions")
 
@@ -115,7 +128,7 @@ def unpartitioned(require_parents: bool = False) -> dg.AutomationCondition:
     parent exists: an empty Spark build would only hold up the runs that have data.
     """
     parent_updated = _since_handled(AC.newly_missing() | AC.any_deps_updated()).with_label("parent_updated")
-    eager = (AC.in_latest_time_window() & parent_updated & ~AC.any_deps_in_progress()).with_label("eager")
+    eager = (AC.in_latest_time_window() & parent_updated & ~_parents_running()).with_label("eager")
     condition = (eager | (AC.missing() & ~AC.execution_failed())) & ~AC.in_progress()
     if require_parents:
         condition = condition & ~AC.any_deps_missing()
@@ -156,7 +169,7 @@ def day_ahead(follow: dg.AssetSelection | None = None) -> dg.AutomationCondition
     if follow is not None:
         trigger = trigger | _since_handled(AC.any_deps_updated().allow(follow)).with_label("forecast_updated")
     return (
-        AC.in_latest_time_window() & trigger & ~AC.any_deps_in_progress() & ~AC.in_progress()
+        AC.in_latest_time_window() & trigger & ~_parents_running() & ~AC.in_progress()
     ).with_label("day_ahead")
 
 
