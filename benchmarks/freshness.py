@@ -129,8 +129,17 @@ class Probes:
             self.errors.append(f"websocket {zone}: {exc!r}")
 
 
-def _produce_steady(bootstrap: str, topic: str, rate: int, seconds: int, probe_every: int, probes: Probes) -> int:
-    """Simulated ticks at `rate`/s; every `probe_every`-th zone-level tick is registered as a probe."""
+def _produce_steady(
+    bootstrap: str,
+    topic: str,
+    rate: int,
+    seconds: int,
+    probe_every: int,
+    probes: Probes,
+    stop: threading.Event | None = None,
+) -> int:
+    """Simulated ticks at `rate`/s for `seconds` or until `stop` is set; every `probe_every`-th zone-level
+    tick is registered as a probe. Returns the ticks sent."""
     from kafka import KafkaProducer
 
     from ingestion.simulator.trading import TICK_NODES_PER_ZONE, market_tick_events
@@ -142,7 +151,10 @@ def _produce_steady(bootstrap: str, topic: str, rate: int, seconds: int, probe_e
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
     zone_ticks = 0
     t0 = time.monotonic()
+    sent = 0
     for i, event in enumerate(market_tick_events(n, seed=7, start=start, topic=topic)):
+        if stop is not None and stop.is_set():
+            break
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -153,9 +165,10 @@ def _produce_steady(bootstrap: str, topic: str, rate: int, seconds: int, probe_e
                 with probes.lock:
                     probes.sent[(tick["zone"], datetime.fromisoformat(tick["ts_utc"]))] = (time.time(), tick["price"])
         producer.send(topic, key=event.key, value=event.value)
+        sent += 1
     producer.flush()
     producer.close()
-    return n
+    return sent
 
 
 def _bronze_latency(lake_root: str) -> np.ndarray:
@@ -374,7 +387,7 @@ def files_to_gold(admin_url: str, rate: int, minutes: int) -> None:
         )
         stop = threading.Event()
         ticks = threading.Thread(
-            target=lambda: _produce_steady(bootstrap, TICKS_TOPIC, rate, minutes * 60 + 600, 10**9, Probes()),
+            target=lambda: _produce_steady(bootstrap, TICKS_TOPIC, rate, minutes * 60 + 600, 10**9, Probes(), stop),
             daemon=True,
         )
         ticks.start()
@@ -397,6 +410,7 @@ def files_to_gold(admin_url: str, rate: int, minutes: int) -> None:
                         served[k] = time.monotonic()
             time.sleep(1)
         stop.set()
+        ticks.join(timeout=30)  # before the broker stops under the producer
     latencies = np.array([served[k] - drops[k] for k in sorted(served)])
     print(
         f"  {minutes} corrected files, one a minute, {rate} ticks/s alongside; {len(served)}/{len(drops)} served"

@@ -10,6 +10,8 @@ backfill, which the assets' single-run backfill policy turns into one Spark run 
   in partitions whose upstream days exist but which were never built (a day without data waits for it). Updates of
   unpartitioned parents (trading state, dimensions, the bronze tables themselves) rebuild only the last
   `RECENT_DAYS` days: they carry no day, and rebuilding the whole history on every CDC batch would never end.
+  A parent that changes while its child's day is being built (a correction landing mid-run) has that day
+  built again once the run ends: the run under way started before the change and never read it.
 - Delivery-day assets (forecasts, optimizations) build tomorrow's partition a lead time before each
   market's day-ahead gate closure (cron in the market's timezone), and again when their inputs change,
   at most once an hour; optimizations follow a new forecast at once.

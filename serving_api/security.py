@@ -6,11 +6,15 @@ Pure functions only (no database): `serving_api.auth_store` persists what these 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 import secrets
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -91,6 +95,15 @@ def hash_password(password: str) -> str:
     if problems:
         raise PasswordPolicyError("password needs " + "; ".join(problems))
     return _hasher.hash(password)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Lower the CPU priority of the calling thread alone by `nice` (Linux schedules each thread on its own;
+    where that is not so, the call does nothing)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
 
 
 def password_matches(password_hash: str | None, password: str) -> bool:

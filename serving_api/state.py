@@ -53,6 +53,7 @@ class ApiOptions:
     login_delay_max_seconds: float = 4.0
     login_backoff_max_seconds: int = 15 * 60
     password_hash_concurrency: int = 4
+    password_hash_nice: int = 10  # CPU priority of password verification relative to request handling
     api_key_cache_seconds: float = 30.0
     api_key_cache_max_entries: int = 10_000  # known and unknown prefixes together (LRU)
     table_catalog_seconds: float = 60.0

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -53,14 +54,31 @@ _MAX_WAITING_PER_EMAIL = 8
 _verify_slots: dict[int, asyncio.Semaphore] = {}
 
 
+@functools.cache
+def _verify_pool(threads: int, nice: int) -> ThreadPoolExecutor:
+    """Threads that verify passwords at a lowered CPU priority (`nice`), so a login flood's argon2 work
+    yields the cores to the requests of signed-in clients instead of sharing them evenly."""
+    return ThreadPoolExecutor(
+        max_workers=threads,
+        thread_name_prefix="optibid-argon2",
+        initializer=security.lower_thread_priority,
+        initargs=(nice,),
+    )
+
+
 async def _password_matches(state: ApiState, password_hash: str | None, password: str) -> bool:
-    """argon2 verification in a worker thread (~50 ms of CPU), at most `password_hash_concurrency` at once."""
+    """argon2 verification (~50 ms of CPU) in a low-priority thread, at most `password_hash_concurrency` at
+    once."""
     loop_id = id(asyncio.get_running_loop())
     slot = _verify_slots.get(loop_id)
+    opts = state.options
     if slot is None:
-        slot = _verify_slots[loop_id] = asyncio.Semaphore(state.options.password_hash_concurrency)
+        slot = _verify_slots[loop_id] = asyncio.Semaphore(opts.password_hash_concurrency)
     async with slot:
-        return await asyncio.to_thread(security.password_matches, password_hash, password)
+        pool = _verify_pool(opts.password_hash_concurrency, opts.password_hash_nice)
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, security.password_matches, password_hash, password
+        )
 
 
 def _delay_for(failures: int, threshold: int, opts: ApiOptions) -> float:
@@ -69,9 +87,7 @@ def _delay_for(failures: int, threshold: int, opts: ApiOptions) -> float:
     return min(opts.login_delay_max_seconds, opts.login_delay_base_seconds * 2 ** (failures - threshold))
 
 
-async def _issue(
-    conn: AsyncConnection, state: ApiState, user: dict, family_id: str
-) -> tuple[TokenResponse, str]:
+async def _issue(conn: AsyncConnection, state: ApiState, user: dict, family_id: str) -> tuple[TokenResponse, str]:
     token, digest = security.new_refresh_token()
     token_id = uuid.uuid4().hex
     issued = await (
@@ -95,14 +111,10 @@ async def _issue(
         role=user["role"],
         family_id=family_id,
     )
-    return TokenResponse(
-        access_token=access, refresh_token=token, expires_in=security.ACCESS_TOKEN_SECONDS
-    ), token_id
+    return TokenResponse(access_token=access, refresh_token=token, expires_in=security.ACCESS_TOKEN_SECONDS), token_id
 
 
-@router.post(
-    "/token", response_model=TokenResponse, summary="Log in with e-mail and password (OAuth2 password)"
-)
+@router.post("/token", response_model=TokenResponse, summary="Log in with e-mail and password (OAuth2 password)")
 async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenResponse:
     state = api_state(request)
     opts = state.options

@@ -72,3 +72,22 @@ def test_password_hashing_does_not_block_the_event_loop(client):
         gaps = probe.result()
     # argon2 on the loop would stall it ~50 ms per verification; in worker threads the loop keeps ticking.
     assert gaps[int(len(gaps) * 0.9)] < 0.05, gaps[-10:]
+
+
+def test_password_verification_runs_below_request_handling_priority(client):
+    """A login flood's argon2 work runs in threads niced below the event loop (password_hash_nice), so it
+    yields the cores to signed-in clients' requests instead of sharing them evenly."""
+    import os
+    import sys
+    import threading
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are a Linux scheduling feature")
+    assert login(client, f"{uuid.uuid4().hex}@nowhere.test", "Wrong-Password-1").status_code == 401
+    verifiers = [t for t in threading.enumerate() if t.name.startswith("optibid-argon2")]
+    assert verifiers, "password verification did not run in the low-priority pool"
+    main = os.getpriority(os.PRIO_PROCESS, threading.main_thread().native_id)
+    for thread in verifiers:
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == main + 10, thread.name
