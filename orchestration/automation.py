@@ -67,9 +67,11 @@ def _since_handled(condition: dg.AutomationCondition) -> dg.AutomationCondition:
     trigger (`any_deps_updated` leaves those out).
     """
     requested = (AC.newly_requested() | AC.initial_evaluation()).with_label("requested")
-    # A parent still in progress is being built by this very run (or backfill): Dagster's own same-run
-    # exclusion (`executed_with_root_target`) recognises only the last partition a multi-day run wrote.
-    during_run = (condition & AC.in_progress() & ~AC.any_deps_in_progress()).since(requested)
+    # Dagster's own same-run exclusion (`executed_with_root_target`) recognises only the last partition a
+    # multi-day run wrote, and such runs come from backfills: a parent still in a backfill while this
+    # partition is in one too is taken for the same backfill's work, not for a change.
+    same_backfill = AC.backfill_in_progress() & AC.any_deps_in_progress()
+    during_run = (condition & AC.in_progress() & ~same_backfill).since(requested)
     during_run = during_run.with_label("changed_during_run")
     return condition.since_last_handled() | during_run
 
