@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import hmac
 import importlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from psycopg import AsyncConnection, sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from infra.settings import Settings, get_settings
@@ -32,6 +36,8 @@ from serving_api.state import ApiOptions, ApiState, RateLimiter
 from serving_api.streaming import Hub
 
 API_PREFIX = "/api/v1"
+API_LOGIN = "optibid_api_login"  # infra/sql/130_api_login.sql
+log = logging.getLogger("serving_api")
 # Mounted under /api/v1, in this order; the lead appends new router modules here.
 API_ROUTERS = [
     "auth",
@@ -96,6 +102,39 @@ def provision_api_login(owner_url: str, api_url: str) -> None:
             )
 
 
+def derived_api_login_url(owner_url: str, secret: str) -> str:
+    """The warehouse connection with the API's own login in place of the owner, and a password derived from
+    the token secret (every worker of the server derives the same one)."""
+    params = conninfo_to_dict(owner_url)
+    params["user"] = API_LOGIN
+    params["password"] = hmac.new(secret.encode(), API_LOGIN.encode(), hashlib.sha256).hexdigest()
+    return make_conninfo(**params)
+
+
+def _serving_url(owner_url: str, configured_url: str | None, secret: str) -> str:
+    """What serves requests: the configured API login (checked, or the API refuses to start), else the API's own
+    login on the warehouse, set up here, so that a connection which forgets `SET ROLE` fails closed by
+    default. Only where the owner may not set that login up does the API serve as the owner with `SET ROLE`."""
+    if configured_url:
+        provision_api_login(owner_url, configured_url)
+        return configured_url
+    derived = derived_api_login_url(owner_url, secret)
+    try:
+        provision_api_login(owner_url, derived)
+        with psycopg.connect(derived, connect_timeout=10):
+            pass
+    except (psycopg.Error, RuntimeError) as exc:
+        log.warning(
+            "serving as the warehouse owner with SET ROLE %s: the login %s could not be set up (%s); "
+            "set OPTIBID_API_DATABASE_URL to a login of the API's own",
+            API_ROLE,
+            API_LOGIN,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+        )
+        return owner_url
+    return derived
+
+
 def _session_limits(settings: Settings) -> Callable[[AsyncConnection], Awaitable[None]]:
     """Pool `configure` hook: every pooled connection acts as the API role (never the owner), and none runs a
     statement, or idles in a transaction, forever."""
@@ -135,9 +174,9 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
 
         state.database_url = await asyncio.to_thread(_database_url, settings)
         await asyncio.to_thread(db.migrate, state.database_url)
-        state.api_database_url = settings.api_database_url or state.database_url
-        if settings.api_database_url:
-            await asyncio.to_thread(provision_api_login, state.database_url, settings.api_database_url)
+        state.api_database_url = await asyncio.to_thread(
+            _serving_url, state.database_url, settings.api_database_url, state.jwt_secret
+        )
         state.pool = AsyncConnectionPool(
             state.api_database_url,
             min_size=options.pool_min_size,

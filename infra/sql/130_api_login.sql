@@ -1,6 +1,6 @@
 -- Serving API: a login of its own, so the API need not connect as the tables' owner (often a superuser,
--- which no row-level security binds). `OPTIBID_API_DATABASE_URL` names it; unset, the API connects with the
--- warehouse URL and `SET ROLE optibid_api` as before.
+-- which no row-level security binds). `OPTIBID_API_DATABASE_URL` names it; unset, the API sets it up itself
+-- on the warehouse's server (serving_api.app.derived_api_login_url).
 --
 -- * optibid_api_login owns nothing and may become optibid_api only. It INHERITs that role's rights, so a
 --   connection that forgets `SET ROLE` or the organization scope is still the RLS-bound API role with no

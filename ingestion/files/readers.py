@@ -70,6 +70,8 @@ def header_layout(rows: list[list[str]]) -> tuple[int, int, list[str]]:
     sparse text row directly above a full text row is a merged group header ("Price (€/MWh)" over
     "DA | RT"): it is forward-filled and prefixed to the names below.
     """
+    if not any(any(r) for r in rows):
+        raise ValueError("no header row: the file holds no text (an empty file, or only a byte-order mark)")
     filled = [sum(1 for c in r if c) for r in rows]
     widths = [max((i + 1 for i, c in enumerate(r) if c), default=0) for r in rows]
     data_widths = [w for w in widths if w >= 2] or [max(widths, default=1)]

@@ -172,3 +172,14 @@ def test_xlsx_sheets_are_streamed_in_chunks(tmp_path):
     with pytest.raises(ValueError, match="unreadable workbook sheet 'Load'"):
         for chunk in chunks:
             assert chunk.table.num_rows <= 500
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n\r\n", b" \n"], ids=["bom", "bom_blank_lines", "blank"]
+)
+def test_a_file_with_no_text_is_refused_with_a_reason_not_a_crash(tmp_path, content):
+    """Found by the API's stateful schemathesis run: an upload of only a byte-order mark answered 500."""
+    path = tmp_path / "empty.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="no header row"):
+        DelimitedReader(path)

@@ -244,3 +244,25 @@ def test_the_api_refuses_to_serve_as_the_owner(security_settings, security_datab
     settings = security_settings.model_copy(update={"api_database_url": security_database})
     with pytest.raises(RuntimeError, match="OPTIBID_API_DATABASE_URL"), TestClient(make_app(settings), client=PROXY):
         pass
+
+
+def test_by_default_the_api_serves_as_its_own_login_not_the_owner(security_settings) -> None:
+    """Without OPTIBID_API_DATABASE_URL the API sets up its login on the warehouse itself (a password derived
+    from the token secret, the same in every worker), so a connection that forgets `SET ROLE` fails closed
+    on the embedded default too, where the owner is a superuser."""
+    assert not security_settings.api_database_url
+    with TestClient(make_app(security_settings), client=PROXY) as client:
+        state = client.app.state.api
+
+        async def who() -> tuple[str, str]:
+            async with state.pool.connection() as conn:
+                return await (await conn.execute("SELECT session_user, current_user")).fetchone()
+
+        assert client.portal.call(who) == (LOGIN, "optibid_api")
+        assert conninfo_to_dict(state.api_database_url)["user"] == LOGIN
+        with psycopg.connect(state.api_database_url) as bare:  # no SET ROLE, no organization scope
+            assert bare.execute("SELECT rolsuper FROM pg_roles WHERE rolname = session_user").fetchone() == (False,)
+            with pytest.raises(errors.InsufficientPrivilege):
+                bare.execute("SELECT count(*) FROM ops.login_attempts").fetchone()
+        token = login(client, "analyst@org_a.test", address="198.51.100.78")
+        assert token.status_code == 200, token.text
