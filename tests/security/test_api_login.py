@@ -218,16 +218,22 @@ def test_org_bi_role_cannot_reach_other_orgs_rows_of_dbt_gold_through_bi_reader(
                 owner.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def _pool_identity(client: TestClient) -> tuple[str, str]:
+    """(session_user, current_user) of a connection from the running app's pool."""
+    state = client.app.state.api
+
+    async def who() -> tuple[str, str]:
+        async with state.pool.connection() as conn:
+            return await (await conn.execute("SELECT session_user, current_user")).fetchone()
+
+    return client.portal.call(who)
+
+
 def test_the_api_serves_requests_as_its_login(security_settings, api_login_url: str) -> None:
     settings = security_settings.model_copy(update={"api_database_url": api_login_url})
     with TestClient(make_app(settings), client=PROXY) as client:
         state = client.app.state.api
-
-        async def who() -> tuple[str, str]:
-            async with state.pool.connection() as conn:
-                return await (await conn.execute("SELECT session_user, current_user")).fetchone()
-
-        assert client.portal.call(who) == (LOGIN, "optibid_api")
+        assert _pool_identity(client) == (LOGIN, "optibid_api")
         assert state.hub.connected  # the listener connects as the login too
         token = login(client, "analyst@org_a.test", address="198.51.100.77")
         assert token.status_code == 200, token.text
@@ -253,12 +259,7 @@ def test_by_default_the_api_serves_as_its_own_login_not_the_owner(security_setti
     assert not security_settings.api_database_url
     with TestClient(make_app(security_settings), client=PROXY) as client:
         state = client.app.state.api
-
-        async def who() -> tuple[str, str]:
-            async with state.pool.connection() as conn:
-                return await (await conn.execute("SELECT session_user, current_user")).fetchone()
-
-        assert client.portal.call(who) == (LOGIN, "optibid_api")
+        assert _pool_identity(client) == (LOGIN, "optibid_api")
         assert conninfo_to_dict(state.api_database_url)["user"] == LOGIN
         with psycopg.connect(state.api_database_url) as bare:  # no SET ROLE, no organization scope
             assert bare.execute("SELECT rolsuper FROM pg_roles WHERE rolname = session_user").fetchone() == (False,)
