@@ -28,7 +28,7 @@ from dagster_dbt import (
 
 from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, manifest_is_stale, prepare_manifest
 from infra.signals import signal_gold_window, signal_kpi_window
-from ingestion.silver.trading import ENTITIES
+from ingestion.cdc.topics import CDC_SOURCE_TABLES
 from orchestration import automation
 from orchestration.partitions import daily_partitions
 from orchestration.resources import WarehouseResource
@@ -52,7 +52,7 @@ _MODELS = _manifest_models()
 UNPARTITIONED_PARENTS = (
     dg.AssetSelection.groups("reference")
     | dg.AssetSelection.assets(
-        *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in ENTITIES for suffix in ("", "_history"))
+        *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in CDC_SOURCE_TABLES for suffix in ("", "_history"))
     )
     | dg.AssetSelection.assets(
         *(dg.AssetKey(["gold", name]) for name, n in _MODELS.items() if "partitioned" not in n["tags"])

@@ -23,7 +23,7 @@ from deltalake import write_deltalake
 
 from infra import db
 from infra.lake import Lake
-from infra.services import embedded_postgres_url
+from infra.services import warehouse_url
 from infra.settings import get_settings
 from infra.spark import spark_session
 from ingestion.silver.market import build_market_window
@@ -123,7 +123,7 @@ def main() -> None:
     node_start = year_start + timedelta(days=3 if args.small else 182)
 
     settings = get_settings()
-    admin = settings.database_url or embedded_postgres_url(settings)
+    admin = warehouse_url(settings)
     url = db.create_database(admin, "optibid_bench_silver", drop_existing=True)
     db.migrate(url)
     zones = [f"BZ{i:02d}" for i in range(n_zones)]

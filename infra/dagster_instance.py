@@ -30,6 +30,10 @@ concurrency:
   pools:
     default_limit: {POOL_LIMIT}  # spark, clickhouse_export: one run of each at a time
     granularity: run
+run_queue:
+  # Every hop of the pipeline (landing -> silver -> gold) waits in the queue once: look every second, not five.
+  dequeue_interval_seconds: 1
+  dequeue_use_threads: true
 run_monitoring:
   enabled: true
 telemetry:

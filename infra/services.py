@@ -50,6 +50,14 @@ def _run_dir(settings: Settings) -> Path:
 # --- Postgres ------------------------------------------------------------------------------------
 
 
+def warehouse_url(settings: Settings) -> str:
+    """The warehouse: `OPTIBID_DATABASE_URL` if set, else the embedded Postgres (started if needed).
+
+    Resolution only: callers that write run `infra.db.migrate` on it once, where they start.
+    """
+    return settings.database_url or embedded_postgres_url(settings)
+
+
 def embedded_postgres_url(settings: Settings) -> str:
     """Start (or reuse) the embedded pgserver under `<home>/pg` and return its URL.
 
@@ -206,7 +214,7 @@ def kafka_security_config(settings: Settings) -> dict[str, object]:
 def ensure_services(settings: Settings, *, broker: bool = True) -> ServiceEndpoints:
     """Configured servers if set, embedded ones otherwise; verified reachable."""
     db_embedded = settings.database_url is None
-    database_url = settings.database_url or embedded_postgres_url(settings)
+    database_url = warehouse_url(settings)
     check_database(database_url, "OPTIBID_DATABASE_URL" if not db_embedded else "the embedded Postgres")
 
     broker_embedded = settings.kafka_bootstrap_servers is None

@@ -187,7 +187,16 @@ class Settings(BaseSettings):
         ge=1,
         le=3600,
         validation_alias="OPTIBID_SENSOR_INTERVAL_SECONDS",
-        description="How often the daemon looks for new data and evaluates the automation and the alerts (s).",
+        description="How often the daemon evaluates the automation and the alerts (s).",
+    )
+    # Looking for new data costs a folder listing and a broker round trip; evaluating the automation costs
+    # seconds of CPU. Files and CDC lag are polled more often, so a landed file starts its run sooner.
+    new_data_poll_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        validation_alias="OPTIBID_NEW_DATA_POLL_SECONDS",
+        description="How often the daemon looks for landed files, CDC lag and follow-mode commits (s).",
     )
     # automation: how long before each market's day-ahead gate closure forecasts and
     # optimizations for tomorrow run (ml/optimization/gate_closures.py has the closures)

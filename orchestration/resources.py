@@ -16,7 +16,7 @@ from pydantic import PrivateAttr
 
 from infra import db
 from infra.lake import Lake
-from infra.services import embedded_broker_bootstrap, embedded_postgres_url, kafka_security_config
+from infra.services import embedded_broker_bootstrap, kafka_security_config, warehouse_url
 from infra.settings import Settings, get_settings
 
 
@@ -31,7 +31,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def url(self) -> str:
         if self._resolved is None:
             settings = get_settings()
-            self._resolved = self.database_url or settings.database_url or embedded_postgres_url(settings)
+            self._resolved = self.database_url or warehouse_url(settings)
             db.migrate(self._resolved)
         return self._resolved
 

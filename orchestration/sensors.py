@@ -35,7 +35,7 @@ def build_lag_sensor(
     @dg.sensor(
         name=name,
         job=bronze_cdc_job,
-        minimum_interval_seconds=get_settings().sensor_interval_seconds,
+        minimum_interval_seconds=get_settings().new_data_poll_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _sensor(
@@ -76,7 +76,7 @@ bronze_cdc_lag_sensor = build_lag_sensor()
 
 @dg.sensor(
     job=landing_files_job,
-    minimum_interval_seconds=get_settings().sensor_interval_seconds,
+    minimum_interval_seconds=get_settings().new_data_poll_seconds,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def landing_folder_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
@@ -126,7 +126,7 @@ class TableCommits:
 
 
 @dg.sensor(
-    minimum_interval_seconds=get_settings().sensor_interval_seconds,
+    minimum_interval_seconds=get_settings().new_data_poll_seconds,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def bronze_cdc_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:

@@ -22,6 +22,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from infra.services import warehouse_url
 from infra.settings import Settings, get_settings
 from serving_api import security
 from serving_api.cache import ResponseCache
@@ -55,14 +56,6 @@ API_ROUTERS = [
     "optimize",
     "alerts",
 ]
-
-
-def _database_url(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    from infra.services import embedded_postgres_url
-
-    return embedded_postgres_url(settings)
 
 
 def provision_api_login(owner_url: str, api_url: str) -> None:
@@ -172,7 +165,7 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         from infra import db
 
-        state.database_url = await asyncio.to_thread(_database_url, settings)
+        state.database_url = await asyncio.to_thread(warehouse_url, settings)
         await asyncio.to_thread(db.migrate, state.database_url)
         state.api_database_url = await asyncio.to_thread(
             _serving_url, state.database_url, settings.api_database_url, state.jwt_secret

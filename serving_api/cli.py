@@ -13,6 +13,7 @@ import psycopg
 import typer
 
 from infra import db
+from infra.services import warehouse_url
 from infra.settings import get_settings
 from serving_api import security
 
@@ -28,13 +29,7 @@ ROLES = [r.value for r in security.Role]
 
 
 def _database_url() -> str:
-    settings = get_settings()
-    if settings.database_url:
-        url = settings.database_url
-    else:
-        from infra.services import embedded_postgres_url
-
-        url = embedded_postgres_url(settings)
+    url = warehouse_url(get_settings())
     db.migrate(url)
     return url
 

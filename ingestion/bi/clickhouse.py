@@ -45,13 +45,15 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from clickhouse_driver import Client
 from psycopg import sql
 
 from ingestion.bi.tables import TABLES, Rollup, TableSpec
+
+if TYPE_CHECKING:
+    from clickhouse_driver import Client
 
 INSERT_BATCH_ROWS = 100_000
 _DEFAULTS = {

@@ -41,11 +41,10 @@ def _client_config(bootstrap: str | None) -> dict[str, object]:
 def _warehouse() -> str:
     """The warehouse URL, migrated (once per process: follow mode's lock and its real-time writer share it)."""
     from infra import db
-    from infra.services import embedded_postgres_url
+    from infra.services import warehouse_url
     from infra.settings import get_settings
 
-    settings = get_settings()
-    url = settings.database_url or embedded_postgres_url(settings)
+    url = warehouse_url(get_settings())
     db.migrate(url)
     return url
 

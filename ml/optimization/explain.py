@@ -9,11 +9,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on workers; must precede pyplot
-import matplotlib.pyplot as plt
-
 from ml.optimization.storage import StorageSchedule
 
 
@@ -21,6 +16,12 @@ def storage_schedule_png(
     schedule: StorageSchedule, path: Path | None = None, title: str | None = None
 ) -> bytes:
     """PNG of price (line), net power (bars: up = discharge/sell) and SoC; also written to `path` if given."""
+    # Imported here: pyplot costs ~1.5 s, and every Dagster run process loads this module.
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers; must precede pyplot
+    import matplotlib.pyplot as plt
+
     iv = schedule.intervals
     x = [i.index for i in iv]
     fig, (ax_price, ax_power) = plt.subplots(2, 1, sharex=True, figsize=(10, 6), height_ratios=[1, 1])

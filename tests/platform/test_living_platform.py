@@ -106,6 +106,7 @@ def platform(settings, database_url: str, broker_bootstrap: str, tmp_path_factor
         "OPTIBID_UPLOADS_DIR": str(root / "uploads"),
         "OPTIBID_PARTITION_START": first.isoformat(),
         "OPTIBID_SENSOR_INTERVAL_SECONDS": "5",
+        "OPTIBID_NEW_DATA_POLL_SECONDS": "5",
         "OPTIBID_ALERT_WEBHOOK_URLS": json.dumps([webhook.url]),
         "OPTIBID_ALERT_SMTP_HOST": "127.0.0.1",
         "OPTIBID_ALERT_SMTP_PORT": str(smtp_port),

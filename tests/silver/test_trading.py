@@ -106,3 +106,11 @@ def test_absent_bronze_table_leaves_silver_empty(spark, lake, silver_db):
     result = build_trading_entity(spark, lake, silver_db, "trades")
     assert result.bronze_version is None and result.history_rows == 0
     assert query(silver_db, "SELECT count(*) FROM silver.trading__trades_history") == [(0,)]
+
+
+def test_every_cdc_source_table_has_a_silver_entity():
+    """Gold and the topics name the trading tables by `CDC_SOURCE_TABLES`; silver builds one entity each."""
+    from ingestion.cdc.topics import CDC_SOURCE_TABLES
+    from ingestion.silver.trading import ENTITIES
+
+    assert sorted(ENTITIES) == sorted(CDC_SOURCE_TABLES)
