@@ -29,7 +29,7 @@ from datetime import timedelta
 
 import httpx
 
-from benchmarks.api_load import _load, _server
+from benchmarks.harness import api_server, load_average, wait_until_ready
 
 TARGET_P95_MS = 50.0
 NORMAL_CONNECTIONS = 200
@@ -212,16 +212,10 @@ def main(
         for role in ("viewer", "analyst", "trader")
     }
     port = free_port()
-    server = _server(url, port, workers)
+    server = api_server(url, port, workers)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_until_ready(base, 30)
         q = f"from={DAY0.isoformat()}&to={(DAY0 + timedelta(days=1)).isoformat()}".replace("+", "%2B")
         targets = [
             f"/api/v1/kpis/avg_price?zone=PJM&grain=hour&{q}",
@@ -231,19 +225,19 @@ def main(
         for target in targets:
             assert httpx.get(base + target, headers={"X-API-Key": keys["viewer"]}).status_code == 200
         export = "/api/v1/prices?zone=PJM&format=csv"
-        load_before = _load()
+        load_before = load_average()
         if baseline:
             alone = asyncio.run(_run(base, port, keys, targets, export, seconds, abuse=False))
             print(
                 f"  baseline, normal reads alone: {alone['rps']:.0f} req/s, p50 {alone['p50_ms']:.1f} ms, "
-                f"p95 {alone['p95_ms']:.1f} ms, errors {alone['errors']}; {_load()}"
+                f"p95 {alone['p95_ms']:.1f} ms, errors {alone['errors']}; {load_average()}"
             )
-            load_before = _load()
+            load_before = load_average()
         out = asyncio.run(_run(base, port, keys, targets, export, seconds))
         p95_ms, total = out["p95_ms"], out["requests"]
         met = p95_ms < TARGET_P95_MS and out["errors"] == 0 and out["foreign"] == 0
         print(f"API abuse benchmark: uvicorn --workers {workers}, {seconds} s, {os.cpu_count()} cores")
-        print(f"  before: {load_before}; after: {_load()}")
+        print(f"  before: {load_before}; after: {load_average()}")
         print(
             f"  normal reads (wrk), {NORMAL_CONNECTIONS} conn, ~{NORMAL_RPS} req/s offered: {total} requests, "
             f"{out['rps']:.0f} req/s, p50 {out['p50_ms']:.1f} ms, p95 {p95_ms:.1f} ms, p99 {out['p99_ms']:.1f} ms; "

@@ -16,13 +16,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
+
+from benchmarks.harness import api_server, load_average, wait_until_ready
 
 TARGET_P95_MS = 25.0
 TARGET_RPS = 2000
@@ -44,11 +44,6 @@ setup = function(thread) n = n + 1; thread:set("seed", n) end
 init = function(args) math.randomseed(seed * 7919 + os.time()) end
 delay = function() return -math.log(1 - math.random()) * %f end
 """
-
-
-def _load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 def _wrk(url: str, key: str, seconds: int, connections: int, paced_rps: int | None = None) -> dict[str, float]:
@@ -156,20 +151,6 @@ async def _ws_fanout(base: str, key: str, n_clients: int, publish) -> dict[str, 
     }
 
 
-def _server(url: str, port: int, workers: int) -> subprocess.Popen:
-    home = tempfile.mkdtemp(prefix="bench_api_")
-    env = {
-        **os.environ,
-        "OPTIBID_DATABASE_URL": url,
-        "OPTIBID_HOME": home,
-        "OPTIBID_JWT_SECRET": "bench-" + "x" * 40,
-    }
-    # As infra/deploy runs it (docker-compose.yml, k8s/optibid.yaml).
-    command = ["uvicorn", "serving_api.app:app", "--port", str(port), "--workers", str(workers)]
-    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-    return subprocess.Popen([sys.executable, "-m", *command], env=env, cwd=Path(__file__).parents[1])
-
-
 def _line(name: str, r: dict[str, float]) -> str:
     figures = (
         f"  {name:38s} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p95 {r['p95_ms']:6.2f} ms  "
@@ -180,7 +161,7 @@ def _line(name: str, r: dict[str, float]) -> str:
         rate = f"served / offered = {r['rps'] / r['offered_rps']:.2f}"
     else:
         rate = f"req/s / 2,000 = {r['rps'] / TARGET_RPS:.2f} (met: {r['rps'] >= TARGET_RPS})"
-    return f"{figures}\n  {'':38s} {p95}   {rate}   [{_load()}]"
+    return f"{figures}\n  {'':38s} {p95}   {rate}   [{load_average()}]"
 
 
 def main(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", workers: int = 2, seconds: int = 10):
@@ -196,16 +177,10 @@ def main(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", worke
         _seed(conn)
     key = cli.create_api_key(url, "org_a", "bench", "viewer", rate_limit_per_minute=100_000_000)
     port = free_port()
-    server = _server(url, port, workers)
+    server = api_server(url, port, workers)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_until_ready(base, 30)
         day = (DAY0.isoformat(), (DAY0 + timedelta(days=1)).isoformat())
         q = f"from={day[0]}&to={day[1]}".replace("+", "%2B")
         targets = {
@@ -214,7 +189,7 @@ def main(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", worke
         }
         print(
             f"API load benchmark: uvicorn --workers {workers} (uvloop, httptools, no access log); load generator "
-            f"on the same {os.cpu_count()}-core box; {_load()}"
+            f"on the same {os.cpu_count()}-core box; {load_average()}"
         )
         for name, target in targets.items():
             warm = httpx.get(target, headers={"X-API-Key": key})
@@ -243,7 +218,7 @@ def main(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", worke
             f"  websocket fan-out: {ws['delivered']}/{ws['clients']} clients got the update; "
             f"p50 {ws['p50_s']:.3f} s  p95 {ws['p95_s']:.3f} s  max {ws['max_s']:.3f} s "
             f"(max / 1 s = {ws['max_s']:.2f}, met: {ws['delivered'] == ws['clients'] and ws['max_s'] < 1})   "
-            f"[{_load()}]"
+            f"[{load_average()}]"
         )
     finally:
         server.terminate()

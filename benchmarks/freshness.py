@@ -44,14 +44,11 @@ import orjson
 import pandas as pd
 import pyarrow.compute as pc
 
+from benchmarks.harness import api_server, listen_kpi_values, load_average, wait_until_ready
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_P95_S = 30.0
 ZONES = ("PJM", "NYISO", "ERCOT", "CAISO", "IEX_N", "IEX_S", "IEX_W")
-
-
-def _load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 def _prepare_warehouse(admin_url: str) -> str:
@@ -67,7 +64,7 @@ def _prepare_warehouse(admin_url: str) -> str:
     target = Path(tempfile.mkdtemp(prefix="bench_freshness_dbt_"))
     run_dbt(["seed"], database_url=url, target_path=target)
     run_dbt(["run", "--select", "+kpi_values"], database_url=url, target_path=target)
-    print(f"gold built by dbt in {time.monotonic() - started:.0f} s (setup, not measured)   [{_load()}]")
+    print(f"gold built by dbt in {time.monotonic() - started:.0f} s (setup, not measured)   [{load_average()}]")
     return url
 
 
@@ -111,20 +108,9 @@ class Probes:
                 self.stop.wait(0.2)
 
     def listen(self, base: str, key: str, zone: str, ready: threading.Barrier) -> None:
-        from websockets.sync.client import connect
-
         url = base.replace("http", "ws", 1) + f"/api/v1/ws/kpis/price_avg?zone={zone}&grain=minute&api_key={quote(key)}"
         try:
-            with connect(url, max_size=None) as ws:
-                ready.wait()
-                while not self.stop.is_set():
-                    try:
-                        message = json.loads(ws.recv(timeout=0.5))
-                    except TimeoutError:
-                        continue
-                    if message["type"] == "kpi_values":
-                        for value in message["values"]:
-                            self.seen(self.ws, zone, value["period_start"], value["value"])
+            listen_kpi_values(url, self.stop, ready, lambda start, value: self.seen(self.ws, zone, start, value))
         except Exception as exc:
             self.errors.append(f"websocket {zone}: {exc!r}")
 
@@ -185,7 +171,7 @@ def _bronze_latency(lake_root: str) -> np.ndarray:
 
 def _line(name: str, latencies: np.ndarray, peer_p95: float | None, expected: int) -> str:
     if not len(latencies):
-        return f"  {name:36s} nothing observed of {expected} probes   [{_load()}]"
+        return f"  {name:36s} nothing observed of {expected} probes   [{load_average()}]"
     p50, p95 = np.percentile(latencies, 50), np.percentile(latencies, 95)
     line = (
         f"  {name:36s} n={len(latencies)}/{expected}  p50 {p50:6.2f} s  p95 {p95:6.2f} s  max {latencies.max():6.2f} s"
@@ -194,11 +180,10 @@ def _line(name: str, latencies: np.ndarray, peer_p95: float | None, expected: in
     ratios = f"p95 / {TARGET_P95_S:.0f} s = {p95 / TARGET_P95_S:.3f} (met: {met})"
     if peer_p95:
         ratios += f"   p95 / bronze p95 = {p95 / peer_p95:.2f}"
-    return f"{line}\n  {'':36s} {ratios}   [{_load()}]"
+    return f"{line}\n  {'':36s} {ratios}   [{load_average()}]"
 
 
 def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
-    from benchmarks.api_load import _server
     from infra.services import embedded_broker_bootstrap, free_port
     from infra.settings import get_settings
     from ingestion.simulator.trading import ensure_topics
@@ -212,7 +197,7 @@ def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
     ensure_topics(bootstrap, [topic], 6)
     lake_root = tempfile.mkdtemp(prefix="bench_freshness_lake_")
     port = free_port()
-    api = _server(url, port, 1)
+    api = api_server(url, port, 1)
     consumer = subprocess.Popen(
         [
             sys.executable,
@@ -235,13 +220,7 @@ def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
     probes = Probes()
     threads: list[threading.Thread] = []
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_until_ready(base, 60)
         ready = threading.Barrier(len(ZONES) + 1)
         threads = [threading.Thread(target=probes.listen, args=(base, key, z, ready), daemon=True) for z in ZONES]
         threads.append(threading.Thread(target=probes.poll_api, args=(base, key), daemon=True))
@@ -251,7 +230,7 @@ def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
         time.sleep(3)  # consumer start-up (imports, metadata) is not latency
         print(
             f"freshness part 1: {rate} ticks/s for {seconds} s -> follow consumer -> minute KPIs; "
-            f"API uvicorn 1 worker; {len(ZONES)} WebSocket clients; {os.cpu_count()}-core box   [{_load()}]"
+            f"API uvicorn 1 worker; {len(ZONES)} WebSocket clients; {os.cpu_count()}-core box   [{load_average()}]"
         )
         sent = _produce_steady(bootstrap, topic, rate, seconds, probe_every, probes)
         deadline = time.monotonic() + 60
@@ -279,7 +258,7 @@ def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
         expected = len(probes.sent)
     print(
         f"  {'produce -> bronze commit (peer)':36s} n={len(bronze)}/{sent}  p50 {np.percentile(bronze, 50):6.2f} s  "
-        f"p95 {bronze_p95:6.2f} s  max {bronze.max():6.2f} s   [{_load()}]"
+        f"p95 {bronze_p95:6.2f} s  max {bronze.max():6.2f} s   [{load_average()}]"
     )
     print(_line("produce -> minute KPI served (API)", api_lat, bronze_p95, expected))
     print(_line("produce -> minute KPI pushed (WS)", ws_lat, bronze_p95, expected))
@@ -383,7 +362,7 @@ def files_to_gold(admin_url: str, rate: int, minutes: int) -> None:
         cold = time.monotonic() - started
         print(
             f"freshness part 2: platform processes up -> first market day served (cold start) {cold:6.1f} s"
-            f"   [{_load()}]"
+            f"   [{load_average()}]"
         )
         stop = threading.Event()
         ticks = threading.Thread(
@@ -414,14 +393,14 @@ def files_to_gold(admin_url: str, rate: int, minutes: int) -> None:
     latencies = np.array([served[k] - drops[k] for k in sorted(served)])
     print(
         f"  {minutes} corrected files, one a minute, {rate} ticks/s alongside; {len(served)}/{len(drops)} served"
-        f"   [{_load()}]"
+        f"   [{load_average()}]"
     )
     if len(latencies):
         p50, p95 = np.percentile(latencies, 50), np.percentile(latencies, 95)
         print(
             f"  {'file landed -> gold hourly served (API)':40s} p50 {p50:6.1f} s  p95 {p95:6.1f} s  "
             f"max {latencies.max():6.1f} s  target p95 <= {FILES_TARGET_P95_S:.0f} s "
-            f"(p95/target {p95 / FILES_TARGET_P95_S:.2f}; p95/cold start {p95 / cold:.2f})   [{_load()}]"
+            f"(p95/target {p95 / FILES_TARGET_P95_S:.2f}; p95/cold start {p95 / cold:.2f})   [{load_average()}]"
         )
 
 

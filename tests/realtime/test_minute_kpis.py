@@ -8,7 +8,6 @@ process `python -m ingestion.cdc.cli --follow`.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ import numpy as np
 import orjson
 import pytest
 
+from benchmarks.harness import listen_kpi_values
 from tests.realtime.conftest import start_follow_consumer, stop_follow_consumer
 
 TARGET_P95_SECONDS = 30.0
@@ -85,20 +85,9 @@ class Watcher:
                 self.stop.wait(0.25)
 
     def listen(self, api_url: str, token: str, zone: str, ready: threading.Barrier) -> None:
-        from websockets.sync.client import connect
-
         url = f"ws://{api_url}/api/v1/ws/kpis/price_avg?zone={zone}&grain=minute&access_token={quote(token)}"
         try:
-            with connect(url) as ws:
-                ready.wait()
-                while not self.stop.is_set():
-                    try:
-                        message = json.loads(ws.recv(timeout=0.5))
-                    except TimeoutError:
-                        continue
-                    if message["type"] == "kpi_values":
-                        for value in message["values"]:
-                            self.note(self.ws_seen, zone, value["period_start"], value["value"])
+            listen_kpi_values(url, self.stop, ready, lambda start, value: self.note(self.ws_seen, zone, start, value))
         except Exception as exc:
             self.errors.append(f"{zone}: {exc!r}")
 
