@@ -23,6 +23,7 @@ ID_COL = "unique_id"
 TIME_COL = "ds"
 TARGET_COL = "y"
 FORECAST_COLUMNS = ["unique_id", "ds", "model", "y_hat", "q10", "q50", "q90", "lo80", "hi80", "lo95", "hi95"]
+INTERVAL_COLUMNS = ["q10", "q50", "q90", "lo80", "hi80", "lo95", "hi95"]  # the forecast frame's intervals
 
 
 class ForecastDataError(ValueError):
