@@ -1,10 +1,12 @@
-"""Every read ML makes of the warehouse: the gold facts and forecasts, the silver reference tables they are
-keyed by, the champions in ml.model_selection and the stored optimization runs.
+"""Every read ML makes of gold, and of the tables gold is keyed by: the hourly facts, the published forecasts,
+the optimization result tables, the silver reference zones and assets, and the champions in
+ml.model_selection.
 
 What belongs here: SQL that reads (plain psycopg 3 connections in, pandas frames or plain records out), for
 the forecasting and optimization libraries, their Dagster assets and the API. What does not: writes (each
 library's `warehouse` module: `ml.forecasting.warehouse`, `ml.optimization.warehouse`) and any modelling on
-what was read (`ml.forecasting.daily`, `ml.optimization.delivery_day`). No Dagster here.
+what was read (`ml.forecasting.daily`, `ml.optimization.delivery_day`). It imports no other ML module but
+`ml.frames`, so both libraries can stand on it. No Dagster here.
 
 Facts are the public rows (`org_id IS NULL`, never an organization's upload) of gold.fct_prices_hourly
 (`price_avg`) and gold.fct_load_hourly (`load_mw_avg`, or the contract's short form `load_mw`). Of a zone's
@@ -14,7 +16,6 @@ zone never mixes day-ahead and real-time prices.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,8 +25,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from ml.forecasting.data import ID_COL, INTERVAL_COLUMNS, TARGET_COL, TIME_COL
-from ml.optimization.runs import JSONB_RUN_COLUMNS, OPTIMIZATION_RUNS_COLUMNS, RECORD_VERSION
+from ml.frames import ID_COL, INTERVAL_COLUMNS, TARGET_COL, TIME_COL
 
 TARGETS = ("price", "load")
 # target -> (fact table, value columns in order of preference); dbt names the load column load_mw_avg.
@@ -229,26 +229,7 @@ def champions(conn: psycopg.Connection) -> dict[tuple[str, str], Champion]:
     return {(z, t): Champion(m, v, r) for z, t, m, v, r in rows}
 
 
-# --- ml.optimization_runs and the result tables ---------------------------------------------------------
-
-
-def stored_run_record(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
-    """A run record read back from ml.optimization_runs (what `resolve_run_record` takes)."""
-    row = conn.execute(
-        """SELECT run_id, org_id, problem, created_at, status, objective, relative_gap, solve_time_s,
-                  hit_time_limit, solver, options, inputs, outputs
-           FROM ml.optimization_runs WHERE run_id = %s""",
-        (run_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    record = dict(zip(OPTIMIZATION_RUNS_COLUMNS, row, strict=True))
-    for k in JSONB_RUN_COLUMNS:
-        if isinstance(record[k], str):
-            record[k] = json.loads(record[k])
-    record["created_at"] = record["created_at"].isoformat()
-    record["record_version"] = RECORD_VERSION
-    return record
+# --- optimization result tables -------------------------------------------------------------------------
 
 
 def result_rows_per_run(

@@ -18,6 +18,7 @@ Modelling assumptions used until the data exists (each is named in the `sources`
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -32,12 +33,20 @@ import pandas as pd
 import psycopg
 from pydantic import BaseModel
 
-from ml.forecasting.data import TARGET_COL, TIME_COL
+from ml.frames import TARGET_COL, TIME_COL
 from ml.optimization.bidding import BidCurveInput, BidCurveResult, RenewableGenerator, bid_curve_violations
 from ml.optimization.common import SolveOptions
 from ml.optimization.explain import storage_schedule_png
 from ml.optimization.markets import market_rules_for
-from ml.optimization.runs import record_input, record_result, run_record, solve
+from ml.optimization.runs import (
+    JSONB_RUN_COLUMNS,
+    OPTIMIZATION_RUNS_COLUMNS,
+    RECORD_VERSION,
+    record_input,
+    record_result,
+    run_record,
+    solve,
+)
 from ml.optimization.storage import (
     PriceQuantile,
     StorageAsset,
@@ -59,7 +68,6 @@ from ml.warehouse_reads import (
     forecast_runs,
     reference_assets,
     result_rows_per_run,
-    stored_run_record,
     zone_timezones,
 )
 
@@ -461,6 +469,25 @@ def storage_schedule_plots(solved: Iterable[SolvedInstance], folder: Path, label
             storage_schedule_png(s.result, path, title=f"{s.instance.key} {label}")
             plots.append(str(path))
     return plots
+
+
+def stored_run_record(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
+    """A run record read back from ml.optimization_runs (what `resolve_run_record` takes)."""
+    row = conn.execute(
+        """SELECT run_id, org_id, problem, created_at, status, objective, relative_gap, solve_time_s,
+                  hit_time_limit, solver, options, inputs, outputs
+           FROM ml.optimization_runs WHERE run_id = %s""",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    record = dict(zip(OPTIMIZATION_RUNS_COLUMNS, row, strict=True))
+    for k in JSONB_RUN_COLUMNS:
+        if isinstance(record[k], str):
+            record[k] = json.loads(record[k])
+    record["created_at"] = record["created_at"].isoformat()
+    record["record_version"] = RECORD_VERSION
+    return record
 
 
 def _record_violations(record: dict[str, Any]) -> list[str]:
