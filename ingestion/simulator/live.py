@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ingestion.cdc.topics import CDC_TOPIC_PREFIX, TICKS_TOPIC
-from ingestion.simulator.files import DATASETS, write_landing_files
+from ingestion.simulator.files import SIMULATED_FILE_DATASETS, write_landing_files
 from ingestion.simulator.market import MarketDay, iter_market_days
 from ingestion.simulator.trading import (
     TICK_ZONES,
@@ -99,7 +99,7 @@ def write_market_day_so_far(
     cutoff = pd.Timestamp(now).tz_convert("UTC")
     so_far = MarketDay(
         day.day,
-        **{name: _until(getattr(day, name), cutoff) for name in DATASETS},
+        **{name: _until(getattr(day, name), cutoff) for name in SIMULATED_FILE_DATASETS},
     )
     return write_landing_files(so_far, landing_dir)
 
