@@ -1,5 +1,8 @@
-"""Optimization runs and results of the caller's organization: storage schedules, bid curves, unit
-commitment."""
+"""Stored optimization runs and results of the caller's organization: storage schedules, bid curves, unit
+commitment, as the daily optimization assets wrote them (paged, filtered, exportable).
+
+Solving a problem on request is `serving_api.routers.on_demand_solves`.
+"""
 
 from __future__ import annotations
 
