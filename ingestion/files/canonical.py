@@ -1,8 +1,8 @@
 """Canonical datasets an uploaded file can land as: schemas, keys, validation rules and column synonyms.
 
-Everything the file-ingestion code knows about a dataset lives here, in one table (`CANONICAL_DATASETS`), so the
-definitions can move to `ingestion/schemas.py` in one piece. Bronze tables are `bronze/files__<dataset>`
-with the canonical columns followed by the lineage columns of `LINEAGE_FIELDS`.
+Everything the file-ingestion code knows about a dataset lives here, in one table (`CANONICAL_DATASETS`);
+reading, mapping and transforming files is elsewhere in `ingestion.files`. Bronze tables are
+`bronze/files__<dataset>` with the canonical columns followed by the lineage columns of `LINEAGE_FIELDS`.
 """
 
 from __future__ import annotations
