@@ -3,9 +3,9 @@ solve-and-store of every instance, and the re-check of what was stored.
 
 What belongs here: the forecast a problem uses (the newest gold.forecasts run covering the whole day, else a
 weekly-naive forecast from the hourly facts), the assembly of `StorageDispatchInput` / `BidCurveInput` /
-`UnitCommitmentInput` for one delivery day, and the loops the optimization assets run. Reads go through
-`ml.warehouse_reads`, writes through `ml.optimization.warehouse`; the solvers are the package's public API.
-No Dagster here.
+`UnitCommitmentInput` for one delivery day, the loops the optimization assets run, and reading a stored run
+record back (`stored_run_record`) to re-check it. Gold is read through `ml.warehouse_reads` and written
+through `ml.optimization.warehouse`; the solvers are the package's public API. No Dagster here.
 
 Modelling assumptions used until the data exists (each is named in the `sources` the assets report):
 - renewable output: installed capacity × a capacity-factor profile (solar bell over local daylight, wind flat
