@@ -1,30 +1,26 @@
 """ML assets: forecasts, backtests, drift reports and anomalies downstream of gold.
 
-Thin wrappers: `ml.forecasting.warehouse` reads the gold facts and writes gold.forecasts, gold.anomalies,
-ml.backtests and ml.model_selection; the forecasting library (`ml.forecasting`), MLflow tracking and the
-monitoring modules do the work.
+Each asset body gathers its resources and config, calls the library and reports metadata: the daily
+forecast is `ml.forecasting.daily`, the weekly champion selection `ml.forecasting.backtests`, drift
+`ml.monitoring.drift_windows` + `ml.monitoring.drift`, anomalies `ml.monitoring.anomaly_days`. Gold is read
+through `ml.warehouse_reads` and written through `ml.forecasting.warehouse`.
 """
 
-import math
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import psycopg
 from pydantic import Field
 
 from infra.settings import get_settings
-from ml.forecasting import warehouse as wh
-from ml.forecasting.data import ID_COL, TARGET_COL, TIME_COL, ForecastDataError, local_day_hours_utc
-from ml.forecasting.selection import (
-    SELECTION_METRICS,
-    ZoneSelection,
-    complete_day_window,
-    relabelled,
-    select_zone,
-)
+from ml.forecasting import backtests as forecast_backtests
+from ml.forecasting import daily as daily_forecast
+from ml.monitoring.anomaly_days import replace_day_anomalies
+from ml.monitoring.drift import drift_by_zone
+from ml.monitoring.drift_windows import read_drift_windows
+from ml.warehouse_reads import MissingFactsError
 from orchestration import automation
 from orchestration.partitions import daily_partitions, delivery_day_partitions
 from orchestration.resources import MlflowResource, WarehouseResource
@@ -35,13 +31,6 @@ FORECASTS = dg.AssetKey(["gold", "forecasts"])
 DRIFT = dg.AssetKey(["ml", "drift_report"])
 # Tomorrow's delivery day is forecast from the facts up to today: delivery day D depends on market day D-1.
 DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
-# Registered-model name prefix per target (price keeps the library default).
-REGISTRY_PREFIX = {"price": "optibid-forecast", "load": "optibid-forecast-load"}
-
-
-def _zone_days(frame: pd.DataFrame, zone: str, timezone: str) -> int:
-    local = frame.loc[frame[ID_COL] == zone, TIME_COL].dt.tz_convert(timezone).dt.tz_localize(None)
-    return int(local.dt.normalize().nunique())
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -77,148 +66,53 @@ class ForecastConfig(dg.Config):
 def forecasts(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: ForecastConfig
 ) -> dg.MaterializeResult:
-    if not 1 <= config.horizon_hours <= 168:
-        raise dg.Failure(f"horizon_hours must be within 1..168, got {config.horizon_hours}")
-    unknown = set(config.targets) - set(wh.TARGETS)
-    if unknown:
-        raise dg.Failure(f"unknown targets {sorted(unknown)}; choose from {wh.TARGETS}")
+    try:
+        daily_forecast.check_forecast_request(config.horizon_hours, config.targets)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
     day = date.fromisoformat(context.partition_key)
-    horizon_days = math.ceil(config.horizon_hours / 24)
-    day_ts = pd.Timestamp(day)
-    # Wide enough for every zone-local day (UTC-12..+14); each zone cuts its own local day.
-    start = day_ts.tz_localize("UTC") - pd.Timedelta(days=config.history_days + 1)
-    end = day_ts.tz_localize("UTC") + pd.Timedelta(days=horizon_days + 1)
     with warehouse.connect() as conn:
         try:
-            facts = {t: wh.fact_frame(conn, t, start, end, config.zones or None) for t in ("price", "load")}
-        except wh.MissingFactsError as exc:
+            run = daily_forecast.forecast_delivery_day(
+                conn,
+                day,
+                horizon_hours=config.horizon_hours,
+                calibration_days=config.calibration_days,
+                history_days=config.history_days,
+                targets=config.targets,
+                fallback_models=config.fallback_models,
+                use_champions=config.use_champions,
+                zones=config.zones or None,
+            )
+        except MissingFactsError as exc:
             raise dg.Failure(str(exc)) from exc
-        tzs = wh.zone_timezones(conn)
-        chosen = wh.champions(conn) if config.use_champions else {}
-        published: list[wh.ZoneForecast] = []
-        skipped: dict[str, str] = {}
-        load_forecasts: dict[str, pd.DataFrame] = {}
-        for target in sorted(config.targets, key=lambda t: t != "load"):
-            frame = facts[target]
-            for zone in sorted(frame[ID_COL].unique()):
-                tz = tzs.get(zone)
-                if tz is None:
-                    skipped[f"{zone}/{target}"] = "zone missing from silver.ref__zones"
-                    continue
-                origin = local_day_hours_utc(day_ts, tz)[0]
-                zone_rows = frame[(frame[ID_COL] == zone) & (frame[TIME_COL] < origin)]
-                if target == "price":
-                    zone_rows = _with_load(zone_rows, facts["load"], load_forecasts.get(zone), zone, origin)
-                try:
-                    fc = wh.forecast_zone(
-                        zone_rows,
-                        zone,
-                        target,
-                        day_ts,
-                        tz,
-                        horizon_days=horizon_days,
-                        calibration_days=config.calibration_days,
-                        champion=chosen.get((zone, target)),
-                        fallback_models=config.fallback_models,
-                    )
-                except ForecastDataError as exc:
-                    skipped[f"{zone}/{target}"] = str(exc)
-                    continue
-                for note in fc.notes:
-                    context.log.info(f"{zone}/{target}: {note}")
-                published.append(fc)
-                if target == "load":
-                    load_forecasts[zone] = fc.rows
-        if not published:
+        for note in run.notes:
+            context.log.info(note)
+        if not run.published:
             raise dg.Failure(
                 description=f"no zone could be forecast for {day}",
-                metadata={"skipped": dg.MetadataValue.json(skipped)},
+                metadata={"skipped": dg.MetadataValue.json(run.skipped)},
             )
-        rows = 0
-        for fc in published:
-            rows += wh.replace_forecasts(
-                conn, day, fc.zone, fc.target, wh.gold_forecast_rows(fc, context.run_id, day)
-            )
-        recent = {
-            t: wh.stored_forecasts(conn, t, day_ts.tz_localize("UTC") - pd.Timedelta(days=8), end)
-            for t in config.targets
-        }
-    coverage, plots = _evaluate_and_plot(context.partition_key, recent, facts)
-    summary = pd.DataFrame(
-        [
-            {
-                "zone": fc.zone,
-                "target": fc.target,
-                "model": fc.model,
-                "source": fc.source,
-                "version": fc.model_version,
-                "hours": len(fc.rows),
-            }
-            for fc in published
-        ]
-    )
+        rows = daily_forecast.publish_forecasts(conn, run, context.run_id)
+        recent = daily_forecast.recent_published(conn, run)
+    folder = Path(get_settings().reports_dir) / "forecasts" / context.partition_key
+    coverage, plots = daily_forecast.coverage_and_plots(recent, run.facts, folder)
+    summary = run.summary()
     return dg.MaterializeResult(
         metadata={
             "delivery_day": dg.MetadataValue.text(str(day)),
             "rows": dg.MetadataValue.int(rows),
-            "zones": dg.MetadataValue.json(sorted({fc.zone for fc in published})),
+            "zones": dg.MetadataValue.json(sorted({fc.zone for fc in run.published})),
             "models": dg.MetadataValue.json(
                 {str(k): int(v) for k, v in summary.groupby("model").size().items()}
             ),
             "forecasts": dg.MetadataValue.md(_md_table(summary)),
-            "skipped": dg.MetadataValue.json(skipped),
+            "skipped": dg.MetadataValue.json(run.skipped),
             "coverage_latest_known_day": dg.MetadataValue.md(_md_table(coverage)),
             "plot": dg.MetadataValue.path(plots[0]) if plots else dg.MetadataValue.null(),
             "plots": dg.MetadataValue.json(plots),
         }
     )
-
-
-def _with_load(
-    prices: pd.DataFrame,
-    load: pd.DataFrame,
-    load_forecast: pd.DataFrame | None,
-    zone: str,
-    origin: pd.Timestamp,
-) -> pd.DataFrame:
-    """Price rows plus the `load` feature: actual load in the history, the load forecast for the horizon."""
-    if load_forecast is None:
-        return prices
-    history = load[(load[ID_COL] == zone) & (load[TIME_COL] < origin)]
-    ahead = load_forecast[[ID_COL, TIME_COL, "y_hat"]].rename(columns={"y_hat": TARGET_COL})
-    merged = wh.with_load_feature(prices, pd.concat([history, ahead], ignore_index=True))
-    horizon = ahead.assign(**{TARGET_COL: float("nan")}).merge(
-        ahead.rename(columns={TARGET_COL: wh.LOAD_FEATURE}), on=[ID_COL, TIME_COL]
-    )
-    if merged[wh.LOAD_FEATURE].isna().all():
-        return prices
-    return pd.concat([merged, horizon], ignore_index=True)
-
-
-def _evaluate_and_plot(
-    partition_key: str, recent: dict[str, pd.DataFrame], facts: dict[str, pd.DataFrame]
-) -> tuple[pd.DataFrame, list[str]]:
-    """Coverage on the latest day with both a published forecast and actuals, and one PNG per zone/target."""
-    from ml.forecasting.tracking import forecast_plot_png
-
-    folder = Path(get_settings().reports_dir) / "forecasts" / partition_key
-    folder.mkdir(parents=True, exist_ok=True)
-    records, plots = [], []
-    for target, stored in recent.items():
-        if stored.empty:
-            continue
-        actual = facts[target]
-        for zone, rows in stored.groupby(ID_COL, sort=True):
-            known = rows.merge(actual[[ID_COL, TIME_COL, TARGET_COL]], on=[ID_COL, TIME_COL], how="inner")
-            if not known.empty:
-                last = known["delivery_date"].max()
-                stats = wh.interval_coverage(rows[rows["delivery_date"] == last], actual)
-                records.append({"zone": zone, "target": target, "delivery_date": str(last), **stats})
-            plot_rows = rows.merge(actual[[ID_COL, TIME_COL, TARGET_COL]], on=[ID_COL, TIME_COL], how="left")
-            path = folder / f"forecast_{target}_{zone}.png"
-            forecast_plot_png(plot_rows.assign(model="published"), str(zone), "published", path, last_days=8)
-            plots.append(str(path))
-    return pd.DataFrame(records), plots
 
 
 # --- ml.backtests ---------------------------------------------------------------------------------------
@@ -253,106 +147,45 @@ def backtests(
     mlflow: MlflowResource,
     config: BacktestConfig,
 ) -> dg.MaterializeResult:
-    from ml.forecasting.tracking import log_backtest_run, register_champion
-
-    if config.selection_metric not in SELECTION_METRICS:
-        raise dg.Failure(f"selection_metric must be one of {SELECTION_METRICS}, got {config.selection_metric!r}")
+    try:
+        forecast_backtests.check_selection_metric(config.selection_metric)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
     uri = mlflow.uri()
     with warehouse.connect() as conn:
-        latest = wh.latest_fact_time(conn, "price")
-        if latest is None:
-            raise dg.Failure("gold.fct_prices_hourly holds no public prices: nothing to backtest")
-        start = latest - pd.Timedelta(days=config.history_days)
-        zones = config.zones or None
         try:
-            facts = {
-                t: wh.fact_frame(conn, t, start, latest + pd.Timedelta(hours=1), zones) for t in config.targets
-            }
-            load = (
-                facts.get("load")
-                if "load" in facts
-                else wh.fact_frame(conn, "load", start, latest + pd.Timedelta(hours=1), zones)
+            inputs = forecast_backtests.read_backtest_inputs(
+                conn, config.history_days, config.targets, config.zones or None
             )
-        except wh.MissingFactsError as exc:
+        except MissingFactsError as exc:
             raise dg.Failure(str(exc)) from exc
-        tzs = wh.zone_timezones(conn)
-    table, skipped = [], {}
-    selections: list[tuple[str, ZoneSelection, str, str]] = []
-    for target in config.targets:
-        frame = facts[target] if target == "load" else wh.with_load_feature(facts[target], load)
-        for zone in sorted(frame[ID_COL].unique()):
-            tz = tzs.get(zone, "UTC")
-            rows = wh.zone_frame(frame, zone)
-            window = complete_day_window(rows, tz, config.days)
-            if window is None:
-                skipped[f"{zone}/{target}"] = "no complete local day"
-                continue
-            try:
-                chosen = select_zone(
-                    rows, zone, *window, tz, config.models, config.selection_metric, config.warmup_days
-                )
-            except (ForecastDataError, ValueError) as exc:
-                skipped[f"{zone}/{target}"] = str(exc)
-                continue
-            for note in chosen.notes:
-                context.log.info(f"{zone}/{target}: {note}")
-            label = zone if target == "price" else f"{zone}-load"
-            run_id = log_backtest_run(
-                chosen.result if target == "price" else relabelled(chosen.result, label),
-                uri,
-                zone=label,
-                pipeline=chosen.pipeline,
-                run_name=f"backtest-{label}-{context.run_id[:8]}",
-            )
-            version = register_champion(run_id, zone, uri, prefix=REGISTRY_PREFIX[target])
-            selections.append((target, chosen, run_id, version))
-            for model, metrics in chosen.metrics_by_model().items():
-                table.append(
-                    {
-                        "zone": zone,
-                        "target": target,
-                        "model": model,
-                        **{k: metrics.get(k) for k in ("mae", "rmae", "coverage80", "coverage95")},
-                        "champion": model == chosen.champion,
-                    }
-                )
-    if not selections:
+    run = forecast_backtests.backtest_zones(
+        inputs,
+        targets=config.targets,
+        days=config.days,
+        warmup_days=config.warmup_days,
+        models=config.models,
+        selection_metric=config.selection_metric,
+        tracking_uri=uri,
+        run_id=context.run_id,
+    )
+    for note in run.notes:
+        context.log.info(note)
+    if not run.selections:
         raise dg.Failure(
-            description="no zone could be backtested", metadata={"skipped": dg.MetadataValue.json(skipped)}
+            description="no zone could be backtested", metadata={"skipped": dg.MetadataValue.json(run.skipped)}
         )
     with warehouse.connect() as conn:
-        for target, chosen, run_id, version in selections:
-            first, end = (pd.Timestamp(chosen.result.settings[k]).date() for k in ("start", "end"))
-            wh.insert_backtest(
-                conn,
-                context.run_id,
-                chosen.zone,
-                target,
-                (first, end),
-                chosen.candidates,
-                chosen.metrics_by_model(),
-                run_id,
-                chosen.result.wall_seconds,
-            )
-            wh.insert_model_selection(
-                conn,
-                chosen.zone,
-                target,
-                chosen.champion_key,
-                context.run_id,
-                chosen.metric,
-                chosen.value,
-                run_id,
-                version,
-            )
+        forecast_backtests.store_selections(conn, context.run_id, run.selections)
+    chosen = {f"{s.selection.zone}/{s.target}": s for s in run.selections}
     return dg.MaterializeResult(
         metadata={
-            "metrics": dg.MetadataValue.md(_md_table(pd.DataFrame(table))),
-            "champions": dg.MetadataValue.json({f"{c.zone}/{t}": c.champion_key for t, c, _, _ in selections}),
-            "candidates": dg.MetadataValue.json({f"{c.zone}/{t}": c.candidates for t, c, _, _ in selections}),
-            "registry_versions": dg.MetadataValue.json({f"{c.zone}/{t}": v for t, c, _, v in selections}),
+            "metrics": dg.MetadataValue.md(_md_table(pd.DataFrame(run.metrics))),
+            "champions": dg.MetadataValue.json({k: s.selection.champion_key for k, s in chosen.items()}),
+            "candidates": dg.MetadataValue.json({k: s.selection.candidates for k, s in chosen.items()}),
+            "registry_versions": dg.MetadataValue.json({k: s.registry_version for k, s in chosen.items()}),
             "mlflow_tracking_uri": dg.MetadataValue.text(uri),
-            "skipped": dg.MetadataValue.json(skipped),
+            "skipped": dg.MetadataValue.json(run.skipped),
         }
     )
 
@@ -376,33 +209,20 @@ class DriftConfig(dg.Config):
 def drift_report(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: DriftConfig
 ) -> dg.MaterializeResult:
-    from ml.monitoring.drift import drift_by_zone
-
     with warehouse.connect() as conn:
-        latest = wh.latest_fact_time(conn, "price")
-        if latest is None:
-            raise dg.Failure("gold.fct_prices_hourly holds no public prices: nothing to compare")
-        end = latest + pd.Timedelta(hours=1)
-        split = end - pd.Timedelta(days=config.current_days)
-        start = split - pd.Timedelta(days=config.reference_days)
         try:
-            frame = wh.with_load_feature(
-                wh.fact_frame(conn, "price", start, end), wh.fact_frame(conn, "load", start, end)
-            )
-        except wh.MissingFactsError as exc:
+            windows = read_drift_windows(conn, config.current_days, config.reference_days)
+        except MissingFactsError as exc:
             raise dg.Failure(str(exc)) from exc
-        stored = wh.stored_forecasts(conn, "price", start, end).assign(model="published")
-    reference, current = frame[frame[TIME_COL] < split], frame[frame[TIME_COL] >= split]
-    ref_fc, cur_fc = stored[stored[TIME_COL] < split], stored[stored[TIME_COL] >= split]
-    with_errors = len(ref_fc) >= 10 and len(cur_fc) >= 10
+    start, split, end, with_errors = windows.start, windows.split, windows.end, windows.with_errors
     folder = Path(get_settings().reports_dir) / "drift" / f"{split:%Y-%m-%d}"
     began = time.perf_counter()
     out = drift_by_zone(
-        reference,
-        current,
+        windows.reference,
+        windows.current,
         folder,
-        ref_fc if with_errors else None,
-        cur_fc if with_errors else None,
+        windows.reference_forecasts if with_errors else None,
+        windows.current_forecasts if with_errors else None,
         model="published" if with_errors else None,
     )
     context.log.info(f"drift reports for {len(out)} zones in {time.perf_counter() - began:.1f}s")
@@ -468,10 +288,12 @@ def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
     flagged: list[pd.DataFrame] = []
     with warehouse.connect() as conn:
         for day in days:
-            written, gold, day_methods = _replace_anomalies_of_day(context, conn, day)
-            rows_by_day[day.isoformat()] = written
-            methods.update(day_methods)
-            flagged.append(gold)
+            found = replace_day_anomalies(conn, day)
+            for warning in found.warnings:
+                context.log.warning(warning)
+            rows_by_day[day.isoformat()] = found.written
+            methods.update(found.methods)
+            flagged.append(found.rows)
     every = pd.concat(flagged, ignore_index=True)
     counts = {f"{t}/{k}": int(n) for (t, k), n in every.groupby(["target", "kind"]).size().items()}
     preview = every.drop(columns="market_date").head(20)
@@ -486,46 +308,3 @@ def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
         }
     )
 
-
-def _replace_anomalies_of_day(
-    context: dg.AssetExecutionContext, conn: psycopg.Connection, day: date
-) -> tuple[int, pd.DataFrame, dict[str, str]]:
-    """Detect the day's anomalies and replace them in gold.anomalies: (rows written, rows, method per series)."""
-    from ml.monitoring.anomalies import detect_anomalies
-
-    day_ts = pd.Timestamp(day)
-    # A week of baseline before the day, and a day after it for level shifts (confirmed a day late).
-    start = day_ts.tz_localize("UTC") - pd.Timedelta(days=9)
-    end = day_ts.tz_localize("UTC") + pd.Timedelta(days=2)
-    found, methods = [], {}
-    tzs = wh.zone_timezones(conn)
-    for target in wh.TARGETS:
-        try:
-            frame = wh.fact_frame(conn, target, start, end)
-        except wh.MissingFactsError as exc:
-            context.log.warning(str(exc))
-            continue
-        stored = wh.stored_forecasts(conn, target, start, end)
-        for zone in sorted(frame[ID_COL].unique()):
-            hours = local_day_hours_utc(day_ts, tzs.get(zone, "UTC"))
-            rows = frame[frame[ID_COL] == zone]
-            fc = stored[stored[ID_COL] == zone]
-            # Forecast residuals are the better signal, but only when forecasts cover the whole window.
-            use_fc = not fc.empty and rows[TIME_COL].isin(fc[TIME_COL]).all()
-            flagged = detect_anomalies(
-                rows,
-                fc.assign(model="published") if use_fc else None,
-                model="published" if use_fc else None,
-            )
-            methods[f"{zone}/{target}"] = "forecast residual" if use_fc else "deseasonalised"
-            flagged = flagged[flagged[TIME_COL].isin(hours)]
-            if not flagged.empty:
-                found.append(flagged.assign(target=target))
-    out = (
-        pd.concat(found, ignore_index=True)
-        if found
-        else pd.DataFrame(columns=["unique_id", "ds", "kind", "value", "expected", "score", "method", "target"])
-    )
-    gold = out.rename(columns={ID_COL: "zone", TIME_COL: "ts_utc"}).assign(market_date=day)
-    written = wh.replace_anomalies(conn, day, wh.TARGETS, gold)
-    return written, gold, methods

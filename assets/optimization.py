@@ -1,23 +1,20 @@
 """Optimization assets: storage schedules, bid curves and unit commitment per delivery day, from forecasts.
 
-Thin wrappers: `ml.optimization.warehouse` reads the inputs (gold.forecasts, or a weekly-naive forecast from
-the hourly facts until forecasts exist), solves, stores every run in ml.optimization_runs and replaces the
-delivery day's rows in gold.storage_schedules / gold.bid_curves / gold.unit_commitment.
+Each asset body gathers its resources and config, calls `ml.optimization.delivery_day` (forecasts from
+gold.forecasts, or a weekly-naive forecast from the hourly facts until forecasts exist; problem assembly;
+solve and store every run in ml.optimization_runs, replacing the delivery day's rows in
+gold.storage_schedules / gold.bid_curves / gold.unit_commitment) and reports metadata.
 """
 
 from collections import Counter
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
 from infra.settings import get_settings
 from ml.optimization import SolveOptions
-from ml.optimization import warehouse as wh
-from ml.optimization.explain import storage_schedule_png
-from ml.optimization.storage import StorageSchedule
+from ml.optimization import delivery_day as day_problems
 from orchestration import automation
 from orchestration.partitions import delivery_day_partitions
 from orchestration.resources import WarehouseResource
@@ -38,66 +35,52 @@ AUTOMATION_NOTE = (
 
 
 class OptimizationConfig(dg.Config):
-    time_limit_s: float = 2.0  # per instance; the issue's hard limit
+    time_limit_s: float = 2.0  # per instance: the hard limit of a day-ahead solve
     relative_gap: float = 0.001
-
-
-Builder = Callable[..., tuple[list[wh.Instance], dict[str, str]]]
 
 
 def _run_day(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     config: OptimizationConfig,
-    build: Builder,
-) -> tuple[list[wh.SolvedInstance], dict[str, dg.MetadataValue]]:
+    build: day_problems.InstanceBuilder,
+) -> tuple[day_problems.DayOptimization, dict[str, dg.MetadataValue]]:
     day = date.fromisoformat(context.partition_key)
     options = SolveOptions(time_limit_s=config.time_limit_s, relative_gap=config.relative_gap)
     with warehouse.connect() as conn:
-        instances, skipped = build(conn, day)
-        if not instances:
+        try:
+            run = day_problems.optimize_delivery_day(conn, day, build, options)
+        except day_problems.NothingToOptimizeError as exc:
             raise dg.Failure(
-                description=f"nothing to optimize for {day}: every asset/zone lacks inputs",
-                metadata={"skipped": dg.MetadataValue.json(skipped)},
-            )
-        solved = wh.solve_and_store(conn, instances, options)
-    for s in solved:
-        context.log.info(f"{s.record['problem']} {s.instance.org_id}/{s.instance.key}: {s.record['status']}")
-    records = [s.record for s in solved]
+                description=str(exc), metadata={"skipped": dg.MetadataValue.json(exc.skipped)}
+            ) from exc
+    for line in run.log_lines():
+        context.log.info(line)
+    records = run.records
     objectives = [r["objective"] for r in records if r["objective"] is not None]
     gaps = [r["relative_gap"] for r in records if r["relative_gap"] is not None]
-    frame = pd.concat([wh.result_frame(r) for r in records], ignore_index=True)
-    statuses = dict(Counter(r["status"] for r in records))
-    # "gold.forecasts" or "weekly_naive" per instance: the headline of where the forecasts came from.
-    source_kinds = dict(
-        Counter(
-            src.split(":")[0]
-            for s in solved
-            for target, src in s.instance.sources.items()
-            if target in ("price", "load")
-        )
-    )
+    frame = run.result_rows()
     metadata = {
         "delivery_day": dg.MetadataValue.text(str(day)),
-        "instances": dg.MetadataValue.int(len(solved)),
+        "instances": dg.MetadataValue.int(len(run.solved)),
         "objective": dg.MetadataValue.float(float(sum(objectives)))
         if objectives
         else dg.MetadataValue.null(),
-        "solver_status": dg.MetadataValue.json(statuses),
+        "solver_status": dg.MetadataValue.json(dict(Counter(r["status"] for r in records))),
         "max_relative_gap": dg.MetadataValue.float(max(gaps)) if gaps else dg.MetadataValue.null(),
         "solve_time_s": dg.MetadataValue.float(float(sum(r["solve_time_s"] for r in records))),
         "rows": dg.MetadataValue.int(len(frame)),
         "run_ids": dg.MetadataValue.json([r["run_id"] for r in records]),
         "forecast_sources": dg.MetadataValue.json(
-            {f"{s.instance.org_id}/{s.instance.key}": s.instance.sources for s in solved}
+            {f"{s.instance.org_id}/{s.instance.key}": s.instance.sources for s in run.solved}
         ),
-        "forecast_source_summary": dg.MetadataValue.json(source_kinds),
-        "skipped": dg.MetadataValue.json(skipped),
+        "forecast_source_summary": dg.MetadataValue.json(run.forecast_source_kinds()),
+        "skipped": dg.MetadataValue.json(run.skipped),
         "preview": dg.MetadataValue.md(
             frame.drop(columns=["rationale"], errors="ignore").head(PREVIEW_ROWS).to_markdown(index=False)
         ),
     }
-    return solved, metadata
+    return run, metadata
 
 
 @dg.asset(
@@ -113,15 +96,9 @@ def _run_day(
 def storage_schedules(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
 ) -> dg.MaterializeResult:
-    solved, metadata = _run_day(context, warehouse, config, wh.storage_instances)
+    run, metadata = _run_day(context, warehouse, config, day_problems.storage_instances)
     folder = Path(get_settings().reports_dir) / "optimization" / context.partition_key
-    folder.mkdir(parents=True, exist_ok=True)
-    plots = []
-    for s in solved:
-        if isinstance(s.result, StorageSchedule) and s.result.intervals:
-            path = folder / f"storage_{s.instance.key}.png"
-            storage_schedule_png(s.result, path, title=f"{s.instance.key} {context.partition_key}")
-            plots.append(str(path))
+    plots = day_problems.storage_schedule_plots(run.solved, folder, context.partition_key)
     metadata["plot"] = dg.MetadataValue.path(plots[0]) if plots else dg.MetadataValue.null()
     metadata["plots"] = dg.MetadataValue.json(plots)
     return dg.MaterializeResult(metadata=metadata)
@@ -139,7 +116,7 @@ def storage_schedules(
 def bid_curves(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
 ) -> dg.MaterializeResult:
-    _, metadata = _run_day(context, warehouse, config, wh.bid_curve_instances)
+    _, metadata = _run_day(context, warehouse, config, day_problems.bid_curve_instances)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -156,7 +133,7 @@ def bid_curves(
 def unit_commitment(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: OptimizationConfig
 ) -> dg.MaterializeResult:
-    _, metadata = _run_day(context, warehouse, config, wh.unit_commitment_instances)
+    _, metadata = _run_day(context, warehouse, config, day_problems.unit_commitment_instances)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -164,7 +141,7 @@ def _day_check(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, problem: str
 ) -> dg.AssetCheckResult:
     with warehouse.connect() as conn:
-        checked, problems = wh.delivery_day_violations(
+        checked, problems = day_problems.delivery_day_violations(
             conn, problem, date.fromisoformat(context.partition_key)
         )
     return dg.AssetCheckResult(

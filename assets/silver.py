@@ -13,13 +13,13 @@ batch once their bronze tables exist.
 import dagster as dg
 
 from assets.bronze.files import MARKET_DAYS
-from ingestion.silver.market import DATASETS, build_market_window
+from ingestion.silver.market import SILVER_MARKET_TABLES, build_market_window
 from ingestion.silver.trading import ENTITIES, build_trading_entity
 from orchestration import automation
 from orchestration.partitions import daily_partitions
 from orchestration.resources import LakeResource, SparkResource, WarehouseResource
 
-MARKET_BRONZE = [dg.AssetKey(["bronze", f"files__{name}"]) for name in DATASETS] + [
+MARKET_BRONZE = [dg.AssetKey(["bronze", f"files__{name}"]) for name in SILVER_MARKET_TABLES] + [
     dg.AssetKey(["bronze", "ticks__prices"])
 ]
 # Spark runs one at a time, even on the platform's shared Spark Connect server: a market rebuild and a

@@ -62,7 +62,7 @@ end
 
 
 def _maximal_bids() -> dict:
-    from serving_api.routers.optimize import MAX_ASSETS, MAX_HOURS, MAX_QUANTILES, MAX_TIME_LIMIT_S
+    from serving_api.routers.on_demand_solves import MAX_ASSETS, MAX_HOURS, MAX_QUANTILES, MAX_TIME_LIMIT_S
 
     levels = [round((k + 1) / (MAX_QUANTILES + 1), 4) for k in range(MAX_QUANTILES)]
     return {

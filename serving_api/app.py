@@ -46,14 +46,14 @@ API_ROUTERS = [
     "market",
     "kpis",
     "forecasts",
-    "optimization",
+    "optimization_results",
     "uploads",
     "freshness",
     "admin",
     "ws",
-    "ingestion",
+    "dead_letters",
     "analytics",
-    "optimize",
+    "on_demand_solves",
     "alerts",
 ]
 

@@ -2,7 +2,7 @@
 
 Every function takes a connection from `OrgSession.conn()` (already `SET LOCAL ROLE optibid_api` with the
 caller's organization), so row-level security decides which rows exist; nothing here filters by
-organization itself. Identifiers are never taken from the client: tables come from `DATASETS`, columns are
+organization itself. Identifiers are never taken from the client: tables come from `SERVED_TABLES`, columns are
 checked against the table's catalogue, and every value is a bound parameter.
 """
 
@@ -45,7 +45,7 @@ class Dataset:
         return self.table.split(".", 1)[1]
 
 
-DATASETS: dict[str, Dataset] = {
+SERVED_TABLES: dict[str, Dataset] = {
     d.key: d
     for d in [
         Dataset(

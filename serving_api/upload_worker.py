@@ -1,6 +1,6 @@
 """One upload processed in a process of its own: `python -m serving_api.upload_worker` reads a pickled
 `(upload_id, database_url, settings)` from stdin (written by the API, never by a client) and runs
-`ingestion.files.service.process_upload` with its own database connections, at a lowered CPU priority.
+`ingestion.files.process_upload` with its own database connections, at a lowered CPU priority.
 
 Why a process: parsing a large file is CPU- and memory-heavy Python; in the API process it would compete
 with request handling for the GIL and could take the worker down with it. The exit status is 0 when the
@@ -25,11 +25,11 @@ def main() -> int:
     with contextlib.suppress(OSError):
         os.nice(NICE)
     from infra.lake import lake_from_settings
-    from ingestion.files import service
+    from ingestion import files
 
     try:
-        service.process_upload(upload_id, database_url=database_url, lake=lake_from_settings(settings))
-    except service.UploadError as exc:  # another worker holds it: that worker finishes it
+        files.process_upload(upload_id, database_url=database_url, lake=lake_from_settings(settings))
+    except files.UploadError as exc:  # another worker holds it: that worker finishes it
         log.info("upload %s not processed here: %s", upload_id, exc)
     except Exception:
         log.exception("processing of upload %s failed", upload_id)

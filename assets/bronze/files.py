@@ -16,10 +16,10 @@ from pathlib import Path
 import dagster as dg
 
 from infra.settings import get_settings
-from ingestion.files.canonical import DATASETS
+from ingestion.files.canonical import CANONICAL_DATASETS
 from ingestion.files.service import ingest_landing_file, scan_landing_folder
 from ingestion.reference import MARKET_FEED_ORG
-from ingestion.silver.market import DATASETS as MARKET_DATASETS
+from ingestion.silver.market import SILVER_MARKET_TABLES
 from orchestration.partitions import daily_partitions, market_days_touched
 from orchestration.resources import LakeResource, WarehouseResource
 
@@ -30,7 +30,7 @@ market_days = dg.AssetSpec(
     group_name="bronze",
     partitions_def=daily_partitions,
     deps=[
-        *(dg.AssetKey(["bronze", f"files__{name}"]) for name in MARKET_DATASETS),
+        *(dg.AssetKey(["bronze", f"files__{name}"]) for name in SILVER_MARKET_TABLES),
         dg.AssetKey(["bronze", "ticks__prices"]),
     ],
     description="The bronze market tables by market-local day: day D is materialized whenever a run lands "
@@ -56,7 +56,7 @@ def landing_files_by_org(landing_dir: Path) -> list[tuple[str, Path]]:
             kinds={"delta", "python"},
             description=f"Uploaded {name} files landed append-only with lineage (file, row, upload id).",
         )
-        for name in DATASETS
+        for name in CANONICAL_DATASETS
     ],
     can_subset=False,
     description="Drain the landing folder: detect, map, validate, quarantine and land every waiting file.",
@@ -85,7 +85,7 @@ def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         if dataset:
             landed[dataset] += report.get("rows_landed") or 0
             quarantined[dataset] += report.get("rows_quarantined") or 0
-        if dataset in MARKET_DATASETS and report["status"] == "landed" and report.get("rows_landed"):
+        if dataset in SILVER_MARKET_TABLES and report["status"] == "landed" and report.get("rows_landed"):
             days.update(_days_of(report))
         context.log.info(
             f"[{index}/{len(waiting)}] {path.name} ({org_id}): {report['status']}"
@@ -96,7 +96,7 @@ def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         context.log_event(
             dg.AssetMaterialization(asset_key=MARKET_DAYS, partition=day, metadata={"files": files})
         )
-    for name in DATASETS:
+    for name in CANONICAL_DATASETS:
         yield dg.MaterializeResult(
             asset_key=["bronze", f"files__{name}"],
             metadata={

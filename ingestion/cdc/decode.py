@@ -21,7 +21,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import orjson
@@ -201,7 +201,9 @@ def decode_records(raw: RawRecords, route: TopicRoute, existing_types: dict[str,
 def _decode_debezium(raw: RawRecords, route: TopicRoute, existing: dict[str, str], ctx: BatchContext) -> Decoded:
     dead = _DeadLetters(raw, route.table)
     parsed = _parse_envelopes_fast(raw.values, route) or _parse_envelopes(raw.values, route, dead)
-    good, ops, src_ts, lsns, tx_ids, src_tables, befores, after_jsons, afters, declared = parsed
+    good, ops, src_ts, lsns, tx_ids = parsed.good, parsed.ops, parsed.source_ts_ms, parsed.lsns, parsed.tx_ids
+    src_tables, befores, after_jsons = parsed.source_tables, parsed.before_json, parsed.after_json
+    afters, declared = parsed.afters, parsed.declared_types
     dumps = orjson.dumps
     flat = _flatten_arrow(after_jsons, existing, declared) if afters is None else None
     if flat is not None:
@@ -256,12 +258,22 @@ def _decode_debezium(raw: RawRecords, route: TopicRoute, existing: dict[str, str
     return Decoded(rows, dead.table_for(ctx), changes_table, new_columns)
 
 
-# good indexes, op, source ts, lsn, txId, source table, before JSON, after JSON, after dicts (None when the
-# fast path left them undecoded), declared types
-_Parsed = tuple[list[int], list[str], list, list, list, list[str], list, list, list[dict] | None, dict[str, str]]
+class _ParsedEnvelopes(NamedTuple):
+    """A batch's envelopes as parallel columns, one entry per decoded record (dead letters left out)."""
+
+    good: list[int]  # indexes of the decoded records in the batch
+    ops: list[str]  # c, u, d, r, or t for a tombstone
+    source_ts_ms: list
+    lsns: list
+    tx_ids: list
+    source_tables: list[str]
+    before_json: list | pa.Array  # JSON text (or null) per record; an Arrow array from the fast path
+    after_json: list  # JSON text or bytes (or null) per record
+    afters: list[dict] | None  # the decoded `after` objects; None when the fast path left them undecoded
+    declared_types: dict[str, str]  # column -> type from the Kafka Connect `schema` wrapper, if any
 
 
-def _parse_envelopes(values: list[bytes | None], route: TopicRoute, dead: _DeadLetters) -> _Parsed:
+def _parse_envelopes(values: list[bytes | None], route: TopicRoute, dead: _DeadLetters) -> _ParsedEnvelopes:
     """Record by record: every problem becomes a dead letter with its own reason."""
     loads, dumps = orjson.loads, orjson.dumps
     good: list[int] = []
@@ -338,7 +350,18 @@ def _parse_envelopes(values: list[bytes | None], route: TopicRoute, dead: _DeadL
             after_jsons.append(dumps(after).decode())
             afters.append(after)
 
-    return good, ops, src_ts, lsns, tx_ids, src_tables, befores, after_jsons, afters, declared
+    return _ParsedEnvelopes(
+        good=good,
+        ops=ops,
+        source_ts_ms=src_ts,
+        lsns=lsns,
+        tx_ids=tx_ids,
+        source_tables=src_tables,
+        before_json=befores,
+        after_json=after_jsons,
+        afters=afters,
+        declared_types=declared,
+    )
 
 
 class _Source(msgspec.Struct):
@@ -370,7 +393,7 @@ _WRAPPED_ONE = msgspec.json.Decoder(_Wrapped)
 _DICTS = msgspec.json.Decoder(list[dict])
 
 
-def _parse_envelopes_fast(values: list[bytes | None], route: TopicRoute) -> _Parsed | None:
+def _parse_envelopes_fast(values: list[bytes | None], route: TopicRoute) -> _ParsedEnvelopes | None:
     """The whole batch in two C-level decodes when every record is a well-formed envelope; else None.
 
     Any irregularity (bad bytes, missing fields, unknown ops, mixed wrapping) returns None and the batch is
@@ -417,17 +440,17 @@ def _parse_envelopes_fast(values: list[bytes | None], route: TopicRoute) -> _Par
         tables = [s.table for s in sources]
         if set(map(type, tables)) != {str} or "" in tables:
             tables = [_table_name(t, route) for t in tables]
-        return (
-            good,
-            ops_present,
-            [s.ts_ms for s in sources],
-            [s.lsn for s in sources],
-            [s.txId for s in sources],
-            tables,
-            before_json,
-            after_json,
-            None,
-            declared,
+        return _ParsedEnvelopes(
+            good=good,
+            ops=ops_present,
+            source_ts_ms=[s.ts_ms for s in sources],
+            lsns=[s.lsn for s in sources],
+            tx_ids=[s.txId for s in sources],
+            source_tables=tables,
+            before_json=before_json,
+            after_json=after_json,
+            afters=None,
+            declared_types=declared,
         )
     before_json = before_json.to_pylist()
     # Tombstones among the envelopes: put every record back in its place.
@@ -443,7 +466,18 @@ def _parse_envelopes_fast(values: list[bytes | None], route: TopicRoute) -> _Par
         ops[i], src_ts[i], lsns[i], tx_ids[i] = ops_present[j], source.ts_ms, source.lsn, source.txId
         src_tables[i] = _table_name(source.table, route)
         befores[i], afters_json[i] = before_json[j], after_json[j]
-    return list(range(n)), ops, src_ts, lsns, tx_ids, src_tables, befores, afters_json, None, declared
+    return _ParsedEnvelopes(
+        good=list(range(n)),
+        ops=ops,
+        source_ts_ms=src_ts,
+        lsns=lsns,
+        tx_ids=tx_ids,
+        source_tables=src_tables,
+        before_json=befores,
+        after_json=afters_json,
+        afters=None,
+        declared_types=declared,
+    )
 
 
 def _table_name(value: Any, route: TopicRoute) -> str:

@@ -5,7 +5,7 @@ functions of `service`: `receive_upload` then `process_upload`; held uploads are
 `apply_explicit_mapping`; `upload_report` is the preview. No Dagster and no environment reads here.
 """
 
-from ingestion.files.canonical import DATASETS, LINEAGE_FIELDS, dataset
+from ingestion.files.canonical import CANONICAL_DATASETS, LINEAGE_FIELDS, dataset
 from ingestion.files.mapping import Mapping
 from ingestion.files.security import RejectedFile, sanitised_file_name
 from ingestion.files.service import (
@@ -22,7 +22,7 @@ from ingestion.files.service import (
 )
 
 __all__ = [
-    "DATASETS",
+    "CANONICAL_DATASETS",
     "LINEAGE_FIELDS",
     "Mapping",
     "RejectedFile",

@@ -1,8 +1,8 @@
 """Canonical datasets an uploaded file can land as: schemas, keys, validation rules and column synonyms.
 
-Everything the file-ingestion code knows about a dataset lives here, in one table (`DATASETS`), so the
-definitions can move to `ingestion/schemas.py` in one piece. Bronze tables are `bronze/files__<dataset>`
-with the canonical columns followed by the lineage columns of `LINEAGE_FIELDS`.
+Everything the file-ingestion code knows about a dataset lives here, in one table (`CANONICAL_DATASETS`);
+reading, mapping and transforming files is elsewhere in `ingestion.files`. Bronze tables are
+`bronze/files__<dataset>` with the canonical columns followed by the lineage columns of `LINEAGE_FIELDS`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Dataset:
         return f"files__{self.name}"
 
 
-DATASETS: dict[str, Dataset] = {
+CANONICAL_DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in [
         Dataset(
@@ -351,6 +351,6 @@ SIDE_ALIASES: dict[str, str] = {
 def dataset(name: str) -> Dataset:
     """The canonical dataset `name`; a clear error for unknown names."""
     try:
-        return DATASETS[name]
+        return CANONICAL_DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}") from None
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(CANONICAL_DATASETS)}") from None

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from ingestion.files import parsing
-from ingestion.files.canonical import DATASETS, MARKET_ALIASES, PRICE_UNITS, SYNONYMS
+from ingestion.files.canonical import CANONICAL_DATASETS, MARKET_ALIASES, PRICE_UNITS, SYNONYMS
 
 AUTO_LAND_CONFIDENCE = 0.7
 # An hour column's name without spaces/punctuation: HE07, Hour 7, H7, 7, hour_ending_07, HB00, and the
@@ -75,8 +75,8 @@ class Mapping:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Mapping:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "dataset" not in known or known["dataset"] not in DATASETS:
-            raise ValueError(f"mapping needs 'dataset', one of {sorted(DATASETS)}")
+        if "dataset" not in known or known["dataset"] not in CANONICAL_DATASETS:
+            raise ValueError(f"mapping needs 'dataset', one of {sorted(CANONICAL_DATASETS)}")
         return cls(**known)
 
 
@@ -287,7 +287,7 @@ def proposed_mapping(
 
     # --- score each dataset --------------------------------------------------------------------------
     scored: list[tuple[float, Mapping]] = []
-    for ds in DATASETS.values():
+    for ds in CANONICAL_DATASETS.values():
         m = Mapping(
             ds.name,
             timezone=default_tz,
@@ -391,7 +391,7 @@ def proposed_mapping(
         m.confidence = round(max(conf, 0.0), 3)
         scored.append((m.confidence, m))
     hinted = {
-        n for n, ds in DATASETS.items() if any(h in re.split(r"[^a-z]+", context) for h in ds.name_hints)
+        n for n, ds in CANONICAL_DATASETS.items() if any(h in re.split(r"[^a-z]+", context) for h in ds.name_hints)
     }
     if hinted:
         # The file or sheet name says what it is ("generation_by_fuel.json"): other readings lose weight.
@@ -410,7 +410,7 @@ def proposed_mapping(
 def validated_mapping(data: dict[str, Any], columns: list[str]) -> Mapping:
     """An explicit mapping checked against the file's columns (ValueError names what is wrong)."""
     m = Mapping.from_json({**data, "source": "explicit", "confidence": 1.0, "reasons": []})
-    ds = DATASETS[m.dataset]
+    ds = CANONICAL_DATASETS[m.dataset]
     unknown = [
         c
         for c in [*m.columns.values(), *m.wide_columns, m.date_column, m.hour_column]

@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from infra.db import connect
 from infra.lake import Lake
 from ingestion.files import security
-from ingestion.files.canonical import DATASETS
+from ingestion.files.canonical import CANONICAL_DATASETS
 from ingestion.files.mapping import AUTO_LAND_CONFIDENCE, Mapping, proposed_mapping, validated_mapping
 from ingestion.files.parsing import now_utc
 from ingestion.files.readers import open_reader, sample_tables
@@ -257,7 +257,7 @@ def _land(
     detected: dict[str, Any],
     progress: Callable[[int], None] | None,
 ) -> None:
-    ds = DATASETS[mapping.dataset]
+    ds = CANONICAL_DATASETS[mapping.dataset]
     batch_id = uuid.uuid4().hex
     builder = CanonicalBuilder(
         mapping,

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingestion.files import parsing
-from ingestion.files.canonical import DATASETS, MARKET_ALIASES, SIDE_ALIASES, TS
+from ingestion.files.canonical import CANONICAL_DATASETS, MARKET_ALIASES, SIDE_ALIASES, TS
 from ingestion.files.mapping import Mapping
 from ingestion.files.readers import RawChunk
 
@@ -120,7 +120,7 @@ class CanonicalBuilder:
         interval_minutes: int | None = None,
     ) -> None:
         self.m = mapping
-        self.ds = DATASETS[mapping.dataset]
+        self.ds = CANONICAL_DATASETS[mapping.dataset]
         self.upload_id, self.file_name, self.org_id, self.batch_id = upload_id, file_name, org_id, batch_id
         self.ingested_at = ingested_at
         self.interval = interval_minutes

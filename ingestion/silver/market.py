@@ -56,7 +56,7 @@ class MarketDataset:
         return ("zone", *self.series, "ts_utc", "org_id")
 
 
-DATASETS: dict[str, MarketDataset] = {
+SILVER_MARKET_TABLES: dict[str, MarketDataset] = {
     d.name: d
     for d in [
         MarketDataset(
@@ -343,7 +343,7 @@ def build_market_window(
     database_url: str,
     start: date,
     end: date,
-    datasets: Sequence[str] = tuple(DATASETS),
+    datasets: Sequence[str] = tuple(SILVER_MARKET_TABLES),
 ) -> MarketBuildResult:
     """Rebuild market days [start, end) of the silver market tables, price revisions and quality flags.
 
@@ -357,7 +357,7 @@ def build_market_window(
     quality: list[DataFrame] = []
     cached: list[DataFrame] = []
     for name in datasets:
-        dataset = DATASETS[name]
+        dataset = SILVER_MARKET_TABLES[name]
         sources = [f"files__{name}"] + (["ticks__prices"] if dataset.has_ticks else [])
         if all(lake.table("bronze", source) is None for source in sources):
             # Nothing in bronze: the window's silver rows are just cleared, with no Spark job at all.

@@ -290,10 +290,3 @@ def _unusable(bronze: DataFrame, entity: Entity) -> Column:
     """True for events that are neither a keyed change nor a tombstone (unknown op, or no key anywhere)."""
     usable = (F.col("op") == "t") | (F.col("op").isin(*CHANGE_OPS) & _event_key(bronze, entity).isNotNull())
     return F.coalesce(~usable, F.lit(True))
-
-
-def build_trading(
-    spark: SparkSession, lake: Lake, database_url: str, *, full_refresh: bool = False
-) -> list[TradingBuildResult]:
-    """Every trading entity, one transaction each."""
-    return [build_trading_entity(spark, lake, database_url, e, full_refresh=full_refresh) for e in ENTITIES.values()]

@@ -15,14 +15,14 @@ import pandas as pd
 from ingestion.simulator.market import MarketDay
 
 FORMATS = ("csv", "xlsx", "jsonl", "parquet")
-DATASETS = ("prices_hourly", "prices_5min", "load_hourly", "generation_hourly", "weather_hourly")
+SIMULATED_FILE_DATASETS = ("prices_hourly", "prices_5min", "load_hourly", "generation_hourly", "weather_hourly")
 
 
 def write_landing_files(day: MarketDay, landing_dir: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     """Write each dataset of `day` into `landing_dir`, rotating formats; the paths written."""
     landing_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for index, dataset in enumerate(DATASETS):
+    for index, dataset in enumerate(SIMULATED_FILE_DATASETS):
         frame = getattr(day, dataset)
         if frame.empty:
             continue

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ingestion.simulator.files import DATASETS, write_landing_files
+from ingestion.cdc.topics import CDC_TOPIC_PREFIX, TICKS_TOPIC
+from ingestion.simulator.files import SIMULATED_FILE_DATASETS, write_landing_files
 from ingestion.simulator.market import MarketDay, iter_market_days
 from ingestion.simulator.trading import (
     TICK_ZONES,
-    TICKS_TOPIC,
-    TOPIC_PREFIX,
     KafkaEvent,
     live_market_ticks,
     live_trading_events,
@@ -100,7 +99,7 @@ def write_market_day_so_far(
     cutoff = pd.Timestamp(now).tz_convert("UTC")
     so_far = MarketDay(
         day.day,
-        **{name: _until(getattr(day, name), cutoff) for name in DATASETS},
+        **{name: _until(getattr(day, name), cutoff) for name in SIMULATED_FILE_DATASETS},
     )
     return write_landing_files(so_far, landing_dir)
 
@@ -121,7 +120,7 @@ class LiveLoad:
     nodes_per_zone: int = 4
     seed: int = 42
     ticks_topic: str = TICKS_TOPIC
-    trading_topic_prefix: str = TOPIC_PREFIX
+    trading_topic_prefix: str = CDC_TOPIC_PREFIX
 
 
 @dataclass

@@ -25,11 +25,8 @@ from typing import Any
 
 import orjson
 
+from ingestion.cdc.topics import CDC_TOPIC_PREFIX, TICKS_TOPIC
 from ingestion.reference import ASSETS, ZONES_BY_CODE
-
-TOPIC_PREFIX = "optibid.public"
-TICKS_TOPIC = "optibid.market.ticks"
-CDC_TABLES = ("bids", "trades", "assets", "market_orders")
 
 _DEBEZIUM_SOURCE_BASE = {
     "version": "2.7.3.Final",
@@ -82,7 +79,7 @@ class KafkaEvent:
     value: bytes | None
 
 
-def cdc_topic(table: str, prefix: str = TOPIC_PREFIX) -> str:
+def cdc_topic(table: str, prefix: str = CDC_TOPIC_PREFIX) -> str:
     """The Debezium topic of a trading-system table."""
     return f"{prefix}.{table}"
 
@@ -93,7 +90,7 @@ def trading_events(
     seed: int = 0,
     start: datetime = datetime(2025, 1, 1, tzinfo=UTC),
     with_schema: bool = False,
-    topic_prefix: str = TOPIC_PREFIX,
+    topic_prefix: str = CDC_TOPIC_PREFIX,
 ) -> Iterator[KafkaEvent]:
     """`n_events` deterministic Debezium change events of the trading system (tombstones included).
 
@@ -140,7 +137,7 @@ def live_trading_events(
     seed: int = 0,
     clock: Callable[[], float] = time.time,
     with_schema: bool = False,
-    topic_prefix: str = TOPIC_PREFIX,
+    topic_prefix: str = CDC_TOPIC_PREFIX,
 ) -> Iterator[KafkaEvent]:
     """The trading system's change stream, endless and stamped with `clock` (epoch seconds) as it is pulled.
 

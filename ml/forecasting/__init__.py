@@ -37,9 +37,10 @@ Public API (what the assets call)
     ml.monitoring.drift.drift_by_zone(reference, current, report_dir, ...) -> DataFrame (drift_share, ...)
     ml.monitoring.anomalies.detect_anomalies(frame, forecasts=None) -> DataFrame for gold.anomalies
 
-Sketch of the daily asset:
-    pipe = production_pipeline(timezone=settings.market_timezone)
-    rows = pipe.forecast_day(silver_prices_with_exog, partition_day)          # -> gold.forecasts
+Against the warehouse (reads in `ml.warehouse_reads`, writes in `ml.forecasting.warehouse`)
+    ml.forecasting.daily: forecast_delivery_day(conn, day, ...) -> DeliveryDayForecasts   # gold/forecasts
+        forecast_zone(frame, zone, target, day, timezone, ...) -> ZoneForecast, publish_forecasts(conn, ...)
+    ml.forecasting.backtests: read_backtest_inputs, backtest_zones, store_selections   # ml/backtests
 """
 
 from ml.forecasting.data import (

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ID_COL = "unique_id"
-TIME_COL = "ds"
-TARGET_COL = "y"
-FORECAST_COLUMNS = ["unique_id", "ds", "model", "y_hat", "q10", "q50", "q90", "lo80", "hi80", "lo95", "hi95"]
+# The frame column names, re-exported: the forecasting modules and their callers import them from here.
+from ml.frames import FORECAST_COLUMNS as FORECAST_COLUMNS
+from ml.frames import ID_COL as ID_COL
+from ml.frames import INTERVAL_COLUMNS as INTERVAL_COLUMNS
+from ml.frames import TARGET_COL as TARGET_COL
+from ml.frames import TIME_COL as TIME_COL
 
 
 class ForecastDataError(ValueError):

@@ -1,8 +1,8 @@
 """Champion selection: which pipeline publishes a zone's forecast, decided on one rolling-origin backtest.
 
 What belongs here: the candidate pipelines, running them over the same forecast origins, and the rule that
-picks a zone's champion. No Dagster and no SQL (assets/ml.py runs this weekly; ml.forecasting.warehouse turns
-the stored choice back into a pipeline for the daily forecast).
+picks a zone's champion. No Dagster and no SQL (`ml.forecasting.backtests` runs this weekly for every zone;
+`ml.forecasting.daily` turns the stored choice back into a pipeline for the daily forecast).
 
 The rule: the production ensemble (LEAR + DNN, `production_pipeline`) is always a candidate and the
 incumbent. A single model replaces it for a zone only when its selection metric, computed on exactly the same

@@ -30,6 +30,9 @@ Runs and tables (`ml.optimization.runs`, DDL in infra/sql/070_optimization.sql)
     optimization_runs_frame(records), storage_schedules_frame(record), bid_curves_frame(record),
     unit_commitment_frame(record) -> pandas DataFrames with the tables' columns
 
+Stored runs (`ml.optimization.warehouse`: writes; `ml.optimization.delivery_day`: the assets' day loop)
+    run_insert_statement(), run_params(record)   # one ml.optimization_runs row, sync or async connections
+
 Explain and backtest
     storage_schedule_png(schedule, path=None) -> PNG bytes       (`ml.optimization.explain`)
     load_epf_prices(path), backtest_storage(prices, asset, ...), backtest_summary(daily)  (`.backtest`)
@@ -76,6 +79,7 @@ from ml.optimization.unit_commitment import (
     solve_unit_commitment,
     unit_commitment_violations,
 )
+from ml.optimization.warehouse import run_insert_statement, run_params
 
 __all__ = [
     "MARKET_RULES",
@@ -107,6 +111,8 @@ __all__ = [
     "record_input",
     "record_result",
     "resolve_run_record",
+    "run_insert_statement",
+    "run_params",
     "run_record",
     "schedule_revenue",
     "solve",

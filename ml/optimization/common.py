@@ -28,7 +28,7 @@ class StrictModel(BaseModel):
 
 
 class SolveOptions(StrictModel):
-    """Limits for one solve. Defaults follow the issue: 2 s hard limit, relative gap at most 0.1 %."""
+    """Limits for one solve. Defaults: 2 s hard limit, relative gap at most 0.1 % (the day-ahead budget)."""
 
     time_limit_s: float = Field(default=2.0, gt=0, le=600, description="Hard wall-clock limit per solve.")
     relative_gap: float = Field(default=0.001, ge=0, le=0.001, description="Relative MIP gap (≤ 0.1 %).")

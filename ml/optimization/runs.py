@@ -150,6 +150,8 @@ OPTIMIZATION_RUNS_COLUMNS = [
     "inputs",
     "outputs",
 ]
+# The ml.optimization_runs columns stored as jsonb (the record's nested parts).
+JSONB_RUN_COLUMNS = frozenset({"options", "inputs", "outputs"})
 STORAGE_SCHEDULE_COLUMNS = [
     "run_id",
     "org_id",

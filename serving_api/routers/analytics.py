@@ -24,9 +24,7 @@ from pydantic import BaseModel
 
 from infra import clickhouse as ch_infra
 from infra.settings import Settings
-from ingestion.bi import analytics
-from ingestion.bi.semantic import render_semantic_html
-from ingestion.bi.tables import FCT_PRICES_5MIN, FCT_PRICES_HOURLY, TableSpec
+from ingestion import bi
 from serving_api import repository
 from serving_api.deps import OrgSession, api_state, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_responses
@@ -143,7 +141,7 @@ def _clickhouse_url(settings: Settings) -> str:
     )
 
 
-def _run(settings: Settings, org_id: str, spec: TableSpec, query: Any, **kwargs: Any) -> list[dict[str, Any]]:
+def _run(settings: Settings, org_id: str, spec: bi.TableSpec, query: Any, **kwargs: Any) -> list[dict[str, Any]]:
     from clickhouse_driver import Client
     from clickhouse_driver import errors as ch_errors
 
@@ -155,7 +153,7 @@ def _run(settings: Settings, org_id: str, spec: TableSpec, query: Any, **kwargs:
     client.settings.update(CLICKHOUSE_QUERY_SETTINGS)
     try:
         return _clean(query(client, table=spec, org_id=org_id, **kwargs))
-    except analytics.AnalyticsInputError as exc:
+    except bi.AnalyticsInputError as exc:
         raise ApiError(400, "invalid_parameter", str(exc)) from None
     except ch_errors.ServerException as exc:
         if exc.code == ch_errors.ErrorCodes.UNKNOWN_TABLE:
@@ -193,7 +191,7 @@ _ERR = error_responses(400, 503)
 
 
 async def _counted_rows(
-    request: Request, session: OrgSession, spec: TableSpec, query: Any, **kwargs: Any
+    request: Request, session: OrgSession, spec: bi.TableSpec, query: Any, **kwargs: Any
 ) -> dict[str, Any]:
     """`{count, data}` of one analytics query, run off the event loop in the caller's organization."""
     rows = await asyncio.to_thread(_run, api_state(request).settings, session.principal.org_id, spec, query, **kwargs)
@@ -212,7 +210,7 @@ async def price_anomalies(
     start: Annotated[datetime, Query(description="Inclusive start (UTC if no offset)")],
     end: Annotated[datetime, Query(description="Exclusive end (UTC if no offset)")],
     zones: Zones = None,
-    window_hours: Annotated[int, Query(ge=1, le=analytics.MAX_WINDOW_HOURS)] = 168,
+    window_hours: Annotated[int, Query(ge=1, le=bi.MAX_WINDOW_HOURS)] = 168,
     z_threshold: Annotated[float, Query(ge=0, le=1000)] = 3.0,
     min_points: Annotated[int, Query(ge=2, le=100_000)] = 24,
 ):
@@ -236,8 +234,8 @@ async def price_anomalies(
     return await _counted_rows(
         request,
         session,
-        FCT_PRICES_HOURLY,
-        analytics.price_anomalies,
+        bi.FCT_PRICES_HOURLY,
+        bi.price_anomalies,
         start=_utc(start),
         end=_utc(end),
         zones=_zones(zones),
@@ -259,13 +257,13 @@ async def correlations(
     start_day: Annotated[date, Query(description="First window end day")],
     end_day: Annotated[date, Query(description="Last window end day (inclusive)")],
     zones: Zones = None,
-    window_days: Annotated[int, Query(ge=1, le=analytics.MAX_WINDOW_DAYS)] = 7,
+    window_days: Annotated[int, Query(ge=1, le=bi.MAX_WINDOW_DAYS)] = 7,
     min_overlap: Annotated[int, Query(ge=3, le=100_000)] = 24,
 ):
     _in_range("start_day", start_day)
     _in_range("end_day", end_day)
-    if (end_day - start_day).days > analytics.MAX_WINDOW_DAYS:
-        raise ApiError(400, "invalid_parameter", f"at most {analytics.MAX_WINDOW_DAYS} end days per request")
+    if (end_day - start_day).days > bi.MAX_WINDOW_DAYS:
+        raise ApiError(400, "invalid_parameter", f"at most {bi.MAX_WINDOW_DAYS} end days per request")
     if (end_day - start_day).days + window_days > MAX_CORRELATION_DAYS:
         raise ApiError(
             400,
@@ -276,8 +274,8 @@ async def correlations(
     return await _counted_rows(
         request,
         session,
-        FCT_PRICES_HOURLY,
-        analytics.zone_price_correlations,
+        bi.FCT_PRICES_HOURLY,
+        bi.zone_price_correlations,
         start_day=start_day,
         end_day=end_day,
         zones=_zones(zones),
@@ -295,7 +293,7 @@ async def correlations(
 async def realtime_kpis(
     request: Request,
     session: Session,
-    minutes: Annotated[int, Query(ge=1, le=analytics.MAX_MINUTES)] = 60,
+    minutes: Annotated[int, Query(ge=1, le=bi.MAX_MINUTES)] = 60,
     now: Annotated[datetime | None, Query(description="End of the window (default: now, UTC)")] = None,
     zones: Zones = None,
 ):
@@ -304,8 +302,8 @@ async def realtime_kpis(
     return await _counted_rows(
         request,
         session,
-        FCT_PRICES_5MIN,
-        analytics.realtime_kpis,
+        bi.FCT_PRICES_5MIN,
+        bi.realtime_kpis,
         minutes=minutes,
         now=_utc(now) if now else datetime.now(UTC),
         zones=_zones(zones),
@@ -326,5 +324,5 @@ async def gold_docs(request: Request, session: Session):
         if exc.status != 503:
             raise
         kpis = []  # gold.kpi_catalog not built yet: the tables are still described
-    html = await asyncio.to_thread(render_semantic_html, DBT_MANIFEST, kpis)
+    html = await asyncio.to_thread(bi.render_semantic_html, DBT_MANIFEST, kpis)
     return HTMLResponse(html)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, error_responses
 from serving_api.models import CODE_PATTERN, ZONE_PATTERN, ForecastPage
-from serving_api.repository import DATASETS
+from serving_api.repository import SERVED_TABLES
 from serving_api.security import Permission
 from serving_api.tabular import TableParams, table_params, tabular_response, tabular_responses
 
@@ -34,7 +34,7 @@ async def forecasts(
     return await tabular_response(
         request,
         session,
-        DATASETS["forecasts"],
+        SERVED_TABLES["forecasts"],
         {"zone": zone, "target": target, "model": model, "run_id": run_id},
         params,
     )

@@ -10,7 +10,7 @@ from serving_api import repository
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_responses
 from serving_api.models import CODE_PATTERN, ZONE_PATTERN, KpiDefinition, KpiValuePage
-from serving_api.repository import DATASETS
+from serving_api.repository import SERVED_TABLES
 from serving_api.security import Permission
 from serving_api.tabular import TableParams, table_params, tabular_response, tabular_responses
 
@@ -47,7 +47,7 @@ async def kpi_values(
     return await tabular_response(
         request,
         session,
-        DATASETS["kpi_values"],
+        SERVED_TABLES["kpi_values"],
         {"kpi_code": code, "zone": zone, "grain": grain},
         params,
         precheck=known_kpi,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, error_responses
 from serving_api.models import ZONE_PATTERN, PricePage, SeriesPage
-from serving_api.repository import DATASETS
+from serving_api.repository import SERVED_TABLES
 from serving_api.security import Permission
 from serving_api.tabular import TableParams, table_params, tabular_response, tabular_responses
 
@@ -36,10 +36,10 @@ async def prices(
 ):
     if granularity == "hour":
         return await tabular_response(
-            request, session, DATASETS["prices_hourly"], {"zone": zone, "market": market}, params
+            request, session, SERVED_TABLES["prices_hourly"], {"zone": zone, "market": market}, params
         )
     return await tabular_response(
-        request, session, DATASETS["prices_5min"], {"zone": zone, "node": node}, params
+        request, session, SERVED_TABLES["prices_5min"], {"zone": zone, "node": node}, params
     )
 
 
@@ -47,7 +47,7 @@ async def prices(
     "/load", response_model=SeriesPage, responses=tabular_responses(SeriesPage), summary="Hourly load"
 )
 async def load(request: Request, session: Session, params: Params, zone: ZoneQuery = None):
-    return await tabular_response(request, session, DATASETS["load_hourly"], {"zone": zone}, params)
+    return await tabular_response(request, session, SERVED_TABLES["load_hourly"], {"zone": zone}, params)
 
 
 @router.get(
@@ -64,5 +64,5 @@ async def generation(
     fuel: Annotated[str | None, Query(pattern=r"^[A-Za-z_]{1,40}$")] = None,
 ):
     return await tabular_response(
-        request, session, DATASETS["generation_hourly"], {"zone": zone, "fuel": fuel}, params
+        request, session, SERVED_TABLES["generation_hourly"], {"zone": zone, "fuel": fuel}, params
     )

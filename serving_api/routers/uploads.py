@@ -1,4 +1,4 @@
-"""File uploads of the caller's organization (the API door onto `ingestion.files.service`).
+"""File uploads of the caller's organization (the API door onto `ingestion.files`).
 
 `POST /uploads` streams the multipart body straight to a spool file under the uploads directory while
 counting bytes, so memory stays flat and an oversized body is cut off with 413 at the limit (earlier still
@@ -40,14 +40,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from infra.lake import lake_from_settings
 from infra.settings import Settings
-from ingestion.files import security as file_security
-from ingestion.files import service
-from ingestion.files.canonical import DATASETS as FILE_DATASETS
+from ingestion import files
 from serving_api import repository
 from serving_api.deps import OrgSession, api_state, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_responses
 from serving_api.models import GenericPage, Page
-from serving_api.repository import DATASETS, Dataset, TableQuery, fetch_page
+from serving_api.repository import SERVED_TABLES, Dataset, TableQuery, fetch_page
 from serving_api.security import Permission
 from serving_api.state import ApiState
 from serving_api.tabular import TableParams, table_params, tabular_response, tabular_responses
@@ -124,7 +122,7 @@ class MappingRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Literal[tuple(sorted(FILE_DATASETS))]  # type: ignore[valid-type]
+    dataset: Literal[tuple(sorted(files.CANONICAL_DATASETS))]  # type: ignore[valid-type]
     columns: dict[str, str] = Field(
         default_factory=dict, description="Canonical field → source column, e.g. {'ts_utc': 'time'}."
     )
@@ -316,7 +314,7 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
     try:
         spool = await _spooled_file(request, spool_path, max_bytes)
         receipt = await asyncio.to_thread(
-            service.receive_upload,
+            files.receive_upload,
             spool_path,
             spool.filename or "upload",
             org_id,
@@ -324,21 +322,21 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
             storage_dir=uploads_dir(settings),
             max_bytes=max_bytes,
         )
-    except file_security.RejectedFile as exc:
+    except files.RejectedFile as exc:
         raise ApiError(415, "rejected_file", str(exc)) from None
     finally:
         spool_path.unlink(missing_ok=True)
     deferred = receipt.status == "received" and receipt.size_bytes > INLINE_MAX_BYTES
     if receipt.status == "received" and not deferred:
         report = await asyncio.to_thread(
-            service.process_upload,
+            files.process_upload,
             receipt.upload_id,
             database_url=state.database_url,
             lake=lake_from_settings(settings),
         )
     else:
         report = await asyncio.to_thread(
-            service.upload_report, receipt.upload_id, database_url=state.database_url
+            files.upload_report, receipt.upload_id, database_url=state.database_url
         )
     await repository.audit(
         await session.conn(),
@@ -371,7 +369,7 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
 
 
 def _never_processed(upload_id: int, database_url: str) -> bool:
-    return service.upload_report(upload_id, database_url=database_url)["status"] == "received"
+    return files.upload_report(upload_id, database_url=database_url)["status"] == "received"
 
 
 @router.get(
@@ -390,7 +388,7 @@ async def uploads(
     if params.fields and "stored_path" in params.fields:
         raise ApiError(400, "unknown_fields", "unknown field(s) in `fields`", {"unknown": ["stored_path"]})
     params = dataclasses.replace(params, fields=params.fields or _LIST_FIELDS)
-    return await tabular_response(request, session, DATASETS["uploads"], {"status": status}, params)
+    return await tabular_response(request, session, SERVED_TABLES["uploads"], {"status": status}, params)
 
 
 async def _visible_upload(session: OrgSession, upload_id: int) -> dict[str, Any]:
@@ -412,7 +410,7 @@ async def _visible_upload(session: OrgSession, upload_id: int) -> dict[str, Any]
 async def upload_status(request: Request, session: Session, upload_id: Annotated[int, _UPLOAD_ID]):
     await _visible_upload(session, upload_id)
     report = await asyncio.to_thread(
-        service.upload_report, upload_id, database_url=api_state(request).database_url
+        files.upload_report, upload_id, database_url=api_state(request).database_url
     )
     return _report_response(report, 200)
 
@@ -456,13 +454,13 @@ async def upload_mapping(
     mapping = body.model_dump(exclude_none=True)
     try:
         report = await asyncio.to_thread(
-            service.apply_explicit_mapping,
+            files.apply_explicit_mapping,
             upload_id,
             mapping,
             database_url=state.database_url,
             lake=lake_from_settings(state.settings),
         )
-    except service.UploadError as exc:
+    except files.UploadError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     except ValueError as exc:
         raise ApiError(422, "invalid_mapping", str(exc)) from None

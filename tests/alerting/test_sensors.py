@@ -177,7 +177,7 @@ def test_failed_run_alerts_and_a_later_success_resolves(database_url, alert_chan
 
 
 def test_anomalies_written_by_the_pipeline_alert_per_zone_and_day(database_url, alert_channels, warehouse, instance):
-    from ml.forecasting import warehouse as wh
+    from ml.forecasting import warehouse as forecast_writes
 
     hook, _ = alert_channels
     zone = f"Z{uuid.uuid4().hex[:6].upper()}"
@@ -197,7 +197,7 @@ def test_anomalies_written_by_the_pipeline_alert_per_zone_and_day(database_url, 
         }
     )
     with db.connect(database_url) as conn:
-        wh.replace_anomalies(conn, day, ["price"], flagged)
+        forecast_writes.replace_anomalies(conn, day, ["price"], flagged)
     key = f"anomaly:{zone}:{day}"
     cursor, _ = _evaluate(alerting.alert_on_anomalies, instance, warehouse, None)
     [row] = _alert_rows(database_url, key)
@@ -207,7 +207,7 @@ def test_anomalies_written_by_the_pipeline_alert_per_zone_and_day(database_url, 
     assert _alert_rows(database_url, key)[0]["occurrences"] == 1  # nothing newly detected
 
     with db.connect(database_url) as conn:  # a re-run of the day that no longer flags the zone
-        wh.replace_anomalies(conn, day, ["price"], flagged.iloc[0:0])
+        forecast_writes.replace_anomalies(conn, day, ["price"], flagged.iloc[0:0])
     _evaluate(alerting.alert_on_anomalies, instance, warehouse, cursor)
     [row] = _alert_rows(database_url, key)
     assert row["resolved_at"] is not None and row["resolution"] == {"reason": "no longer flagged"}

@@ -112,7 +112,7 @@ def _linked(spec: dict) -> dict:
             "Mapping": {"operationId": op_id("/uploads/{upload_id}/mapping", "post"), "parameters": upload},
         },
     )
-    for kind in ("storage", "bids", "grid-switching"):
+    for kind in ("storage", "bids", "unit-commitment", "grid-switching"):
         link(
             f"/optimize/{kind}",
             "post",

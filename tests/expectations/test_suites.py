@@ -154,6 +154,14 @@ def test_bronze_cdc_and_gold_kpi_suites() -> None:
     }
 
 
+def test_bronze_cdc_suites_cover_exactly_the_captured_trading_tables() -> None:
+    """expectations may not import ingestion, so its copy of the CDC table list is held equal here."""
+    from ingestion.cdc.topics import CDC_SOURCE_TABLES
+
+    cdc_suites = {name.removeprefix("bronze.cdc__") for name in SUITES if name.startswith("bronze.cdc__")}
+    assert cdc_suites - {"dead_letters", "schema_changes"} == set(CDC_SOURCE_TABLES)
+
+
 def test_every_layer_has_suites() -> None:
     layers = {name.split(".")[0] for name in SUITES}
     assert layers == {"bronze", "silver", "gold"}

@@ -141,7 +141,8 @@ def test_stats_members_are_scored_like_the_others() -> None:
 
 
 def test_every_published_row_names_the_model_that_produced_it() -> None:
-    from ml.forecasting.warehouse import Champion, forecast_zone, gold_forecast_rows
+    from ml.forecasting.daily import forecast_zone, gold_forecast_rows
+    from ml.warehouse_reads import Champion
 
     day = pd.Timestamp("2024-03-10")
     champion = forecast_zone(

@@ -113,15 +113,24 @@ def test_storage_solves_and_stores_run_for_callers_org(client, auth, database_ur
     assert theirs.status_code == 200 and theirs.json()["data"] == []
 
 
-def test_bids_and_grid_switching_solve(client, auth) -> None:
+def test_bids_and_unit_commitment_solve(client, auth) -> None:
     status, body = _post(client, auth(), "bids", BIDS)
     assert status == 200, body
     assert {c["asset_id"] for c in body["outputs"]["curves"]} == {"wind-api", "gt-api"}
     assert "PJM rules" in body["explanations"][0]
-    status, body = _post(client, auth(), "grid-switching", UC)
+    status, body = _post(client, auth(), "unit-commitment", UC)
     assert status == 200, body
     assert body["problem"] == "unit_commitment" and body["status"] == "optimal"
     assert len(body["explanations"]) == 4 and "marginal price" in body["explanations"][2]
+
+
+def test_grid_switching_is_a_deprecated_alias_of_unit_commitment(client, auth) -> None:
+    status, body = _post(client, auth(), "grid-switching", UC)
+    assert status == 200, body
+    assert body["problem"] == "unit_commitment" and body["status"] == "optimal"
+    paths = client.app.openapi()["paths"]
+    assert paths[f"{PREFIX}/optimize/grid-switching"]["post"]["deprecated"] is True
+    assert not paths[f"{PREFIX}/optimize/unit-commitment"]["post"].get("deprecated", False)
 
 
 def _field_error(body: dict) -> str:
@@ -145,15 +154,15 @@ def _field_error(body: dict) -> str:
         ("storage", STORAGE, {"time_limit_s": 60}, "time_limit_s"),
         ("bids", BIDS | {"zone": "ATLANTIS"}, {}, "zone"),
         ("bids", BIDS | {"renewables": [{"asset_id": "w", "forecast_mw": [1, 2]}]}, {}, "horizon mismatch"),
-        ("grid-switching", UC | {"horizon_hours": 24}, {}, "horizon mismatch"),
+        ("unit-commitment", UC | {"horizon_hours": 24}, {}, "horizon mismatch"),
         ("storage", STORAGE | {"price_forecast": [30, 20, 1e300, 40, 90, 70]}, {}, "input.price_forecast.2"),
         (
-            "grid-switching",
+            "unit-commitment",
             UC | {"units": [UC["units"][0] | {"unit_id": f"u{i}"} for i in range(51)]},
             {},
             "at most 50",
         ),
-        ("grid-switching", UC | {"units": [UC["units"][0] | {"max_output_mw": -1}]}, {}, "max_output_mw"),
+        ("unit-commitment", UC | {"units": [UC["units"][0] | {"max_output_mw": -1}]}, {}, "max_output_mw"),
     ],
     ids=[
         "negative-capacity",
@@ -176,7 +185,7 @@ def test_bad_input_is_422_naming_the_field(client, auth, path, inp, extra, expec
 
 
 def test_infeasible_demand_is_422_naming_load_and_stored(client, auth, database_url: str) -> None:
-    status, body = _post(client, auth(), "grid-switching", UC | {"load_forecast_mw": [100, 400, 220, 130]})
+    status, body = _post(client, auth(), "unit-commitment", UC | {"load_forecast_mw": [100, 400, 220, 130]})
     assert status == 422
     assert body["code"] == "infeasible" and body["message"].startswith("load_forecast_mw")
     assert any("capacity 270.0 MW < load 400.0" in e for e in body["details"]["explanations"])

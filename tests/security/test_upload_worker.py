@@ -7,6 +7,7 @@ from tests.security.conftest import V1
 
 
 def test_large_upload_is_processed_in_a_child_process(client, auth, monkeypatch):
+    from ingestion import files
     from ingestion.files import service
     from serving_api.routers import uploads as uploads_router
 
@@ -14,7 +15,9 @@ def test_large_upload_is_processed_in_a_child_process(client, auth, monkeypatch)
         raise AssertionError("a large upload was processed inside the API process")
 
     monkeypatch.setattr(uploads_router, "INLINE_MAX_BYTES", 0)  # every upload counts as large
-    monkeypatch.setattr(service, "process_upload", not_here)  # the API process's copy must stay unused
+    # the API process's copies (the package's, which the router calls, and the module's) must stay unused
+    monkeypatch.setattr(files, "process_upload", not_here)
+    monkeypatch.setattr(service, "process_upload", not_here)
     headers = auth("org_a", "trader")
     content = b"timestamp,zone,market,price (EUR/MWh)\n2024-02-03 05:00,NP,DA,40.0\n2024-02-03 06:00,NP,DA,41.0\n"
     resp = client.post(f"{V1}/uploads", headers=headers, files={"file": ("big.csv", content)})

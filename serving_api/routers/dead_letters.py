@@ -1,4 +1,4 @@
-"""Ingestion health for admins and analysts: the CDC dead letters (`ingestion.cdc.dead_letters`), paged.
+"""CDC dead letters for admins and analysts (`ingestion.cdc.dead_letters`), paged.
 
 Dead letters live in the lake (`bronze/cdc__dead_letters`), not in Postgres, so row-level security cannot
 scope them; this router applies the tenancy rule itself. A letter from a market-tick topic is public market

@@ -1,6 +1,6 @@
 """On-demand optimization: solve a storage dispatch, bid curves or a unit commitment for the caller's org.
 
-`POST /optimize/storage`, `/optimize/bids`, `/optimize/grid-switching` take the library's pydantic input
+`POST /optimize/storage`, `/optimize/bids`, `/optimize/unit-commitment` take the library's pydantic input
 models (`ml.optimization`), so bad input is a 422 whose details name the field (negative capacity, inverted
 SoC bounds, horizon mismatch, unreachable terminal SoC, oversized requests). Every dimension is bounded
 before the library builds anything: the horizon (`MAX_HOURS` hourly values, `MAX_INTERVALS` sub-hourly
@@ -15,7 +15,9 @@ run, infeasible ones included, is stored in ml.optimization_runs for the caller'
 (row-level security: the API role may only insert rows of its own org). A unit commitment whose demand
 cannot be met answers 422 naming `load_forecast_mw` with the diagnostics and the stored run id.
 
-"grid-switching" is the unit-commitment problem (which units to switch on, hour by hour, to meet the load).
+`/optimize/grid-switching` is a deprecated alias of `/optimize/unit-commitment` (same handler): unit
+commitment decides which units to switch on, hour by hour, to meet the load. Stored results of the daily
+optimization are served by `serving_api.routers.optimization_results`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from ml.optimization import (
     UnitCommitmentInput,
     UnitCommitmentResult,
     market_rules_for,
+    run_insert_statement,
+    run_params,
     run_record,
 )
-from ml.optimization.warehouse import run_insert_statement, run_params
 from serving_api import repository
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_body, error_responses
@@ -130,7 +133,7 @@ class BidsRequest(_Request):
         return value
 
 
-class GridSwitchingRequest(_Request):
+class UnitCommitmentRequest(_Request):
     input: UnitCommitmentInput
 
     @field_validator("input")
@@ -288,12 +291,19 @@ async def optimize_bids(body: BidsRequest, session: Session):
 
 
 @router.post(
-    "/optimize/grid-switching",
+    "/optimize/unit-commitment",
     response_model=OptimizeResponse,
     responses=_UNSOLVED,
     summary="Unit commitment: which units to switch on each hour to meet load plus reserve",
 )
-async def optimize_grid_switching(body: GridSwitchingRequest, session: Session):
+@router.post(
+    "/optimize/grid-switching",
+    response_model=OptimizeResponse,
+    responses=_UNSOLVED,
+    summary="Unit commitment (deprecated path: use /optimize/unit-commitment)",
+    deprecated=True,
+)
+async def optimize_unit_commitment(body: UnitCommitmentRequest, session: Session):
     record, result = await _run(session, body.input, body.time_limit_s)
     if not result.units:  # type: ignore[attr-defined]
         return _unsolved(record, result, "load_forecast_mw")

@@ -1,5 +1,8 @@
-"""Optimization runs and results of the caller's organization: storage schedules, bid curves, unit
-commitment."""
+"""Stored optimization runs and results of the caller's organization: storage schedules, bid curves, unit
+commitment, as the daily optimization assets wrote them (paged, filtered, exportable).
+
+Solving a problem on request is `serving_api.routers.on_demand_solves`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, error_responses
 from serving_api.models import CODE_PATTERN, GenericPage
-from serving_api.repository import DATASETS
+from serving_api.repository import SERVED_TABLES
 from serving_api.security import Permission
 from serving_api.tabular import TableParams, table_params, tabular_response, tabular_responses
 
@@ -34,7 +37,7 @@ async def optimization_runs(
     run_id: IdQuery = None,
 ):
     return await tabular_response(
-        request, session, DATASETS["optimization_runs"], {"problem": problem, "run_id": run_id}, params
+        request, session, SERVED_TABLES["optimization_runs"], {"problem": problem, "run_id": run_id}, params
     )
 
 
@@ -55,4 +58,4 @@ async def optimization_results(
     ] = None,
 ):
     filters = {"run_id": run_id, ("unit_id" if kind == "unit_commitment" else "asset_id"): asset_id}
-    return await tabular_response(request, session, DATASETS[kind], filters, params)
+    return await tabular_response(request, session, SERVED_TABLES[kind], filters, params)
