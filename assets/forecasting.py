@@ -15,6 +15,9 @@ import pandas as pd
 import psycopg
 from pydantic import Field
 
+from assets.shared import automation
+from assets.shared.partitions import daily_partitions, delivery_day_partitions
+from assets.shared.resources import MlflowResource, WarehouseResource
 from infra.settings import get_settings
 from ml.forecasting import warehouse as wh
 from ml.forecasting.data import ID_COL, TARGET_COL, TIME_COL, ForecastDataError, local_day_hours_utc
@@ -25,9 +28,6 @@ from ml.forecasting.selection import (
     relabelled,
     select_zone,
 )
-from orchestration import automation
-from orchestration.partitions import daily_partitions, delivery_day_partitions
-from orchestration.resources import MlflowResource, WarehouseResource
 
 PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])
 LOAD = dg.AssetKey(["gold", "fct_load_hourly"])

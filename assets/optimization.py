@@ -13,14 +13,14 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from assets.shared import automation
+from assets.shared.partitions import delivery_day_partitions
+from assets.shared.resources import WarehouseResource
 from infra.settings import get_settings
 from ml.optimization import SolveOptions
 from ml.optimization import warehouse as wh
 from ml.optimization.explain import storage_schedule_png
 from ml.optimization.storage import StorageSchedule
-from orchestration import automation
-from orchestration.partitions import delivery_day_partitions
-from orchestration.resources import WarehouseResource
 
 FORECASTS = dg.AssetKey(["gold", "forecasts"])
 PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])

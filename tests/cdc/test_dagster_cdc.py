@@ -8,9 +8,8 @@ import dagster as dg
 import pytest
 
 from assets.bronze import cdc
+from assets.shared.resources import BrokerResource, LakeResource, WarehouseResource
 from infra.settings import get_settings
-from orchestration.resources import BrokerResource, LakeResource, WarehouseResource
-from orchestration.sensors import build_lag_sensor
 from tests.cdc.conftest import bronze
 from tests.cdc.test_bad_input_and_schema import bid, envelope
 from tests.cdc.test_exactly_once import _start_follow, _wait_for_commits
@@ -84,7 +83,7 @@ def test_lag_sensor_observes_lag_and_requests_a_run_above_the_threshold(
     producer, topics_config, resources, monkeypatch
 ):
     producer(f"{topics_config.topic_prefix}.assets", [(b"k", envelope("r", bid(i))) for i in range(12)])
-    sensor = build_lag_sensor("test_cdc_lag_sensor", topics_config)
+    sensor = cdc.build_lag_sensor("test_cdc_lag_sensor", topics_config)
     instance = dg.DagsterInstance.ephemeral()
 
     def evaluate(threshold: int) -> dg.SensorResult:
@@ -114,7 +113,6 @@ def test_commits_sensor_records_follow_mode_commits_once_a_burst_settles(
     """The follow-mode consumer's commits become materializations (what starts silver), once per burst,
     and at most every `TRADING_MAX_WAIT_SECONDS` while a table is written without pause."""
     from ingestion.cdc import CdcConsumer
-    from orchestration import sensors
 
     bids_topic = f"{topics_config.topic_prefix}.bids"
 
@@ -129,13 +127,13 @@ def test_commits_sensor_records_follow_mode_commits_once_a_burst_settles(
     def evaluate() -> list[dg.AssetMaterialization]:
         nonlocal cursor
         with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
-            result = sensors.bronze_cdc_commits_sensor(context)
+            result = cdc.bronze_cdc_commits_sensor(context)
         cursor = result.cursor
         return [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
 
     commit(0)
     assert evaluate() == []  # just written: the burst may go on
-    monkeypatch.setattr(sensors, "COMMITS_QUIET_SECONDS", 0)
+    monkeypatch.setattr(cdc, "COMMITS_QUIET_SECONDS", 0)
     (recorded,) = evaluate()
     assert recorded.asset_key == dg.AssetKey(["bronze", "cdc__bids"])
     version = recorded.metadata["delta_version"].value
@@ -143,11 +141,11 @@ def test_commits_sensor_records_follow_mode_commits_once_a_burst_settles(
     assert evaluate() == []  # nothing new
 
     # A table written without pause is never quiet, and is recorded once it is overdue.
-    monkeypatch.setattr(sensors, "COMMITS_QUIET_SECONDS", 10**9)
+    monkeypatch.setattr(cdc, "COMMITS_QUIET_SECONDS", 10**9)
     commit(5)
-    monkeypatch.setattr(sensors, "TRADING_MAX_WAIT_SECONDS", 10**9)
+    monkeypatch.setattr(cdc, "TRADING_MAX_WAIT_SECONDS", 10**9)
     assert evaluate() == []
-    monkeypatch.setattr(sensors, "TRADING_MAX_WAIT_SECONDS", 0)
+    monkeypatch.setattr(cdc, "TRADING_MAX_WAIT_SECONDS", 0)
     (overdue,) = evaluate()
     assert overdue.metadata["delta_version"].value > version
     assert overdue.metadata["previous_delta_version"].value == version

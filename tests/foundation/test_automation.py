@@ -143,7 +143,7 @@ def test_many_changed_days_become_one_backfill_not_one_run_per_day(defs) -> None
     """The production sensor's target and settings, evaluated in-process (user-code evaluation), with 30
     days landed at once: one backfill request covering the 30 silver days, which the single-run backfill
     policy executes as one run."""
-    from orchestration.automation import automation_sensor
+    from orchestration.automation_sensor import automation_sensor
 
     sensor = dg.AutomationConditionSensorDefinition(
         "automation_sensor_in_process",
@@ -181,11 +181,11 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
     """The real producer: the landing asset lands one past day's files and records its market days; the
     automation then asks silver for those days and no other."""
     from assets.bronze.files import landing_files
+    from assets.shared.resources import LakeResource, WarehouseResource
     from infra import db
     from ingestion.reference import seed_reference_data, simulated_zones
     from ingestion.simulator.files import write_landing_files
     from ingestion.simulator.market import iter_market_days
-    from orchestration.resources import LakeResource, WarehouseResource
 
     with db.connect(database_url) as conn:
         seed_reference_data(conn)
@@ -284,7 +284,7 @@ def test_a_change_landing_while_its_child_runs_is_rebuilt_after_that_run(partiti
     before it. Its end must not count as handling the change; the day is asked for again once it is done."""
     import threading
 
-    from orchestration.automation import day_partitions, unpartitioned
+    from assets.shared.automation import day_partitions, unpartitioned
 
     days = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
     day = (date.today() - timedelta(days=40)).isoformat()
