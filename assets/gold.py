@@ -68,7 +68,7 @@ UNPARTITIONED_PARENTS = (
         *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in CDC_SOURCE_TABLES for suffix in ("", "_history"))
     )
     | dg.AssetSelection.assets(
-        *(dg.AssetKey(["gold", name]) for name, n in _MODELS.items() if "partitioned" not in n["tags"])
+        *(dg.AssetKey(["gold", name]) for name, n in sorted(_MODELS.items()) if "partitioned" not in n["tags"])
     )
 )
 # Models a partition run rewrites in the `gold` schema (staging views live in gold_staging, unread by the API).

@@ -7,8 +7,6 @@ ride along in every run (or backfill) of their asset, where blocking ones stop t
 Suites and validation live in `expectations/`, which has no Dagster import.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +21,7 @@ from infra.settings import get_settings
 if TYPE_CHECKING:
     from expectations.runner import SuiteOutcome
 
+# Annotations stay evaluated (no `from __future__ import annotations`): Dagster reads the `context` type.
 # Great Expectations is imported inside the checks, not here: it takes seconds of CPU to import, and every
 # Dagster run process (and the code server) loads this module whether or not its run evaluates a suite.
 
@@ -30,7 +29,7 @@ KpiCodes = Callable[[WarehouseResource], "list[str] | None"]
 
 
 def suite_check_result(
-    outcome: SuiteOutcome,
+    outcome: "SuiteOutcome",
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
     **extra: dg.MetadataValue,
 ) -> dg.AssetCheckResult:

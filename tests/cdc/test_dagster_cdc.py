@@ -79,6 +79,33 @@ def test_asset_drains_reports_metadata_and_checks_dead_letters(producer, topics_
     assert bronze(lake, "cdc__bids").num_rows == 30
 
 
+def test_bronze_suites_validate_only_the_rows_each_drain_appended(producer, topics_config, resources):
+    bids_topic = f"{topics_config.topic_prefix}.bids"
+    instance = dg.DagsterInstance.ephemeral()
+
+    def drain() -> dict[str, dg.AssetCheckEvaluation]:
+        result = dg.materialize(
+            [cdc.bronze_cdc, *cdc.cdc_table_checks],
+            instance=instance,
+            resources=resources,
+            run_config=dg.RunConfig(ops={"bronze_cdc": topics_config}),
+        )
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+    producer(bids_topic, [(b"k", envelope("c", bid(i))) for i in range(12)])
+    first = drain()
+    # Only the tables a drain wrote are checked: the other topics' steps are skipped with their asset.
+    assert set(first) == {"cdc__bids_expectations"}
+    assert first["cdc__bids_expectations"].passed
+    assert not first["cdc__bids_expectations"].blocking
+    assert first["cdc__bids_expectations"].metadata["row_count"].value == 12
+
+    producer(bids_topic, [(b"k", envelope("u", bid(i))) for i in range(5)])
+    second = drain()
+    assert second["cdc__bids_expectations"].passed
+    assert second["cdc__bids_expectations"].metadata["row_count"].value == 5
+
+
 def test_lag_sensor_observes_lag_and_requests_a_run_above_the_threshold(
     producer, topics_config, resources, monkeypatch
 ):

@@ -45,22 +45,16 @@ def _condition_lines(condition: Any, depth: int = 0) -> Iterator[str]:
         yield from _condition_lines(child, depth + 1)
 
 
-def _freshness(policy: Any) -> str:
-    if policy is None:
-        return "-"
-    fields = {k: v for k, v in sorted(vars(policy).items()) if not k.startswith("_") and v is not None}
-    return f"{type(policy).__name__}(" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")"
-
-
 def render() -> str:
     """The asset graph of `orchestration.definitions.defs`, one block per asset, then each distinct
     automation condition once, as a tree."""
     from orchestration.definitions import defs
 
+    graph = defs.resolve_asset_graph()
     checks_by_asset: dict[str, list[str]] = {}
-    for check in defs.resolve_all_asset_check_specs():
-        flag = "blocking" if check.blocking else "non-blocking"
-        checks_by_asset.setdefault(check.asset_key.to_user_string(), []).append(f"{check.name} ({flag})")
+    for check_key in graph.asset_check_keys:
+        flag = "blocking" if graph.get(check_key).blocking else "non-blocking"
+        checks_by_asset.setdefault(check_key.asset_key.to_user_string(), []).append(f"{check_key.name} ({flag})")
     conditions: dict[str, list[str]] = {}
     blocks = []
     for spec in sorted(defs.resolve_all_asset_specs(), key=lambda s: s.key.to_user_string()):
@@ -85,7 +79,7 @@ def render() -> str:
                     f"  deps: {', '.join(sorted(deps)) or '-'}",
                     f"  checks: {', '.join(sorted(checks_by_asset.get(spec.key.to_user_string(), []))) or '-'}",
                     f"  automation: {condition}",
-                    f"  freshness: {_freshness(spec.freshness_policy)}",
+                    f"  freshness: {spec.freshness_policy!r}" if spec.freshness_policy else "  freshness: -",
                 ]
             )
         )

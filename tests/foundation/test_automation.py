@@ -180,7 +180,7 @@ def test_many_changed_days_become_one_backfill_not_one_run_per_day(defs) -> None
 def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, database_url, settings, tmp_path) -> None:
     """The real producer: the landing asset lands one past day's files and records its market days; the
     automation then asks silver for those days and no other."""
-    from assets.bronze.files import landing_files
+    from assets.bronze.files import files__load_expectations, files__prices_expectations, landing_files
     from assets.shared.resources import LakeResource, WarehouseResource
     from infra import db
     from ingestion.reference import seed_reference_data, simulated_zones
@@ -198,7 +198,7 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
     with dg.instance_for_test() as instance:
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
         landed = dg.materialize(
-            [landing_files],
+            [landing_files, files__prices_expectations, files__load_expectations],
             instance=instance,
             resources={
                 "warehouse": WarehouseResource(database_url=database_url),
@@ -206,6 +206,12 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
             },
         )
         assert landed.success
+        # the bronze suites validate the rows the run appended, without holding anything back
+        evaluations = {e.check_name: e for e in landed.get_asset_check_evaluations()}
+        assert set(evaluations) == {"files__prices_expectations", "files__load_expectations"}
+        for evaluation in evaluations.values():
+            assert evaluation.passed and not evaluation.blocking, evaluation.description
+            assert evaluation.metadata["row_count"].value > 0
         recorded = {
             e.partition
             for e in instance.get_event_records(
