@@ -115,3 +115,25 @@ def test_dagster_layer_has_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_a_partition_window_reads_as_market_dates_with_both_ends_included() -> None:
+    from datetime import date
+
+    from assets.shared.partitions import MarketDateWindow, daily_partitions, market_date_window
+
+    seen: list[MarketDateWindow] = []
+
+    @dg.asset(partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run())
+    def probe(context) -> None:  # unannotated: this module postpones annotations, Dagster reads them
+        seen.append(market_date_window(context))
+
+    tags = {"dagster/asset_partition_range_start": "2024-03-30", "dagster/asset_partition_range_end": "2024-04-01"}
+    assert dg.materialize([probe], tags=tags).success
+    assert dg.materialize([probe], partition_key="2024-03-31").success
+    assert [(w.first, w.last) for w in seen] == [
+        (date(2024, 3, 30), date(2024, 4, 1)),
+        (date(2024, 3, 31), date(2024, 3, 31)),
+    ]
+    assert seen[0].dates == [date(2024, 3, 30), date(2024, 3, 31), date(2024, 4, 1)]
+
