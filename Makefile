@@ -18,7 +18,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(MAKE) --no-print-directory dbt-parse
 	touch $(STAMP)
 
-install: $(STAMP)
+# The manifest the Dagster gold assets are built from; loading the definitions never parses, so every
+# target that runs them re-parses here when a model, macro, seed or test is newer.
+MANIFEST := dbt_project/target/manifest.json
+DBT_SOURCES := $(shell find dbt_project/dbt_project.yml dbt_project/models dbt_project/macros dbt_project/seeds dbt_project/tests -type f 2>/dev/null)
+
+$(MANIFEST): $(DBT_SOURCES) | $(STAMP)
+	$(MAKE) --no-print-directory dbt-parse
+
+install: $(STAMP) $(MANIFEST)
 
 dbt-parse: | $(BIN)/python
 	@if [ -f dbt_project/dbt_project.yml ]; then \

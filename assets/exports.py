@@ -1,28 +1,28 @@
-"""Export assets: gold replicated to ClickHouse for BI, and the BI access layer on the gold tables.
+"""BI export: gold replicated to ClickHouse for BI, and the BI access layer on the gold tables.
 
-Thin wrappers over `ingestion.bi`: one daily-partitioned asset `["clickhouse", <table>]` per table of the
-registry (`ingestion.bi.tables.TABLES`), downstream of the dbt asset `["gold", <table>]`, that replaces the
-day in ClickHouse (`replicate_partition`: idempotent, re-running a day never duplicates it), with a
-blocking check of row-count parity and grain uniqueness; and `["bi", "access"]`, which re-creates the
-`bi.*` views, comments, grants and row-level-security policies that a dbt rebuild of the gold tables drops.
-Exports share the `clickhouse_export` pool so a backfill does not flood the server. Both follow gold by
-themselves: a day's export after each rebuild of its gold day, the access layer after any gold rebuild.
+Thin wrappers over `ingestion.bi` (the replication, parity queries and BI roles belong there): one
+daily-partitioned asset `["clickhouse", <table>]` per table of the registry (`ingestion.bi.tables.TABLES`),
+downstream of the dbt asset `["gold", <table>]`, that replaces the day in ClickHouse (`replicate_partition`:
+idempotent, re-running a day never duplicates it), with a blocking check of row-count parity and grain
+uniqueness; and `["bi", "access"]`, which re-creates the `bi.*` views, comments, grants and
+row-level-security policies that a dbt rebuild of the gold tables drops. Exports share the
+`clickhouse_export` pool so a backfill does not flood the server. Both follow gold by themselves: a day's
+export after each rebuild of its gold day, the access layer after any gold rebuild.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
 
 import dagster as dg
 
+from assets.shared import automation
+from assets.shared.partitions import daily_partitions, market_date_window
+from assets.shared.resources import ClickHouseResource, WarehouseResource
 from infra.clickhouse import ClickHouseNotInstalledError, clickhouse_server_command
 from infra.settings import get_settings
 from ingestion.bi.access import ORG_ID, BiRoles, ensure_bi_roles
 from ingestion.bi.clickhouse import duplicate_key_count, replicate_partition, row_count_parity
 from ingestion.bi.tables import TABLES, TableSpec
-from orchestration import automation
-from orchestration.partitions import daily_partitions
-from orchestration.resources import ClickHouseResource, WarehouseResource
 
 GROUP = "exports"
 POOL = "clickhouse_export"
@@ -46,13 +46,6 @@ def _clickhouse(clickhouse: ClickHouseResource) -> Iterator:
             yield client
     except ClickHouseNotInstalledError as exc:
         raise dg.Failure(description=str(exc)) from None
-
-
-def _window_days(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[date]:
-    """The market days of the run's partition window (one day, or a whole backfill in one run)."""
-    window = context.partition_time_window
-    first, end = window.start.date(), window.end.date()
-    return [first + timedelta(days=i) for i in range((end - first).days)]
 
 
 def clickhouse_configured() -> bool:
@@ -79,7 +72,7 @@ def _export_asset(spec: TableSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         per_day = {}
         with _clickhouse(clickhouse) as ch, warehouse.connect() as conn:
-            for day in _window_days(context):
+            for day in market_date_window(context).dates:
                 result = replicate_partition(conn, ch, spec, day)
                 context.log.info(f"{spec.qualified_pg_name} {day}: {result.rows_loaded} rows in {result.seconds:.2f}s")
                 per_day[day.isoformat()] = result
@@ -111,7 +104,7 @@ def _parity_check(spec: TableSpec, asset: dg.AssetsDefinition) -> dg.AssetChecks
     ) -> dg.AssetCheckResult:
         counts: dict[str, dict[str, int]] = {}
         with _clickhouse(clickhouse) as ch, warehouse.connect() as conn:
-            for day in _window_days(context):
+            for day in market_date_window(context).dates:
                 pg_count, ch_count = row_count_parity(conn, ch, spec, day)
                 counts[day.isoformat()] = {
                     "pg_count": pg_count,
@@ -176,3 +169,6 @@ def bi_access(
             "skipped_org_ids": dg.MetadataValue.json(skipped),
         }
     )
+
+
+defs = dg.Definitions(assets=[*clickhouse_exports, bi_access], asset_checks=clickhouse_export_checks)

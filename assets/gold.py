@@ -1,20 +1,20 @@
-"""Gold assets: the dbt project (facts, dimensions, KPIs) as Dagster assets.
+"""Gold: the dbt project (facts, dimensions, KPIs) as Dagster assets, and the expectation checks of the
+gold tables that ML and the exports read.
 
 Models and seeds are assets `["gold", <name>]` in group `gold`; dbt sources are the silver assets
 `["silver", <table>]`; dbt tests become asset checks. Models tagged `partitioned` (the market/trading
 staging views, the incremental facts and `kpi_values`) run per daily partition window, passed to dbt as
 vars `min_date`/`max_date` (market-local dates, inclusive); one backfill run covers a whole range. Staging
 views are partitioned too so that a partition run orders silver -> its blocking checks -> staging -> facts.
-Reference staging, dimensions and seeds rebuild unpartitioned.
+Reference staging, dimensions and seeds rebuild unpartitioned. The SQL belongs to `dbt_project/`.
 
-The manifest is prepared at load: `dbt parse` under `dagster dev` (`prepare_if_dev`) and, on a fresh
-checkout without `dbt_project/target/manifest.json`, once here; deployments run `dbt parse` at build time
-(Makefile) so loading never invokes dbt.
+The assets are built from `dbt_project/target/manifest.json`, which `make install` (`make dbt-parse`), the
+deploy image and the platform's start (`infra.platform`) prepare; loading the definitions never runs dbt.
 """
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -26,24 +26,37 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, manifest_is_stale, prepare_manifest
+from assets.shared import automation
+from assets.shared.expectation_checks import partition_suite_check
+from assets.shared.partitions import daily_partitions, market_date_window
+from assets.shared.resources import WarehouseResource
+from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, manifest_is_stale
 from infra.signals import signal_gold_window, signal_kpi_window
 from ingestion.cdc.topics import CDC_SOURCE_TABLES
-from orchestration import automation
-from orchestration.partitions import daily_partitions
-from orchestration.resources import WarehouseResource
 
 PARTITIONED_SELECTION = "tag:partitioned"
 
 gold_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-# `make install` parses the project once; re-parse here only when a model, seed or macro is newer than the
-# manifest (editing dbt files under `dagster dev`). DbtProject.prepare_if_dev would look for `dbt` on PATH.
-if manifest_is_stale(gold_dbt_project.manifest_path):
-    prepare_manifest(gold_dbt_project.project_dir / gold_dbt_project.target_path)
+
+
+class DbtManifestMissingError(RuntimeError):
+    """The dbt manifest the gold assets are built from has not been prepared."""
 
 
 def _manifest_models() -> dict[str, Mapping[str, Any]]:
-    manifest = json.loads(gold_dbt_project.manifest_path.read_text())
+    path = gold_dbt_project.manifest_path
+    if not path.exists():
+        raise DbtManifestMissingError(
+            f"{path} does not exist: run `make dbt-parse` (or `dbt parse` in dbt_project/) before loading the "
+            "Dagster definitions"
+        )
+    if manifest_is_stale(path):
+        warnings.warn(
+            f"{path} is older than the dbt project: the gold assets show the last parse; run `make dbt-parse` "
+            "to load the changes",
+            stacklevel=2,
+        )
+    manifest = json.loads(path.read_text())
     return {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] in ("model", "seed")}
 
 
@@ -55,7 +68,7 @@ UNPARTITIONED_PARENTS = (
         *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in CDC_SOURCE_TABLES for suffix in ("", "_history"))
     )
     | dg.AssetSelection.assets(
-        *(dg.AssetKey(["gold", name]) for name, n in _MODELS.items() if "partitioned" not in n["tags"])
+        *(dg.AssetKey(["gold", name]) for name, n in sorted(_MODELS.items()) if "partitioned" not in n["tags"])
     )
 )
 # Models a partition run rewrites in the `gold` schema (staging views live in gold_staging, unread by the API).
@@ -156,8 +169,8 @@ def gold_dbt_partitioned(
     As each model of the window commits, its gold table's version is bumped for every date of the window
     and, for `kpi_values`, KPI subscribers are notified (`infra.signals`): the API and streams follow.
     """
-    window = context.partition_time_window
-    first, last = window.start.date(), (window.end - timedelta(days=1)).date()
+    window = market_date_window(context)
+    first, last = window.first, window.last
     dbt_vars = {"min_date": first.isoformat(), "max_date": last.isoformat()}
     export_dbt_env(warehouse.url)
     for event in dbt.cli(_build_args(context, "--vars", json.dumps(dbt_vars)), context=context).stream():
@@ -178,3 +191,30 @@ def _model_of(context: dg.AssetExecutionContext, event: dg.Output | dg.AssetMate
     else:
         key = context.asset_key_for_output(event.output_name)
     return key.path[-1] if key.path[0] == "gold" else None
+
+
+# --- checks ---------------------------------------------------------------------------------------------
+
+
+def _kpi_codes(warehouse: WarehouseResource) -> list[str] | None:
+    """The codes of the KPI catalog (`gold.kpi_catalog`), None before the catalog exists."""
+    with warehouse.connect() as conn:
+        exists = conn.execute("SELECT to_regclass('gold.kpi_catalog')").fetchone()
+        if not exists or exists[0] is None:
+            return None
+        return [r[0] for r in conn.execute("SELECT kpi_code FROM gold.kpi_catalog")]
+
+
+# Blocking: a failing gold suite stops the ML and export assets of the same run.
+gold_fct_prices_hourly_expectations = partition_suite_check("gold.fct_prices_hourly")
+gold_fct_load_hourly_expectations = partition_suite_check("gold.fct_load_hourly")
+gold_kpi_values_expectations = partition_suite_check("gold.kpi_values", kpi_codes=_kpi_codes)
+
+defs = dg.Definitions(
+    assets=[gold_dbt_unpartitioned, gold_dbt_partitioned],
+    asset_checks=[
+        gold_fct_prices_hourly_expectations,
+        gold_fct_load_hourly_expectations,
+        gold_kpi_values_expectations,
+    ],
+)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.shared import automation
+from assets.shared.partitions import delivery_day_partitions
+from assets.shared.resources import WarehouseResource
 from infra.settings import get_settings
 from ml.optimization import SolveOptions
 from ml.optimization import delivery_day as day_problems
-from orchestration import automation
-from orchestration.partitions import delivery_day_partitions
-from orchestration.resources import WarehouseResource
 
 FORECASTS = dg.AssetKey(["gold", "forecasts"])
 PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])

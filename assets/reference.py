@@ -1,10 +1,13 @@
-"""Reference-data assets: zones, nodes, organizations and assets seeded into `silver.ref__*`."""
+"""Reference data: zones, nodes, organizations and assets seeded into `silver.ref__*` (group `reference`).
+
+The seed data and the upsert are `ingestion.reference`; this module only runs it as a Dagster asset.
+"""
 
 import dagster as dg
 
+from assets.shared import automation
+from assets.shared.resources import WarehouseResource
 from ingestion.reference import seed_reference_data
-from orchestration import automation
-from orchestration.resources import WarehouseResource
 
 REFERENCE_TABLES = ("ref__organizations", "ref__zones", "ref__nodes", "ref__assets")
 
@@ -34,3 +37,6 @@ def reference_data(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     }
     for table in REFERENCE_TABLES:
         yield dg.MaterializeResult(asset_key=["silver", table], metadata={"rows": by_table[table]})
+
+
+defs = dg.Definitions(assets=[reference_data])

@@ -1,23 +1,27 @@
-"""Silver assets: Spark jobs that clean, type, deduplicate and CDC-merge bronze into Postgres `silver`.
+"""Silver: Spark jobs that clean, type, deduplicate and CDC-merge bronze into Postgres `silver`, and the
+blocking expectation checks that keep a bad silver batch out of gold.
 
 Market data is one multi-asset per market-local day (daily partitions in the configured timezone); a backfill
 of many days is a single run over the whole window. The trading tables follow bronze CDC incrementally (a
-watermark per bronze table), so they are not partitioned. The library code is `ingestion/silver/`.
+watermark per bronze table), so they are not partitioned. The Spark code is `ingestion/silver/`, the
+suites `expectations/`; neither belongs here.
 
 Automation: a market day is rebuilt when a landing run records it in `["bronze", "market_days"]` (any age),
 today and yesterday when ticks land (the tick table carries no day); the trading tables follow every CDC
-batch once their bronze tables exist.
+batch once their bronze tables exist. A failing check stops the gold models of the same run.
 """
 
+from datetime import timedelta
 
 import dagster as dg
 
 from assets.bronze.files import MARKET_DAYS
+from assets.shared import automation
+from assets.shared.expectation_checks import delivery_suite_check, partition_suite_check
+from assets.shared.partitions import daily_partitions, market_date_window
+from assets.shared.resources import LakeResource, SparkResource, WarehouseResource
 from ingestion.silver.market import SILVER_MARKET_TABLES, build_market_window
 from ingestion.silver.trading import ENTITIES, build_trading_entity
-from orchestration import automation
-from orchestration.partitions import daily_partitions
-from orchestration.resources import LakeResource, SparkResource, WarehouseResource
 
 MARKET_BRONZE = [dg.AssetKey(["bronze", f"files__{name}"]) for name in SILVER_MARKET_TABLES] + [
     dg.AssetKey(["bronze", "ticks__prices"])
@@ -79,16 +83,18 @@ def silver_market(
     context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource, warehouse: WarehouseResource
 ):
     """Rebuild the market-local days of the run's partition window (one day, or a whole backfill)."""
-    window = context.partition_time_window
-    start, end = window.start.date(), window.end.date()
-    result = build_market_window(spark.session(), lake.lake, warehouse.url, start, end)
+    window = market_date_window(context)
+    # build_market_window takes the half-open range [start, end).
+    result = build_market_window(
+        spark.session(), lake.lake, warehouse.url, window.first, window.last + timedelta(days=1)
+    )
     for table, rows in result.rows.items():
         yield dg.MaterializeResult(
             asset_key=dg.AssetKey(["silver", table.removeprefix("silver.")]),
             metadata={
                 "rows": dg.MetadataValue.int(rows),
                 "rows_replaced": dg.MetadataValue.int(result.replaced.get(table, 0)),
-                "market_dates": dg.MetadataValue.text(f"{start} .. {end} (exclusive)"),
+                "market_dates": dg.MetadataValue.text(str(window)),
             },
         )
 
@@ -163,3 +169,38 @@ silver_trading_bids = _trading_asset("bids")
 silver_trading_trades = _trading_asset("trades")
 silver_trading_assets = _trading_asset("assets")
 silver_trading_market_orders = _trading_asset("market_orders")
+
+# --- checks ---------------------------------------------------------------------------------------------
+
+silver_market__prices_expectations = partition_suite_check("silver.market__prices")
+silver_market__load_expectations = partition_suite_check("silver.market__load")
+silver_market__generation_expectations = partition_suite_check("silver.market__generation")
+silver_market__weather_expectations = partition_suite_check("silver.market__weather")
+
+# Trading state is not partitioned: its checks validate the deliveries that matter now, from two weeks back
+# (late clearing and trade corrections) to the day after tomorrow (bids for the next auctions).
+TRADING_DAYS_BACK, TRADING_DAYS_AHEAD = 14, 2
+silver_trading__bids_expectations = delivery_suite_check(
+    "silver.trading__bids", TRADING_DAYS_BACK, TRADING_DAYS_AHEAD
+)
+silver_trading__trades_expectations = delivery_suite_check(
+    "silver.trading__trades", TRADING_DAYS_BACK, TRADING_DAYS_AHEAD
+)
+
+defs = dg.Definitions(
+    assets=[
+        silver_market,
+        silver_trading_bids,
+        silver_trading_trades,
+        silver_trading_assets,
+        silver_trading_market_orders,
+    ],
+    asset_checks=[
+        silver_market__prices_expectations,
+        silver_market__load_expectations,
+        silver_market__generation_expectations,
+        silver_market__weather_expectations,
+        silver_trading__bids_expectations,
+        silver_trading__trades_expectations,
+    ],
+)

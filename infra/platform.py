@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from infra.dbt import DBT_MANIFEST, manifest_is_stale, prepare_manifest
 from infra.services import free_port
 
 DEFINITIONS_MODULE = "orchestration.definitions"
@@ -120,6 +121,9 @@ class PlatformProcesses:
             if not _port_free(host, port):
                 raise PlatformError(f"{host}:{port} ({what}) is already in use: is another OptiBid platform running?")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # The gold assets are built from the dbt manifest: parse once here if a model is newer than it.
+        if manifest_is_stale(DBT_MANIFEST):
+            prepare_manifest()
         self._start_spark_connect()
         self._grpc_port = free_port()
         (self.dagster_home / "workspace.yaml").write_text(

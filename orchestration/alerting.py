@@ -28,10 +28,10 @@ from typing import Any
 
 import dagster as dg
 
-from assets.ml import drift_share_below_threshold
+from assets.forecasting import drift_share_below_threshold
+from assets.shared.resources import WarehouseResource
 from infra import alerts
 from infra.settings import get_settings
-from orchestration.resources import WarehouseResource
 
 ORG_TAG = "optibid/org_id"  # a run tagged with an organization raises alerts only that organization sees
 ANOMALY_ALERT_DAYS = 2  # anomalies of market days older than this are history, not news

@@ -1,31 +1,45 @@
-"""The one Dagster `Definitions` of OptiBid: every asset, check, resource, job, schedule and sensor."""
+"""The one Dagster `Definitions` of OptiBid, merged from the domains, with the resources, the in-process
+executor and the sensors that span every domain. The only module that imports every domain.
+
+Each domain module declares its own `defs` (assets, checks, jobs, schedules, sensors); forecasting and
+optimization hold only assets and checks, collected from the module.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets import checks, exports, gold, ml, optimization, reference, silver
+from assets import exports, forecasting, gold, optimization, reference, silver
 from assets.bronze import cdc as bronze_cdc
 from assets.bronze import files as bronze_files
+from assets.shared.resources import resources_from_settings
 from infra.settings import get_settings
 from orchestration.alerting import ALERT_SENSORS
-from orchestration.automation import automation_sensor
-from orchestration.jobs import JOBS
-from orchestration.resources import resources_from_settings
-from orchestration.schedules import SCHEDULES
-from orchestration.sensors import SENSORS
+from orchestration.automation_sensor import automation_sensor
 
-_ASSET_MODULES = [reference, bronze_cdc, bronze_files, silver, checks, gold, ml, optimization, exports]
+_ML_DOMAINS = [forecasting, optimization]
 
-defs = dg.Definitions(
-    # AssetSpecs (assets Dagster records but does not materialize) are not found by load_assets_from_modules
-    assets=[*dg.load_assets_from_modules(_ASSET_MODULES), bronze_files.market_days],
-    asset_checks=dg.load_asset_checks_from_modules(_ASSET_MODULES),
-    resources=resources_from_settings(get_settings()),
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=[*SENSORS, automation_sensor, *ALERT_SENSORS],
-    # Steps of a run share one process: one SparkSession (~15 s to start) and one code load per run, instead
-    # of one per step. Scale out across runs (the run queue), or point SPARK_REMOTE/SPARK_MASTER at a cluster.
-    executor=dg.in_process_executor,
+DOMAIN_DEFINITIONS: list[dg.Definitions] = [
+    reference.defs,
+    bronze_cdc.defs,
+    bronze_files.defs,
+    silver.defs,
+    gold.defs,
+    dg.Definitions(
+        assets=dg.load_assets_from_modules(_ML_DOMAINS),
+        asset_checks=dg.load_asset_checks_from_modules(_ML_DOMAINS),
+    ),
+    exports.defs,
+]
+
+defs = dg.Definitions.merge(
+    *DOMAIN_DEFINITIONS,
+    dg.Definitions(
+        resources=resources_from_settings(get_settings()),
+        sensors=[automation_sensor, *ALERT_SENSORS],
+        # Steps of a run share one process: one SparkSession (~15 s to start) and one code load per run,
+        # instead of one per step. Scale out across runs (the run queue), or point SPARK_REMOTE/SPARK_MASTER
+        # at a cluster.
+        executor=dg.in_process_executor,
+    ),
 )

@@ -1,27 +1,34 @@
-"""Bronze assets for file uploads: the landing folder drained into `bronze/files__<dataset>`.
+"""Bronze files: the landing folder drained into `bronze/files__<dataset>`, with the job and sensor that
+start the drains and the checks on what they land.
 
 Files at the landing folder's root are the public market feed (organization `market`); files under
-`<landing>/<org_id>/` belong to that organization. The library (`ingestion.files.service`) does the
-detection, mapping, quarantine and exactly-once landing; this asset only walks the folder and reports.
+`<landing>/<org_id>/` belong to that organization. The library (`ingestion.files`) finds the waiting files
+and does the detection, mapping, quarantine and exactly-once landing; `landing_files` only walks the list
+and reports. `landing_folder_sensor` starts `landing_files_job` when files wait; the expectation suites of
+the bronze file tables (non-blocking) validate the rows a run appended.
 
 Bronze tables hold every day, so they are not partitioned; `["bronze", "market_days"]` is their view by
 market day: a landing run records a materialization of each day its market rows fall on, and silver
 rebuilds exactly those days (a corrected file for a past day rebuilds that day, weeks later too).
 """
 
+import hashlib
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
+from assets.shared.expectation_checks import (
+    DELTA_VERSION,
+    PREVIOUS_DELTA_VERSION,
+    appended_rows_check,
+    delta_version,
+)
+from assets.shared.partitions import daily_partitions, market_days_touched
+from assets.shared.resources import LakeResource, WarehouseResource
 from infra.settings import get_settings
-from ingestion.files.canonical import CANONICAL_DATASETS
-from ingestion.files.service import ingest_landing_file, scan_landing_folder
-from ingestion.reference import MARKET_FEED_ORG
+from ingestion.files import CANONICAL_DATASETS, ingest_landing_file, landing_files_by_org
 from ingestion.silver.market import SILVER_MARKET_TABLES
-from orchestration.partitions import daily_partitions, market_days_touched
-from orchestration.resources import LakeResource, WarehouseResource
 
 MARKET_DAYS = dg.AssetKey(["bronze", "market_days"])
 
@@ -36,16 +43,6 @@ market_days = dg.AssetSpec(
     description="The bronze market tables by market-local day: day D is materialized whenever a run lands "
     "market rows dated D (recorded by the landing run; bronze itself is one append-only table per dataset).",
 )
-
-
-def landing_files_by_org(landing_dir: Path) -> list[tuple[str, Path]]:
-    """(org_id, path) of every file waiting in the landing folder and its per-organization subfolders."""
-    waiting = [(MARKET_FEED_ORG, path) for path in scan_landing_folder(landing_dir, min_age_seconds=1)]
-    for sub in sorted(p for p in landing_dir.iterdir() if p.is_dir()):
-        if sub.name in {"processed", "rejected"}:
-            continue
-        waiting += [(sub.name, path) for path in scan_landing_folder(sub, min_age_seconds=1)]
-    return waiting
 
 
 @dg.multi_asset(
@@ -66,6 +63,7 @@ def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     landing = settings.resolved_landing_dir
     landing.mkdir(parents=True, exist_ok=True)
     waiting = landing_files_by_org(landing)
+    versions_before = {name: delta_version(lake, "bronze", f"files__{name}") for name in CANONICAL_DATASETS}
     landed: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
@@ -105,6 +103,8 @@ def landing_files(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
                 "rows_quarantined": quarantined[name],
                 "upload_statuses": dict(statuses),
                 "table_uri": lake.lake.table_uri("bronze", f"files__{name}"),
+                PREVIOUS_DELTA_VERSION: versions_before[name],
+                DELTA_VERSION: delta_version(lake, "bronze", f"files__{name}"),
             },
         )
 
@@ -118,3 +118,42 @@ def _days_of(report: dict) -> list[str]:
     if first.tzinfo is None:  # profiles store ts_utc as UTC
         first, last = first.replace(tzinfo=UTC), last.replace(tzinfo=UTC)
     return market_days_touched(first, last)
+
+
+# Expectation suites of the bronze file tables that have one, on the rows each landing run appended.
+files__prices_expectations = appended_rows_check("bronze.files__prices")
+files__load_expectations = appended_rows_check("bronze.files__load")
+
+# --- starting the landing runs ------------------------------------------------------------------------
+
+landing_files_job = dg.define_asset_job(
+    "landing_files_job",
+    selection=dg.AssetSelection.assets(landing_files),
+    description="Land the files waiting in the landing folder.",
+)
+
+
+@dg.sensor(
+    job=landing_files_job,
+    minimum_interval_seconds=get_settings().new_data_poll_seconds,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def landing_folder_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """Start a landing run when files wait in the landing folder; one run per distinct set of files."""
+    landing = get_settings().resolved_landing_dir
+    landing.mkdir(parents=True, exist_ok=True)
+    waiting = landing_files_by_org(landing)
+    if not waiting:
+        return dg.SkipReason(f"no files waiting in {landing}")
+    fingerprint = "|".join(f"{org}/{path.name}:{path.stat().st_mtime_ns}" for org, path in waiting)
+    run_key = hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags={"optibid/files": str(len(waiting))})])
+
+
+defs = dg.Definitions(
+    # An AssetSpec: Dagster records `market_days` (the landing run reports its days) but never materializes it.
+    assets=[landing_files, market_days],
+    asset_checks=[files__prices_expectations, files__load_expectations],
+    jobs=[landing_files_job],
+    sensors=[landing_folder_sensor],
+)

@@ -3,7 +3,7 @@
 `consumer.CdcConsumer` drains or follows topics; `decode` turns records into bronze rows, dead letters and
 schema changes; `delta` commits rows together with their Kafka offsets; `queries` reads dead letters and
 schema changes back; `fetch` is the child process of a parallel drain; `cli` is `optibid ingest cdc`.
-No Dagster here (see `assets/bronze/cdc.py`).
+No Dagster here (its Dagster assets, checks, sensors and schedule are `assets/bronze/cdc.py`).
 
 The public names are imported lazily: a drain's fetch processes import `ingestion.cdc.fetch` and must not
 pay for the Arrow/Delta/pandas stack they never use (seconds of start-up on a loaded machine).
@@ -19,6 +19,7 @@ _EXPORTS = {
     "IngestStats": "ingestion.cdc.consumer",
     "OffsetResetError": "ingestion.cdc.consumer",
     "PartitionLag": "ingestion.cdc.consumer",
+    "lag_by_topic": "ingestion.cdc.consumer",
     "total_lag": "ingestion.cdc.consumer",
     "dead_letters": "ingestion.cdc.queries",
     "schema_changes": "ingestion.cdc.queries",
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from ingestion.cdc.consumer import IngestStats as IngestStats
     from ingestion.cdc.consumer import OffsetResetError as OffsetResetError
     from ingestion.cdc.consumer import PartitionLag as PartitionLag
+    from ingestion.cdc.consumer import lag_by_topic as lag_by_topic
     from ingestion.cdc.consumer import total_lag as total_lag
     from ingestion.cdc.queries import dead_letters as dead_letters
     from ingestion.cdc.queries import schema_changes as schema_changes

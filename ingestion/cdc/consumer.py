@@ -133,6 +133,14 @@ def total_lag(lags: Sequence[PartitionLag]) -> int:
     return sum(p.lag for p in lags)
 
 
+def lag_by_topic(lags: Sequence[PartitionLag]) -> dict[str, int]:
+    """Total lag per topic from per-partition lags."""
+    out: dict[str, int] = {}
+    for p in lags:
+        out[p.topic] = out.get(p.topic, 0) + p.lag
+    return out
+
+
 class CdcConsumer:
     """Ingests Kafka topics into bronze Delta tables with exactly-once offsets (see module docstring)."""
 

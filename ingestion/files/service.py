@@ -36,6 +36,7 @@ from ingestion.files.mapping import AUTO_LAND_CONFIDENCE, Mapping, proposed_mapp
 from ingestion.files.parsing import now_utc
 from ingestion.files.readers import open_reader, sample_tables
 from ingestion.files.transform import AmbiguousHours, CanonicalBuilder, QuarantineRow
+from ingestion.reference import MARKET_FEED_ORG
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
@@ -478,6 +479,20 @@ def scan_landing_folder(landing_dir: Path, *, min_age_seconds: float = 0.0) -> l
             continue
         out.append(p)
     return out
+
+
+def landing_files_by_org(landing_dir: Path, *, min_age_seconds: float = 1.0) -> list[tuple[str, Path]]:
+    """(org_id, path) of every file waiting in the landing folder and its per-organization subfolders.
+
+    Files at the folder's root are the public market feed (`MARKET_FEED_ORG`); files under
+    `<landing>/<org_id>/` belong to that organization.
+    """
+    waiting = [(MARKET_FEED_ORG, path) for path in scan_landing_folder(landing_dir, min_age_seconds=min_age_seconds)]
+    for sub in sorted(p for p in landing_dir.iterdir() if p.is_dir()):
+        if sub.name in {"processed", "rejected"}:
+            continue
+        waiting += [(sub.name, path) for path in scan_landing_folder(sub, min_age_seconds=min_age_seconds)]
+    return waiting
 
 
 def archived_landing_file(path: Path, *, accepted: bool) -> Path:

@@ -124,7 +124,7 @@ def _drain_foreign_pending(database_url: str) -> None:
 
 @pytest.fixture
 def warehouse(database_url):
-    from orchestration.resources import WarehouseResource
+    from assets.shared.resources import WarehouseResource
 
     return WarehouseResource(database_url=database_url)
 

@@ -18,9 +18,9 @@ import pytest
 from psycopg import sql
 
 from assets.exports import bi_access, clickhouse_export_checks, clickhouse_exports
+from assets.shared.resources import ClickHouseResource, WarehouseResource
 from ingestion.bi.clickhouse import duplicate_key_count, row_count_parity
 from ingestion.bi.tables import FCT_PRICES_5MIN, KPI_VALUES, TABLES
-from orchestration.resources import ClickHouseResource, WarehouseResource
 from tests.gold.silver_fixture import DAY, load_fixture
 
 PARTITION = DAY.isoformat()

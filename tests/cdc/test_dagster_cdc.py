@@ -8,9 +8,8 @@ import dagster as dg
 import pytest
 
 from assets.bronze import cdc
+from assets.shared.resources import BrokerResource, LakeResource, WarehouseResource
 from infra.settings import get_settings
-from orchestration.resources import BrokerResource, LakeResource, WarehouseResource
-from orchestration.sensors import build_lag_sensor
 from tests.cdc.conftest import bronze
 from tests.cdc.test_bad_input_and_schema import bid, envelope
 from tests.cdc.test_exactly_once import _start_follow, _wait_for_commits
@@ -80,11 +79,38 @@ def test_asset_drains_reports_metadata_and_checks_dead_letters(producer, topics_
     assert bronze(lake, "cdc__bids").num_rows == 30
 
 
+def test_bronze_suites_validate_only_the_rows_each_drain_appended(producer, topics_config, resources):
+    bids_topic = f"{topics_config.topic_prefix}.bids"
+    instance = dg.DagsterInstance.ephemeral()
+
+    def drain() -> dict[str, dg.AssetCheckEvaluation]:
+        result = dg.materialize(
+            [cdc.bronze_cdc, *cdc.cdc_table_checks],
+            instance=instance,
+            resources=resources,
+            run_config=dg.RunConfig(ops={"bronze_cdc": topics_config}),
+        )
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+    producer(bids_topic, [(b"k", envelope("c", bid(i))) for i in range(12)])
+    first = drain()
+    # Only the tables a drain wrote are checked: the other topics' steps are skipped with their asset.
+    assert set(first) == {"cdc__bids_expectations"}
+    assert first["cdc__bids_expectations"].passed
+    assert not first["cdc__bids_expectations"].blocking
+    assert first["cdc__bids_expectations"].metadata["row_count"].value == 12
+
+    producer(bids_topic, [(b"k", envelope("u", bid(i))) for i in range(5)])
+    second = drain()
+    assert second["cdc__bids_expectations"].passed
+    assert second["cdc__bids_expectations"].metadata["row_count"].value == 5
+
+
 def test_lag_sensor_observes_lag_and_requests_a_run_above_the_threshold(
     producer, topics_config, resources, monkeypatch
 ):
     producer(f"{topics_config.topic_prefix}.assets", [(b"k", envelope("r", bid(i))) for i in range(12)])
-    sensor = build_lag_sensor("test_cdc_lag_sensor", topics_config)
+    sensor = cdc.build_lag_sensor("test_cdc_lag_sensor", topics_config)
     instance = dg.DagsterInstance.ephemeral()
 
     def evaluate(threshold: int) -> dg.SensorResult:
@@ -114,7 +140,6 @@ def test_commits_sensor_records_follow_mode_commits_once_a_burst_settles(
     """The follow-mode consumer's commits become materializations (what starts silver), once per burst,
     and at most every `TRADING_MAX_WAIT_SECONDS` while a table is written without pause."""
     from ingestion.cdc import CdcConsumer
-    from orchestration import sensors
 
     bids_topic = f"{topics_config.topic_prefix}.bids"
 
@@ -129,13 +154,13 @@ def test_commits_sensor_records_follow_mode_commits_once_a_burst_settles(
     def evaluate() -> list[dg.AssetMaterialization]:
         nonlocal cursor
         with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
-            result = sensors.bronze_cdc_commits_sensor(context)
+            result = cdc.bronze_cdc_commits_sensor(context)
         cursor = result.cursor
         return [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
 
     commit(0)
     assert evaluate() == []  # just written: the burst may go on
-    monkeypatch.setattr(sensors, "COMMITS_QUIET_SECONDS", 0)
+    monkeypatch.setattr(cdc, "COMMITS_QUIET_SECONDS", 0)
     (recorded,) = evaluate()
     assert recorded.asset_key == dg.AssetKey(["bronze", "cdc__bids"])
     version = recorded.metadata["delta_version"].value
@@ -143,11 +168,11 @@ def test_commits_sensor_records_follow_mode_commits_once_a_burst_settles(
     assert evaluate() == []  # nothing new
 
     # A table written without pause is never quiet, and is recorded once it is overdue.
-    monkeypatch.setattr(sensors, "COMMITS_QUIET_SECONDS", 10**9)
+    monkeypatch.setattr(cdc, "COMMITS_QUIET_SECONDS", 10**9)
     commit(5)
-    monkeypatch.setattr(sensors, "TRADING_MAX_WAIT_SECONDS", 10**9)
+    monkeypatch.setattr(cdc, "TRADING_MAX_WAIT_SECONDS", 10**9)
     assert evaluate() == []
-    monkeypatch.setattr(sensors, "TRADING_MAX_WAIT_SECONDS", 0)
+    monkeypatch.setattr(cdc, "TRADING_MAX_WAIT_SECONDS", 0)
     (overdue,) = evaluate()
     assert overdue.metadata["delta_version"].value > version
     assert overdue.metadata["previous_delta_version"].value == version

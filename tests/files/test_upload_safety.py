@@ -13,6 +13,7 @@ from infra.db import connect
 from ingestion.files import security
 from ingestion.files.service import (
     ingest_landing_file,
+    landing_files_by_org,
     process_upload,
     receive_upload,
     scan_landing_folder,
@@ -155,6 +156,16 @@ def test_landing_folder_scan_ingest_and_archive(files_database_url, files_lake, 
     assert (landing / "processed" / "nodal_day1.csv").exists()
     assert (landing / "rejected" / "bomb.xlsx").exists()
     assert scan_landing_folder(landing) == []
+
+
+def test_landing_files_by_org_reads_the_root_as_the_market_feed_and_subfolders_as_organizations(tmp_path: Path):
+    landing = tmp_path / "landing"
+    (landing / "org_a").mkdir(parents=True)
+    (landing / "processed").mkdir()
+    market = corpus.nodal_prices_csv(landing, name="feed.csv", rows=5)
+    own = corpus.nodal_prices_csv(landing / "org_a", name="mine.csv", rows=5)
+    corpus.nodal_prices_csv(landing / "processed", name="done.csv", rows=5)
+    assert landing_files_by_org(landing, min_age_seconds=0) == [("market", market), ("org_a", own)]
 
 
 def test_file_without_data_rows_fails_with_a_reason_and_can_be_retried(

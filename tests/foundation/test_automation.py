@@ -143,7 +143,7 @@ def test_many_changed_days_become_one_backfill_not_one_run_per_day(defs) -> None
     """The production sensor's target and settings, evaluated in-process (user-code evaluation), with 30
     days landed at once: one backfill request covering the 30 silver days, which the single-run backfill
     policy executes as one run."""
-    from orchestration.automation import automation_sensor
+    from orchestration.automation_sensor import automation_sensor
 
     sensor = dg.AutomationConditionSensorDefinition(
         "automation_sensor_in_process",
@@ -180,12 +180,12 @@ def test_many_changed_days_become_one_backfill_not_one_run_per_day(defs) -> None
 def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, database_url, settings, tmp_path) -> None:
     """The real producer: the landing asset lands one past day's files and records its market days; the
     automation then asks silver for those days and no other."""
-    from assets.bronze.files import landing_files
+    from assets.bronze.files import files__load_expectations, files__prices_expectations, landing_files
+    from assets.shared.resources import LakeResource, WarehouseResource
     from infra import db
     from ingestion.reference import seed_reference_data, simulated_zones
     from ingestion.simulator.files import write_landing_files
     from ingestion.simulator.market import iter_market_days
-    from orchestration.resources import LakeResource, WarehouseResource
 
     with db.connect(database_url) as conn:
         seed_reference_data(conn)
@@ -198,7 +198,7 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
     with dg.instance_for_test() as instance:
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
         landed = dg.materialize(
-            [landing_files],
+            [landing_files, files__prices_expectations, files__load_expectations],
             instance=instance,
             resources={
                 "warehouse": WarehouseResource(database_url=database_url),
@@ -206,6 +206,12 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
             },
         )
         assert landed.success
+        # the bronze suites validate the rows the run appended, without holding anything back
+        evaluations = {e.check_name: e for e in landed.get_asset_check_evaluations()}
+        assert set(evaluations) == {"files__prices_expectations", "files__load_expectations"}
+        for evaluation in evaluations.values():
+            assert evaluation.passed and not evaluation.blocking, evaluation.description
+            assert evaluation.metadata["row_count"].value > 0
         recorded = {
             e.partition
             for e in instance.get_event_records(
@@ -284,7 +290,7 @@ def test_a_change_landing_while_its_child_runs_is_rebuilt_after_that_run(partiti
     before it. Its end must not count as handling the change; the day is asked for again once it is done."""
     import threading
 
-    from orchestration.automation import day_partitions, unpartitioned
+    from assets.shared.automation import day_partitions, unpartitioned
 
     days = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
     day = (date.today() - timedelta(days=40)).isoformat()

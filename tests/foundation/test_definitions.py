@@ -1,4 +1,5 @@
-"""The one `Definitions` loads, validates with `dg check defs`, and follows the layout's rules."""
+"""The one `Definitions` loads, validates with `dg check defs`, and follows the layout's rules: library code
+without Dagster, and a Dagster layer whose imports only point down (orchestration -> domains -> shared)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,78 @@ def test_no_private_dagster_imports() -> None:
         if "dagster._" in path.read_text()
     ]
     assert not offenders, offenders
+
+
+def _imports(folders: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports (any depth: function-level imports count too)."""
+    modules: dict[str, Path] = {}
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    found: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+                names |= {f"{node.module}.{alias.name}" for alias in node.names}
+        found[module] = {n for n in names if n in modules and n != module}
+    return found
+
+
+def test_dagster_layer_imports_point_down() -> None:
+    """orchestration -> domain modules -> assets.shared: never the other way."""
+    upward = []
+    for module, names in _imports(("assets", "orchestration")).items():
+        for name in names:
+            if module.startswith("assets") and name.startswith("orchestration"):
+                upward.append(f"{module} -> {name}")
+            in_domain = name.startswith("assets.") and not name.startswith("assets.shared")
+            if module.startswith("assets.shared") and in_domain:
+                upward.append(f"{module} -> {name}")
+    assert not upward, f"imports that point up: {sorted(upward)}"
+
+
+def test_dagster_layer_has_no_import_cycles() -> None:
+    imports = _imports(("assets", "orchestration"))
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for name in sorted(imports.get(module, ())):
+            if state.get(name) == 1:
+                cycles.append([*path[path.index(name):], name] if name in path else [module, name])
+            elif name not in state:
+                visit(name, [*path, name])
+        state[module] = 2
+
+    for module in sorted(imports):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_a_partition_window_reads_as_market_dates_with_both_ends_included() -> None:
+    from datetime import date
+
+    from assets.shared.partitions import MarketDateWindow, daily_partitions, market_date_window
+
+    seen: list[MarketDateWindow] = []
+
+    @dg.asset(partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run())
+    def probe(context) -> None:  # unannotated: this module postpones annotations, Dagster reads them
+        seen.append(market_date_window(context))
+
+    tags = {"dagster/asset_partition_range_start": "2024-03-30", "dagster/asset_partition_range_end": "2024-04-01"}
+    assert dg.materialize([probe], tags=tags).success
+    assert dg.materialize([probe], partition_key="2024-03-31").success
+    assert [(w.first, w.last) for w in seen] == [
+        (date(2024, 3, 30), date(2024, 4, 1)),
+        (date(2024, 3, 31), date(2024, 3, 31)),
+    ]
+    assert seen[0].dates == [date(2024, 3, 30), date(2024, 3, 31), date(2024, 4, 1)]
+

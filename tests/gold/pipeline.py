@@ -63,7 +63,7 @@ def _drop(database_url: str) -> None:
 def materialize_gold(url: str, selection: Sequence[Sequence[str]] | None) -> dg.ExecuteInProcessResult:
     """Materialize gold dbt assets for PARTITION through Dagster (None: every gold model and seed)."""
     from assets import gold
-    from orchestration.resources import WarehouseResource, gold_dbt_resource
+    from assets.shared.resources import WarehouseResource, gold_dbt_resource
 
     resources = {"warehouse": WarehouseResource(database_url=url), "dbt": gold_dbt_resource()}
     if selection is None:

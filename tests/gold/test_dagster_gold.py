@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from assets.shared.partitions import daily_partitions
+from assets.shared.resources import WarehouseResource, gold_dbt_resource
 from infra import db
-from orchestration.partitions import daily_partitions
-from orchestration.resources import WarehouseResource, gold_dbt_resource
 
 PARTITION = "2024-07-11"
 
@@ -52,10 +52,10 @@ def _gold_load(url: str) -> dict[str, list[float]]:
 
 
 def _materialize(url: str, broken: bool) -> dg.ExecuteInProcessResult:
-    from assets import checks, gold
+    from assets import gold, silver
 
     return dg.materialize(
-        [silver_load_stand_in, gold.gold_dbt_partitioned, checks.silver_market__load_expectations],
+        [silver_load_stand_in, gold.gold_dbt_partitioned, silver.silver_market__load_expectations],
         selection=dg.AssetSelection.assets(
             ["silver", "market__load"], ["gold", "stg_market__load"], ["gold", "fct_load_hourly"]
         ),

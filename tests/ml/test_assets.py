@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets import ml as ml_assets
+from assets import forecasting as ml_assets
+from assets.shared.resources import MlflowResource, WarehouseResource
 from infra.db import connect
 from ingestion.reference import seed_reference_data
-from orchestration.resources import MlflowResource, WarehouseResource
 
 ZONES = {"NYISO": "America/New_York", "IEX_N": "Asia/Kolkata"}
 FIRST_DAY = date(2024, 7, 1)

@@ -11,11 +11,11 @@ import dagster as dg
 import pytest
 
 from assets import optimization as opt_assets
+from assets.shared.resources import WarehouseResource
 from infra.db import connect
 from ingestion.reference import seed_reference_data
 from ml.optimization import resolve_run_record
 from ml.optimization.delivery_day import delivery_day_violations, delivery_hours, stored_run_record
-from orchestration.resources import WarehouseResource
 
 DAY = date(2024, 3, 20)
 PARTITION = DAY.isoformat()

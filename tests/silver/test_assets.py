@@ -11,7 +11,7 @@ from tests.silver.conftest import FILES_PRICES_SCHEMA, append_bronze, file_row, 
 
 def test_silver_assets_load_and_materialize_a_partition(spark, lake, silver_db):
     from assets import silver
-    from orchestration.resources import LakeResource, SparkResource, WarehouseResource
+    from assets.shared.resources import LakeResource, SparkResource, WarehouseResource
 
     assets = dg.load_assets_from_modules([silver])
     keys = {key for a in assets for key in a.keys}

@@ -1,17 +1,18 @@
-"""Declarative automation: when each layer after bronze runs by itself, and how fresh it must be.
+"""Declarative automation: the conditions that say when each layer after bronze runs by itself, and the
+freshness policies that say how fresh it must be. Which asset carries which condition is its domain's
+choice; the sensor that evaluates them all is `orchestration.automation_sensor`.
 
-Every asset downstream of bronze carries one of the `AutomationCondition`s built here; the automation
-sensor (`automation_sensor`, on by default) evaluates them every `OPTIBID_SENSOR_INTERVAL_SECONDS` and emits a
-backfill whenever a tick requests more than one partition of an asset, so 30 days landing at once are one
-backfill, which the assets' single-run backfill policy turns into one Spark run and one dbt run.
+The automation sensor (on by default) evaluates the conditions every `OPTIBID_SENSOR_INTERVAL_SECONDS` and
+emits a backfill whenever a tick requests more than one partition of an asset, so 30 days landing at once
+are one backfill, which the assets' single-run backfill policy turns into one Spark run and one dbt run.
 
 - Day partitions (silver market, gold facts and KPIs, anomalies, ClickHouse exports) follow their own
   upstream day partitions at any age (a corrected day from weeks ago is rebuilt, and only that day), fill
-  in partitions whose upstream days exist but which were never built (a day without data waits for it). Updates of
-  unpartitioned parents (trading state, dimensions, the bronze tables themselves) rebuild only the last
-  `RECENT_DAYS` days: they carry no day, and rebuilding the whole history on every CDC batch would never end.
-  A parent that changes while its child's day is being built (a correction landing mid-run) has that day
-  built again once the run ends: the run under way started before the change and never read it.
+  in partitions whose upstream days exist but which were never built (a day without data waits for it).
+  Updates of unpartitioned parents (trading state, dimensions, the bronze tables themselves) rebuild only
+  the last `RECENT_DAYS` days: they carry no day, and rebuilding the whole history on every CDC batch would
+  never end. A parent that changes while its child's day is being built (a correction landing mid-run) has
+  that day built again once the run ends: the run under way started before the change and never read it.
 - Delivery-day assets (forecasts, optimizations) build tomorrow's partition a lead time before each
   market's day-ahead gate closure (cron in the market's timezone), and again when their inputs change,
   at most once an hour; optimizations follow a new forecast at once.
@@ -206,19 +207,3 @@ def day_ahead_freshness() -> dg.FreshnessPolicy:
     cron, tz = first_gate_closure()
     lead = timedelta(minutes=get_settings().gate_closure_lead_minutes)
     return dg.FreshnessPolicy.cron(deadline_cron=cron, lower_bound_delta=lead + timedelta(hours=1), timezone=tz)
-
-
-# --- sensor ------------------------------------------------------------------------------------------
-
-# Bronze is driven by its own sensors (CDC lag, landing folder) and the CDC floor schedule.
-AUTOMATED = dg.AssetSelection.all() - dg.AssetSelection.groups("bronze")
-
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "automation_sensor",
-    target=AUTOMATED,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    emit_backfills=True,
-    description="Evaluates the automation conditions of every asset after bronze (orchestration/automation.py); "
-    "several partitions of one asset in a tick become one backfill, run as a single run.",
-)

@@ -1,13 +1,20 @@
-"""Partitions shared by every time-partitioned asset: market-local days in one explicit timezone."""
+"""Partitions shared by every time-partitioned asset, and the one way a run reads its partition window.
+
+Partitions are market-local days in one explicit timezone. A run's window is always read through
+`market_date_window`: market dates with both ends included, as dbt's `min_date`/`max_date`, the expectation
+suites and the gold table signals take them. Partition mappings that belong to one domain stay there.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from infra.settings import get_settings
+from infra.signals import market_dates
 from ingestion.reference import ZONES
 
 _settings = get_settings()
@@ -25,6 +32,29 @@ delivery_day_partitions = dg.DailyPartitionsDefinition(
     timezone=_settings.market_timezone,
     end_offset=2,
 )
+
+
+@dataclass(frozen=True)
+class MarketDateWindow:
+    """The market dates of a run's partition window, `first` and `last` both included."""
+
+    first: date
+    last: date
+
+    @property
+    def dates(self) -> list[date]:
+        """Every market date of the window, in order."""
+        return market_dates(self.first, self.last)
+
+    def __str__(self) -> str:
+        return f"{self.first} .. {self.last}"
+
+
+def market_date_window(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> MarketDateWindow:
+    """The market dates of the run's partition window: one day, or a whole backfill run as one."""
+    window = context.partition_time_window
+    # The window ends at the midnight that starts the day after its last one (partition timezone).
+    return MarketDateWindow(window.start.date(), window.end.date() - timedelta(days=1))
 
 
 def market_days_touched(first_ts: datetime, last_ts: datetime) -> list[str]:

@@ -3,6 +3,7 @@
 A resource shows the `EnvVar` it is configured from in the Dagster UI when that variable is set, and
 otherwise resolves at run time through the settings module (so a run started after `optibid services up`
 exported the service addresses finds them), starting the embedded service as the last resort.
+Service clients and queries belong to the libraries and `infra`; only the Dagster handles live here.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ class WarehouseResource(dg.ConfigurableResource):
 
     _resolved: str | None = PrivateAttr(default=None)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Bring the warehouse schema up to date before a run, sensor tick or schedule tick uses it
+        (cheap when it is: one connection and a look at `ops.schema_migrations`)."""
+        db.migrate(self.url)
+
     @property
     def url(self) -> str:
+        """The warehouse URL (resolution only: the schema is migrated in `setup_for_execution`)."""
         if self._resolved is None:
-            settings = get_settings()
-            self._resolved = self.database_url or warehouse_url(settings)
-            db.migrate(self._resolved)
+            self._resolved = self.database_url or warehouse_url(get_settings())
         return self._resolved
 
     @contextmanager
@@ -129,7 +134,7 @@ def resources_from_settings(settings: Settings) -> dict[str, dg.ConfigurableReso
     }
 
 
-def gold_dbt_resource():
+def gold_dbt_resource() -> dg.ConfigurableResource:
     """The dagster-dbt CLI resource on the gold project (dbt_project/, profiles.yml alongside)."""
     from dagster_dbt import DbtCliResource
 

@@ -14,6 +14,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from assets.shared import automation
+from assets.shared.partitions import daily_partitions, delivery_day_partitions
+from assets.shared.resources import MlflowResource, WarehouseResource
 from infra.settings import get_settings
 from ml.forecasting import backtests as forecast_backtests
 from ml.forecasting import daily as daily_forecast
@@ -21,9 +24,6 @@ from ml.monitoring.anomaly_days import replace_day_anomalies
 from ml.monitoring.drift import drift_by_zone
 from ml.monitoring.drift_windows import read_drift_windows
 from ml.warehouse_reads import MissingFactsError
-from orchestration import automation
-from orchestration.partitions import daily_partitions, delivery_day_partitions
-from orchestration.resources import MlflowResource, WarehouseResource
 
 PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])
 LOAD = dg.AssetKey(["gold", "fct_load_hourly"])
