@@ -13,6 +13,7 @@ checkout without `dbt_project/target/manifest.json`, once here; deployments run 
 """
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, manifest_is_stale, prepare_manifest
+from infra.dbt import DBT_PROJECT_DIR, dbt_env, manifest_is_stale, prepare_manifest
 from infra.signals import signal_gold_window, signal_kpi_window
 from ingestion.cdc.topics import CDC_SOURCE_TABLES
 from orchestration import automation
@@ -127,7 +128,7 @@ def gold_dbt_unpartitioned(
     warehouse the facts do not exist yet. The whole asset excludes the partitioned models, and eager indirect
     selection drops their tests with them; a subset selects models by name (`_build_args`).
     """
-    export_dbt_env(warehouse.url)
+    os.environ.update(dbt_env(warehouse.url))  # dagster-dbt gives dbt this process's environment, no other
     yield from dbt.cli(_build_args(context), context=context).stream()
 
 
@@ -159,7 +160,7 @@ def gold_dbt_partitioned(
     window = context.partition_time_window
     first, last = window.start.date(), (window.end - timedelta(days=1)).date()
     dbt_vars = {"min_date": first.isoformat(), "max_date": last.isoformat()}
-    export_dbt_env(warehouse.url)
+    os.environ.update(dbt_env(warehouse.url))  # dagster-dbt gives dbt this process's environment, no other
     for event in dbt.cli(_build_args(context, "--vars", json.dumps(dbt_vars)), context=context).stream():
         yield event
         if isinstance(event, dg.Output | dg.AssetMaterialization):
