@@ -1,4 +1,4 @@
-"""`optibid forecast ...` commands (a Typer sub-app; the lead mounts `app` as `forecast` in infra/cli.py).
+"""`optibid forecast ...` commands (a Typer sub-app that `app/cli.py` mounts as `forecast`).
 
 What belongs here: argument parsing, progress display and file output around library calls; no modelling.
 """
