@@ -258,14 +258,14 @@ class PlatformProcesses:
             if proc is None or not proc.running:
                 continue
             assert proc.popen is not None
-            _signal_group(proc.popen, signal.SIGINT)
+            signal_process_group(proc.popen.pid, signal.SIGINT)
             try:
                 proc.popen.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
-                _signal_group(proc.popen, signal.SIGKILL)
+                signal_process_group(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait(timeout=10)
             # Leftover grandchildren (a run subprocess, a code server) share the group: end them too.
-            _signal_group(proc.popen, signal.SIGKILL)
+            signal_process_group(proc.popen.pid, signal.SIGKILL)
             stopped.append(name)
         return stopped
 
@@ -313,10 +313,6 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _signal_group(popen: subprocess.Popen, sig: int) -> None:
-    signal_process_group(popen.pid, sig)
 
 
 def default_log_dir(home: Path) -> Path:
