@@ -44,8 +44,10 @@ test: install
 soak: install
 	$(BIN)/python -m pytest -m soak tests/platform --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
+# Style, then the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff format .

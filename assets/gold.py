@@ -13,6 +13,7 @@ deploy image and the platform's start (`infra.platform`) prepare; loading the de
 """
 
 import json
+import os
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -30,7 +31,7 @@ from assets.shared import automation
 from assets.shared.expectation_checks import partition_suite_check
 from assets.shared.partitions import daily_partitions, market_date_window
 from assets.shared.resources import WarehouseResource
-from infra.dbt import DBT_PROJECT_DIR, export_dbt_env, manifest_is_stale
+from infra.dbt import DBT_PROJECT_DIR, dbt_env, manifest_is_stale
 from infra.signals import signal_gold_window, signal_kpi_window
 from ingestion.cdc.topics import CDC_SOURCE_TABLES
 
@@ -140,7 +141,7 @@ def gold_dbt_unpartitioned(
     warehouse the facts do not exist yet. The whole asset excludes the partitioned models, and eager indirect
     selection drops their tests with them; a subset selects models by name (`_build_args`).
     """
-    export_dbt_env(warehouse.url)
+    os.environ.update(dbt_env(warehouse.url))  # dagster-dbt gives dbt this process's environment, no other
     yield from dbt.cli(_build_args(context), context=context).stream()
 
 
@@ -172,7 +173,7 @@ def gold_dbt_partitioned(
     window = market_date_window(context)
     first, last = window.first, window.last
     dbt_vars = {"min_date": first.isoformat(), "max_date": last.isoformat()}
-    export_dbt_env(warehouse.url)
+    os.environ.update(dbt_env(warehouse.url))  # dagster-dbt gives dbt this process's environment, no other
     for event in dbt.cli(_build_args(context, "--vars", json.dumps(dbt_vars)), context=context).stream():
         yield event
         if isinstance(event, dg.Output | dg.AssetMaterialization):

@@ -199,7 +199,7 @@ def main(
     baseline: bool = False,
 ) -> None:
     from infra import db
-    from infra.services import free_port
+    from infra.processes import free_port
     from serving_api import cli
     from tests.api.conftest import DAY0, _seed
 

@@ -166,7 +166,7 @@ def _line(name: str, r: dict[str, float]) -> str:
 
 def main(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", workers: int = 2, seconds: int = 10):
     from infra import db
-    from infra.services import free_port
+    from infra.processes import free_port
     from infra.signals import notify_kpi_update
     from serving_api import cli
     from tests.api.conftest import DAY0, _seed  # the API tests' contract-shaped fixture data

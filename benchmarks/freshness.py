@@ -184,7 +184,8 @@ def _line(name: str, latencies: np.ndarray, peer_p95: float | None, expected: in
 
 
 def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
-    from infra.services import embedded_broker_bootstrap, free_port
+    from infra.processes import free_port
+    from infra.services import embedded_broker_bootstrap
     from infra.settings import get_settings
     from ingestion.simulator.trading import ensure_topics
     from serving_api import cli
@@ -304,10 +305,11 @@ def _served_offset(api_url: str, key: str, day, base: dict) -> float | None:
 
 
 def files_to_gold(admin_url: str, rate: int, minutes: int) -> None:
+    from app.platform import PlatformProcesses
     from infra import db
     from infra.dagster_instance import write_dagster_home
-    from infra.platform import PlatformProcesses
-    from infra.services import embedded_broker_bootstrap, free_port
+    from infra.processes import free_port
+    from infra.services import embedded_broker_bootstrap
     from infra.settings import get_settings
     from ingestion.cdc.topics import TICKS_TOPIC, default_topics
     from ingestion.reference import seed_reference_data

@@ -1,26 +1,24 @@
-"""A local ClickHouse server for development and tests.
+"""ClickHouse for the BI exports: a local server for development and tests, and the embedded default.
 
-Starts `clickhouse-server` (Debian's 18.16 package, or the single `clickhouse` binary of current releases)
-with a configuration generated under a data directory: it listens on 127.0.0.1 only, on a free native
-(TCP) port, with the HTTP and inter-server ports disabled, and keeps data, logs and temporary files under
-that directory. `start_clickhouse` returns a handle whose `url` is a `clickhouse://` URL for
-clickhouse-driver; `stop()` ends the process group it started.
+What belongs here: starting `clickhouse-server` (Debian's 18.16 package, or the single `clickhouse` binary of
+current releases) with a configuration generated under a data directory: it listens on 127.0.0.1 only, on a
+free native (TCP) port, with the HTTP and inter-server ports disabled, and keeps data, logs and temporary
+files under that directory. `start_clickhouse` returns a handle whose `url` is a `clickhouse://` URL for
+clickhouse-driver; `stop()` ends the process group it started. `clickhouse_url(settings)` is what the rest
+of the platform calls: `CLICKHOUSE_URL` when set, otherwise an embedded server under `<home>/clickhouse`
+that outlives the caller (recorded in `<home>/run/clickhouse.json`) until `stop_embedded_clickhouse`.
+
+What does not: the exports and analytics queries (`ingestion/bi/`), and process bookkeeping shared with the
+broker (`infra/processes.py`).
 
 Privileges: the server runs as the calling user. As root this works (18.16 and current releases accept a
-root process when the data directory is owned by the same user, which it is since we create it), so no
-privilege drop is needed; as an ordinary user it works the same because every path is under the data dir.
-
-Not installed: `ClickHouseNotInstalledError` says which apt/official packages provide the binary.
-
-`clickhouse_url(settings)` is what the rest of the platform calls: `CLICKHOUSE_URL` when set, otherwise an
-embedded server under `<home>/clickhouse` that outlives the caller (state in `<home>/run/clickhouse.json`)
-until `stop_embedded_clickhouse(settings)`.
+root process when the data directory is owned by the same user, which it is since it is created here), so
+no privilege drop is needed; as an ordinary user it works the same because every path is under the data dir.
+Without a binary, `ClickHouseNotInstalledError` says which apt/official packages provide one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import signal
@@ -31,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from infra.services import pid_alive
+from infra.processes import RecordedProcess, free_port, pid_alive
 from infra.settings import Settings
 
 INSTALL_HINT = (
@@ -57,13 +55,6 @@ def clickhouse_server_command() -> list[str] | None:
     if single:
         return [single, "server"]
     return None
-
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_config_xml(data_dir: Path, tcp_port: int) -> str:
@@ -197,7 +188,7 @@ def start_clickhouse(
     data_dir = Path(data_dir).resolve()
     for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
-    port = tcp_port or free_tcp_port()
+    port = tcp_port or free_port()
     config = data_dir / "config.xml"
     config.write_text(server_config_xml(data_dir, port))
     (data_dir / "users.xml").write_text(users_config_xml(max_threads, max_memory_usage))
@@ -242,10 +233,8 @@ def start_clickhouse(
 # --- embedded default (CLICKHOUSE_URL unset) ------------------------------------------------------
 
 
-def _state_file(settings: Settings) -> Path:
-    run = settings.home_dir / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    return run / "clickhouse.json"
+def _record(settings: Settings) -> RecordedProcess:
+    return RecordedProcess(settings.home_dir / "run" / "clickhouse.json")
 
 
 def clickhouse_url(settings: Settings) -> str:
@@ -256,46 +245,26 @@ def clickhouse_url(settings: Settings) -> str:
     """
     if settings.clickhouse_url:
         return settings.clickhouse_url
-    state_file = _state_file(settings)
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if pid_alive(state["pid"]):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", state["port"]), timeout=1).close()
-                return str(state["url"])
-        state_file.unlink()
+    record = _record(settings)
+    running = record.running()
+    if running is not None:
+        return str(running["url"])
     server = start_clickhouse(settings.home_dir / "clickhouse")
-    state_file.write_text(json.dumps({"pid": server.process.pid, "port": server.tcp_port, "url": server.url}))
+    record.write(server.process.pid, server.tcp_port, url=server.url)
     return server.url
 
 
 def stop_embedded_clickhouse(settings: Settings, timeout: float = 20.0) -> bool:
     """Stop the embedded server if this home started one; True when something was stopped."""
-    state_file = _state_file(settings)
-    if not state_file.exists():
-        return False
-    state = json.loads(state_file.read_text())
-    state_file.unlink()
-    if not pid_alive(state["pid"]):
-        return False
-    os.killpg(os.getpgid(state["pid"]), signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(state["pid"]) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):  # reap it when it is our own child
-            os.waitpid(state["pid"], os.WNOHANG)
-        time.sleep(0.1)
-    if pid_alive(state["pid"]):
-        os.killpg(os.getpgid(state["pid"]), signal.SIGKILL)
-    return True
+    return _record(settings).stop(timeout)
 
 
 def embedded_clickhouse_status(settings: Settings) -> str:
     """One line on the embedded server of this home, for `optibid services status`."""
     if clickhouse_server_command() is None:
         return "not installed (BI export disabled until CLICKHOUSE_URL is set)"
-    state_file = _state_file(settings)
-    if not state_file.exists():
+    state = _record(settings).read()
+    if state is None:
         return "embedded: stopped (starts on first export)"
-    state = json.loads(state_file.read_text())
     running = pid_alive(state["pid"])
     return f"embedded (127.0.0.1:{state['port']}): {'running' if running else 'stopped'}"

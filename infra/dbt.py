@@ -1,8 +1,13 @@
 """The gold dbt project as seen from Python: where it lives, its connection variables, and commands.
 
+What belongs here: the project's paths, `dbt_env` (the connection variables of a dbt process) and running
+plain dbt commands (`parse`, `docs generate`). What does not: the dbt assets and their translator
+(`assets/gold.py`); nothing here imports Dagster.
+
 The dbt profile (`dbt_project/profiles.yml`) reads its connection fields from `OPTIBID_DBT_*` variables;
 `dbt_env` derives them from the warehouse URL so one setting (`OPTIBID_DATABASE_URL`, or the embedded
-server's URL) drives dbt too. Nothing here imports Dagster.
+server's URL) drives dbt too. They are handed to the dbt process, never written into this process's
+environment here.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ class DbtCommandError(RuntimeError):
 
 
 def dbt_env(database_url: str) -> dict[str, str]:
-    """The `OPTIBID_DBT_*` variables the dbt profile reads, for the database at `database_url`."""
+    """The `OPTIBID_DBT_*` variables the dbt profile reads, for the database at `database_url`: the caller
+    passes them to the dbt process it starts."""
     parts = url_parts(database_url)
     return {
         "OPTIBID_DBT_HOST": parts["host"],
@@ -34,15 +40,6 @@ def dbt_env(database_url: str) -> dict[str, str]:
         "OPTIBID_DBT_PASSWORD": parts["password"],
         "OPTIBID_DBT_DBNAME": parts["dbname"],
     }
-
-
-def export_dbt_env(database_url: str) -> None:
-    """Put `dbt_env(database_url)` into this process's environment.
-
-    dbt (and dagster-dbt's `DbtCliResource`, which hands `os.environ` to its subprocess) only learns the
-    connection through the environment, and the embedded server's URL is known only at run time.
-    """
-    os.environ.update(dbt_env(database_url))
 
 
 def dbt_executable() -> str:

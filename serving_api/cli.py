@@ -1,4 +1,8 @@
-"""`optibid orgs|users|apikeys …`: bootstrap organizations, users and API keys (the lead mounts `app`).
+"""`optibid orgs|users|apikeys …`: bootstrap organizations, users and API keys.
+
+What belongs here: the Typer apps that `app/cli.py` mounts as `optibid orgs`, `optibid users` and
+`optibid apikeys`, and the functions behind them (also used by the demo and the tests). What does not:
+anything a request does; the API's own endpoints for the same objects are in `serving_api/routers/admin.py`.
 
 Writes go straight to Postgres as the migrating user (there is no caller organization to scope to yet) and
 are recorded in ops.audit_log with actor `cli`.

@@ -1,10 +1,15 @@
-"""Who is calling, may they, and the ONE place that scopes database access to their organization.
+"""Who is calling, may they, and the ONE place that scopes a request's database access to their organization.
 
 `scoped(permission)` is the dependency every data endpoint uses: it authenticates (bearer JWT or
 `X-API-Key`), applies the per-credential rate limit, checks the role's permission, and hands out an
 `OrgSession` whose connection runs in a transaction that did `SET LOCAL ROLE optibid_api` and
-`SET LOCAL optibid.org_id` (`set_org_scope`). Postgres row-level security therefore filters every query,
-whatever filter the client sent. The transaction is opened lazily, so cached reads never touch the pool.
+`SET LOCAL optibid.org_id` (`serving_api.org_scope.set_org_scope`). Postgres row-level security therefore
+filters every query, whatever filter the client sent. The transaction is opened lazily, so cached reads never
+touch the pool.
+
+What belongs here: authentication, rate limiting, permissions and the request's `OrgSession`. What does not:
+the SQL that binds a connection to the role and organization (`serving_api/org_scope.py`, shared with the
+listener and the exports) and the app's state (`serving_api/state.py`).
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from psycopg.rows import dict_row
 
 from serving_api import security
 from serving_api.errors import ApiError
+from serving_api.org_scope import set_org_scope
 from serving_api.security import Permission, Role
 from serving_api.state import ApiState
 
-API_ROLE = "optibid_api"
 MAX_REMEMBERED_TOKENS = 10_000  # verified access tokens kept per process (cleared when full)
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/token")
@@ -50,24 +55,6 @@ class Principal:
 
 def api_state(request: Request) -> ApiState:
     return request.app.state.api
-
-
-async def assume_api_role(conn: AsyncConnection) -> None:
-    """For the whole session of a connection the API opens: act as the RLS-bound API role, never the owner.
-
-    A query that forgets `set_org_scope` then runs with no organization and sees no org rows (fails
-    closed); pre-authentication lookups go through the `api_auth` functions (infra/sql/120_api_hardening.sql).
-    """
-    autocommit = conn.autocommit
-    await conn.set_autocommit(True)
-    await conn.execute(f"SET ROLE {API_ROLE}")
-    await conn.set_autocommit(autocommit)
-
-
-async def set_org_scope(conn: AsyncConnection, org_id: str) -> None:
-    """Inside the current transaction: become the RLS-bound API role with the caller's organization."""
-    await conn.execute("SELECT set_config('optibid.org_id', %s, true)", (org_id,))
-    await conn.execute(f"SET LOCAL ROLE {API_ROLE}")
 
 
 async def _family_revoked(state: ApiState, family_id: str) -> bool:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+API_PREFIX = "/api/v1"  # every data endpoint is under it (health and metrics are not)
 ZONE_PATTERN = r"^[A-Za-z0-9_\-]{1,40}$"
 CODE_PATTERN = r"^[A-Za-z0-9_\-.]{1,80}$"
 

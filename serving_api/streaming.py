@@ -11,6 +11,10 @@ Per client: a bounded queue. The hub never awaits a client: when a client's queu
 (closed with 1013 "try again later") instead of buffering without limit; it reconnects with
 `?since=<last period_start>` and receives the backlog from the table before live values resume. The hub
 reads pushed rows once per organization among the subscribers, under that organization's RLS scope.
+
+What belongs here: the shared listener (`Hub`) and the KPI message format. What does not: the WebSocket
+endpoint and its authentication (`serving_api/routers/ws.py`), and the channels' names and the pipeline side
+that sends on them (`infra/signals.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import psycopg
 
 from infra.signals import AUTH_CHANNEL, KPI_CHANNEL, TABLE_VERSION_CHANNEL
 from serving_api import repository
-from serving_api.deps import assume_api_role, set_org_scope
+from serving_api.org_scope import assume_api_role, set_org_scope
 from serving_api.security import ACCESS_TOKEN_SECONDS
 from serving_api.state import ApiState
 

@@ -13,11 +13,12 @@ from fastapi import Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from serving_api import exports, repository
-from serving_api.app import API_PREFIX
 from serving_api.cache import request_target
-from serving_api.deps import OrgSession, api_state, assume_api_role, set_org_scope
+from serving_api.deps import OrgSession, api_state
 from serving_api.errors import ApiError
 from serving_api.metrics import route_template
+from serving_api.models import API_PREFIX
+from serving_api.org_scope import assume_api_role, set_org_scope
 from serving_api.repository import Dataset, TableQuery
 from serving_api.security import Permission
 

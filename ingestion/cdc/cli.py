@@ -1,6 +1,6 @@
 """`optibid ingest cdc`: drain Kafka topics into bronze once, or `--follow` them; lag and dead letters.
 
-Mounted by `infra/cli.py`; also runnable as `python -m ingestion.cdc.cli` (used by the crash tests).
+Mounted by `app/cli.py`; also runnable as `python -m ingestion.cdc.cli` (used by the crash tests).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`optibid ingest files PATH...`: land local files through the same code path as uploads.
 
-Mounted by `infra/cli.py` under `optibid ingest`. Each file is received (size limit, content checks,
+Mounted by `app/cli.py` under `optibid ingest`. Each file is received (size limit, content checks,
 duplicate detection), processed (mapping, validation, landing, quarantine) and summarised in a table;
 a held file prints its proposed mapping so it can be completed with `POST /uploads/{id}/mapping`.
 """

@@ -1,4 +1,4 @@
-"""`optibid forecast ...` commands (a Typer sub-app, mounted as `forecast` by the `optibid` CLI).
+"""`optibid forecast ...` commands (a Typer sub-app that `app/cli.py` mounts as `forecast`).
 
 What belongs here: argument parsing, progress display and file output around library calls; no modelling.
 """

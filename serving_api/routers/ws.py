@@ -18,9 +18,10 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from serving_api import repository
-from serving_api.deps import principal_from_credentials, set_org_scope
+from serving_api.deps import principal_from_credentials
 from serving_api.errors import ApiError
 from serving_api.models import CODE_PATTERN, ZONE_PATTERN
+from serving_api.org_scope import set_org_scope
 from serving_api.security import Permission, api_key_prefix_of
 from serving_api.streaming import kpi_message
 

@@ -221,7 +221,7 @@ def test_bad_parameters_are_400_or_422_in_the_error_shape(bi_client, auth):
 
 
 def test_clickhouse_down_or_unconfigured_is_503(api_settings, auth):
-    from infra.services import free_port
+    from infra.processes import free_port
     from serving_api.app import create_app
 
     params = {"start": "2024-05-01", "end": "2024-05-02"}

@@ -24,7 +24,7 @@ V1 = "/api/v1"
 def live_server(api_settings):
     import uvicorn
 
-    from infra.services import free_port
+    from infra.processes import free_port
     from serving_api.app import create_app
     from serving_api.state import ApiOptions
 

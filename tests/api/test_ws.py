@@ -106,7 +106,7 @@ def test_slow_client_is_dropped_not_buffered(api_settings, auth, api_database):
     so it writes rows and issues their NOTIFY itself (the gold-run test covers the pipeline's own)."""
     import uvicorn
 
-    from infra.services import free_port
+    from infra.processes import free_port
     from serving_api.app import create_app
     from serving_api.state import ApiOptions
 

@@ -11,7 +11,7 @@ from tests.files import corpus
 
 
 def test_cli_lands_files_and_reports_each(database_url, settings, tmp_path):
-    from infra.cli import app
+    from app.cli import app
     from infra.lake import lake_from_settings
 
     good = corpus.chicago_naive_lmp(tmp_path)

@@ -18,7 +18,7 @@ SYSTEM_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def run_cli(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from infra.dagster_instance import write_dagster_home
-from infra.services import free_port
+from infra.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"

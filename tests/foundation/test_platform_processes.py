@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from infra.platform import STOP_ORDER, PlatformProcesses
-from infra.services import free_port
+from app.platform import STOP_ORDER, PlatformProcesses
+from infra.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SPARK_COUNT = (

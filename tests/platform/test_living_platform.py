@@ -66,10 +66,10 @@ class Platform:
 def platform(settings, database_url: str, broker_bootstrap: str, tmp_path_factory) -> Iterator[Platform]:
     from aiosmtpd.controller import Controller
 
+    from app.platform import PlatformProcesses
     from infra import db
     from infra.dagster_instance import write_dagster_home
-    from infra.platform import PlatformProcesses
-    from infra.services import free_port
+    from infra.processes import free_port
     from ingestion.reference import seed_reference_data
     from ingestion.simulator.files import write_landing_files
     from ingestion.simulator.market import iter_market_days, simulated_zones

@@ -54,7 +54,7 @@ def api_url(settings, warehouse: str, tmp_path_factory: pytest.TempPathFactory) 
     """The real app (create_app, as tests/api does) served by uvicorn on a free port; its base URL."""
     import uvicorn
 
-    from infra.services import free_port
+    from infra.processes import free_port
     from serving_api.app import create_app
     from serving_api.state import ApiOptions
 

@@ -1,5 +1,10 @@
 """The running platform's processes: Dagster (code server, webserver, daemon), the API, the follow-mode CDC
-consumer, started as child processes with their own logs and stopped in order.
+consumer and Spark Connect, started as child processes with their own logs and stopped in order.
+
+What belongs here: which processes make up a running platform, how each is started, watched, restarted and
+stopped. Used by `optibid demo` (`app/demo.py`) and by tests and benchmarks that need the platform running
+with their own DAGSTER_HOME and ports. What does not: the embedded services the platform talks to (Postgres,
+the broker, ClickHouse: `infra/services.py`), and generic process helpers (`infra/processes.py`).
 
 Dagster runs as the production processes rather than `dagster dev`: `dagster-webserver` and
 `dagster-daemon run` are separate children, so the daemon (sensors, schedules, automation, run queue) is a
@@ -13,16 +18,12 @@ it in under a second instead of starting its own JVM (~15 s, and as much CPU, pe
 
 Every child gets its own session (process group): Ctrl-C in the terminal reaches only the parent, which
 then stops the children one by one (`stop`), and a child's own subprocesses (Dagster runs, code servers)
-go with it. Used by `optibid demo` and by tests that need the platform running with their own
-DAGSTER_HOME and ports.
+go with it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 import httpx
 
 from infra.dbt import DBT_MANIFEST, manifest_is_stale, prepare_manifest
-from infra.services import free_port
+from infra.processes import free_port, port_open, signal_process_group
 
 DEFINITIONS_MODULE = "orchestration.definitions"
 CODE_LOCATION = "optibid"
@@ -261,14 +262,14 @@ class PlatformProcesses:
             if proc is None or not proc.running:
                 continue
             assert proc.popen is not None
-            _signal_group(proc.popen, signal.SIGINT)
+            signal_process_group(proc.popen.pid, signal.SIGINT)
             try:
                 proc.popen.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
-                _signal_group(proc.popen, signal.SIGKILL)
+                signal_process_group(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait(timeout=10)
             # Leftover grandchildren (a run subprocess, a code server) share the group: end them too.
-            _signal_group(proc.popen, signal.SIGKILL)
+            signal_process_group(proc.popen.pid, signal.SIGKILL)
             stopped.append(name)
         return stopped
 
@@ -308,9 +309,7 @@ def _client_host(host: str) -> str:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((_client_host(host), port)) != 0
+    return not port_open(_client_host(host), port, timeout=0.5)
 
 
 def _answers(url: str) -> bool:
@@ -318,11 +317,6 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _signal_group(popen: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, sig)
 
 
 def default_log_dir(home: Path) -> Path:

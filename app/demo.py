@@ -1,8 +1,11 @@
 """What `optibid demo` does: start the platform, feed it simulated data, and report when it is fresh.
 
-Part of the CLI (the application layer, like `infra/cli.py`), so it may look at the Dagster instance.
-Nothing here materializes an asset: the platform's own sensors, schedules and automation conditions bring
-every layer up to date, and this module only watches the warehouse and the run queue until they have.
+What belongs here: the demo's simulated history (seeded reference data, market files, trading events), its
+API key, the freshness it waits for and the loop that keeps the platform alive. It is part of the
+application layer, so it may look at the Dagster instance and start the platform (`app/platform.py`).
+What does not: materializing assets. The platform's own sensors, schedules and automation conditions bring
+every layer up to date; this module only watches the warehouse and the run queue until they have. The
+simulators themselves are library code (`ingestion/simulator/`).
 """
 
 from __future__ import annotations
@@ -274,7 +277,7 @@ def run_demo(
     `until_fresh`). The exit code: 0, or 1 when `until_fresh` timed out or a process kept dying."""
     import dagster as dg
 
-    from infra.platform import PlatformError, PlatformProcesses, default_log_dir
+    from app.platform import PlatformError, PlatformProcesses, default_log_dir
     from infra.services import kafka_security_config
     from ingestion.cdc.topics import default_topics
     from ingestion.simulator.live import LiveLoad, LiveSimulator

@@ -1,9 +1,14 @@
-"""`optibid`: the one command-line home of the platform.
+"""`optibid`: the one command line of the platform.
 
-`optibid services up|down|status` runs the embedded services, `optibid simulate` produces market data,
-`optibid demo` runs the platform end to end; the areas mount their own sub-commands here
-(`optibid ingest …`, `optibid forecast …`, `optibid users …`). Heavy imports stay inside commands so
-`optibid --help` is instant.
+What belongs here: the Typer app and its top-level commands: `optibid services up|down|status` runs the
+embedded services, `optibid seed` loads the reference data, `optibid simulate` produces market data,
+`optibid demo` runs the platform end to end (`app/demo.py`). The areas' own sub-commands are mounted here
+from next to their library code (`optibid ingest cdc|files`, `optibid forecast`, `optibid orgs|users|apikeys`).
+What does not: the work itself; each command calls a library function. Heavy imports stay inside commands
+so that `optibid --help` stays quick.
+
+The CLI starts the processes of the platform, so it is one of the places that writes the environment: the
+service addresses it resolves are exported for every child it starts (`service_env`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from rich.table import Table
 from infra.lake import LakeError
 from infra.services import ServiceError
 from infra.settings import Settings, get_settings
+from ingestion.cdc import cli as cdc_cli
+from ingestion.files import cli as files_cli
+from ml.forecasting import cli as forecasting_cli
+from serving_api import cli as serving_api_cli
 
 app = typer.Typer(help="OptiBid: a data platform for power-market teams.", no_args_is_help=True)
 services_app = typer.Typer(help="Start, stop and inspect the embedded services.", no_args_is_help=True)
@@ -47,22 +56,27 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def export_service_env(settings: Settings) -> dict[str, str]:
-    """Start or reach the services and export their addresses for every child process; the variables set."""
+def service_env(settings: Settings) -> dict[str, str]:
+    """Start or reach the services, migrate the warehouse and export the services' addresses for every child
+    process; the variables set. A service or lake problem ends the command with one line naming the setting
+    to fix, not a traceback."""
     from infra import db
     from infra.dagster_instance import write_dagster_home
     from infra.lake import lake_from_settings
     from infra.services import ensure_services
 
-    lake_from_settings(settings).ensure_writable()
-    endpoints = ensure_services(settings)
-    db.migrate(endpoints.database_url)
-    exported = {
-        "OPTIBID_HOME": str(settings.home_dir),
-        "OPTIBID_DATABASE_URL": endpoints.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap_servers,
-        "DAGSTER_HOME": str(write_dagster_home(settings)),
-    }
+    try:
+        lake_from_settings(settings).ensure_writable()
+        endpoints = ensure_services(settings)
+        db.migrate(endpoints.database_url)
+        exported = {
+            "OPTIBID_HOME": str(settings.home_dir),
+            "OPTIBID_DATABASE_URL": endpoints.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap_servers,
+            "DAGSTER_HOME": str(write_dagster_home(settings)),
+        }
+    except (ServiceError, LakeError) as exc:
+        raise fail(str(exc)) from None
     os.environ.update(exported)
     get_settings.cache_clear()
     return exported
@@ -71,14 +85,9 @@ def export_service_env(settings: Settings) -> dict[str, str]:
 @services_app.command("up")
 def services_up() -> None:
     """Start the embedded Postgres and broker (or check the configured ones) and apply migrations."""
-    settings = get_settings()
-    try:
-        exported = export_service_env(settings)
-    except (ServiceError, LakeError) as exc:
-        raise fail(str(exc)) from None
     from infra.services import redact
 
-    for name, value in exported.items():
+    for name, value in service_env(get_settings()).items():
         shown = redact(value) if name == "OPTIBID_DATABASE_URL" else value
         console.print(f"export {name}={shown!r}")
 
@@ -109,11 +118,7 @@ def seed() -> None:
     from infra import db
     from ingestion.reference import seed_reference_data
 
-    settings = get_settings()
-    try:
-        env = export_service_env(settings)
-    except (ServiceError, LakeError) as exc:
-        raise fail(str(exc)) from None
+    env = service_env(get_settings())
     with db.connect(env["OPTIBID_DATABASE_URL"]) as conn:
         counts = seed_reference_data(conn)
     console.print(counts)
@@ -151,13 +156,10 @@ def simulate_trading(
 ) -> None:
     """Produce the trading system's Debezium change events (bids, trades, assets, orders) to Kafka."""
     from infra.services import kafka_security_config
+    from ingestion.simulator.live import produce_simulated_trading
 
     settings = get_settings()
-    try:
-        env = export_service_env(settings)
-    except (ServiceError, LakeError) as exc:
-        raise fail(str(exc)) from None
-    from ingestion.simulator.live import produce_simulated_trading
+    env = service_env(settings)
 
     with progress() as bar:
         task = bar.add_task("producing events", total=events + ticks)
@@ -174,23 +176,6 @@ def simulate_trading(
         console.print(f"{topic}: {count} events")
 
 
-def _mount_area_commands() -> None:
-    """Sub-commands owned by the areas (each area keeps its Typer app next to its library code)."""
-    import importlib
-
-    mounts = [
-        ("ingestion.cdc.cli", "app", ingest_app, "cdc", "Kafka CDC into bronze."),
-        ("ingestion.files.cli", "app", ingest_app, "files", "Uploaded files into bronze."),
-        ("ml.forecasting.cli", "app", app, "forecast", "Forecasts and backtests."),
-        ("serving_api.cli", "orgs_app", app, "orgs", "Organizations."),
-        ("serving_api.cli", "users_app", app, "users", "Users and their roles."),
-        ("serving_api.cli", "keys_app", app, "apikeys", "API keys."),
-    ]
-    for module_name, attribute, parent, name, help_text in mounts:
-        module = importlib.import_module(module_name)
-        parent.add_typer(getattr(module, attribute), name=name, help=help_text)
-
-
 @app.command("demo")
 def demo(
     days: Annotated[int, typer.Option(min=1, help="Days of simulated market history, today included.")] = 7,
@@ -205,15 +190,12 @@ def demo(
     Addresses come from the settings (OPTIBID_DAGSTER_HOST/PORT, OPTIBID_API_HOST/PORT); the live load from
     OPTIBID_DEMO_TICKS_PER_SECOND, OPTIBID_DEMO_TRADING_EVENTS_PER_SECOND, OPTIBID_DEMO_FILE_INTERVAL_SECONDS.
     """
-    from infra.demo import run_demo
+    from app.demo import run_demo
     from infra.services import stop_services
 
     started = time.monotonic()
     settings = get_settings()
-    try:
-        env = export_service_env(settings)
-    except (ServiceError, LakeError) as exc:
-        raise fail(str(exc)) from None
+    env = service_env(settings)
     console.print(f"[green]services ready[/] in {time.monotonic() - started:.0f} s (home {settings.home_dir})")
     try:
         code = run_demo(
@@ -230,7 +212,13 @@ def demo(
     raise typer.Exit(code)
 
 
-_mount_area_commands()
+# Sub-commands owned by the areas: each keeps its Typer app next to its library code.
+ingest_app.add_typer(cdc_cli.app, name="cdc", help="Kafka CDC into bronze.")
+ingest_app.add_typer(files_cli.app, name="files", help="Uploaded files into bronze.")
+app.add_typer(forecasting_cli.app, name="forecast", help="Forecasts and backtests.")
+app.add_typer(serving_api_cli.orgs_app, name="orgs", help="Organizations.")
+app.add_typer(serving_api_cli.users_app, name="users", help="Users and their roles.")
+app.add_typer(serving_api_cli.keys_app, name="apikeys", help="API keys.")
 
 
 if __name__ == "__main__":
