@@ -7,7 +7,7 @@ through `ml.warehouse_reads` and written through `ml.forecasting.warehouse`.
 """
 
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +15,7 @@ import pandas as pd
 from pydantic import Field
 
 from assets.shared import automation
-from assets.shared.partitions import daily_partitions, delivery_day_partitions
+from assets.shared.partitions import daily_partitions, delivery_day_partitions, market_date_window
 from assets.shared.resources import MlflowResource, WarehouseResource
 from infra.settings import get_settings
 from ml.forecasting import backtests as forecast_backtests
@@ -280,9 +280,7 @@ def drift_share_below_threshold(context: dg.AssetCheckExecutionContext) -> dg.As
     "whenever the day's facts or forecasts change.",
 )
 def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    window = context.partition_time_window
-    first, end = window.start.date(), window.end.date()
-    days = [first + timedelta(days=i) for i in range((end - first).days)]
+    days = market_date_window(context).dates
     rows_by_day: dict[str, int] = {}
     methods: dict[str, str] = {}
     flagged: list[pd.DataFrame] = []
@@ -308,3 +306,7 @@ def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
         }
     )
 
+defs = dg.Definitions(
+    assets=[forecasts, backtests, drift_report, anomalies],
+    asset_checks=[drift_share_below_threshold],
+)

@@ -9,7 +9,7 @@ views are partitioned too so that a partition run orders silver -> its blocking 
 Reference staging, dimensions and seeds rebuild unpartitioned. The SQL belongs to `dbt_project/`.
 
 The assets are built from `dbt_project/target/manifest.json`, which `make install` (`make dbt-parse`), the
-deploy image and the platform's start (`infra.platform`) prepare; loading the definitions never runs dbt.
+deploy image and the platform's start (`app.platform`) prepare; loading the definitions never runs dbt.
 """
 
 import json

@@ -188,3 +188,8 @@ def unit_commitment_feasible(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     return _day_check(context, warehouse, "unit_commitment")
+
+defs = dg.Definitions(
+    assets=[storage_schedules, bid_curves, unit_commitment],
+    asset_checks=[storage_schedules_feasible, bid_curves_conform, unit_commitment_feasible],
+)

@@ -2,7 +2,7 @@
 
 What belongs here: building the process's session, local by default or on a cluster (`SPARK_MASTER`, or Spark
 Connect through `SPARK_REMOTE`), with settings sized for a laptop. What does not: Spark jobs
-(`ingestion/silver/`), the Dagster resource that hands the session to assets (`orchestration/resources.py`)
+(`ingestion/silver/`), the Dagster resource that hands the session to assets (`assets/shared/resources.py`)
 and the Spark Connect server process (`app/platform.py`).
 
 Starting Spark costs ~15 s, so a process builds at most one session and every silver asset reuses it.

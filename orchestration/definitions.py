@@ -1,8 +1,7 @@
 """The one Dagster `Definitions` of OptiBid, merged from the domains, with the resources, the in-process
 executor and the sensors that span every domain. The only module that imports every domain.
 
-Each domain module declares its own `defs` (assets, checks, jobs, schedules, sensors); forecasting and
-optimization hold only assets and checks, collected from the module.
+Each domain module declares its own `defs` (assets, checks, jobs, schedules, sensors).
 """
 
 from __future__ import annotations
@@ -17,18 +16,14 @@ from infra.settings import get_settings
 from orchestration.alerting import ALERT_SENSORS
 from orchestration.automation_sensor import automation_sensor
 
-_ML_DOMAINS = [forecasting, optimization]
-
 DOMAIN_DEFINITIONS: list[dg.Definitions] = [
     reference.defs,
     bronze_cdc.defs,
     bronze_files.defs,
     silver.defs,
     gold.defs,
-    dg.Definitions(
-        assets=dg.load_assets_from_modules(_ML_DOMAINS),
-        asset_checks=dg.load_asset_checks_from_modules(_ML_DOMAINS),
-    ),
+    forecasting.defs,
+    optimization.defs,
     exports.defs,
 ]
 

@@ -1,4 +1,4 @@
-"""OptiBid day-ahead price forecasting (library code: no Dagster here; assets/ml.py wraps these calls).
+"""OptiBid day-ahead price forecasting (library code: no Dagster here; assets/forecasting.py wraps these calls).
 
 Frame formats
 -------------
