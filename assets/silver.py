@@ -165,10 +165,7 @@ def _trading_asset(entity: str) -> dg.AssetsDefinition:
     return build
 
 
-silver_trading_bids = _trading_asset("bids")
-silver_trading_trades = _trading_asset("trades")
-silver_trading_assets = _trading_asset("assets")
-silver_trading_market_orders = _trading_asset("market_orders")
+silver_trading = [_trading_asset(entity) for entity in ENTITIES]
 
 # --- checks ---------------------------------------------------------------------------------------------
 
@@ -190,10 +187,7 @@ silver_trading__trades_expectations = delivery_suite_check(
 defs = dg.Definitions(
     assets=[
         silver_market,
-        silver_trading_bids,
-        silver_trading_trades,
-        silver_trading_assets,
-        silver_trading_market_orders,
+        *silver_trading,
     ],
     asset_checks=[
         silver_market__prices_expectations,

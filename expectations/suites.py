@@ -19,6 +19,8 @@ import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 
+from infra.db import TRADING_TABLES
+
 # Helper columns `prepare` adds; their names start with "_gx_" so they never clash with table columns.
 PRICE_FLOOR = "_gx_price_floor"
 PRICE_CAP = "_gx_price_cap"
@@ -34,7 +36,6 @@ INTERVALS = [1, 5, 15, 30, 60]
 BID_SIDES = ["buy", "sell"]
 BID_STATUSES = ["submitted", "accepted", "partially_accepted", "rejected", "cancelled"]
 CDC_OPS = ["c", "u", "d", "r", "t"]
-CDC_TABLES = ("bids", "trades", "assets", "market_orders")  # the trading tables Debezium captures
 STORAGE_FUELS = {"battery", "storage", "pumped_storage"}
 RATIO_KPIS = {"price_coverage", "load_factor", "renewable_share", "bid_acceptance_rate"}
 GRAINS = ["minute", "hour", "day"]
@@ -223,9 +224,7 @@ BRONZE_SUITES = [
             key=_KAFKA_COORDS,
             extra=_cdc_extra,
         )
-        # ingestion.cdc.topics.CDC_SOURCE_TABLES, which this library may not import (sibling layers stay
-        # independent); tests/expectations/test_suites.py keeps the two equal.
-        for entity in CDC_TABLES
+        for entity in TRADING_TABLES
     ],
 ]
 

@@ -19,6 +19,9 @@ import pandas as pd
 import psycopg
 
 MIGRATIONS_DIR = Path(__file__).parent / "sql"
+# The trading systems' tables the platform captures (Debezium topics, bronze `cdc__<t>`, silver
+# `trading__<t>` in sql/050_silver.sql): every layer takes the list from here.
+TRADING_TABLES = ("bids", "trades", "assets", "market_orders")
 # Serialises concurrent `migrate` calls (Dagster run workers, API start-up, tests) on one server.
 _MIGRATION_LOCK_KEY = 7_310_245_001
 

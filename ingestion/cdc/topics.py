@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from infra.db import TRADING_TABLES
+
 CDC_TOPIC_PREFIX = "optibid.public"
 TICKS_TOPIC = "optibid.market.ticks"
-CDC_SOURCE_TABLES = ("bids", "trades", "assets", "market_orders")
+CDC_SOURCE_TABLES = TRADING_TABLES  # Debezium captures every trading table
 
 BRONZE_LAYER = "bronze"
 DEAD_LETTERS_TABLE = "cdc__dead_letters"

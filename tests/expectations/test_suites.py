@@ -155,7 +155,6 @@ def test_bronze_cdc_and_gold_kpi_suites() -> None:
 
 
 def test_bronze_cdc_suites_cover_exactly_the_captured_trading_tables() -> None:
-    """expectations may not import ingestion, so its copy of the CDC table list is held equal here."""
     from ingestion.cdc.topics import CDC_SOURCE_TABLES
 
     cdc_suites = {name.removeprefix("bronze.cdc__") for name in SUITES if name.startswith("bronze.cdc__")}

@@ -87,10 +87,10 @@ def test_freshness_policies_on_gold_facts_kpis_forecasts_and_optimization(asset_
 def test_spark_assets_share_a_pool_and_the_instance_limits_it() -> None:
     import yaml
 
-    from assets.silver import silver_market, silver_trading_bids
+    from assets.silver import silver_market, silver_trading
     from infra.dagster_instance import DAGSTER_YAML
 
-    assert silver_market.op.pool == "spark" and silver_trading_bids.op.pool == "spark"
+    assert silver_market.op.pool == "spark" and all(a.op.pool == "spark" for a in silver_trading)
     config = yaml.safe_load(DAGSTER_YAML)["concurrency"]
     assert config["runs"]["max_concurrent_runs"] == 3
     assert config["pools"] == {"default_limit": 1, "granularity": "run"}

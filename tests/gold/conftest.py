@@ -17,7 +17,7 @@ def dbt_target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def dbt_connection_env(database_url: str) -> Iterator[dict[str, str]]:
-    """OPTIBID_DBT_* for the test database, exported the way the lead's settings export them."""
+    """OPTIBID_DBT_* for the test database, exported the way the gold assets export them before running dbt."""
     from infra.dbt import dbt_env
 
     env = dbt_env(database_url)
