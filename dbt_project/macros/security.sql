@@ -35,18 +35,34 @@ GRANT USAGE ON SCHEMA {{ target.schema }} TO bi_reader, optibid_api;
 {#- FORCE binds a non-superuser owner as well, so a connection as the owner that took an organization scope
     sees that organization only (as infra/sql/120_api_hardening.sql does for ops/silver/ml). The owner keeps
     every row while unscoped (`owner_unscoped`): the pipeline, dbt's own tests and the BI export read as
-    before. dbt runs as the owner, hence CURRENT_USER. Idempotent and run after every build of the model: a
-    full build recreates the table (without policies), an incremental one keeps it. -#}
+    before. dbt runs as the owner, hence CURRENT_USER. Run after every build of the model: a full build
+    recreates the table (without policies), an incremental one keeps it. Each statement runs only where its
+    effect is missing: ALTER TABLE and CREATE POLICY take an ACCESS EXCLUSIVE lock until dbt commits, which
+    on every incremental build would stall the API's reads and the real-time KPI writer behind it. A changed
+    policy text therefore needs a full refresh (or a migration) to reach existing tables. -#}
 {% macro org_rls_statements(relation) -%}
-ALTER TABLE {{ relation }} ENABLE ROW LEVEL SECURITY;
-ALTER TABLE {{ relation }} FORCE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS org_isolation ON {{ relation }};
-CREATE POLICY org_isolation ON {{ relation }}
-    USING (org_id IS NULL OR org_id = current_setting('optibid.org_id', true));
-DROP POLICY IF EXISTS owner_unscoped ON {{ relation }};
-CREATE POLICY owner_unscoped ON {{ relation }} TO CURRENT_USER
-    USING (coalesce(current_setting('optibid.org_id', true), '') = '')
-    WITH CHECK (coalesce(current_setting('optibid.org_id', true), '') = '');
+DO $rls$
+DECLARE
+    target oid := (
+        SELECT c.oid FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = '{{ relation.schema }}' AND c.relname = '{{ relation.identifier }}'
+    );
+BEGIN
+    IF NOT (SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE oid = target) THEN
+        ALTER TABLE {{ relation }} ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE {{ relation }} FORCE ROW LEVEL SECURITY;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = target AND polname = 'org_isolation') THEN
+        CREATE POLICY org_isolation ON {{ relation }}
+            USING (org_id IS NULL OR org_id = current_setting('optibid.org_id', true));
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = target AND polname = 'owner_unscoped') THEN
+        CREATE POLICY owner_unscoped ON {{ relation }} TO CURRENT_USER
+            USING (coalesce(current_setting('optibid.org_id', true), '') = '')
+            WITH CHECK (coalesce(current_setting('optibid.org_id', true), '') = '');
+    END IF;
+END
+$rls$;
 {%- endmacro %}
 
 {% macro enable_org_rls() -%}
