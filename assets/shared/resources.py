@@ -20,6 +20,8 @@ from infra.lake import Lake
 from infra.services import embedded_broker_bootstrap, kafka_security_config, warehouse_url
 from infra.settings import Settings, get_settings
 
+_MIGRATED_URLS: set[str] = set()  # warehouses this process has migrated (WarehouseResource)
+
 
 class WarehouseResource(dg.ConfigurableResource):
     """The Postgres warehouse (embedded pgserver unless `OPTIBID_DATABASE_URL` is set)."""
@@ -29,9 +31,14 @@ class WarehouseResource(dg.ConfigurableResource):
     _resolved: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Bring the warehouse schema up to date before a run, sensor tick or schedule tick uses it
-        (cheap when it is: one connection and a look at `ops.schema_migrations`)."""
-        db.migrate(self.url)
+        """Bring the warehouse schema up to date before a run, sensor tick or schedule tick first uses it.
+
+        Once per process and URL: sensors tick every few seconds in the long-lived code server, the schema
+        changes only with the code (a new process), and `migrate` takes the cluster-wide migration lock.
+        """
+        if self.url not in _MIGRATED_URLS:
+            db.migrate(self.url)
+            _MIGRATED_URLS.add(self.url)
 
     @property
     def url(self) -> str:
