@@ -62,12 +62,15 @@ def _manifest_models() -> dict[str, Mapping[str, Any]]:
 
 
 _MODELS = _manifest_models()
+# The silver trading tables exist (empty) from the warehouse's first migration: a deployment whose trading
+# feed is not connected yet still builds its market facts and KPIs, and rebuilds its days once trading arrives.
+SILVER_TRADING = dg.AssetSelection.assets(
+    *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in CDC_SOURCE_TABLES for suffix in ("", "_history"))
+)
 # Parents of the partitioned models that carry no day: their updates rebuild only the recent days.
 UNPARTITIONED_PARENTS = (
     dg.AssetSelection.groups("reference")
-    | dg.AssetSelection.assets(
-        *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in CDC_SOURCE_TABLES for suffix in ("", "_history"))
-    )
+    | SILVER_TRADING
     | dg.AssetSelection.assets(
         *(dg.AssetKey(["gold", name]) for name, n in sorted(_MODELS.items()) if "partitioned" not in n["tags"])
     )
@@ -111,7 +114,7 @@ class GoldDbtTranslator(DagsterDbtTranslator):
         if dbt_resource_props["resource_type"] == "source":
             return None
         if "partitioned" in dbt_resource_props.get("tags", []):
-            return automation.day_partitions(UNPARTITIONED_PARENTS)
+            return automation.day_partitions(UNPARTITIONED_PARENTS, late_deps=SILVER_TRADING)
         return automation.unpartitioned()
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:

@@ -7,6 +7,10 @@ Concurrency keeps the two-core default responsive: at most three runs at once, a
 time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the automation's runs
 queue instead of thrashing. Each queued run waits for its pool as a whole (run granularity): a backfill of
 30 days is one run holding one slot.
+
+A busy machine must not stall the automation: a run the code server could not start in time is launched
+again, and a run whose worker died is retried; a failed asset or blocking check is final (the automation does
+not retry a failed partition by itself either, `assets/shared/automation.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ run_queue:
   # Every hop of the pipeline (landing -> silver -> gold) waits in the queue once: look every second, not five.
   dequeue_interval_seconds: 1
   dequeue_use_threads: true
+  # A code server too busy to answer within its deadline (both cores taken) is no reason to fail a run that
+  # has not started: launch it again a little later.
+  max_user_code_failure_retries: 3
+  user_code_failure_retry_delay: 15
+run_retries:
+  # A run whose worker crashed or never started is retried; a failed asset or blocking check is not (it would
+  # fail the same way, and its alert is already out).
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 run_monitoring:
   enabled: true
 telemetry:

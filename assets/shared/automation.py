@@ -93,11 +93,21 @@ def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.Aut
     return (AC.missing() & _deps_present(unpartitioned_deps) & ~AC.execution_failed()).with_label("fill_missing")
 
 
+def _optional_parent_arrived(optional_deps: dg.AssetSelection) -> dg.AutomationCondition:
+    """An optional parent without partitions was built for the first time: every day built before it read
+    its empty table. Not on a condition's first evaluation (a new deployment), where parents that exist
+    already are no news."""
+    built = (~AC.missing()).with_label("built")
+    arrived = AC.any_deps_match(built.newly_true()).allow(optional_deps) & ~AC.initial_evaluation()
+    return arrived.with_label("optional_parent_arrived")
+
+
 def day_partitions(
     unpartitioned_deps: dg.AssetSelection | None = None,
     recent_deps: dg.AssetSelection | None = None,
     *,
     optional_deps: dg.AssetSelection | None = None,
+    late_deps: dg.AssetSelection | None = None,
 ) -> dg.AutomationCondition:
     """The condition of a daily-partitioned asset whose day-partitioned parents map day to day.
 
@@ -105,23 +115,42 @@ def day_partitions(
     Dagster knows, so they only rebuild the last `RECENT_DAYS` days; `recent_deps` narrows that to the
     parents whose days are not recorded otherwise (default: all of them). A day is built (changed or
     missing) only once its parents exist, but `optional_deps` (parents that may never exist, like a tick
-    feed nobody sends): a dbt build before its trading tables exist only fails, and on a cold start every
-    such attempt holds a run slot.
+    feed nobody sends). `late_deps` are optional parents without partitions whose tables exist empty before
+    their first build (the silver trading tables of a deployment whose trading feed is not connected yet):
+    the days are built without them, and every day is rebuilt once when they first arrive. A change of
+    theirs that failed a blocking check waits until a correction passes: their children keep the last good
+    state, and the models downstream (the KPIs beside the trading facts) keep following the market.
     """
     same_day = AC.any_deps_updated()
     if unpartitioned_deps is not None:
         same_day = same_day.ignore(unpartitioned_deps)
     any_parent = AC.any_deps_updated() if recent_deps is None else AC.any_deps_updated().allow(recent_deps)
     recent = AC.in_latest_time_window(timedelta(days=RECENT_DAYS)) & any_parent
-    changed = _since_handled(
-        same_day.with_label("day_partition_updated") | recent.with_label("unpartitioned_parent_updated_recent_days")
+    trigger = same_day.with_label("day_partition_updated") | recent.with_label(
+        "unpartitioned_parent_updated_recent_days"
     )
-    return (
+    if late_deps is not None:
+        trigger = trigger | _optional_parent_arrived(late_deps)
+        optional_deps = late_deps if optional_deps is None else optional_deps | late_deps
+    changed = _since_handled(trigger)
+    condition = (
         (changed | _fill_missing(unpartitioned_deps))
         & _deps_present(optional_deps)
         & ~_parents_running()
         & ~AC.in_progress()
-    ).with_label("day_partitions")
+    )
+    if late_deps is not None:
+        condition = condition & ~_parent_checks_failed(late_deps)
+    return condition.with_label("day_partitions")
+
+
+def _parent_checks_failed(deps: dg.AssetSelection) -> dg.AutomationCondition:
+    """A blocking check of one of `deps` failed on its latest execution (a check never run has not failed).
+
+    Dagster's blocking checks stop the children of the same run only; a later run would read the rejected
+    rows all the same."""
+    failed = AC.any_checks_match(AC.check_failed(), blocking_only=True).with_label("blocking_check_failed")
+    return AC.any_deps_match(failed).allow(deps).with_label("parent_blocking_check_failed")
 
 
 def unpartitioned(require_parents: bool = False) -> dg.AutomationCondition:

@@ -96,6 +96,19 @@ def test_spark_assets_share_a_pool_and_the_instance_limits_it() -> None:
     assert config["pools"] == {"default_limit": 1, "granularity": "run"}
 
 
+def test_runs_that_never_started_are_launched_again_but_failed_assets_are_not(tmp_path, database_url) -> None:
+    """On two busy cores the code server can miss its deadline to start a run; such a run (and one whose worker
+    died) is retried, while a failed asset or blocking check stays failed (its alert is out)."""
+    from infra.dagster_instance import DAGSTER_YAML
+
+    (tmp_path / "dagster.yaml").write_text(DAGSTER_YAML)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_user_code_failure_retries == 3 and queue.user_code_failure_retry_delay > 0
+
+
 def test_day_ahead_runs_before_every_market_gate_closure() -> None:
     from ml.optimization.gate_closures import run_before_gate_closure
 
@@ -227,31 +240,88 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
         assert result.get_requested_partitions(SILVER_PRICES) == recorded
 
 
-def test_gold_days_wait_for_every_parent_they_read(defs) -> None:
-    """A dimension's update asks for the recent days of the models that join it, but a model whose other
-    parents were never built (the trading tables on a cold start) is not started only to fail."""
+def test_gold_days_build_before_trading_arrives_and_every_day_again_once_it_does(defs) -> None:
+    """A deployment whose trading feed is not connected yet still builds its gold days: the silver trading
+    tables exist, empty, from the first migration, and market facts and KPIs must not wait for them. When
+    trading first arrives, every day built without it is asked for again, not only the recent ones."""
     stg_assets, dim_asset = dg.AssetKey(["gold", "stg_trading__assets"]), dg.AssetKey(["gold", "dim_asset"])
     selection = dg.AssetSelection.assets(stg_assets, dim_asset)
+    today, past = date.today().isoformat(), (date.today() - timedelta(days=10)).isoformat()
     with dg.instance_for_test() as instance:
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
         for name in ("fuel_types", "stg_ref__assets"):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name])))
-        waiting = dg.evaluate_automation_conditions(
+        without_trading = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
         )
-        assert waiting.get_requested_partitions(stg_assets) == set()
-        assert waiting.get_requested_partitions(dim_asset) == set()
+        built = without_trading.get_requested_partitions(stg_assets)
+        assert {today, past} <= built
+        assert today in without_trading.get_requested_partitions(dim_asset)
+        for day in built:
+            for key in (stg_assets, dim_asset):
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=day))
+        settled = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=without_trading.cursor
+        )
+        assert settled.get_requested_partitions(stg_assets) == set()
 
         instance.report_runless_asset_event(
             dg.AssetMaterialization(asset_key=dg.AssetKey(["silver", "trading__assets"]))
         )
-        ready = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=waiting.cursor
+        arrived = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor
         )
-        requested = ready.get_requested_partitions(stg_assets)
-        assert date.today().isoformat() in requested
-        # the child joins the same request: its parent days are built first, in the same run
-        assert date.today().isoformat() in ready.get_requested_partitions(dim_asset) <= requested
+        assert arrived.get_requested_partitions(stg_assets) == built
+        for day in built:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=stg_assets, partition=day))
+        rebuilt = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=arrived.cursor
+        )
+        # a later trading update is an ordinary one: only the recent days
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=dg.AssetKey(["silver", "trading__assets"]))
+        )
+        updated = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=rebuilt.cursor
+        )
+        assert today in updated.get_requested_partitions(stg_assets)
+        assert past not in updated.get_requested_partitions(stg_assets)
+
+
+def test_a_trading_change_that_fails_its_blocking_check_stays_out_of_gold(defs) -> None:
+    """Dagster's blocking checks stop the children of the same run only. A silver trading table whose latest
+    check failed must not reach gold in a later run either: the staging days wait for the correction, and
+    whatever joins them (the KPIs) goes on from the last good state."""
+    bids, stg_bids = dg.AssetKey(["silver", "trading__bids"]), dg.AssetKey(["gold", "stg_trading__bids"])
+    selection = dg.AssetSelection.assets(stg_bids)
+    today = date.today().isoformat()
+
+    def bids_check(passed: bool) -> dg.AssetCheckEvaluation:
+        return dg.AssetCheckEvaluation(
+            asset_key=bids, check_name="trading__bids_expectations", passed=passed, blocking=True
+        )
+
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["silver", "ref__zones"])))
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        for day in first.get_requested_partitions(stg_bids):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=stg_bids, partition=day))
+        settled = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+        )
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=bids))
+        instance.report_runless_asset_event(bids_check(passed=False))
+        held = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor
+        )
+        assert held.get_requested_partitions(stg_bids) == set()
+        # the trading system's correction passes the check: the change reaches gold
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=bids))
+        instance.report_runless_asset_event(bids_check(passed=True))
+        corrected = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=held.cursor
+        )
+        assert today in corrected.get_requested_partitions(stg_bids)
 
 
 def test_tomorrows_forecast_is_built_once_todays_facts_exist(defs) -> None:
