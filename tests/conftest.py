@@ -39,6 +39,11 @@ def optibid_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     get_settings.cache_clear()
     yield home
+    # Export runs of the platform tests start the home's embedded ClickHouse on first use; it must not outlive
+    # the run (Postgres and the broker are stopped by their own fixtures).
+    from infra.clickhouse import stop_embedded_clickhouse
+
+    stop_embedded_clickhouse(get_settings())
     if previous is None:
         os.environ.pop("OPTIBID_HOME", None)
     else:

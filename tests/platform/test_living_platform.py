@@ -29,7 +29,8 @@ import pytest
 from tests.alerting.conftest import SmtpInbox, WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
-SOAK_SECONDS = 900
+# The bound; a slower or shared machine may allow itself more (the waits then say what was late).
+SOAK_SECONDS = int(os.environ.get("OPTIBID_SOAK_SECONDS", "300"))
 ZONES = ("PJM", "ERCOT")
 ORG = "acme"
 PRICE_CORRECTION = 7.25  # added to every DA price of the corrected day
