@@ -117,7 +117,8 @@ def day_partitions(
     missing) only once its parents exist, but `optional_deps` (parents that may never exist, like a tick
     feed nobody sends). `late_deps` are optional parents without partitions whose tables exist empty before
     their first build (the silver trading tables of a deployment whose trading feed is not connected yet):
-    the days are built without them, and every day is rebuilt once when they first arrive. A change of
+    the days are built without them (unless their feed is connected and their first build is on its way), and
+    every day is rebuilt once when they first arrive. A change of
     theirs that failed a blocking check waits until a correction passes: their children keep the last good
     state, and the models downstream (the KPIs beside the trading facts) keep following the market.
     """
@@ -140,8 +141,15 @@ def day_partitions(
         & ~AC.in_progress()
     )
     if late_deps is not None:
-        condition = condition & ~_parent_checks_failed(late_deps)
+        condition = condition & ~_late_parent_pending(late_deps) & ~_parent_checks_failed(late_deps)
     return condition.with_label("day_partitions")
+
+
+def _late_parent_pending(deps: dg.AssetSelection) -> dg.AutomationCondition:
+    """A late parent is about to be built for the first time: its own parents exist (the feed is connected) and
+    its build has not failed. Building the days before it would only build them twice."""
+    pending = (AC.missing() & ~AC.any_deps_missing() & ~AC.execution_failed()).with_label("first_build_pending")
+    return AC.any_deps_match(pending).allow(deps).with_label("late_parent_pending")
 
 
 def _parent_checks_failed(deps: dg.AssetSelection) -> dg.AutomationCondition:

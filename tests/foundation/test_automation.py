@@ -256,6 +256,14 @@ def test_gold_days_build_before_trading_arrives_and_every_day_again_once_it_does
         )
         built = without_trading.get_requested_partitions(stg_assets)
         assert {today, past} <= built
+        # had the trading feed been connected, the days would have waited for its first silver build
+        with dg.instance_for_test() as connected:
+            for name in ("fuel_types", "stg_ref__assets"):
+                connected.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name])))
+            bronze_assets = dg.AssetKey(["bronze", "cdc__assets"])
+            connected.report_runless_asset_event(dg.AssetMaterialization(asset_key=bronze_assets))
+            waiting = dg.evaluate_automation_conditions(defs=defs, instance=connected, asset_selection=selection)
+            assert waiting.get_requested_partitions(stg_assets) == set()
         assert today in without_trading.get_requested_partitions(dim_asset)
         for day in built:
             for key in (stg_assets, dim_asset):
