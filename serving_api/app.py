@@ -58,6 +58,8 @@ API_ROUTERS = [
     "analytics",
     "on_demand_solves",
     "alerts",
+    "trading",
+    "model_monitoring",
 ]
 
 
