@@ -31,6 +31,8 @@ MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
 }
+# Compressed containers already: the API's gzip layer passes them through unchanged.
+ALREADY_COMPRESSED_EXPORTS = (MEDIA_TYPES["parquet"], MEDIA_TYPES["xlsx"])
 XLSX_MAX_ROWS = 1_048_575  # data rows per sheet (one header row)
 
 
