@@ -52,17 +52,17 @@ API_ROUTERS = [
     "kpis",
     "forecasts",
     "optimization_results",
+    "trading",
+    "model_monitoring",
     "uploads",
     "freshness",
     "admin",
     "ws",
+    "dashboard_ws",
     "dead_letters",
     "analytics",
     "on_demand_solves",
     "alerts",
-    "trading",
-    "model_monitoring",
-    "dashboard_ws",
 ]
 
 

@@ -40,10 +40,15 @@ class ApiOptions:
     freeze_gc_after_startup: bool = True  # gc.freeze() once started: no full-heap GC pauses
     ws_queue_size: int = 64
     ws_heartbeat_seconds: float = 15.0
+    ws_dashboard_max_streams: int = 20  # KPI streams one dashboard WebSocket may subscribe to
     pool_min_size: int = 2
     pool_max_size: int = 10
     max_page_size: int = 10_000
     export_chunk_rows: int = 5_000
+    # Responses of at least this many bytes are gzip-compressed for clients that accept it (0 disables);
+    # level 6 costs a third of level 9's CPU for nearly the same size on JSON and CSV.
+    gzip_min_bytes: int = 1024
+    gzip_level: int = 6
     # Login throttling (routers/auth.py): failures beyond these counts cost a progressive delay, never a
     # refusal of the right password; only the same (e-mail, address) pair is refused during its backoff.
     login_max_failures: int = 5
@@ -66,11 +71,6 @@ class ApiOptions:
     solver_queue_wait_s: float = 5.0  # a request waits this long for an idle solver process, else 503
     upload_worker_processes: int = 2  # large uploads processed at once, each in a child process
     ws_auth_recheck_seconds: float = 1.0
-    # Responses of at least this many bytes are gzip-compressed for clients that accept it (0 disables);
-    # level 6 costs a third of level 9's CPU for nearly the same size on JSON and CSV.
-    gzip_min_bytes: int = 1024
-    gzip_level: int = 6
-    ws_dashboard_max_streams: int = 20  # KPI streams one dashboard WebSocket may subscribe to
     listener_keepalive_seconds: float = 5.0
 
 

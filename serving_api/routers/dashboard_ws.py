@@ -19,7 +19,7 @@ from datetime import datetime
 from fastapi import APIRouter, WebSocket
 
 from serving_api.models import CODE_PATTERN, ZONE_PATTERN
-from serving_api.routers.ws import GRAINS, authorized, credentials_of, parse_since, send_loop, supervise
+from serving_api.routers.ws import GRAINS, authorized, credentials_of, parse_since, refuse, send_loop, supervise
 
 router = APIRouter(tags=["streaming"])
 StreamKey = tuple[str, str, str]  # kpi_code, zone, grain
@@ -39,7 +39,7 @@ async def dashboard_stream(websocket: WebSocket) -> None:
             state.options.ws_dashboard_max_streams,
         )
     except ValueError as exc:
-        await websocket.close(code=4400, reason=str(exc)[:120])
+        await refuse(websocket, 4400, str(exc))
         return
 
     await websocket.accept()

@@ -50,7 +50,7 @@ async def kpi_stream(websocket: WebSocket, code: str) -> None:
             raise ValueError("bad grain")
         since = parse_since(since_raw)
     except ValueError:
-        await websocket.close(code=4400, reason="invalid parameters")
+        await refuse(websocket, 4400, "invalid parameters")
         return
 
     await websocket.accept()
@@ -73,12 +73,19 @@ async def authorized(websocket: WebSocket, state, token: str | None, api_key: st
     try:
         principal = await principal_from_credentials(state, token, api_key)
     except ApiError as exc:
-        await websocket.close(code=4401, reason=exc.code)
+        await refuse(websocket, 4401, exc.code)
         return None
     if not principal.can(Permission.market_read):
-        await websocket.close(code=4403, reason="forbidden")
+        await refuse(websocket, 4403, "forbidden")
         return None
     return principal
+
+
+async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close with `code` so that the client sees it: accepted first, because a close before the handshake
+    completes reaches a real client as a bare HTTP 403 (the ASGI server's answer), whatever the code."""
+    await websocket.accept()
+    await websocket.close(code=code, reason=reason[:120])
 
 
 def parse_since(raw: str | None) -> datetime | None:

@@ -1,5 +1,5 @@
 """Fixture rows of the analyst endpoints (routers/trading.py, routers/model_monitoring.py), seeded by the API
-tests' conftest.
+tests' conftest, and the real app served over a real socket (`serve_api`).
 
 The trading facts are dbt marts (dbt_project/models/marts/fct_bids.sql, fct_trades.sql, fct_positions.sql):
 created here with those models' columns and the project's RLS policy, as conftest does for the other gold
@@ -9,6 +9,9 @@ facts. The model-monitoring tables come from the migrations and are written thro
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -216,3 +219,25 @@ def seed_analyst_tables(conn, orgs: tuple[str, ...], day0: datetime) -> None:
     )
     end = day0 + timedelta(days=1)
     replace_drift_summaries(conn, summaries, end - timedelta(days=35), end - timedelta(days=7), end)
+
+
+def serve_api(api_settings, options) -> Iterator[tuple[object, str]]:
+    """(app, base URL) of the real app served by uvicorn on a free port in a thread, for clients that speak
+    real HTTP and WebSocket (the typed client, gzip on the wire)."""
+    import uvicorn
+
+    from infra.processes import free_port
+    from serving_api.app import create_app
+
+    app = create_app(api_settings, options)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield app, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

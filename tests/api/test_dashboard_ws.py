@@ -105,8 +105,8 @@ def test_dashboard_rejects_bad_credentials_and_streams(client, auth):
         (_url(token, "price_avg,PJM", since="soon"), 4400),
     ]
     for url, code in cases:
-        with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect(url):
-            pass
+        with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect(url) as ws:
+            ws.receive_json()
         assert exc.value.code == code, url
 
 
