@@ -1,7 +1,8 @@
 """The typed Python client of the OptiBid API: `OptiBidClient` (see README, "Python client").
 
 What belongs here: calling the API over HTTP and WebSocket and typing what it answers. Nothing of the
-platform is imported, so the package works on an analyst's machine with httpx and websockets only.
+platform is imported (an import-linter contract checks it): the package needs only httpx and websockets, so
+it can be copied or packaged on its own for an analyst's machine.
 """
 
 from optibid_client.client import OptiBidClient, OptiBidError, StreamClosed

@@ -2,7 +2,7 @@
 
 One method per endpoint family, named after the API's paths, returning the typed structures of
 `optibid_client.models`; errors are raised as `OptiBidError` with the API's `{code, message, details}`.
-The client depends on nothing of the platform, so analysts install it alone.
+The client imports nothing of the platform (httpx and websockets only).
 """
 
 from __future__ import annotations
