@@ -24,8 +24,11 @@ from tests.api.test_dashboard_ws import _ticks
 def live(api_settings, api_database):
     from serving_api.state import ApiOptions
 
-    options = ApiOptions(user_rate_limit_per_minute=100_000, login_max_failures_per_ip=100_000)
-    yield from serve_api(api_settings, options)
+    tuning = {"user_rate_limit_per_minute": 100_000, "login_max_failures_per_ip": 100_000}
+    if "forecast_job_calibration_days" in ApiOptions.__dataclass_fields__:
+        # On-demand forecasts (branch analyst-ml): a short interval calibration fits the test's 20-day series.
+        tuning["forecast_job_calibration_days"] = 7
+    yield from serve_api(api_settings, ApiOptions(**tuning))
 
 
 @pytest.fixture(scope="module")
