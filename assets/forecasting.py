@@ -20,6 +20,7 @@ from assets.shared.resources import MlflowResource, WarehouseResource
 from infra.settings import get_settings
 from ml.forecasting import backtests as forecast_backtests
 from ml.forecasting import daily as daily_forecast
+from ml.forecasting.warehouse import replace_drift_summaries
 from ml.monitoring.anomaly_days import replace_day_anomalies
 from ml.monitoring.drift import drift_by_zone
 from ml.monitoring.drift_windows import read_drift_windows
@@ -204,7 +205,7 @@ class DriftConfig(dg.Config):
     deps=[PRICES, LOAD, FORECASTS],
     automation_condition=automation.weekly(),
     description="Evidently drift of price, load and forecast error per zone: last week vs the weeks before. "
-    "Runs after Monday 03:00 once gold has updated since.",
+    "Runs after Monday 03:00 once gold has updated since. Per-zone summaries are kept in ml.drift_summaries.",
 )
 def drift_report(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: DriftConfig
@@ -226,6 +227,8 @@ def drift_report(
         model="published" if with_errors else None,
     )
     context.log.info(f"drift reports for {len(out)} zones in {time.perf_counter() - began:.1f}s")
+    with warehouse.connect() as conn:
+        replace_drift_summaries(conn, out, start, split, end)
     max_share = float(out["drift_share"].max()) if not out.empty else 0.0
     return dg.MaterializeResult(
         metadata={

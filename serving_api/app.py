@@ -24,12 +24,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from infra.services import warehouse_url
 from infra.settings import Settings, get_settings
 from serving_api import security
 from serving_api.cache import ResponseCache
 from serving_api.errors import install_error_handlers
+from serving_api.exports import ALREADY_COMPRESSED_EXPORTS
 from serving_api.fastpath import CachedReadFastPath
 from serving_api.freshness import FreshnessReader
 from serving_api.guard import RequestGuard, known_query_params
@@ -50,10 +52,13 @@ API_ROUTERS = [
     "kpis",
     "forecasts",
     "optimization_results",
+    "trading",
+    "model_monitoring",
     "uploads",
     "freshness",
     "admin",
     "ws",
+    "dashboard_ws",
     "dead_letters",
     "analytics",
     "on_demand_solves",
@@ -222,6 +227,15 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
     if options.cache_fast_path:
         # Added last, so outermost: cache hits skip routing, dependencies and the middleware above.
         app.add_middleware(CachedReadFastPath, state=state, prefix=API_PREFIX)
+    if options.gzip_min_bytes > 0:
+        # Outermost, so cache hits are compressed too. Streamed exports stay streamed (each chunk is flushed
+        # compressed); Parquet and Excel are compressed formats already and pass through.
+        app.add_middleware(
+            GZipMiddleware,
+            minimum_size=options.gzip_min_bytes,
+            compresslevel=options.gzip_level,
+            exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, *ALREADY_COMPRESSED_EXPORTS),
+        )
 
     from serving_api.routers import health
 

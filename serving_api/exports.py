@@ -7,7 +7,8 @@ workbook spools to a temporary file on disk and is streamed from there.
 Text cells that a spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, tab or carriage
 return; OWASP "CSV injection") are prefixed with `'` in CSV and Excel, so an uploaded value such as
 `=HYPERLINK(...)` is shown as text instead of being evaluated when an analyst opens the export. Numbers stay
-numbers; Parquet is typed and never evaluated, so it is written unchanged.
+numbers; Parquet is typed and never evaluated, so it is written unchanged. JSON and array columns (backtest
+metrics, optimization inputs) are written as JSON text, which every tool can parse back.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -29,6 +31,8 @@ MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
 }
+# Compressed containers already: the API's gzip layer passes them through unchanged.
+ALREADY_COMPRESSED_EXPORTS = (MEDIA_TYPES["parquet"], MEDIA_TYPES["xlsx"])
 XLSX_MAX_ROWS = 1_048_575  # data rows per sheet (one header row)
 
 
@@ -110,7 +114,7 @@ def _arrow_value(value: Any, arrow_type: pa.DataType) -> Any:
     if isinstance(value, Decimal):
         return float(value)
     if pa.types.is_string(arrow_type) and value is not None and not isinstance(value, str):
-        return str(value)
+        return _json_text(value) if isinstance(value, list | dict) else str(value)
     return value
 
 
@@ -150,7 +154,7 @@ def _plain(row: tuple) -> list[Any]:
         if isinstance(v, datetime):
             v = v.isoformat()
         elif isinstance(v, list | dict):
-            v = str(v)
+            v = _json_text(v)
         if isinstance(v, str):
             v = neutralized(v)
         out.append(v)
@@ -166,8 +170,12 @@ def _excel(row: tuple) -> list[Any]:
         elif isinstance(v, Decimal):
             v = float(v)
         elif isinstance(v, list | dict):
-            v = str(v)
+            v = _json_text(v)
         if isinstance(v, str):
             v = neutralized(v)
         out.append(v)
     return out
+
+
+def _json_text(value: list | dict) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)

@@ -94,6 +94,153 @@ class ForecastPage(Page):
     data: list[ForecastRow]
 
 
+class BidRow(_Row):
+    """A bid's current state (gold.fct_bids). Delivery periods are one hour, so MW and MWh coincide."""
+
+    bid_id: str | None = None
+    org_id: str | None = None
+    asset_id: str | None = None
+    zone: str | None = None
+    delivery_start: datetime | None = None
+    market_date: date | None = Field(default=None, description="Zone-local delivery date.")
+    side: Literal["buy", "sell"] | None = None
+    price: float | None = None
+    quantity_mw: float | None = None
+    status: str | None = None
+    is_accepted: bool | None = None
+    is_decided: bool | None = None
+    cleared_quantity_mw: float | None = None
+    cleared_price: float | None = None
+    cash_flow: float | None = Field(default=None, description="Signed: sales positive, purchases negative.")
+    currency: str | None = None
+    updated_at: datetime | None = None
+
+
+class BidPage(Page):
+    data: list[BidRow]
+
+
+class TradeRow(_Row):
+    """An executed trade (gold.fct_trades); `bid_id` is set when the trade executes a bid."""
+
+    trade_id: str | None = None
+    org_id: str | None = None
+    bid_id: str | None = None
+    zone: str | None = None
+    delivery_start: datetime | None = None
+    market_date: date | None = None
+    side: Literal["buy", "sell"] | None = None
+    price: float | None = None
+    quantity_mw: float | None = None
+    signed_quantity_mw: float | None = Field(default=None, description="Bought positive, sold negative.")
+    cash_flow: float | None = None
+    currency: str | None = None
+    counterparty: str | None = None
+    traded_at: datetime | None = None
+
+
+class TradePage(Page):
+    data: list[TradeRow]
+
+
+class PositionRow(_Row):
+    """Net position per organization, zone and delivery hour (gold.fct_positions): cleared bids plus trades
+    that do not execute a bid. Long = bought > sold."""
+
+    org_id: str | None = None
+    zone: str | None = None
+    delivery_start: datetime | None = None
+    market_date: date | None = None
+    bought_mwh: float | None = None
+    sold_mwh: float | None = None
+    net_position_mwh: float | None = None
+    cash_flow: float | None = None
+
+
+class PositionPage(Page):
+    data: list[PositionRow]
+
+
+class AnomalyRow(_Row):
+    """A flagged hour (gold.anomalies): `value` observed against `expected`, with the detector's score."""
+
+    zone: str | None = None
+    ts_utc: datetime | None = None
+    target: Literal["price", "load"] | None = None
+    kind: Literal["spike", "level_shift"] | None = None
+    score: float | None = None
+    value: float | None = None
+    expected: float | None = None
+    method: str | None = None
+    market_date: date | None = None
+    detected_at: datetime | None = None
+
+
+class AnomalyPage(Page):
+    data: list[AnomalyRow]
+
+
+class BacktestRow(_Row):
+    """One rolling-origin backtest of one zone and target (ml.backtests)."""
+
+    run_id: str | None = None
+    zone: str | None = None
+    target: Literal["price", "load"] | None = None
+    window_start: date | None = None
+    window_end: date | None = None
+    models: list[str] | None = Field(default=None, description="The models compared.")
+    metrics: dict[str, dict[str, float | None]] | None = Field(
+        default=None, description="Per model: overall metrics (mae, rmae, coverage80, ...)."
+    )
+    mlflow_run_id: str | None = None
+    wall_seconds: float | None = None
+    created_at: datetime | None = None
+
+
+class BacktestPage(Page):
+    data: list[BacktestRow]
+
+
+class ModelSelectionRow(_Row):
+    """A champion chosen by a backtest (ml.model_selection); the newest per zone and target is in use."""
+
+    zone: str | None = None
+    target: Literal["price", "load"] | None = None
+    model: str | None = None
+    selected_at: datetime | None = None
+    backtest_run_id: str | None = None
+    metric: str | None = None
+    metric_value: float | None = None
+    mlflow_run_id: str | None = None
+    registry_version: str | None = Field(default=None, description="MLflow registered-model version.")
+
+
+class ModelSelectionPage(Page):
+    data: list[ModelSelectionRow]
+
+
+class DriftSummaryRow(_Row):
+    """Drift of one zone in one weekly window (ml.drift_summaries): [reference_start, current_start) against
+    [current_start, current_end), per Evidently's per-column tests."""
+
+    zone: str | None = None
+    reference_start: datetime | None = None
+    current_start: datetime | None = None
+    current_end: datetime | None = None
+    drift_share: float | None = Field(default=None, description="Drifted columns / columns tested.")
+    n_drifted: int | None = None
+    n_columns: int | None = None
+    dataset_drift: bool | None = Field(default=None, description="drift_share >= 0.5")
+    target_drift: bool | None = None
+    error_drift: bool | None = Field(default=None, description="Null when forecast errors were not tested.")
+    drifted_columns: str | None = Field(default=None, description="Comma-separated.")
+    computed_at: datetime | None = None
+
+
+class DriftSummaryPage(Page):
+    data: list[DriftSummaryRow]
+
+
 class GenericPage(Page):
     data: list[dict[str, Any]] = Field(description="Rows; columns as in the underlying table.")
 

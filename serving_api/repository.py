@@ -81,6 +81,68 @@ SERVED_TABLES: dict[str, Dataset] = {
             ("zone", "target", "model", "run_id"),
             date_col=None,
         ),
+        # Trading facts of the caller's organization (dbt marts fct_bids, fct_trades, fct_positions; RLS).
+        Dataset(
+            "bids",
+            "gold.fct_bids",
+            "delivery_start",
+            ("delivery_start", "bid_id"),
+            ("zone", "asset_id", "side", "status", "bid_id"),
+        ),
+        Dataset(
+            "trades",
+            "gold.fct_trades",
+            "delivery_start",
+            ("delivery_start", "trade_id"),
+            ("zone", "side", "bid_id", "trade_id", "counterparty"),
+        ),
+        Dataset(
+            "positions",
+            "gold.fct_positions",
+            "delivery_start",
+            ("delivery_start", "zone", "org_id"),
+            ("zone",),
+        ),
+        # Model monitoring (infra/sql/060_ml.sql, 140_drift_summaries.sql): market-level, no org_id.
+        Dataset(
+            "anomalies",
+            "gold.anomalies",
+            "ts_utc",
+            ("ts_utc", "zone", "target", "kind"),
+            ("zone", "target", "kind"),
+        ),
+        Dataset(
+            "backtests",
+            "ml.backtests",
+            "created_at",
+            ("created_at", "run_id", "zone", "target"),
+            ("zone", "target", "run_id"),
+            date_col=None,
+        ),
+        Dataset(
+            "model_selections",
+            "ml.model_selection",
+            "selected_at",
+            ("selected_at", "zone", "target"),
+            ("zone", "target", "model"),
+            date_col=None,
+        ),
+        Dataset(
+            "current_models",
+            "ml.current_models",
+            "selected_at",
+            ("zone", "target"),
+            ("zone", "target", "model"),
+            date_col=None,
+        ),
+        Dataset(
+            "drift_summaries",
+            "ml.drift_summaries",
+            "current_end",
+            ("current_end", "zone"),
+            ("zone",),
+            date_col=None,
+        ),
         # Optimization results (infra/sql/070_optimization.sql): keyed by run, asset/unit and interval.
         Dataset(
             "optimization_runs",

@@ -40,10 +40,15 @@ class ApiOptions:
     freeze_gc_after_startup: bool = True  # gc.freeze() once started: no full-heap GC pauses
     ws_queue_size: int = 64
     ws_heartbeat_seconds: float = 15.0
+    ws_dashboard_max_streams: int = 20  # KPI streams one dashboard WebSocket may subscribe to
     pool_min_size: int = 2
     pool_max_size: int = 10
     max_page_size: int = 10_000
     export_chunk_rows: int = 5_000
+    # Responses of at least this many bytes are gzip-compressed for clients that accept it (0 disables);
+    # level 6 costs a third of level 9's CPU for nearly the same size on JSON and CSV.
+    gzip_min_bytes: int = 1024
+    gzip_level: int = 6
     # Login throttling (routers/auth.py): failures beyond these counts cost a progressive delay, never a
     # refusal of the right password; only the same (e-mail, address) pair is refused during its backoff.
     login_max_failures: int = 5

@@ -13,8 +13,9 @@ Per client: a bounded queue. The hub never awaits a client: when a client's queu
 reads pushed rows once per organization among the subscribers, under that organization's RLS scope.
 
 What belongs here: the shared listener (`Hub`) and the KPI message format. What does not: the WebSocket
-endpoint and its authentication (`serving_api/routers/ws.py`), and the channels' names and the pipeline side
-that sends on them (`infra/signals.py`).
+endpoints and their authentication (`serving_api/routers/ws.py`, `serving_api/routers/dashboard_ws.py` for
+several KPIs on one connection), and the channels' names and the pipeline side that sends on them
+(`infra/signals.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Subscriber:
     org_id: str
     queue: asyncio.Queue
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
+    # The subscriptions of the same client that share its queue (`Hub.subscribe_many`); dropped together.
+    group: list[Subscriber] = field(default_factory=list)
 
 
 class Hub:
@@ -147,6 +150,18 @@ class Hub:
         self._subscribers[sub.key].add(sub)
         return sub
 
+    def subscribe_many(self, keys: list[tuple[str, str, str]], org_id: str) -> list[Subscriber]:
+        """Subscriptions of one client to several KPIs: ONE bounded queue and one drop flag for all of them,
+        so the client's backpressure bound is the same as with a single KPI (a full queue drops the client,
+        whichever KPI overflowed it)."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=self.state.options.ws_queue_size)
+        dropped = asyncio.Event()
+        subs: list[Subscriber] = []
+        subs.extend(Subscriber(key, org_id, queue, dropped, subs) for key in keys)
+        for sub in subs:
+            self._subscribers[sub.key].add(sub)
+        return subs
+
     def unsubscribe(self, sub: Subscriber) -> None:
         subs = self._subscribers.get(sub.key)
         if subs is not None:
@@ -190,7 +205,8 @@ class Hub:
                 self.state.metrics.ws_messages.inc()
         except asyncio.QueueFull:
             sub.dropped.set()
-            self.unsubscribe(sub)
+            for member in sub.group or [sub]:
+                self.unsubscribe(member)
             if self.state.metrics:
                 self.state.metrics.ws_dropped.inc()
 

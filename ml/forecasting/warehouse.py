@@ -1,4 +1,5 @@
-"""Writes of the forecasting side of ML: gold.forecasts, gold.anomalies, ml.backtests and ml.model_selection.
+"""Writes of the forecasting side of ML: gold.forecasts, gold.anomalies, ml.drift_summaries, ml.backtests and
+ml.model_selection.
 
 What belongs here: the SQL that writes (plain psycopg 3 connections in, in the caller's transaction), each
 write idempotent per partition: delete the partition's rows, then insert, and bump the table version the API
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,35 @@ def replace_anomalies(conn: psycopg.Connection, market_date: date, targets: Sequ
     written = insert_frame(conn, "gold.anomalies", rows[ANOMALY_GOLD_COLUMNS])
     bump_table_version(conn, "gold.anomalies", market_date)
     return written
+
+
+DRIFT_SUMMARY_COLUMNS = [
+    "zone",
+    "drift_share",
+    "n_drifted",
+    "n_columns",
+    "dataset_drift",
+    "target_drift",
+    "error_drift",
+    "drifted_columns",
+]
+
+
+def replace_drift_summaries(
+    conn: psycopg.Connection,
+    summaries: pd.DataFrame,
+    reference_start: datetime,
+    current_start: datetime,
+    current_end: datetime,
+) -> int:
+    """Replace the drift window's rows of ml.drift_summaries with `summaries` (`ml.monitoring.drift_by_zone`'s
+    frame: one row per zone, `unique_id` the zone; caller's transaction). The window is identified by
+    `current_end`, so a re-run of the same week replaces its summaries."""
+    conn.execute("DELETE FROM ml.drift_summaries WHERE current_end = %s", (current_end,))
+    rows = summaries.rename(columns={"unique_id": "zone"})[DRIFT_SUMMARY_COLUMNS].assign(
+        reference_start=reference_start, current_start=current_start, current_end=current_end
+    )
+    return insert_frame(conn, "ml.drift_summaries", rows)
 
 
 def insert_backtest(

@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.api.analyst_fixtures import seed_analyst_tables
+
 # The BI tests' session ClickHouse server (skips when not installed), shared so one server serves both.
 
 PASSWORD = "Correct-Horse-Battery-9"
@@ -148,6 +150,7 @@ def _seed(conn) -> None:
                    VALUES (%s, 'prices.csv', %s, 100, 'csv', 'landed', 'prices', 48, 48, 0, %s)""",
                 (org, f"sha_{org}", DAY0),
             )
+    seed_analyst_tables(conn, ORGS, DAY0)
 
 
 @pytest.fixture(scope="session")

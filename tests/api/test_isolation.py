@@ -31,6 +31,9 @@ TABLES = [
     "/optimization/bid_curves",
     "/optimization/unit_commitment",
     "/uploads",
+    "/bids",
+    "/trades",
+    "/positions",
 ]
 
 
@@ -93,6 +96,14 @@ def test_sql_injection_in_every_filter(client, auth):
         ("/optimization/bid_curves", "asset_id"),
         ("/optimization/runs", "run_id"),
         ("/uploads", "status"),
+        ("/bids", "bid_id"),
+        ("/bids", "asset_id"),
+        ("/trades", "counterparty"),
+        ("/positions", "zone"),
+        ("/anomalies", "zone"),
+        ("/backtests", "run_id"),
+        ("/models/current", "model"),
+        ("/drift", "zone"),
         ("/nodes", "zone"),
         ("/assets", "zone"),
     ]

@@ -90,12 +90,13 @@ def test_kpis_of_a_gold_run_are_pushed_resumed_and_org_scoped(pipeline):
 def test_websocket_rejects_bad_credentials_and_params(client, auth):
     from starlette.websockets import WebSocketDisconnect
 
-    with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect("/api/v1/ws/kpis/x?zone=NP"):
-        pass
+    # Accepted, then closed with the code: a close before the handshake would reach a real client as HTTP 403.
+    with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect("/api/v1/ws/kpis/x?zone=NP") as ws:
+        ws.receive_json()
     assert exc.value.code == 4401
     bad = f"/api/v1/ws/kpis/x?zone=NP'--&access_token={_token(auth)}"
-    with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect(bad):
-        pass
+    with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect(bad) as ws:
+        ws.receive_json()
     assert exc.value.code == 4400
 
 
