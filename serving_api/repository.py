@@ -103,7 +103,7 @@ SERVED_TABLES: dict[str, Dataset] = {
             ("delivery_start", "zone", "org_id"),
             ("zone",),
         ),
-        # Model monitoring (infra/sql/060_ml.sql, 140_drift_summaries.sql): market-level, no org_id.
+        # Model monitoring (infra/sql/060_ml.sql, 150_drift_summaries.sql): market-level, no org_id.
         Dataset(
             "anomalies",
             "gold.anomalies",
