@@ -149,12 +149,12 @@ def access_claims(state: ApiState, token: str) -> security.AccessClaims | None:
     return claims
 
 
-def _session_touch_due(state: ApiState, family_id: str) -> bool:
+def session_touch_due(state: ApiState, family_id: str) -> bool:
     last = state.session_touched.get(family_id)
     return last is None or time.monotonic() - last >= state.options.session_touch_seconds
 
 
-async def _touch_session(state: ApiState, family_id: str) -> None:
+async def touch_session(state: ApiState, family_id: str) -> None:
     """Record the session's use; a session past its absolute lifetime or idle timeout is revoked (401).
 
     Runs at most every `session_touch_seconds` per session and process, so the idle timeout is enforced to
@@ -191,7 +191,8 @@ def cached_principal(state: ApiState, token: str | None, api_key: str | None) ->
     """The caller when memory alone proves the credentials valid (the fast path), else None.
 
     None means "ask `principal_from_credentials`": invalid credentials, an API key not looked up in the
-    last `api_key_cache_seconds`, or a token whose revocation status needs the database.
+    last `api_key_cache_seconds`, or a token whose revocation status needs the database. A caller that
+    serves a user without `principal_from_credentials` checks `session_touch_due` / `touch_session` itself.
     """
     if api_key:
         prefix = security.api_key_prefix_of(api_key)
@@ -204,8 +205,6 @@ def cached_principal(state: ApiState, token: str | None, api_key: str | None) ->
             return None
         if state.hub is None or not state.hub.connected:
             return None  # revocations may have been missed: `_family_revoked` asks the database
-        if _session_touch_due(state, claims.family_id):
-            return None  # the session's timeouts are checked (and its use recorded) on the full path
         return _user_principal(state, claims)
     return None
 
@@ -254,8 +253,8 @@ async def principal_from_credentials(state: ApiState, token: str | None, api_key
                 "the session of this token was revoked",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if _session_touch_due(state, claims.family_id):
-            await _touch_session(state, claims.family_id)
+        if session_touch_due(state, claims.family_id):
+            await touch_session(state, claims.family_id)
         return _user_principal(state, claims)
     raise ApiError(
         401,

@@ -24,9 +24,7 @@ class ErrorResponse(BaseModel):
 
     code: str = Field(description="Stable machine-readable error code, e.g. `not_found`, `rate_limited`.")
     message: str = Field(description="Human-readable explanation.")
-    details: dict[str, Any] | list[Any] | None = Field(
-        default=None, description="Structured context, if any."
-    )
+    details: dict[str, Any] | list[Any] | None = Field(default=None, description="Structured context, if any.")
 
 
 class ApiError(Exception):
@@ -99,9 +97,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _data_error(_: Request, exc: psycopg.errors.DataError) -> JSONResponse:
         # Values Postgres refuses (out-of-range timestamps, NUL bytes): the caller's input, not our bug.
         log.info("rejected input: %s", exc.__class__.__name__)
-        return JSONResponse(
-            error_body("invalid_input", "a parameter value is out of range or malformed"), 400
-        )
+        return JSONResponse(error_body("invalid_input", "a parameter value is out of range or malformed"), 400)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -126,9 +122,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     for status in statuses:
         entry: dict[str, Any] = {"model": ErrorResponse, "description": descriptions.get(status, "Error")}
         if status == 429:
-            entry["headers"] = {
-                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
-            }
+            entry["headers"] = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
         out[status] = entry
     return out
 

@@ -26,7 +26,8 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving_api.cache import CachedResponse, request_target
-from serving_api.deps import cached_principal
+from serving_api.deps import cached_principal, session_touch_due, touch_session
+from serving_api.errors import ApiError
 from serving_api.state import ApiState
 
 
@@ -42,7 +43,7 @@ class CachedReadFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             start = time.perf_counter()
-            entry = self._servable(scope)
+            entry = await self._servable(scope)
             if entry is not None:
                 body = entry.body
                 await send(
@@ -62,7 +63,7 @@ class CachedReadFastPath:
                 return
         await self.app(scope, receive, send)
 
-    def _servable(self, scope: Scope) -> CachedResponse | None:
+    async def _servable(self, scope: Scope) -> CachedResponse | None:
         state = self.state
         cache = state.cache
         if cache is None or not cache.enabled or not scope["path"].startswith(self.prefix):
@@ -84,6 +85,11 @@ class CachedReadFastPath:
             if scheme and credentials and scheme.lower() == "bearer":
                 token = credentials
         principal = cached_principal(state, token, api_key)
+        if principal is not None and principal.family_id and session_touch_due(state, principal.family_id):
+            try:
+                await touch_session(state, principal.family_id)  # once a minute per session: its timeouts
+            except ApiError:
+                principal = None  # the route answers 401 (the session is now known to be revoked)
         if principal is None:
             return None
         target = (principal.org_id, *request_target(scope))

@@ -181,7 +181,7 @@ $$;
 -- --- optibid_auth: the rows the pre-authentication and credential-changing functions touch ------------
 GRANT SELECT, INSERT, UPDATE, DELETE ON ops.user_mfa, ops.mfa_recovery_codes, ops.mfa_challenges, ops.oidc_states,
     ops.oidc_used_nonces TO optibid_auth;
-GRANT SELECT, UPDATE (used_at, revoked_at) ON ops.user_tokens TO optibid_auth;
+GRANT SELECT, INSERT, UPDATE (used_at, revoked_at) ON ops.user_tokens TO optibid_auth;
 GRANT SELECT, INSERT, UPDATE (last_used_at, ip, revoked_at) ON ops.sessions TO optibid_auth;
 GRANT SELECT ON ops.identity_policies, ops.oidc_providers TO optibid_auth;
 GRANT SELECT, INSERT ON ops.token_signing TO optibid_auth;
