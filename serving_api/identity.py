@@ -198,7 +198,7 @@ async def send(state: ApiState, to: str, subject: str, body: str) -> None:
     """Send an e-mail in a worker thread; ApiError 503 when no server is configured or it refuses."""
     server = smtp_server_from_settings(state.settings)
     if server is None:
-        raise ApiError(503, "mail_not_configured", "no SMTP server is configured (OPTIBID_MAIL_SMTP_HOST)")
+        raise ApiError(409, "mail_not_configured", "no SMTP server is configured (OPTIBID_MAIL_SMTP_HOST)")
     try:
         await asyncio.to_thread(send_mail, server, to, subject, body)
     except MailError as exc:

@@ -238,6 +238,20 @@ RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
            jsonb_build_object('ip', p_ip, 'factor', p_factor);
 $$;
 
+-- The login throttle counts failures of the login factors only; checks made by a signed-in caller (password
+-- change, MFA management) are rate-limited per user instead, so they cannot lock the owner's logins.
+CREATE OR REPLACE FUNCTION api_auth.login_failures(p_email text, p_ip text, p_window interval)
+RETURNS TABLE (by_email bigint, by_ip bigint, by_pair bigint, last_pair timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FILTER (WHERE lower(a.email) = p_email),
+           count(*) FILTER (WHERE a.client_ip = p_ip),
+           count(*) FILTER (WHERE lower(a.email) = p_email AND a.client_ip = p_ip),
+           max(a.at) FILTER (WHERE lower(a.email) = p_email AND a.client_ip = p_ip)
+    FROM ops.login_attempts a
+    WHERE NOT a.success AND a.at > now() - p_window AND (lower(a.email) = p_email OR a.client_ip = p_ip)
+      AND a.factor IN ('password', 'totp', 'recovery_code')
+$$;
+
 -- An audit row written before (or without) an organization-scoped transaction.
 CREATE OR REPLACE FUNCTION api_auth.audit(p_org_id text, p_actor text, p_action text, p_target text, p_details jsonb)
 RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -33,10 +33,10 @@ from serving_api.models import (
     TokenResponse,
     UserOut,
 )
-from serving_api.routers.auth import _password_matches, throttled
+from serving_api.routers.auth import _password_matches
 from serving_api.security import Permission
 
-router = APIRouter(prefix="/auth", tags=["account"], responses=error_responses(400, 401, 422, 429, 500, 503))
+router = APIRouter(prefix="/auth", tags=["account"], responses=error_responses(400, 401, 403, 409, 422, 429, 500, 503))
 _LINK_ERRORS = {
     "link_invalid": "the link is not valid",
     "link_used": "the link was already used",
@@ -199,7 +199,22 @@ async def change_password(request: Request, principal: User, body: PasswordChang
             )
         return tokens
 
-    return await throttled(request, profile["email"], ip, attempt)
+    _signed_in_check_allowed(request, principal)
+    return await attempt()
+
+
+def _signed_in_check_allowed(request: Request, principal: Principal) -> None:
+    """Credential checks by a signed-in caller (current password, MFA codes): at most 5 a minute per user, so
+    a stolen access token cannot guess them quickly, without touching the owner's login throttle."""
+    wait = api_state(request).limiter.retry_after(f"credential-check:{principal.subject_id}", 5)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many credential checks; try again later",
+            {"retry_after": wait},
+            headers={"Retry-After": str(wait)},
+        )
 
 
 @router.post(
@@ -221,7 +236,7 @@ async def forgot_password(request: Request, body: PasswordForgot, background: Ba
             headers={"Retry-After": str(wait)},
         )
     if not identity.mail_configured(state):
-        raise ApiError(503, "mail_not_configured", "password reset by e-mail is not configured")
+        raise ApiError(409, "mail_not_configured", "password reset by e-mail is not configured")
     email = body.email.strip().lower()
     # At most two reset e-mails per account per minute, whoever asks (silently: the answer stays the same).
     if state.limiter.retry_after(f"password-reset:{email}", 2) is not None:
@@ -332,14 +347,15 @@ async def _with_code(request: Request, principal: Principal, code: str, *, confi
         async with state.pool.connection() as conn:
             factor = await identity.check_second_factor(conn, principal.subject_id, code, confirm=confirm)
             await conn.execute(
-                "SELECT api_auth.record_factor(%s, %s, %s, %s)", (email[0], ip, factor or "totp", factor is not None)
+                "SELECT api_auth.record_factor(%s, %s, 'mfa_manage', %s)", (email[0], ip, factor is not None)
             )
             if factor is None:
                 await conn.commit()
                 raise ApiError(401, "invalid_mfa_code", "the code is wrong, expired or already used")
             return await then(conn)
 
-    return await throttled(request, email[0], ip, attempt)
+    _signed_in_check_allowed(request, principal)
+    return await attempt()
 
 
 @router.post(

@@ -20,7 +20,11 @@ well_known = APIRouter(tags=["auth"])
 @well_known.get(
     "/.well-known/jwks.json",
     summary="Public keys verifying access tokens (RS256, by `kid`), for other services",
-    responses=error_responses(500),
+    response_class=Response,
+    responses={
+        200: {"content": {"application/jwk-set+json": {"schema": {"type": "object"}}}, "description": "JWK set"},
+        **error_responses(500),
+    },
 )
 async def jwks(request: Request) -> Response:
     body = json.dumps(api_state(request).token_keys.jwks())

@@ -51,7 +51,7 @@ _INVITATION_COLUMNS = (
 async def invite_user(session: Admin, body: InvitationCreate) -> InvitationOut:
     state = session.state
     if not identity.mail_configured(state):
-        raise ApiError(503, "mail_not_configured", "no SMTP server is configured (OPTIBID_MAIL_SMTP_HOST)")
+        raise ApiError(409, "mail_not_configured", "no SMTP server is configured (OPTIBID_MAIL_SMTP_HOST)")
     email = body.email.strip().lower()
     conn = await session.conn()
     row = await (await conn.execute("SELECT count(*) FROM api_auth.login_profile(%s)", (email,))).fetchone()
@@ -309,9 +309,18 @@ async def get_provider(session: Admin) -> OidcProviderOut:
 @router.put(
     "/oidc-provider",
     response_model=OidcProviderOut,
-    summary="Configure OIDC single sign-on (the client secret is stored encrypted and never shown again)",
+    summary="Configure OIDC single sign-on (the issuer's discovery document must answer; the client secret is "
+    "stored encrypted and never shown again)",
+    responses=error_responses(409),
 )
 async def put_provider(session: Admin, body: OidcProviderIn) -> OidcProviderOut:
+    if body.enabled:
+        from serving_api.routers.sso import provider_discovery
+
+        try:
+            await provider_discovery(session.state, body.issuer.rstrip("/"), refresh=True)
+        except ApiError as exc:
+            raise ApiError(422, "invalid_provider", f"issuer: discovery failed: {exc.message}") from exc
     sealed = security.seal(session.state.jwt_secret, body.client_secret) if body.client_secret else None
     conn = await session.conn()
     rows = await repository.rows_of(

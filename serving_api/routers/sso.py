@@ -61,7 +61,7 @@ async def _fetch_json(state: ApiState, method: str, url: str, **kwargs: Any) -> 
                 if len(body) > _MAX_DOCUMENT_BYTES:
                     raise ProviderError(f"{url}: response larger than {_MAX_DOCUMENT_BYTES} bytes")
             status = response.status_code
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         raise ProviderError(f"identity provider unreachable ({type(exc).__name__})") from exc
     try:
         document = httpx.Response(status, content=body).json()
@@ -86,8 +86,9 @@ async def _cached(state: ApiState, url: str, refresh: bool = False) -> dict[str,
     return document
 
 
-async def _discovery(state: ApiState, issuer: str) -> dict[str, Any]:
-    doc = await _cached(state, f"{issuer}/.well-known/openid-configuration")
+async def provider_discovery(state: ApiState, issuer: str, refresh: bool = False) -> dict[str, Any]:
+    """The issuer's discovery document, checked (cached); ProviderError when it is unusable."""
+    doc = await _cached(state, f"{issuer}/.well-known/openid-configuration", refresh=refresh)
     if doc.get("issuer", "").rstrip("/") != issuer:
         raise ProviderError("the provider's discovery document names another issuer")
     for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
@@ -127,7 +128,7 @@ def _pkce_pair() -> tuple[str, str]:
 async def sso_login(request: Request, org_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]):
     state = api_state(request)
     provider = await _provider(state, org_id)
-    doc = await _discovery(state, provider["issuer"])
+    doc = await provider_discovery(state, provider["issuer"])
     login_state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     verifier, challenge = _pkce_pair()
     assert state.pool is not None
@@ -239,7 +240,7 @@ async def sso_callback(
     if not code:
         raise ApiError(400, "invalid_input", "code: missing")
     provider = await _provider(state, login["org_id"])
-    doc = await _discovery(state, provider["issuer"])
+    doc = await provider_discovery(state, provider["issuer"])
     form = {
         "grant_type": "authorization_code",
         "code": code,
@@ -363,7 +364,7 @@ async def sso_logout(request: Request, body: RefreshRequest) -> EndSession:
         return EndSession()
     try:
         provider = await _provider(state, session["org_id"])
-        doc = await _discovery(state, provider["issuer"])
+        doc = await provider_discovery(state, provider["issuer"])
     except ApiError:
         return EndSession()  # the OptiBid session is over either way
     endpoint = doc.get("end_session_endpoint")

@@ -152,7 +152,7 @@ class OidcProvider:
                 pass
 
         class CodeGrant(AuthorizationCodeGrant):
-            TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+            TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "none")
 
             def save_authorization_code(self, code, request):
                 payload = request.payload.data
