@@ -128,11 +128,22 @@ def test_logout_ends_the_session_and_points_to_the_providers_end_session(client,
     assert resp.status_code == 200 and resp.json()["end_session_url"] is None
 
 
-def test_a_provider_that_is_down_is_a_clear_503(client, oidc_provider, sso_admin):
+def test_an_unreachable_provider_is_refused_on_save_and_a_clear_503_at_login(client, oidc_provider, sso_admin):
+    from tests.identity.oidc_provider import OidcProvider
+
     admin = sso_admin
     body = client.get(f"{V1}/oidc-provider", headers=bearer(admin)).json()
     dead = {"issuer": "http://127.0.0.1:9", "client_id": CLIENT_ID, "group_roles": body["group_roles"]}
-    assert client.put(f"{V1}/oidc-provider", json=dead, headers=bearer(admin)).status_code == 200
+    resp = client.put(f"{V1}/oidc-provider", json=dead, headers=bearer(admin))
+    assert resp.status_code == 422 and resp.json()["code"] == "invalid_provider"
+    assert client.get(f"{V1}/oidc-provider", headers=bearer(admin)).json()["issuer"] == oidc_provider.issuer
+
+    # A provider that answered when it was saved and is down later.
+    short_lived = OidcProvider()
+    moved = {"issuer": short_lived.issuer, "client_id": CLIENT_ID, "group_roles": body["group_roles"]}
+    assert client.put(f"{V1}/oidc-provider", json=moved, headers=bearer(admin)).status_code == 200
+    short_lived.close()
+    client.app.state.api.oidc_metadata.clear()  # as after the discovery cache's hour
     try:
         resp = client.get(f"{V1}/auth/sso/org_sso/login", follow_redirects=False)
         assert resp.status_code == 503 and resp.json()["code"] == "identity_provider_error"
