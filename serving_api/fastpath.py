@@ -13,15 +13,17 @@ target needs no re-validation. Everything else falls through to the full app unt
 produces the answer (every error shape included) itself: credentials not provable from memory (unknown or
 wrong API key, a key not looked up within `api_key_cache_seconds`, an invalid, expired or revoked token,
 the listener down), a role without the permission, a miss or an invalidated partition, an exhausted
-rate-limit bucket, requests with an `Origin` header (CORS), and any method but GET. The decision is made
-without awaiting anything, and the rate-limit token is taken last, only when this path answers, so a
-request that falls through is never charged twice.
+rate-limit bucket, requests with an `Origin` header (CORS), and any method but GET. The decision awaits
+nothing but, at most once a minute per user session and process, the record of that session's use (which
+ends a session past its idle or absolute limit, `deps.touch_session`); the rate-limit token is taken last,
+only when this path answers, so a request that falls through is never charged twice.
 """
 
 from __future__ import annotations
 
 import time
 
+import psycopg
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -88,8 +90,8 @@ class CachedReadFastPath:
         if principal is not None and principal.family_id and session_touch_due(state, principal.family_id):
             try:
                 await touch_session(state, principal.family_id)  # once a minute per session: its timeouts
-            except ApiError:
-                principal = None  # the route answers 401 (the session is now known to be revoked)
+            except (ApiError, psycopg.Error, OSError):
+                principal = None  # the route answers: 401 (the session is now known to be revoked), or 503
         if principal is None:
             return None
         target = (principal.org_id, *request_target(scope))
