@@ -285,3 +285,20 @@ def test_alg_confusion_between_the_token_formats_is_refused(app_client):
     genuine = jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid})
     assert state.token_keys.claims_of(genuine) is not None
     assert all(state.token_keys.claims_of(t) is None for t in forged)
+
+
+# --- second factors and SSO state are out of the API role's reach -----------------------------------------
+def test_mfa_secrets_and_sso_state_are_readable_only_through_definer_functions(app_client):
+    from psycopg import errors
+
+    state = app_client.app.state.api
+
+    async def run(query: str) -> None:
+        async with state.pool.connection() as conn:
+            await conn.execute(query)
+
+    for table in ("user_mfa", "mfa_recovery_codes", "mfa_challenges", "oidc_states", "oidc_used_nonces"):
+        with pytest.raises(errors.InsufficientPrivilege):
+            app_client.portal.call(run, f"SELECT count(*) FROM ops.{table}")
+    with pytest.raises(errors.InsufficientPrivilege):
+        app_client.portal.call(run, "UPDATE ops.sessions SET revoked_at = NULL")
