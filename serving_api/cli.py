@@ -73,7 +73,9 @@ def create_user(database_url: str, org_id: str, email: str, role: str, password:
     return user_id
 
 
-def create_api_key(database_url: str, org_id: str, name: str, role: str, rate_limit_per_minute: int = 600) -> str:
+def create_api_key(
+    database_url: str, org_id: str, name: str, role: str, rate_limit_per_minute: int = 600
+) -> str:
     """The new key (shown once; only its digest is stored)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")

@@ -70,7 +70,9 @@ async def _family_revoked(state: ApiState, family_id: str) -> bool:
     return bool(row and row[0])
 
 
-def _cached_api_key_row(state: ApiState, prefix: str, now: float) -> tuple[float, dict[str, Any] | None] | None:
+def _cached_api_key_row(
+    state: ApiState, prefix: str, now: float
+) -> tuple[float, dict[str, Any] | None] | None:
     cached = state.api_keys.get(prefix)
     if cached is None or now - cached[0] > state.options.api_key_cache_seconds:
         return None

@@ -24,7 +24,9 @@ class ErrorResponse(BaseModel):
 
     code: str = Field(description="Stable machine-readable error code, e.g. `not_found`, `rate_limited`.")
     message: str = Field(description="Human-readable explanation.")
-    details: dict[str, Any] | list[Any] | None = Field(default=None, description="Structured context, if any.")
+    details: dict[str, Any] | list[Any] | None = Field(
+        default=None, description="Structured context, if any."
+    )
 
 
 class ApiError(Exception):
@@ -97,7 +99,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _data_error(_: Request, exc: psycopg.errors.DataError) -> JSONResponse:
         # Values Postgres refuses (out-of-range timestamps, NUL bytes): the caller's input, not our bug.
         log.info("rejected input: %s", exc.__class__.__name__)
-        return JSONResponse(error_body("invalid_input", "a parameter value is out of range or malformed"), 400)
+        return JSONResponse(
+            error_body("invalid_input", "a parameter value is out of range or malformed"), 400
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -122,7 +126,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     for status in statuses:
         entry: dict[str, Any] = {"model": ErrorResponse, "description": descriptions.get(status, "Error")}
         if status == 429:
-            entry["headers"] = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            }
         out[status] = entry
     return out
 

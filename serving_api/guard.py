@@ -115,7 +115,9 @@ class RequestGuard:
             # Read outside a route (no exception handler saw it): answer here if nothing was sent yet.
             if started:
                 raise
-            await _reject(send, 413, "payload_too_large", exc.detail, {"field": "body", "limit_bytes": exc.limit})
+            await _reject(
+                send, 413, "payload_too_large", exc.detail, {"field": "body", "limit_bytes": exc.limit}
+            )
 
 
 async def _reject(

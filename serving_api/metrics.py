@@ -24,7 +24,9 @@ class ApiMetrics:
             ["route", "status"],
             registry=self.registry,
         )
-        self.ws_clients = Gauge("optibid_api_websocket_clients", "Connected WebSocket clients", registry=self.registry)
+        self.ws_clients = Gauge(
+            "optibid_api_websocket_clients", "Connected WebSocket clients", registry=self.registry
+        )
         self.ws_dropped = Counter(
             "optibid_api_websocket_dropped_total",
             "WebSocket clients dropped for falling behind",
@@ -70,7 +72,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             template = route_template(scope, self.prefix)
-            self.metrics.latency.labels(scope["method"], template, str(status)).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - start
+            )
             if status >= 400:
                 self.metrics.errors.labels(template, str(status)).inc()
 

@@ -55,7 +55,9 @@ SERVED_TABLES: dict[str, Dataset] = {
             ("ts_utc", "zone", "market"),
             ("zone", "market"),
         ),
-        Dataset("prices_5min", "gold.fct_prices_5min", "ts_utc", ("ts_utc", "zone", "node"), ("zone", "node")),
+        Dataset(
+            "prices_5min", "gold.fct_prices_5min", "ts_utc", ("ts_utc", "zone", "node"), ("zone", "node")
+        ),
         Dataset("load_hourly", "gold.fct_load_hourly", "ts_utc", ("ts_utc", "zone"), ("zone",)),
         Dataset(
             "generation_hourly",
@@ -113,7 +115,9 @@ SERVED_TABLES: dict[str, Dataset] = {
             date_col=None,
         ),
         # infra/sql/040_uploads.sql
-        Dataset("uploads", "ops.uploads", "created_at", ("created_at", "id"), ("status", "id"), date_col=None),
+        Dataset(
+            "uploads", "ops.uploads", "created_at", ("created_at", "id"), ("status", "id"), date_col=None
+        ),
     ]
 }
 
@@ -157,7 +161,9 @@ async def table_columns(state: ApiState, conn: AsyncConnection, dataset: Dataset
             f"{dataset.table} has org_id but no row-level security; refusing to serve it",
         )
     if dataset.time_col not in columns or not set(dataset.order_cols) <= set(columns):
-        raise ApiError(503, "dataset_schema_mismatch", f"{dataset.table} lacks a column the API orders or filters by")
+        raise ApiError(
+            503, "dataset_schema_mismatch", f"{dataset.table} lacks a column the API orders or filters by"
+        )
     return columns
 
 
@@ -201,7 +207,9 @@ def decode_cursor(cursor: str, types: Sequence[str]) -> list[Any]:
             else:
                 raise ValueError
     except (ValueError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is malformed; use next_cursor from a previous page") from exc
+        raise ApiError(
+            400, "invalid_cursor", "cursor is malformed; use next_cursor from a previous page"
+        ) from exc
     return out
 
 
@@ -331,7 +339,9 @@ async def assets(conn: AsyncConnection, zone: str | None) -> list[dict[str, Any]
     )
 
 
-async def kpi_catalog(state: ApiState, conn: AsyncConnection, code: str | None = None) -> list[dict[str, Any]]:
+async def kpi_catalog(
+    state: ApiState, conn: AsyncConnection, code: str | None = None
+) -> list[dict[str, Any]]:
     table = Dataset("kpi_catalog", "gold.kpi_catalog", "kpi_code", ("kpi_code",), date_col=None)
     await table_columns(state, conn, table)
     rows = await rows_of(
@@ -371,7 +381,8 @@ async def audit(
 ) -> None:
     """Append to ops.audit_log in the caller's transaction (so it commits or rolls back with the write)."""
     await conn.execute(
-        "INSERT INTO ops.audit_log (org_id, actor, action, target, details) VALUES (%s, %s, %s, %s, %s::jsonb)",
+        "INSERT INTO ops.audit_log (org_id, actor, action, target, details)"
+        " VALUES (%s, %s, %s, %s, %s::jsonb)",
         (org_id, actor, action, target, json.dumps(details or {})),
     )
 

@@ -203,6 +203,7 @@ def kpi_message(key: tuple[str, str, str], rows: list[dict[str, Any]]) -> dict[s
         "zone": zone,
         "grain": grain,
         "values": [
-            {"period_start": r["period_start"], "market_date": r["market_date"], "value": r["value"]} for r in rows
+            {"period_start": r["period_start"], "market_date": r["market_date"], "value": r["value"]}
+            for r in rows
         ],
     }

@@ -36,7 +36,9 @@ class TableParams:
 
 
 async def table_params(
-    from_: Annotated[datetime | None, Query(alias="from", description="Inclusive start (UTC if no offset)")] = None,
+    from_: Annotated[
+        datetime | None, Query(alias="from", description="Inclusive start (UTC if no offset)")
+    ] = None,
     to: Annotated[datetime | None, Query(description="Exclusive end (UTC if no offset)")] = None,
     fields: Annotated[
         str | None,
@@ -54,7 +56,9 @@ async def table_params(
     t_from, t_to = _utc(from_), _utc(to)
     if t_from and t_to and t_from > t_to:
         raise ApiError(400, "invalid_range", "`from` must not be after `to`")
-    return TableParams(t_from, t_to, tuple(fields.split(",")) if fields else None, limit, cursor or None, format)
+    return TableParams(
+        t_from, t_to, tuple(fields.split(",")) if fields else None, limit, cursor or None, format
+    )
 
 
 async def _closing(body: AsyncIterator[bytes], conn: psycopg.AsyncConnection) -> AsyncIterator[bytes]:
@@ -95,7 +99,9 @@ async def tabular_response(
 ) -> Response:
     """A JSON page (cached when immutable) or a streamed export; `precheck` runs unless served from cache."""
     state = api_state(request)
-    query = TableQuery(dataset, filters, params.t_from, params.t_to, params.fields, params.limit, params.cursor)
+    query = TableQuery(
+        dataset, filters, params.t_from, params.t_to, params.fields, params.limit, params.cursor
+    )
     if params.format != "json":
         if not session.principal.can(Permission.export):
             raise ApiError(403, "forbidden", f"role '{session.principal.role}' lacks permission 'export'")

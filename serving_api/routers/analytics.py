@@ -50,7 +50,9 @@ CLICKHOUSE_QUERY_SETTINGS = {
     "readonly": 1,
 }
 
-Zones = Annotated[str | None, Query(pattern=ZONES_PATTERN, description="Comma-separated zones; all if omitted")]
+Zones = Annotated[
+    str | None, Query(pattern=ZONES_PATTERN, description="Comma-separated zones; all if omitted")
+]
 
 
 class AnomalyRow(BaseModel):
@@ -167,7 +169,9 @@ def _run(settings: Settings, org_id: str, spec: bi.TableSpec, query: Any, **kwar
             ) from None
         raise
     except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
-        raise ApiError(503, "clickhouse_unavailable", f"ClickHouse is unreachable: {type(exc).__name__}") from None
+        raise ApiError(
+            503, "clickhouse_unavailable", f"ClickHouse is unreachable: {type(exc).__name__}"
+        ) from None
     finally:
         client.disconnect()
 
@@ -177,7 +181,9 @@ def _zones(zones: str | None) -> list[str] | None:
         return None
     listed = zones.split(",")
     if len(listed) > MAX_ZONES:
-        raise ApiError(400, "invalid_parameter", f"zones: {len(listed)} zones; at most {MAX_ZONES}", {"field": "zones"})
+        raise ApiError(
+            400, "invalid_parameter", f"zones: {len(listed)} zones; at most {MAX_ZONES}", {"field": "zones"}
+        )
     return listed
 
 

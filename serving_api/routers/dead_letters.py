@@ -50,7 +50,9 @@ class DeadLetter(BaseModel):
 
 class DeadLetterPage(Page):
     data: list[DeadLetter]
-    withheld: int = Field(description="Letters in the selection whose organization cannot be determined (not served).")
+    withheld: int = Field(
+        description="Letters in the selection whose organization cannot be determined (not served)."
+    )
 
 
 def _image_org(value_b64: str | None) -> tuple[bool, str | None]:
@@ -142,7 +144,9 @@ async def cdc_dead_letters(
     ] = None,
 ):
     if principal.role not in _ROLES:
-        raise ApiError(403, "forbidden", f"role '{principal.role}' may not read dead letters (admin, analyst)")
+        raise ApiError(
+            403, "forbidden", f"role '{principal.role}' may not read dead letters (admin, analyst)"
+        )
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     after = decode_cursor(cursor, ["timestamptz", "text", "integer", "bigint"]) if cursor else None

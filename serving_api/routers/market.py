@@ -38,10 +38,14 @@ async def prices(
         return await tabular_response(
             request, session, SERVED_TABLES["prices_hourly"], {"zone": zone, "market": market}, params
         )
-    return await tabular_response(request, session, SERVED_TABLES["prices_5min"], {"zone": zone, "node": node}, params)
+    return await tabular_response(
+        request, session, SERVED_TABLES["prices_5min"], {"zone": zone, "node": node}, params
+    )
 
 
-@router.get("/load", response_model=SeriesPage, responses=tabular_responses(SeriesPage), summary="Hourly load")
+@router.get(
+    "/load", response_model=SeriesPage, responses=tabular_responses(SeriesPage), summary="Hourly load"
+)
 async def load(request: Request, session: Session, params: Params, zone: ZoneQuery = None):
     return await tabular_response(request, session, SERVED_TABLES["load_hourly"], {"zone": zone}, params)
 

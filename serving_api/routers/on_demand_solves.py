@@ -109,7 +109,9 @@ class StorageRequest(_Request):
     @classmethod
     def _size(cls, value: StorageDispatchInput) -> StorageDispatchInput:
         if value.price_quantiles and len(value.price_quantiles) > MAX_QUANTILES:
-            raise ValueError(f"input.price_quantiles has {len(value.price_quantiles)} paths; at most {MAX_QUANTILES}")
+            raise ValueError(
+                f"input.price_quantiles has {len(value.price_quantiles)} paths; at most {MAX_QUANTILES}"
+            )
         return value
 
 
@@ -123,7 +125,9 @@ class BidsRequest(_Request):
         if assets > MAX_ASSETS:
             raise ValueError(f"input has {assets} assets; at most {MAX_ASSETS} per request")
         if len(value.price_quantiles) > MAX_QUANTILES:
-            raise ValueError(f"input.price_quantiles has {len(value.price_quantiles)} paths; at most {MAX_QUANTILES}")
+            raise ValueError(
+                f"input.price_quantiles has {len(value.price_quantiles)} paths; at most {MAX_QUANTILES}"
+            )
         if value.hours > MAX_HOURS:
             raise ValueError(f"input.price_quantiles covers {value.hours} hours; at most {MAX_HOURS}")
         return value
@@ -141,7 +145,9 @@ class UnitCommitmentRequest(_Request):
 
 
 class OptimizeResponse(BaseModel):
-    run_id: str = Field(description="Stored in ml.optimization_runs; GET /optimization/runs?run_id=… reads it.")
+    run_id: str = Field(
+        description="Stored in ml.optimization_runs; GET /optimization/runs?run_id=… reads it."
+    )
     problem: Literal["storage_dispatch", "bid_curves", "unit_commitment"]
     status: str
     objective: float | None
@@ -170,7 +176,8 @@ def explanations_of(result: BaseModel) -> list[str]:
         return [d.detail for d in result.diagnostics]
     return [
         f"hour {s.hour}: {s.committed_capacity_mw:g} MW committed for load {s.load_mw:g} MW + reserve "
-        f"{s.reserve_mw:g} MW" + (f", marginal price {s.marginal_price:.2f}" if s.marginal_price is not None else "")
+        f"{s.reserve_mw:g} MW"
+        + (f", marginal price {s.marginal_price:.2f}" if s.marginal_price is not None else "")
         for s in result.system
     ]
 

@@ -53,7 +53,9 @@ async def optimization_results(
     kind: Annotated[Literal["storage_schedules", "bid_curves", "unit_commitment"], Path()],
     params: Params,
     run_id: IdQuery = None,
-    asset_id: Annotated[str | None, Query(pattern=CODE_PATTERN, description="asset (unit for unit_commitment)")] = None,
+    asset_id: Annotated[
+        str | None, Query(pattern=CODE_PATTERN, description="asset (unit for unit_commitment)")
+    ] = None,
 ):
     filters = {"run_id": run_id, ("unit_id" if kind == "unit_commitment" else "asset_id"): asset_id}
     return await tabular_response(request, session, SERVED_TABLES[kind], filters, params)

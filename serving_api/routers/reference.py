@@ -22,10 +22,14 @@ async def zones(session: Annotated[OrgSession, Depends(scoped(Permission.market_
 
 
 @router.get("/nodes", response_model=list[Node], summary="Pricing nodes, optionally of one zone")
-async def nodes(session: Annotated[OrgSession, Depends(scoped(Permission.market_read))], zone: ZoneQuery = None):
+async def nodes(
+    session: Annotated[OrgSession, Depends(scoped(Permission.market_read))], zone: ZoneQuery = None
+):
     return await repository.nodes(await session.conn(), zone)
 
 
 @router.get("/assets", response_model=list[Asset], summary="Assets of the caller's organization")
-async def assets(session: Annotated[OrgSession, Depends(scoped(Permission.org_read))], zone: ZoneQuery = None):
+async def assets(
+    session: Annotated[OrgSession, Depends(scoped(Permission.org_read))], zone: ZoneQuery = None
+):
     return await repository.assets(await session.conn(), zone)

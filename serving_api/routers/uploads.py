@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 INLINE_MAX_BYTES = 8 * 1024 * 1024
 # Multipart framing (boundaries, part headers) on top of the file itself.
 _MULTIPART_OVERHEAD = 64 * 1024
-_QUARANTINE = Dataset("quarantine", "ops.quarantine", "created_at", ("upload_id", "id"), ("upload_id",), date_col=None)
+_QUARANTINE = Dataset(
+    "quarantine", "ops.quarantine", "created_at", ("upload_id", "id"), ("upload_id",), date_col=None
+)
 _QUARANTINE_FIELDS = ("id", "row_number", "sheet", "raw_text", "raw_json", "reason")
 _UPLOAD_ID = PathParam(ge=1, le=2**63 - 1)
 _LIST_FIELDS = (
@@ -225,7 +227,9 @@ async def _spooled_file(request: Request, spool_path: Path, max_bytes: int) -> _
     content_type, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with the file in a field named `file`")
+        raise ApiError(
+            415, "unsupported_media_type", "send multipart/form-data with the file in a field named `file`"
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + _MULTIPART_OVERHEAD:
         raise _too_large(max_bytes)
@@ -331,7 +335,9 @@ async def create_upload(request: Request, session: Writer, background: Backgroun
             lake=lake_from_settings(settings),
         )
     else:
-        report = await asyncio.to_thread(files.upload_report, receipt.upload_id, database_url=state.database_url)
+        report = await asyncio.to_thread(
+            files.upload_report, receipt.upload_id, database_url=state.database_url
+        )
     await repository.audit(
         await session.conn(),
         org_id,
@@ -403,7 +409,9 @@ async def _visible_upload(session: OrgSession, upload_id: int) -> dict[str, Any]
 )
 async def upload_status(request: Request, session: Session, upload_id: Annotated[int, _UPLOAD_ID]):
     await _visible_upload(session, upload_id)
-    report = await asyncio.to_thread(files.upload_report, upload_id, database_url=api_state(request).database_url)
+    report = await asyncio.to_thread(
+        files.upload_report, upload_id, database_url=api_state(request).database_url
+    )
     return _report_response(report, 200)
 
 

@@ -62,12 +62,16 @@ async def kpi_stream(websocket: WebSocket, code: str) -> None:
     # Subscribe before reading the backlog so nothing committed in between is missed.
     sub = hub.subscribe(code, zone, grain, principal.org_id)
     state.metrics.ws_clients.inc()
-    sender = asyncio.create_task(_send_loop(websocket, state, sub, code, zone, grain, principal.org_id, since))
+    sender = asyncio.create_task(
+        _send_loop(websocket, state, sub, code, zone, grain, principal.org_id, since)
+    )
     receiver = asyncio.create_task(_drain_client(websocket))
     dropped = asyncio.create_task(sub.dropped.wait())
     revoked = asyncio.create_task(_credentials_lost(state, token, api_key))
     try:
-        done, _ = await asyncio.wait({sender, receiver, dropped, revoked}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {sender, receiver, dropped, revoked}, return_when=asyncio.FIRST_COMPLETED
+        )
         if revoked in done and not revoked.cancelled() and revoked.exception() is None:
             sender.cancel()
             with contextlib.suppress(Exception):
@@ -77,7 +81,9 @@ async def kpi_stream(websocket: WebSocket, code: str) -> None:
         if dropped in done:
             sender.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(websocket.close(code=1013, reason="client too slow; resume with since"), 1)
+                await asyncio.wait_for(
+                    websocket.close(code=1013, reason="client too slow; resume with since"), 1
+                )
     finally:
         for task in (sender, receiver, dropped, revoked):
             task.cancel()
@@ -115,7 +121,9 @@ async def _send_loop(websocket, state, sub, code, zone, grain, org_id, since) ->
         async with state.pool.connection() as conn, conn.transaction():
             await set_org_scope(conn, org_id)
             # `since` is the last period the client has: resume strictly after it.
-            rows = await repository.kpi_values_between(conn, code, zone, grain, since + timedelta(microseconds=1), None)
+            rows = await repository.kpi_values_between(
+                conn, code, zone, grain, since + timedelta(microseconds=1), None
+            )
         if rows:
             await websocket.send_json({**kpi_message((code, zone, grain), rows), "backlog": True})
     heartbeat = state.options.ws_heartbeat_seconds

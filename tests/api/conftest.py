@@ -75,7 +75,11 @@ def _seed(conn) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO gold.fct_prices_hourly VALUES (%s, %s, %s, 'DA', 'USD', %s, %s, %s, 12)",
-            [(z, t, t.date(), 30.0 + i, 20.0 + i, 40.0 + i) for z in ("PJM", "NP") for i, t in enumerate(hours)],
+            [
+                (z, t, t.date(), 30.0 + i, 20.0 + i, 40.0 + i)
+                for z in ("PJM", "NP")
+                for i, t in enumerate(hours)
+            ],
         )
         cur.executemany(
             "INSERT INTO gold.fct_prices_5min VALUES ('PJM_N1', 'PJM', %s, %s, %s)",

@@ -29,14 +29,21 @@ def test_refresh_rotation_reuse_detection_and_revocation(client):
     # replaying the rotated token: the family is revoked, including the newest tokens
     reuse = client.post(f"{V1}/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert reuse.status_code == 401 and reuse.json()["code"] == "refresh_token_reused"
-    assert client.post(f"{V1}/auth/refresh", json={"refresh_token": second["refresh_token"]}).status_code == 401
+    assert (
+        client.post(f"{V1}/auth/refresh", json={"refresh_token": second["refresh_token"]}).status_code == 401
+    )
     denied = client.get(f"{V1}/zones", headers=headers)
     assert denied.status_code == 401 and denied.json()["code"] == "token_revoked"
     # explicit logout
     third = login(client, "analyst@org_a.test").json()
     assert client.post(f"{V1}/auth/revoke", json={"refresh_token": third["refresh_token"]}).status_code == 200
-    assert client.get(f"{V1}/zones", headers={"Authorization": f"Bearer {third['access_token']}"}).status_code == 401
-    assert client.post(f"{V1}/auth/refresh", json={"refresh_token": third["refresh_token"]}).status_code == 401
+    assert (
+        client.get(f"{V1}/zones", headers={"Authorization": f"Bearer {third['access_token']}"}).status_code
+        == 401
+    )
+    assert (
+        client.post(f"{V1}/auth/refresh", json={"refresh_token": third["refresh_token"]}).status_code == 401
+    )
 
 
 def test_backoff_after_five_failures_never_refuses_the_right_password_for_long(client, api_database):
@@ -90,11 +97,16 @@ def test_role_permissions(client, auth):
         resp = client.get(V1 + path, headers=viewer)
         assert resp.status_code == 403 and resp.json()["code"] == "forbidden", path
     assert client.get(f"{V1}/prices", params={**window(), "format": "csv"}, headers=viewer).status_code == 403
-    assert client.get(f"{V1}/prices", params={**window(), "format": "csv"}, headers=analyst).status_code == 200
+    assert (
+        client.get(f"{V1}/prices", params={**window(), "format": "csv"}, headers=analyst).status_code == 200
+    )
     assert client.get(f"{V1}/assets", headers=trader).status_code == 200
     for headers in (analyst, trader):
         assert client.get(f"{V1}/users", headers=headers).status_code == 403
-        assert client.post(f"{V1}/api-keys", json={"name": "x", "role": "admin"}, headers=headers).status_code == 403
+        assert (
+            client.post(f"{V1}/api-keys", json={"name": "x", "role": "admin"}, headers=headers).status_code
+            == 403
+        )
 
 
 def test_password_policy():

@@ -21,7 +21,9 @@ TICKS = f"t{RUN}.market.ticks"
 
 def _envelope(op: str, org: str, n: int) -> bytes:
     after = {"bid_id": f"b{n}", "org_id": org, "zone": "PJM", "price": 40.0 + n, "quantity_mw": 1.0}
-    return json.dumps({"op": op, "after": after, "before": None, "source": {"ts_ms": 1, "table": "bids"}}).encode()
+    return json.dumps(
+        {"op": op, "after": after, "before": None, "source": {"ts_ms": 1, "table": "bids"}}
+    ).encode()
 
 
 def _write(lake, topic: str, values: list[bytes]) -> None:
@@ -35,7 +37,9 @@ def _write(lake, topic: str, values: list[bytes]) -> None:
     route = route_for(topic)
     decoded = decode_records(raw, route, {}, BatchContext(uuid.uuid4().hex, datetime.now(UTC), {0: 0}))
     assert decoded.dead_letters.num_rows == len(values)
-    BronzeTables(lake).append(DEAD_LETTERS_TABLE, decoded.dead_letters, topic_offsets={(topic, 0): len(values) - 1})
+    BronzeTables(lake).append(
+        DEAD_LETTERS_TABLE, decoded.dead_letters, topic_offsets={(topic, 0): len(values) - 1}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,5 +108,7 @@ def test_other_organizations_letters_and_roles(client, auth, letters):
         params={"topic": TICKS, "since": since.isoformat()},
     )
     assert [r["topic"] for r in resp.json()["data"]] == [TICKS]
-    bad = client.get("/api/v1/ingestion/dead-letters", headers=auth("org_a", "admin"), params={"cursor": "abc"})
+    bad = client.get(
+        "/api/v1/ingestion/dead-letters", headers=auth("org_a", "admin"), params={"cursor": "abc"}
+    )
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_cursor"

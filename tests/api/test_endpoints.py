@@ -50,7 +50,9 @@ def test_prices_pages_with_cursor_and_fields(client, auth):
     seen = []
     cursor = None
     for _ in range(5):
-        resp = client.get(f"{V1}/prices", params={**params, **({"cursor": cursor} if cursor else {})}, headers=auth())
+        resp = client.get(
+            f"{V1}/prices", params={**params, **({"cursor": cursor} if cursor else {})}, headers=auth()
+        )
         assert resp.status_code == 200, resp.text
         page = resp.json()
         assert all(set(r) == {"ts_utc", "price_avg"} for r in page["data"])
@@ -75,7 +77,9 @@ def test_prices_5min_load_generation(client, auth):
 
 
 def test_unknown_field_and_bad_cursor_and_range(client, auth):
-    _error_shape(client.get(f"{V1}/prices", params={"fields": "price_avg,nope"}, headers=auth()), 400, "unknown_fields")
+    _error_shape(
+        client.get(f"{V1}/prices", params={"fields": "price_avg,nope"}, headers=auth()), 400, "unknown_fields"
+    )
     _error_shape(client.get(f"{V1}/prices", params={"cursor": "AAAA"}, headers=auth()), 400, "invalid_cursor")
     bad = {"from": DAY0.isoformat(), "to": (DAY0 - timedelta(days=1)).isoformat()}
     _error_shape(client.get(f"{V1}/prices", params=bad, headers=auth()), 400, "invalid_range")
@@ -95,7 +99,9 @@ def test_kpis(client, auth):
 
 
 def test_forecasts_with_intervals(client, auth):
-    page = client.get(f"{V1}/forecasts", params={**window(), "zone": "PJM", "target": "price"}, headers=auth()).json()
+    page = client.get(
+        f"{V1}/forecasts", params={**window(), "zone": "PJM", "target": "price"}, headers=auth()
+    ).json()
     assert page["count"] == 24
     row = page["data"][0]
     assert row["lo95"] <= row["lo80"] <= row["q50"] <= row["hi80"] <= row["hi95"]
@@ -179,10 +185,9 @@ def test_cache_hits_and_invalidation_on_rematerialization(pipeline):
     assert client.get(f"{V1}/prices", params=params, headers=headers).headers["x-cache"] == "hit"  # silver only
 
     assert materialize_gold(url, PRICE_MODELS).success
-    assert (
-        table_versions(url)[("gold.fct_prices_hourly", PARTITION)]
-        == versions[("gold.fct_prices_hourly", PARTITION)] + 1
-    )
+    assert table_versions(url)[("gold.fct_prices_hourly", PARTITION)] == versions[
+        ("gold.fct_prices_hourly", PARTITION)
+    ] + 1
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the bump reaches the app through its listener
         third = client.get(f"{V1}/prices", params=params, headers=headers)
@@ -209,9 +214,7 @@ def test_freshness_without_and_with_dagster_instance(client, auth, api_settings)
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition="2024-01-01"))
     instance.report_runless_asset_event(
         dg.AssetCheckEvaluation(
-            asset_key=key,
-            check_name="prices_within_caps",
-            passed=False,
+            asset_key=key, check_name="prices_within_caps", passed=False,
             # a sample of failing rows may hold one organization's values: only the counts reach the API
             metadata={"failed_expectations": 1, "failures": [{"org_id": "acme", "price": 123.4}]},
         )

@@ -60,7 +60,9 @@ def test_org_a_sees_nothing_of_org_b(client, auth):
 
 def test_explicit_filters_for_org_b_return_nothing(client, auth):
     headers = auth("org_a", "admin")
-    b_runs = client.get(f"{V1}/optimization/runs", params={"run_id": "storage_dispatch_org_b"}, headers=headers)
+    b_runs = client.get(
+        f"{V1}/optimization/runs", params={"run_id": "storage_dispatch_org_b"}, headers=headers
+    )
     assert b_runs.json()["count"] == 0
     for kind, run in (
         ("storage_schedules", "storage_dispatch"),
@@ -104,5 +106,7 @@ def test_sql_injection_in_every_filter(client, auth):
         assert resp.status_code in (404, 422), payload
         assert client.get(f"{V1}/uploads/{payload}", headers=headers).status_code in (404, 422)
     # the tables are intact and values never reached SQL as text
-    assert client.get(f"{V1}/prices", params={**window(), "zone": "PJM"}, headers=headers).json()["count"] == 48
+    assert (
+        client.get(f"{V1}/prices", params={**window(), "zone": "PJM"}, headers=headers).json()["count"] == 48
+    )
     assert len(client.get(f"{V1}/users", headers=headers).json()) >= 4

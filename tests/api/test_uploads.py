@@ -58,7 +58,9 @@ def csv_upload(client, auth):
     return resp.json()
 
 
-def test_csv_lands_good_rows_and_quarantines_bad_ones_with_row_and_reason(client, auth, api_settings, csv_upload):
+def test_csv_lands_good_rows_and_quarantines_bad_ones_with_row_and_reason(
+    client, auth, api_settings, csv_upload
+):
     up = csv_upload
     assert (up["status"], up["format"], up["dataset"]) == ("landed", "csv", "prices")
     assert (up["rows_read"], up["rows_landed"], up["rows_quarantined"]) == (4, 2, 2)
@@ -232,11 +234,16 @@ def test_request_that_is_not_multipart_is_415_and_missing_field_is_422(client, a
     resp = client.post("/api/v1/uploads", headers=headers, files={"other": ("x.csv", b"a,b\n1,2\n")})
     assert resp.status_code == 422 and resp.json()["code"] == "missing_file"
     assert (
-        client.post("/api/v1/uploads", headers=auth("org_a", "analyst"), files={"file": ("x", b"a")}).status_code == 403
+        client.post(
+            "/api/v1/uploads", headers=auth("org_a", "analyst"), files={"file": ("x", b"a")}
+        ).status_code
+        == 403
     )
 
 
-def test_big_file_is_accepted_with_202_and_processed_in_the_background(client, auth, api_settings, monkeypatch):
+def test_big_file_is_accepted_with_202_and_processed_in_the_background(
+    client, auth, api_settings, monkeypatch
+):
     from serving_api.routers import uploads as uploads_router
 
     monkeypatch.setattr(uploads_router, "INLINE_MAX_BYTES", 0)

@@ -119,12 +119,16 @@ def test_slow_client_is_dropped_not_buffered(api_settings, auth, api_database):
         while not server.started:
             time.sleep(0.05)
         fast = _Raw(port, f"/api/v1/ws/kpis/slow_kpi?zone=NP&grain=minute&access_token={_token(auth)}")
-        slow = _Raw(port, f"/api/v1/ws/kpis/slow_kpi?zone=NP&grain=minute&access_token={_token(auth)}", rcvbuf=4096)
+        slow = _Raw(
+            port, f"/api/v1/ws/kpis/slow_kpi?zone=NP&grain=minute&access_token={_token(auth)}", rcvbuf=4096
+        )
         hub = app.state.api.hub
         metrics = app.state.api.metrics
         start = DAY0 + timedelta(days=1)
         for i in range(200):  # each notification pushes a day of minute values (~100 kB)
-            _publish(api_database, "slow_kpi", None, start + timedelta(days=i % 2), 1440 if i == 0 else 0, 1.0)
+            _publish(
+                api_database, "slow_kpi", None, start + timedelta(days=i % 2), 1440 if i == 0 else 0, 1.0
+            )
             if i:
                 from infra import db
                 from infra.signals import notify_kpi_update

@@ -94,7 +94,9 @@ def test_export_assets_replicate_the_dbt_gold_day_with_parity(gold_url, ch_url):
     result = materialize_exports(gold_url, ch_url)
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.asset_key for e in evaluations} == {dg.AssetKey(["clickhouse", s.ch_table]) for s in TABLES.values()}
+    assert {e.asset_key for e in evaluations} == {
+        dg.AssetKey(["clickhouse", s.ch_table]) for s in TABLES.values()
+    }
     assert all(e.passed for e in evaluations)
     assert all(e.metadata["duplicate_keys"].value == 0 for e in evaluations)
     loaded = {
@@ -125,7 +127,9 @@ def test_export_assets_replicate_the_dbt_gold_day_with_parity(gold_url, ch_url):
                 {"d": DAY},
             )
             assert len(want) > 24
-            assert [(*r[:4], utc_naive(r[4]), r[5]) for r in want] == [(*r[:4], utc_naive(r[4]), r[5]) for r in got]
+            assert [(*r[:4], utc_naive(r[4]), r[5]) for r in want] == [
+                (*r[:4], utc_naive(r[4]), r[5]) for r in got
+            ]
             kpis = pg_rows(
                 pg,
                 "SELECT kpi_code, grain, zone, org_id, value FROM gold.kpi_values WHERE market_date = %s "
@@ -152,13 +156,17 @@ def test_export_assets_replicate_the_dbt_gold_day_with_parity(gold_url, ch_url):
                 assert duplicate_key_count(ch, spec, DAY) == 0
                 pg_n, ch_n = row_count_parity(pg, ch, spec, DAY)
                 assert pg_n == ch_n == counts[spec.pg_table][0] - (spec is FCT_PRICES_5MIN)
-            prices = ch.execute("SELECT min(price_avg) FROM fct_prices_hourly WHERE market_date = %(d)s", {"d": DAY})
+            prices = ch.execute(
+                "SELECT min(price_avg) FROM fct_prices_hourly WHERE market_date = %(d)s", {"d": DAY}
+            )
             assert prices[0][0] > 900
             updated = ch.execute(
                 "SELECT price_avg FROM fct_prices_hourly WHERE market_date = %(d)s ORDER BY price_avg",
                 {"d": DAY},
             )
-            assert [p for (p,) in updated] == pytest.approx([w[5] + 1000 for w in sorted(want, key=lambda r: r[5])])
+            assert [p for (p,) in updated] == pytest.approx(
+                [w[5] + 1000 for w in sorted(want, key=lambda r: r[5])]
+            )
     finally:
         ch.disconnect()
 
@@ -195,11 +203,16 @@ def test_parity_check_fails_when_clickhouse_has_extra_rows(gold_url, ch_url):
 def test_bi_access_asset_recreates_views_after_dbt_rebuilds_gold(gold_url, tmp_path: Path):
     from infra.dbt import run_dbt
 
-    config = {"ops": {"bi__access": {"config": {"reader_role": f"{PREFIX}reader", "org_role_prefix": PREFIX}}}}
+    config = {
+        "ops": {"bi__access": {"config": {"reader_role": f"{PREFIX}reader", "org_role_prefix": PREFIX}}}
+    }
     resources = {"warehouse": WarehouseResource(database_url=gold_url)}
 
     def views(conn: psycopg.Connection) -> set[str]:
-        return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'bi'")}
+        return {
+            r[0]
+            for r in conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'bi'")
+        }
 
     first = dg.materialize([bi_access], resources=resources, run_config=config)
     md = first.asset_materializations_for_node("bi__access")[0].metadata
@@ -269,7 +282,9 @@ def test_registry_matches_the_dbt_gold_tables(gold_url):
                 "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
                 (spec.pg_schema, spec.pg_table),
             ).fetchall()
-            assert [(n, t) for n, t, _ in built] == [(c.name, aliases.get(c.pg_type, c.pg_type)) for c in spec.columns]
+            assert [(n, t) for n, t, _ in built] == [
+                (c.name, aliases.get(c.pg_type, c.pg_type)) for c in spec.columns
+            ]
             # public rows (org_id) and zone prices (node) are NULL in dbt: Nullable in ClickHouse
             for name in ("org_id", "node"):
                 if name in spec.column_names:

@@ -62,7 +62,9 @@ def test_ensure_bi_roles_is_idempotent_and_comments_every_column(pg, roles):
     expected = {f"{s.bi_view}.{c.bi_name}" for s in TABLES.values() for c in s.columns}
     assert set(comments) == expected
     assert all(comments.values())
-    assert "currency per MWh" in pg.execute("SELECT obj_description('bi.prices_hourly'::regclass)").fetchone()[0]
+    assert (
+        "currency per MWh" in pg.execute("SELECT obj_description('bi.prices_hourly'::regclass)").fetchone()[0]
+    )
 
 
 def test_reader_sees_everything_and_writes_nothing(pg, roles, bi_pg_url):
@@ -89,7 +91,10 @@ def test_org_role_sees_public_and_own_rows_only(pg, roles, bi_pg_url):
         assert view == [(None,), ("acme",)]  # RLS applies through the view (security_invoker)
         # claiming another organisation's id does not widen what the role sees (restrictive binding policy)
         conn.execute("SET optibid.org_id = 'globex'")
-        assert conn.execute("SELECT org_id FROM gold.fct_prices_hourly WHERE org_id IS NOT NULL").fetchall() == []
+        assert (
+            conn.execute("SELECT org_id FROM gold.fct_prices_hourly WHERE org_id IS NOT NULL").fetchall()
+            == []
+        )
         assert conn.execute("SELECT kpi, kpi_value FROM bi.kpi_values").fetchall() == [("price_spread", 2)]
         conn.execute("RESET optibid.org_id")
         conn.execute("SET default_transaction_read_only = off")

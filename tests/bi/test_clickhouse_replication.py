@@ -64,7 +64,8 @@ def test_replicate_then_rematerialize_a_day_replaces_it(pg, ch):
     assert duplicate_key_count(ch, FCT_PRICES_HOURLY, D2) == 0
     got = ch_frame(ch, "fct_prices_hourly", D2).sort_values(["zone", "ts_utc"]).reset_index(drop=True)
     rows = pg.execute(
-        "SELECT zone, price_avg, org_id FROM gold.fct_prices_hourly WHERE market_date = %s ORDER BY zone, ts_utc",
+        "SELECT zone, price_avg, org_id FROM gold.fct_prices_hourly WHERE market_date = %s "
+        "ORDER BY zone, ts_utc",
         (D2,),
     ).fetchall()
     assert list(got["zone"]) == [r[0] for r in rows]

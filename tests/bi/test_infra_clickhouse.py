@@ -34,7 +34,10 @@ def test_embedded_server_is_reused_then_stopped(tmp_path):
     finally:
         assert stop_embedded_clickhouse(settings)
     assert not stop_embedded_clickhouse(settings)
-    assert clickhouse_url(Settings(home=tmp_path, clickhouse_url="clickhouse://h:9000/x")) == "clickhouse://h:9000/x"
+    assert (
+        clickhouse_url(Settings(home=tmp_path, clickhouse_url="clickhouse://h:9000/x"))
+        == "clickhouse://h:9000/x"
+    )
 
 
 def test_missing_binary_gives_the_install_command(tmp_path, monkeypatch):

@@ -28,10 +28,8 @@ def produce(
     partition: int | None = None,
 ) -> Produced:
     """Create `topic` if needed and send (key, value) pairs; the delivered (topic, partition, offset)s."""
-    return [
-        (t, p, o)
-        for t, p, o, _ in produce_with_values(bootstrap, topic, messages, partitions=partitions, partition=partition)
-    ]
+    return [(t, p, o) for t, p, o, _ in produce_with_values(bootstrap, topic, messages, partitions=partitions,
+                                                             partition=partition)]
 
 
 def produce_with_values(
@@ -82,9 +80,8 @@ def coordinates(data: pa.Table) -> list[tuple[str, int, int]]:
     """(topic, partition, offset) of every row, sorted, duplicates kept."""
     if data.num_rows == 0:
         return []
-    return sorted(
-        zip(data["_topic"].to_pylist(), data["_partition"].to_pylist(), data["_offset"].to_pylist(), strict=True)
-    )
+    return sorted(zip(data["_topic"].to_pylist(), data["_partition"].to_pylist(), data["_offset"].to_pylist(),
+                      strict=True))
 
 
 @pytest.fixture

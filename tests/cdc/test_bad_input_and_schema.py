@@ -13,38 +13,18 @@ from ingestion.simulator.trading import market_tick_events, trading_events
 from tests.cdc.conftest import bronze, coordinates, produce_with_values, unique_topic
 
 
-def envelope(
-    op: str,
-    after: dict | None,
-    *,
-    before: dict | None = None,
-    ts_ms: int = 1_735_689_600_000,
-    wrap: bool = False,
-    **extra,
-) -> bytes:
-    payload = {
-        "before": before,
-        "after": after,
-        "op": op,
-        "ts_ms": ts_ms + 5,
-        "source": {"ts_ms": ts_ms, "table": "bids", "lsn": 1000 + ts_ms % 1000, "txId": 7},
-        **extra,
-    }
+def envelope(op: str, after: dict | None, *, before: dict | None = None, ts_ms: int = 1_735_689_600_000,
+             wrap: bool = False, **extra) -> bytes:
+    payload = {"before": before, "after": after, "op": op, "ts_ms": ts_ms + 5,
+               "source": {"ts_ms": ts_ms, "table": "bids", "lsn": 1000 + ts_ms % 1000, "txId": 7}, **extra}
     if wrap:
         return orjson.dumps({"schema": {"type": "struct", "fields": []}, "payload": payload})
     return orjson.dumps(payload)
 
 
 def bid(i: int, **overrides) -> dict:
-    return {
-        "bid_id": f"b{i}",
-        "org_id": "acme",
-        "zone": "PJM",
-        "price": 40.5 + i,
-        "quantity_mw": 10.0,
-        "status": "submitted",
-        **overrides,
-    }
+    return {"bid_id": f"b{i}", "org_id": "acme", "zone": "PJM", "price": 40.5 + i, "quantity_mw": 10.0,
+            "status": "submitted", **overrides}
 
 
 BAD_CASES: list[tuple[bytes | None, str, str]] = [
@@ -117,7 +97,9 @@ def test_market_ticks_land_typed_and_bad_ticks_are_dead_lettered(broker_bootstra
     assert codes == ["invalid_json", "missing_field", "schema_invalid", "schema_invalid"]
 
 
-def test_new_nullable_column_is_merged_and_a_type_change_is_recorded_not_cast(broker_bootstrap, client_config, lake):
+def test_new_nullable_column_is_merged_and_a_type_change_is_recorded_not_cast(
+    broker_bootstrap, client_config, lake
+):
     topic = unique_topic("assets")
     v1 = [(b'{"asset_id":"a1"}', envelope("r", {"asset_id": "a1", "capacity_mw": 100.0, "units": 2}))]
     produce_with_values(broker_bootstrap, topic, v1, partitions=1)
@@ -151,9 +133,8 @@ def test_new_nullable_column_is_merged_and_a_type_change_is_recorded_not_cast(br
     assert "is long but the event has a double (2.5)" in dead["reason"].iloc[1]
 
     changes = schema_changes(lake).sort_values("_offset")
-    assert list(
-        zip(changes["column_name"], changes["change"], changes["old_type"], changes["new_type"], strict=True)
-    ) == [
+    assert list(zip(changes["column_name"], changes["change"], changes["old_type"], changes["new_type"],
+                    strict=True)) == [
         ("asset_id", "column_added", "", "string"),  # first run: the table's columns appear
         ("capacity_mw", "column_added", "", "double"),
         ("units", "column_added", "", "long"),

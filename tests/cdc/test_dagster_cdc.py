@@ -47,7 +47,9 @@ def test_asset_drains_reports_metadata_and_checks_dead_letters(producer, topics_
     instance = dg.DagsterInstance.ephemeral()
 
     result = _materialize(topics_config, resources, instance)
-    meta = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("bronze_cdc")}
+    meta = {
+        m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("bronze_cdc")
+    }
     assert meta["cdc__bids"]["events_read"].value == 32
     assert meta["cdc__bids"]["rows_written"].value == 30
     assert meta["cdc__bids"]["dead_lettered"].value == 2

@@ -147,20 +147,8 @@ def test_crash_between_dead_letter_and_row_commits_neither_loses_nor_duplicates(
 def _start_follow(bootstrap: str, lake: Lake, topic: str) -> subprocess.Popen:
     return subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "ingestion.cdc.cli",
-            "--topic",
-            topic,
-            "--bootstrap",
-            bootstrap,
-            "--lake",
-            lake.root,
-            "--batch-events",
-            "150",
-            "--batch-seconds",
-            "0.05",
-            "--follow",
+            sys.executable, "-m", "ingestion.cdc.cli", "--topic", topic, "--bootstrap", bootstrap,
+            "--lake", lake.root, "--batch-events", "150", "--batch-seconds", "0.05", "--follow",
         ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
@@ -181,11 +169,7 @@ def _wait_for_commits(lake: Lake, table: str, version: int, proc: subprocess.Pop
 
 
 def test_sigkill_mid_batch_then_restart_is_exactly_once(
-    producer,
-    broker_bootstrap,
-    client_config,
-    lake,
-    database_url,  # follow mode takes its lock in the warehouse
+    producer, broker_bootstrap, client_config, lake, database_url  # follow mode takes its lock in the warehouse
 ):
     topic = f"t{uuid.uuid4().hex[:10]}.public.trades"
     events = [e for e in trading_events(15000, seed=5) if e.topic.endswith(".trades")]

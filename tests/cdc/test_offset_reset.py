@@ -32,9 +32,8 @@ def test_restarted_offsets_are_reread_under_a_new_epoch_with_a_warning(broker_bo
     _recreate(broker_bootstrap, topic)
     produce(broker_bootstrap, topic, [(b"k", envelope("c", bid(100 + i))) for i in range(5)], partitions=1)
 
-    with (
-        CdcConsumer(lake, client_config, [topic], reset_policy="fail") as consumer,
-        pytest.raises(OffsetResetError, match="offsets restarted"),
+    with CdcConsumer(lake, client_config, [topic], reset_policy="fail") as consumer, pytest.raises(
+        OffsetResetError, match="offsets restarted"
     ):
         consumer.drain()
 

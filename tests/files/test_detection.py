@@ -58,7 +58,9 @@ def test_market_read_from_column_name():
 
 
 def test_negative_values_argue_against_load():
-    sample = pa.table({"time": ["2024-01-01 00:00", "2024-01-01 01:00"], "zone": ["A", "A"], "load": ["-5", "-7"]})
+    sample = pa.table(
+        {"time": ["2024-01-01 00:00", "2024-01-01 01:00"], "zone": ["A", "A"], "load": ["-5", "-7"]}
+    )
     assert proposed_mapping(sample, file_name="x.csv").confidence < 0.7
 
 

@@ -35,8 +35,12 @@ def assert_counts(report: dict[str, Any], landed_n: int, quarantined_n: int) -> 
     assert report["rows_read"] == landed_n + quarantined_n
 
 
-def test_latin1_semicolon_decimal_comma_berlin_spring_forward(ingest, files_lake, files_database_url, tmp_path):
-    report = ingest(corpus.berlin_prices_latin1(tmp_path), default_tz="Europe/Berlin", defaults={"market": "DA"})
+def test_latin1_semicolon_decimal_comma_berlin_spring_forward(
+    ingest, files_lake, files_database_url, tmp_path
+):
+    report = ingest(
+        corpus.berlin_prices_latin1(tmp_path), default_tz="Europe/Berlin", defaults={"market": "DA"}
+    )
     assert_counts(report, 3, 4)
     assert report["detected_schema"]["delimiter"] == ";"
     assert report["detected_schema"]["encoding"] == "cp1252"
@@ -59,7 +63,9 @@ def test_latin1_semicolon_decimal_comma_berlin_spring_forward(ingest, files_lake
     assert q[3][1] == "unparseable timestamp 'Summe'"
 
 
-def test_utf8_bom_offsets_across_us_fall_back_and_negative_load(ingest, files_lake, files_database_url, tmp_path):
+def test_utf8_bom_offsets_across_us_fall_back_and_negative_load(
+    ingest, files_lake, files_database_url, tmp_path
+):
     report = ingest(corpus.chicago_load_bom(tmp_path))
     assert_counts(report, 4, 1)
     assert report["dataset"] == "load"
@@ -76,7 +82,9 @@ def test_utf8_bom_offsets_across_us_fall_back_and_negative_load(ingest, files_la
 def test_naive_chicago_times_resolve_repeated_hour_by_order_and_quarantine_gap(
     ingest, files_lake, files_database_url, tmp_path
 ):
-    report = ingest(corpus.chicago_naive_lmp(tmp_path), default_tz="America/Chicago", defaults={"currency": "USD"})
+    report = ingest(
+        corpus.chicago_naive_lmp(tmp_path), default_tz="America/Chicago", defaults={"currency": "USD"}
+    )
     assert_counts(report, 7, 1)
     rows = landed(files_lake, "prices", report["id"])
     assert [(r["_row_number"], r["node"], r["ts_utc"], r["price"]) for r in rows] == [
@@ -115,7 +123,9 @@ def test_excel_hour_ending_columns_with_25_and_23_hour_days(ingest, files_lake, 
     ]
 
 
-def test_excel_merged_header_cells_and_formula_without_cached_value(ingest, files_lake, files_database_url, tmp_path):
+def test_excel_merged_header_cells_and_formula_without_cached_value(
+    ingest, files_lake, files_database_url, tmp_path
+):
     report = ingest(corpus.merged_header_xlsx(tmp_path), defaults={"zone": "DE-LU"})
     assert_counts(report, 4, 1)
     assert report["mapping"]["wide_field"] == "market"
@@ -145,11 +155,15 @@ def test_json_wide_fuel_columns_unpivot(ingest, files_lake, files_database_url, 
     assert quarantine(report, files_database_url) == [(2, "generation must be between 0 and 1,000,000 MW")]
 
 
-def test_jsonl_bids_with_broken_line_unknown_side_and_repeated_id(ingest, files_lake, files_database_url, tmp_path):
+def test_jsonl_bids_with_broken_line_unknown_side_and_repeated_id(
+    ingest, files_lake, files_database_url, tmp_path
+):
     report = ingest(corpus.bids_jsonl(tmp_path))
     assert_counts(report, 2, 3)
     rows = landed(files_lake, "bids", report["id"])
-    assert [(r["_row_number"], r["bid_id"], r["side"], r["price"], r["quantity_mw"], r["ts_utc"]) for r in rows] == [
+    assert [
+        (r["_row_number"], r["bid_id"], r["side"], r["price"], r["quantity_mw"], r["ts_utc"]) for r in rows
+    ] == [
         (1, "B1", "sell", 80.0, 5.0, _utc(2024, 7, 1, 10)),
         (5, "B4", "buy", -10.0, 2.0, _utc(2024, 7, 1, 12)),
     ]
@@ -160,11 +174,15 @@ def test_jsonl_bids_with_broken_line_unknown_side_and_repeated_id(ingest, files_
     assert q[2][1].startswith("duplicate key bid_id")
 
 
-def test_parquet_typed_timestamps_and_impossible_temperature(ingest, files_lake, files_database_url, tmp_path):
+def test_parquet_typed_timestamps_and_impossible_temperature(
+    ingest, files_lake, files_database_url, tmp_path
+):
     report = ingest(corpus.weather_parquet(tmp_path))
     assert_counts(report, 2, 1)
     rows = landed(files_lake, "weather", report["id"])
-    assert [(r["_row_number"], r["ts_utc"], r["zone"], r["temperature_c"], r["wind_speed_ms"]) for r in rows] == [
+    assert [
+        (r["_row_number"], r["ts_utc"], r["zone"], r["temperature_c"], r["wind_speed_ms"]) for r in rows
+    ] == [
         (1, _utc(2024, 1, 1, 0), "NO1", -3.5, 5.0),
         (3, _utc(2024, 1, 1, 2), "NO1", -4.0, 7.5),
     ]

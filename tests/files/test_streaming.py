@@ -47,7 +47,9 @@ def test_row_numbers_stay_exact_across_tiny_chunks_and_malformed_rows(tmp_path):
 
 def test_duplicates_found_across_chunks(tmp_path):
     reader = DelimitedReader(_file(tmp_path))
-    mapping = Mapping("load", columns={"ts_utc": "ts", "zone": "zone", "load_mw": "load"}, ts_format="%Y-%m-%d %H:%M")
+    mapping = Mapping(
+        "load", columns={"ts_utc": "ts", "zone": "zone", "load_mw": "load"}, ts_format="%Y-%m-%d %H:%M"
+    )
     builder = CanonicalBuilder(
         mapping, upload_id=1, file_name="f", org_id="o", batch_id="b", ingested_at=datetime.now(UTC)
     )

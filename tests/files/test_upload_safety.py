@@ -27,7 +27,9 @@ def _rows_of(lake, upload_id: int) -> int:
     return sum(1 for v in table.column("_upload_id").to_pylist() if v == upload_id)
 
 
-def test_same_content_twice_is_a_duplicate_pointing_at_the_original(ingest, files_lake, files_database_url, tmp_path):
+def test_same_content_twice_is_a_duplicate_pointing_at_the_original(
+    ingest, files_lake, files_database_url, tmp_path
+):
     path = corpus.nodal_prices_csv(tmp_path, rows=200)
     first = ingest(path, org_id="org-dup")
     assert (first["status"], first["rows_landed"]) == ("landed", 200)
@@ -60,7 +62,9 @@ def test_retry_after_a_crash_between_commit_and_bookkeeping_never_lands_twice(
     assert _rows_of(files_lake, report["id"]) == 300
     assert len(DeltaTable(files_lake.table_uri("bronze", "files__prices")).history()) == versions
     # Processing a landed upload again is a no-op too.
-    assert process_upload(report["id"], database_url=files_database_url, lake=files_lake)["rows_landed"] == 300
+    assert (
+        process_upload(report["id"], database_url=files_database_url, lake=files_lake)["rows_landed"] == 300
+    )
     assert _rows_of(files_lake, report["id"]) == 300
 
 
@@ -76,7 +80,9 @@ def test_oversized_stream_is_cut_off_at_the_limit(files_database_url, tmp_path):
     store = tmp_path / "store"
     stream = io.BytesIO(b"a,b\n" + b"1,2\n" * 10_000)
     with pytest.raises(security.RejectedFile, match="exceeds the 1,000-byte upload limit"):
-        receive_upload(stream, "big.csv", "org-x", database_url=files_database_url, storage_dir=store, max_bytes=1000)
+        receive_upload(
+            stream, "big.csv", "org-x", database_url=files_database_url, storage_dir=store, max_bytes=1000
+        )
     assert stream.tell() <= 1024 * 1024  # read at most one block past the limit, not the whole stream
     assert [p for p in store.rglob("*") if p.is_file()] == []
 
@@ -86,7 +92,9 @@ def test_format_comes_from_content_not_extension(files_database_url, tmp_path):
     xlsx = corpus.merged_header_xlsx(tmp_path)
     disguised = tmp_path / "prices.csv"
     disguised.write_bytes(xlsx.read_bytes())
-    receipt = receive_upload(disguised, disguised.name, "org-fmt", database_url=files_database_url, storage_dir=store)
+    receipt = receive_upload(
+        disguised, disguised.name, "org-fmt", database_url=files_database_url, storage_dir=store
+    )
     assert receipt.format == "xlsx"
     junk = tmp_path / "report.csv"
     junk.write_bytes(b"MZ\x90\x00\x03\x00\x00\x00\x04\x00" * 100)
@@ -172,7 +180,9 @@ def test_file_without_data_rows_fails_with_a_reason_and_can_be_retried(
     assert again["status"] == "failed"
 
 
-def test_json_broken_after_the_sample_fails_cleanly_and_lands_nothing(ingest, files_database_url, files_lake, tmp_path):
+def test_json_broken_after_the_sample_fails_cleanly_and_lands_nothing(
+    ingest, files_database_url, files_lake, tmp_path
+):
     records = [
         f'{{"datetime_utc": "2024-02-01 {i % 24:02d}:00:00", "zone": "Z{i}", "market": "DA", "lmp_usd_mwh": 1}}'
         for i in range(700)

@@ -41,7 +41,9 @@ def asset_graph(defs):
 
 def _materializable_after_bronze(asset_graph) -> list[dg.AssetKey]:
     bronze = {k for k in asset_graph.materializable_asset_keys if asset_graph.get(k).group_name == BRONZE_GROUP}
-    return sorted(k for k in asset_graph.materializable_asset_keys if k not in bronze and asset_graph.get(k).group_name)
+    return sorted(
+        k for k in asset_graph.materializable_asset_keys if k not in bronze and asset_graph.get(k).group_name
+    )
 
 
 def test_every_asset_after_bronze_has_an_automation_condition(asset_graph) -> None:

@@ -77,7 +77,7 @@ def test_dagster_layer_has_no_import_cycles() -> None:
         state[module] = 1
         for name in sorted(imports.get(module, ())):
             if state.get(name) == 1:
-                cycles.append([*path[path.index(name) :], name] if name in path else [module, name])
+                cycles.append([*path[path.index(name):], name] if name in path else [module, name])
             elif name not in state:
                 visit(name, [*path, name])
         state[module] = 2
@@ -107,3 +107,4 @@ def test_a_partition_window_reads_as_market_dates_with_both_ends_included() -> N
         (date(2024, 3, 31), date(2024, 3, 31)),
     ]
     assert seen[0].dates == [date(2024, 3, 30), date(2024, 3, 31), date(2024, 4, 1)]
+

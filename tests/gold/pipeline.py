@@ -119,7 +119,9 @@ def pipeline_api(settings, url: str, home) -> Iterator:
 
 
 def bearer(client, org: str = "acme", role: str = "viewer") -> dict[str, str]:
-    resp = client.post("/api/v1/auth/token", data={"username": f"{role}@{org}.pipeline.test", "password": PASSWORD})
+    resp = client.post(
+        "/api/v1/auth/token", data={"username": f"{role}@{org}.pipeline.test", "password": PASSWORD}
+    )
     assert resp.status_code == 200, resp.text
     return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 

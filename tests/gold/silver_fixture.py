@@ -49,7 +49,9 @@ def price_rows() -> list[tuple]:
     for k, price in enumerate((30.0, 36.0, 42.0)):
         ts = datetime(2024, 7, 10, 12, 5 * k, tzinfo=UTC)
         rows.append((ts, DAY, "PJM", None, "RT", 5, price, "USD", None))
-    rows.append((datetime(2024, 7, 10, 12, 0, tzinfo=UTC), DAY, "PJM", "PJM.N0000", "RT", 5, 99.0, "USD", None))
+    rows.append(
+        (datetime(2024, 7, 10, 12, 0, tzinfo=UTC), DAY, "PJM", "PJM.N0000", "RT", 5, 99.0, "USD", None)
+    )
     # An organization's own uploaded price series: private to acme.
     rows.append((datetime(2024, 7, 10, 16, tzinfo=UTC), DAY, "ERCOT", None, "DA", 60, 77.0, "USD", "acme"))
     return rows

@@ -20,7 +20,9 @@ class LoadBatch(dg.Config):
 
 
 @dg.asset(key=["silver", "market__load"], partitions_def=daily_partitions)
-def silver_load_stand_in(context: dg.AssetExecutionContext, config: LoadBatch, warehouse: WarehouseResource) -> None:
+def silver_load_stand_in(
+    context: dg.AssetExecutionContext, config: LoadBatch, warehouse: WarehouseResource
+) -> None:
     start = datetime(2024, 7, 11, 4, tzinfo=UTC)  # PJM local midnight (EDT)
     rows = [(start + timedelta(hours=h), 500.0) for h in range(24)]
     if config.broken:
@@ -40,7 +42,8 @@ def silver_load_stand_in(context: dg.AssetExecutionContext, config: LoadBatch, w
 def _gold_load(url: str) -> dict[str, list[float]]:
     with db.connect(url) as conn:
         rows = conn.execute(
-            "SELECT market_date::text, load_mw_avg FROM gold.fct_load_hourly WHERE zone = 'PJM' ORDER BY ts_utc"
+            "SELECT market_date::text, load_mw_avg FROM gold.fct_load_hourly"
+            " WHERE zone = 'PJM' ORDER BY ts_utc"
         ).fetchall()
     found: dict[str, list[float]] = {}
     for day, mw in rows:

@@ -17,4 +17,6 @@ def test_docs_site(gold_built: str, dbt_target_dir: Path) -> None:
     # the catalog was read from the live database: gold.kpi_values and its columns are in it
     node = catalog["nodes"]["model.optibid.kpi_values"]
     assert node["metadata"]["schema"] == "gold"
-    assert {"kpi_code", "grain", "zone", "org_id", "period_start", "market_date", "value"} <= set(node["columns"])
+    assert {"kpi_code", "grain", "zone", "org_id", "period_start", "market_date", "value"} <= set(
+        node["columns"]
+    )

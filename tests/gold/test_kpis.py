@@ -12,7 +12,9 @@ from infra import db
 PJM_DAY = date(2024, 7, 10)
 
 
-def kpi(url: str, code: str, grain: str, zone: str, period_start: datetime, org_id: str | None = None) -> float:
+def kpi(
+    url: str, code: str, grain: str, zone: str, period_start: datetime, org_id: str | None = None
+) -> float:
     with db.connect(url) as conn:
         rows = conn.execute(
             """SELECT value FROM gold.kpi_values WHERE kpi_code = %s AND grain = %s AND zone = %s
@@ -46,11 +48,15 @@ def test_zone_day_price_kpis(gold_built: str) -> None:
     assert day_kpi(url, "price_max", "PJM", PJM_DAY) == 33.0
     assert day_kpi(url, "price_min", "PJM", PJM_DAY) == -50.0
     # population sd: sum of squares = (10^2 + ... + 33^2) - 13^2 + 50^2 = 12244 - 169 + 2500 = 14575
-    assert day_kpi(url, "price_volatility", "PJM", PJM_DAY) == pytest.approx(math.sqrt(14575 / 24 - (453 / 24) ** 2))
+    assert day_kpi(url, "price_volatility", "PJM", PJM_DAY) == pytest.approx(
+        math.sqrt(14575 / 24 - (453 / 24) ** 2)
+    )
     # PJM_COMED is PJM - 4 in every hour, so PJM sits +2 above the PJM-market mean and COMED -2 below it
     assert day_kpi(url, "price_spread", "PJM", PJM_DAY) == pytest.approx(2.0)
     assert day_kpi(url, "price_spread", "PJM_COMED", PJM_DAY) == pytest.approx(-2.0)
-    assert kpi(url, "price_spread", "hour", "PJM", datetime(2024, 7, 10, 16, tzinfo=UTC)) == pytest.approx(2.0)
+    assert kpi(url, "price_spread", "hour", "PJM", datetime(2024, 7, 10, 16, tzinfo=UTC)) == pytest.approx(
+        2.0
+    )
     assert day_kpi(url, "price_coverage", "PJM", PJM_DAY) == pytest.approx(1.0)
     # COMED's Chicago day 2024-07-10 got only 23 of PJM's 24 UTC hours (the first is its 2024-07-09 23:00)
     assert day_kpi(url, "price_coverage", "PJM_COMED", PJM_DAY) == pytest.approx(23 / 24)
@@ -82,7 +88,8 @@ def test_dst_fall_back_day_counts_25_hours(gold_built: str) -> None:
     day = date(2024, 11, 3)
     with db.connect(url) as conn:
         hours = conn.execute(
-            "SELECT hours_in_day, day_start_utc FROM gold.dim_calendar WHERE zone = 'NYISO' AND market_date = %s",
+            "SELECT hours_in_day, day_start_utc FROM gold.dim_calendar"
+            " WHERE zone = 'NYISO' AND market_date = %s",
             (day,),
         ).fetchone()
         spring = conn.execute(
@@ -141,12 +148,17 @@ def test_org_kpis(gold_built: str) -> None:
     assert kpi(url, "net_position", "hour", "PJM", h12, "acme") == pytest.approx(-55.0)
     assert day_kpi(url, "net_position", "PJM", PJM_DAY, "acme") == pytest.approx(-25.0)
     # India is UTC+05:30: the 18:00 IST hour starts at 12:30Z
-    assert kpi(url, "revenue", "hour", "IEX_W", datetime(2024, 7, 10, 12, 30, tzinfo=UTC), "voltindia") == 480000.0
+    assert (
+        kpi(url, "revenue", "hour", "IEX_W", datetime(2024, 7, 10, 12, 30, tzinfo=UTC), "voltindia")
+        == 480000.0
+    )
 
 
 def test_catalog_lists_every_kpi(gold_built: str) -> None:
     with db.connect(gold_built) as conn:
-        catalog = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT kpi_code, scope, grains FROM gold.kpi_catalog")}
+        catalog = {
+            r[0]: (r[1], r[2]) for r in conn.execute("SELECT kpi_code, scope, grains FROM gold.kpi_catalog")
+        }
         produced = {r[0] for r in conn.execute("SELECT DISTINCT kpi_code FROM gold.kpi_values")}
     assert produced <= set(catalog)
     assert catalog["revenue"][0] == "org" and catalog["price_avg"] == ("zone", "minute,hour,day")
@@ -155,11 +167,16 @@ def test_catalog_lists_every_kpi(gold_built: str) -> None:
 def test_models_land_in_gold_and_staging_in_gold_staging(gold_built: str) -> None:
     with db.connect(gold_built) as conn:
         tables = {
-            r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'gold'")
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gold'"
+            )
         }
         views = {
             r[0]
-            for r in conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'gold_staging'")
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.views WHERE table_schema = 'gold_staging'"
+            )
         }
     assert {
         "dim_zone",

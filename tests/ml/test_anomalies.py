@@ -47,7 +47,10 @@ def test_injected_spikes_and_level_shifts_are_found() -> None:
     found_shifts = out.loc[out["kind"] == "level_shift", "ds"].tolist()
     p_spike, r_spike = precision_recall(found_spikes, sorted(spikes), pd.Timedelta(0))
     p_shift, r_shift = precision_recall(found_shifts, shifts, pd.Timedelta(hours=6))
-    print(f"spikes precision {p_spike:.2f} recall {r_spike:.2f}; shifts precision {p_shift:.2f} recall {r_shift:.2f}")
+    print(
+        f"spikes precision {p_spike:.2f} recall {r_spike:.2f}; "
+        f"shifts precision {p_shift:.2f} recall {r_shift:.2f}"
+    )
     assert p_spike >= 0.8 and r_spike >= 0.8
     assert p_shift >= 0.75 and r_shift == 1.0
     signs = out[out["kind"] == "level_shift"].set_index("ds")["score"]

@@ -36,7 +36,8 @@ def test_reads_all_three_markets_with_their_formats() -> None:
 def test_messy_csv_headers_and_timezone(tmp_path: Path) -> None:
     path = tmp_path / "zone.csv"
     path.write_text(
-        " Date ,  Price (EUR) , Load-Forecast\n2021/3/28 0:00,10,1\n2021/3/28 1:00,11,2\n2021/3/28 3:00,12,3\n"
+        " Date ,  Price (EUR) , Load-Forecast\n2021/3/28 0:00,10,1\n2021/3/28 1:00,11,2\n"
+        "2021/3/28 3:00,12,3\n"
     )
     frame = read_price_csv(path, unique_id="Z", timezone="Europe/Paris")
     assert list(frame.columns) == ["unique_id", "ds", "y", "load_forecast"]
@@ -72,7 +73,9 @@ def test_local_days_have_23_24_25_hours_and_slots() -> None:
 
 
 def test_day_matrix_fills_the_missing_slot_and_averages_the_repeated_one() -> None:
-    hours = local_day_hours_utc("2021-03-28", "Europe/Paris").append(local_day_hours_utc("2021-10-31", "Europe/Paris"))
+    hours = local_day_hours_utc("2021-03-28", "Europe/Paris").append(
+        local_day_hours_utc("2021-10-31", "Europe/Paris")
+    )
     slots = slot_of_hours(hours, "Europe/Paris")
     frame = pd.DataFrame({"unique_id": "Z", "ds": hours, "y": slots.astype(float)})
     frame.loc[(frame["ds"] >= "2021-10-31") & (slots == 2), "y"] = [1.0, 3.0]

@@ -49,14 +49,18 @@ def client(database_url: str, settings, tmp_path_factory) -> Iterator[TestClient
 
     with connect(database_url) as conn:
         seed_reference_data(conn)
-        taken = {r[0] for r in conn.execute("SELECT email FROM ops.users WHERE email LIKE '%%.optimize.test'")}
+        taken = {
+            r[0] for r in conn.execute("SELECT email FROM ops.users WHERE email LIKE '%%.optimize.test'")
+        }
     for org, role in USERS:
         if _email(org, role) not in taken:
             cli.create_user(database_url, org, _email(org, role), role, PASSWORD)
     app_settings = settings.model_copy(
         update={"database_url": database_url, "home": tmp_path_factory.mktemp("optimize_api_home")}
     )
-    app = create_app(app_settings, ApiOptions(user_rate_limit_per_minute=100_000, login_max_failures_per_ip=10_000))
+    app = create_app(
+        app_settings, ApiOptions(user_rate_limit_per_minute=100_000, login_max_failures_per_ip=10_000)
+    )
     with TestClient(app) as c:
         yield c
 
@@ -67,7 +71,9 @@ def auth(client: TestClient):
 
     def headers(org: str = "acme", role: str = "trader") -> dict[str, str]:
         if (org, role) not in tokens:
-            resp = client.post(f"{PREFIX}/auth/token", data={"username": _email(org, role), "password": PASSWORD})
+            resp = client.post(
+                f"{PREFIX}/auth/token", data={"username": _email(org, role), "password": PASSWORD}
+            )
             assert resp.status_code == 200, resp.text
             tokens[(org, role)] = resp.json()["access_token"]
         return {"Authorization": f"Bearer {tokens[(org, role)]}"}

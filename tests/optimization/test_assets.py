@@ -91,12 +91,18 @@ def warehouse(database_url: str) -> WarehouseResource:
     return WarehouseResource(database_url=database_url)
 
 
-def _materialize(warehouse: WarehouseResource, partition: str = PARTITION, **kwargs) -> dg.ExecuteInProcessResult:
-    return dg.materialize([*ASSETS, *CHECKS], partition_key=partition, resources={"warehouse": warehouse}, **kwargs)
+def _materialize(
+    warehouse: WarehouseResource, partition: str = PARTITION, **kwargs
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*ASSETS, *CHECKS], partition_key=partition, resources={"warehouse": warehouse}, **kwargs
+    )
 
 
 def _metadata(result: dg.ExecuteInProcessResult, name: str) -> dict:
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(["gold", name])]
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(["gold", name])
+    ]
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
@@ -164,7 +170,8 @@ def test_materialize_writes_results_runs_and_plot(warehouse: WarehouseResource, 
         ).fetchone()
         assert uc_rows[0] == 24 and uc_rows[1] > 0
         curves = conn.execute(
-            "SELECT count(DISTINCT (asset_id, hour)) FROM gold.bid_curves WHERE org_id = 'acme' AND run_id = ANY(%s)",
+            "SELECT count(DISTINCT (asset_id, hour)) FROM gold.bid_curves "
+            "WHERE org_id = 'acme' AND run_id = ANY(%s)",
             (bids["run_ids"],),
         ).fetchone()[0]
         assert curves == 3 * 24  # solar, wind, gas × 24 hours
@@ -176,7 +183,9 @@ def test_materialize_writes_results_runs_and_plot(warehouse: WarehouseResource, 
     assert {r[1] for r in runs if r[0] != "bid_curves"} == {"optimal"}
 
 
-def test_rematerializing_replaces_rows_and_stored_runs_resolve(warehouse: WarehouseResource, database_url: str) -> None:
+def test_rematerializing_replaces_rows_and_stored_runs_resolve(
+    warehouse: WarehouseResource, database_url: str
+) -> None:
     first = _materialize(warehouse)
     before = _day_counts(database_url)
     with connect(database_url) as conn:
@@ -187,10 +196,14 @@ def test_rematerializing_replaces_rows_and_stored_runs_resolve(warehouse: Wareho
     with connect(database_url) as conn:
         runs_after = conn.execute("SELECT count(*) FROM ml.optimization_runs").fetchone()[0]
         # Every run is kept; only the day's results were replaced.
-        assert runs_after == runs_before + sum(len(_metadata(second, name)["run_ids"]) for name in RESULT_TABLES)
+        assert runs_after == runs_before + sum(
+            len(_metadata(second, name)["run_ids"]) for name in RESULT_TABLES
+        )
         old = _metadata(first, "storage_schedules")["run_ids"]
         assert (
-            conn.execute("SELECT count(*) FROM gold.storage_schedules WHERE run_id = ANY(%s)", (old,)).fetchone()[0]
+            conn.execute(
+                "SELECT count(*) FROM gold.storage_schedules WHERE run_id = ANY(%s)", (old,)
+            ).fetchone()[0]
             == 0
         )
         records = [
@@ -215,11 +228,14 @@ def test_day_without_inputs_fails_with_reason(warehouse: WarehouseResource) -> N
     assert "nothing to optimize for 2024-01-05" in str(failure.event_specific_data.error)
 
 
-def test_check_fails_when_gold_rows_disagree_with_the_run(warehouse: WarehouseResource, database_url: str) -> None:
+def test_check_fails_when_gold_rows_disagree_with_the_run(
+    warehouse: WarehouseResource, database_url: str
+) -> None:
     first = _materialize(warehouse)
     with connect(database_url) as conn:
         (run_id,) = conn.execute(
-            "SELECT DISTINCT run_id FROM gold.storage_schedules WHERE asset_id = 'acme-bess-1' AND run_id = ANY(%s)",
+            "SELECT DISTINCT run_id FROM gold.storage_schedules "
+            "WHERE asset_id = 'acme-bess-1' AND run_id = ANY(%s)",
             (_metadata(first, "storage_schedules")["run_ids"],),
         ).fetchone()
         conn.execute("DELETE FROM gold.storage_schedules WHERE run_id = %s AND interval_index = 5", (run_id,))

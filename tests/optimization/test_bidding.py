@@ -103,7 +103,8 @@ def test_renewable_offers_forecast_from_its_marginal_cost() -> None:
 def test_curve_reduction_keeps_max_steps_and_monotonicity() -> None:
     rules = MARKET_RULES["PJM"]
     points = [
-        (float(p), float(q)) for p, q in zip(range(0, 300, 10), [3, 1, 5, 2, 8, 9, 4, 12, 15, 11] * 3, strict=True)
+        (float(p), float(q))
+        for p, q in zip(range(0, 300, 10), [3, 1, 5, 2, 8, 9, 4, 12, 15, 11] * 3, strict=True)
     ]
     steps = curve_from_points(points, rules)
     curve = BidCurve(asset_id="x", asset_type="thermal", hour=0, delivery_start=None, steps=steps)

@@ -86,7 +86,9 @@ def test_frames_load_into_the_migrated_tables(optimization_db_url: str) -> None:
         stored = conn.execute(
             "SELECT inputs FROM ml.optimization_runs WHERE run_id = %s", (records[0]["run_id"],)
         ).fetchone()[0]
-    assert resolve_run_record(records[0] | {"inputs": stored}).info.objective == pytest.approx(records[0]["objective"])
+    assert resolve_run_record(records[0] | {"inputs": stored}).info.objective == pytest.approx(
+        records[0]["objective"]
+    )
 
 
 def _insert(conn, table: str, frame, jsonb: set[str] = frozenset()) -> None:

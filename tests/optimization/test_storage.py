@@ -146,7 +146,9 @@ def test_risk_aware_dispatch_trades_expected_revenue_for_lower_cvar() -> None:
     assert set(neutral.scenario_revenues) == {"q0.1", "q0.5", "q0.9"}
     assert averse.expected_revenue <= neutral.expected_revenue + 1e-9
     assert averse.cvar_loss <= neutral.cvar_loss + 1e-9
-    assert averse.cvar_loss < neutral.cvar_loss or averse.expected_revenue == pytest.approx(neutral.expected_revenue)
+    assert averse.cvar_loss < neutral.cvar_loss or averse.expected_revenue == pytest.approx(
+        neutral.expected_revenue
+    )
     # The objective of the risk model is E[revenue] − λ·CVaR, recomputed from the reported figures.
     assert averse.info.objective == pytest.approx(averse.expected_revenue - 5.0 * averse.cvar_loss, abs=1e-6)
 

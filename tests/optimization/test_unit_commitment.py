@@ -44,7 +44,10 @@ def brute_force_cost(units: list[ThermalUnit], load: list[float], reserve: list[
         cost, ok = 0.0, True
         for t, demand in enumerate(load):
             live = [u for i, u in enumerate(units) if on[i][t]]
-            if sum(u.max_output_mw for u in live) < demand + reserve[t] or sum(u.min_output_mw for u in live) > demand:
+            if (
+                sum(u.max_output_mw for u in live) < demand + reserve[t]
+                or sum(u.min_output_mw for u in live) > demand
+            ):
                 ok = False
                 break
             rest = demand - sum(u.min_output_mw for u in live)
@@ -163,7 +166,9 @@ def test_intertemporal_conflict_found_by_the_elastic_pass() -> None:
     ]
     result = solve_unit_commitment(UnitCommitmentInput(load_forecast_mw=[100.0, 290.0], units=units))
     assert result.info.status == SolveStatus.INFEASIBLE
-    assert [(d.constraint, d.hour, round(d.shortfall_mw, 6)) for d in result.diagnostics] == [("load_balance", 1, 10.0)]
+    assert [(d.constraint, d.hour, round(d.shortfall_mw, 6)) for d in result.diagnostics] == [
+        ("load_balance", 1, 10.0)
+    ]
 
 
 def test_must_run_minimum_above_load_is_diagnosed() -> None:

@@ -94,24 +94,9 @@ def start_follow_consumer(bootstrap: str, lake_root: str, topic: str, database_u
     """`optibid ingest cdc --follow` on one topic, writing the real-time KPIs into `database_url`."""
     env = {**os.environ, "OPTIBID_DATABASE_URL": database_url}
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ingestion.cdc.cli",
-            "--topic",
-            topic,
-            "--bootstrap",
-            bootstrap,
-            "--lake",
-            lake_root,
-            "--batch-seconds",
-            "0.5",
-            "--follow",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-m", "ingestion.cdc.cli", "--topic", topic, "--bootstrap", bootstrap,
+         "--lake", lake_root, "--batch-seconds", "0.5", "--follow"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
 
 

@@ -115,15 +115,8 @@ def _produce(bootstrap: str, oracle: Oracle, events) -> None:
 def _tick(topic: str, zone: str, ts: datetime, price: float, *, market: str = "RT", currency: str = "USD"):
     from ingestion.simulator.trading import KafkaEvent
 
-    body = {
-        "zone": zone,
-        "node": None,
-        "ts_utc": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "market": market,
-        "interval_minutes": 5,
-        "price": price,
-        "currency": currency,
-    }
+    body = {"zone": zone, "node": None, "ts_utc": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "market": market,
+            "interval_minutes": 5, "price": price, "currency": currency}
     return KafkaEvent(topic, f"{zone}|".encode(), orjson.dumps(body))
 
 
@@ -141,17 +134,11 @@ def live_run(broker_bootstrap, warehouse, api_url, access_token, tmp_path_factor
     # The topic exists before the consumer starts, so it is assigned at once.
     _produce(broker_bootstrap, oracle, [_tick(topic, "PJM", base - timedelta(minutes=5), 40.0)])
     proc = start_follow_consumer(broker_bootstrap, lake_root, topic, warehouse)
-    threads = [
-        threading.Thread(
-            target=watcher.poll_api,
-            args=(api_url, access_token, base - timedelta(hours=1), base + timedelta(hours=6)),
-            daemon=True,
-        )
-    ]
+    threads = [threading.Thread(target=watcher.poll_api, args=(api_url, access_token, base - timedelta(hours=1),
+                                                                 base + timedelta(hours=6)), daemon=True)]
     ready = threading.Barrier(len(ZONES) + 1)
-    threads += [
-        threading.Thread(target=watcher.listen, args=(api_url, access_token, z, ready), daemon=True) for z in ZONES
-    ]
+    threads += [threading.Thread(target=watcher.listen, args=(api_url, access_token, z, ready), daemon=True)
+                for z in ZONES]
     for thread in threads:
         thread.start()
     try:
@@ -186,8 +173,7 @@ def live_run(broker_bootstrap, warehouse, api_url, access_token, tmp_path_factor
         while time.monotonic() < deadline:
             if all(
                 seen.get(k, (None,))[0] == oracle.produced_at[k]
-                for seen in (watcher.api_seen, watcher.ws_seen)
-                for k in expected
+                for seen in (watcher.api_seen, watcher.ws_seen) for k in expected
             ):
                 break
             assert proc.poll() is None, stop_follow_consumer(proc)
@@ -211,14 +197,8 @@ def live_run(broker_bootstrap, warehouse, api_url, access_token, tmp_path_factor
                WHERE kpi_code = 'price_avg' AND grain = 'minute' AND org_id IS NULL"""
         ).fetchall()
     served = {(z, ts, d): v for z, ts, d, v in rows}
-    return LiveRun(
-        expected,
-        latency(watcher.api_seen),
-        latency(watcher.ws_seen),
-        served,
-        lake_root,
-        sorted({d for _, _, d in served}),
-    )
+    return LiveRun(expected, latency(watcher.api_seen), latency(watcher.ws_seen), served, lake_root,
+                   sorted({d for _, _, d in served}))
 
 
 def test_ticks_reach_minute_kpis_on_api_and_websocket_within_target(live_run: LiveRun):
@@ -227,11 +207,9 @@ def test_ticks_reach_minute_kpis_on_api_and_websocket_within_target(live_run: Li
     assert len(live_run.api_latency) >= 20 and len(live_run.ws_latency) >= 20
     api_p95 = float(np.percentile(live_run.api_latency, 95))
     ws_p95 = float(np.percentile(live_run.ws_latency, 95))
-    print(
-        f"\nproduce -> minute KPI: API p50 {np.median(live_run.api_latency):.2f}s p95 {api_p95:.2f}s; "
-        f"WebSocket p50 {np.median(live_run.ws_latency):.2f}s p95 {ws_p95:.2f}s "
-        f"(n={len(live_run.api_latency)}, target p95 {TARGET_P95_SECONDS:.0f}s)"
-    )
+    print(f"\nproduce -> minute KPI: API p50 {np.median(live_run.api_latency):.2f}s p95 {api_p95:.2f}s; "
+          f"WebSocket p50 {np.median(live_run.ws_latency):.2f}s p95 {ws_p95:.2f}s "
+          f"(n={len(live_run.api_latency)}, target p95 {TARGET_P95_SECONDS:.0f}s)")
     assert api_p95 <= TARGET_P95_SECONDS
     assert ws_p95 <= TARGET_P95_SECONDS
 
@@ -246,12 +224,8 @@ def test_batch_path_reproduces_the_values_the_hot_path_served(live_run: LiveRun,
 
     first, last = live_run.market_dates[0], live_run.market_dates[-1]
     build_market_window(spark, Lake(live_run.lake_root), warehouse, first, last + timedelta(days=1), ["prices"])
-    run_dbt(
-        ["run", "--select", "fct_prices_5min", "kpi_values"],
-        database_url=warehouse,
-        target_path=dbt_target_dir,
-        dbt_vars={"min_date": first.isoformat(), "max_date": last.isoformat()},
-    )
+    run_dbt(["run", "--select", "fct_prices_5min", "kpi_values"], database_url=warehouse,
+            target_path=dbt_target_dir, dbt_vars={"min_date": first.isoformat(), "max_date": last.isoformat()})
     with db.connect(warehouse) as conn:
         rows = conn.execute(
             """SELECT zone, period_start, market_date, value FROM gold.kpi_values

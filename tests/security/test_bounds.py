@@ -31,7 +31,9 @@ def _bids(hours: int, renewables: int = 1, storage: bool = False, quantiles: int
         "price_quantiles": [
             {"level": lv, "prices": [20.0 + 10 * lv + (h % 24) for h in range(hours)]} for lv in levels
         ],
-        "renewables": [{"asset_id": f"r{i}", "forecast_mw": [5.0] * hours} for i in range(renewables)],
+        "renewables": [
+            {"asset_id": f"r{i}", "forecast_mw": [5.0] * hours} for i in range(renewables)
+        ],
     }
     if storage:
         inp["storage"] = [{"asset_id": "s1", "power_mw": 5, "energy_mwh": 10}]
@@ -175,3 +177,4 @@ def test_a_large_json_document_that_is_not_an_array_is_refused(tmp_path):
     path.write_text(json.dumps({"a": {"b": "x" * (MAX_WHOLE_JSON_BYTES + 10)}}))
     with pytest.raises(ValueError, match="not an array of records"):
         JsonReader(path, "json")
+

@@ -21,54 +21,28 @@ ZONES = [
     ("IEX_N", "IEX North", "IEX", "IEX", "Asia/Kolkata", "INR", 28.6, 77.2, 0.0, 10000.0),
 ]
 SILVER_TABLES = [
-    "market__prices",
-    "market__price_revisions",
-    "market__load",
-    "market__generation",
-    "market__weather",
-    "quality__gaps",
-    "trading__bids",
-    "trading__bids_history",
-    "trading__trades",
-    "trading__trades_history",
-    "trading__assets",
-    "trading__assets_history",
-    "trading__market_orders",
-    "trading__market_orders_history",
+    "market__prices", "market__price_revisions", "market__load", "market__generation", "market__weather",
+    "quality__gaps", "trading__bids", "trading__bids_history", "trading__trades", "trading__trades_history",
+    "trading__assets", "trading__assets_history", "trading__market_orders", "trading__market_orders_history",
 ]
 
 BID_FIELDS = [
-    pa.field("bid_id", pa.string()),
-    pa.field("org_id", pa.string()),
-    pa.field("asset_id", pa.string()),
+    pa.field("bid_id", pa.string()), pa.field("org_id", pa.string()), pa.field("asset_id", pa.string()),
     # the CDC decoder keeps Debezium's representations: ISO-8601 text and epoch microseconds
-    pa.field("zone", pa.string()),
-    pa.field("delivery_start", pa.string()),
-    pa.field("side", pa.string()),
-    pa.field("price", pa.float64()),
-    pa.field("quantity_mw", pa.float64()),
-    pa.field("status", pa.string()),
-    pa.field("cleared_quantity_mw", pa.float64()),
-    pa.field("cleared_price", pa.float64()),
+    pa.field("zone", pa.string()), pa.field("delivery_start", pa.string()), pa.field("side", pa.string()),
+    pa.field("price", pa.float64()), pa.field("quantity_mw", pa.float64()), pa.field("status", pa.string()),
+    pa.field("cleared_quantity_mw", pa.float64()), pa.field("cleared_price", pa.float64()),
     pa.field("updated_at", pa.int64()),
 ]
 CDC_SCHEMA = pa.schema(
     [
-        pa.field("op", pa.string()),
-        pa.field("key", pa.string()),
-        pa.field("source_ts_ms", pa.int64()),
-        pa.field("source_lsn", pa.int64()),
-        pa.field("source_tx_id", pa.int64()),
-        pa.field("source_table", pa.string()),
-        pa.field("before_json", pa.string()),
-        pa.field("after_json", pa.string()),
-        pa.field("payload_raw", pa.string()),
+        pa.field("op", pa.string()), pa.field("key", pa.string()), pa.field("source_ts_ms", pa.int64()),
+        pa.field("source_lsn", pa.int64()), pa.field("source_tx_id", pa.int64()),
+        pa.field("source_table", pa.string()), pa.field("before_json", pa.string()),
+        pa.field("after_json", pa.string()), pa.field("payload_raw", pa.string()),
         *BID_FIELDS,
-        pa.field("_topic", pa.string()),
-        pa.field("_partition", pa.int32()),
-        pa.field("_offset", pa.int64()),
-        pa.field("_ingested_at", TS),
-        pa.field("_batch_id", pa.string()),
+        pa.field("_topic", pa.string()), pa.field("_partition", pa.int32()), pa.field("_offset", pa.int64()),
+        pa.field("_ingested_at", TS), pa.field("_batch_id", pa.string()),
     ]
 )
 
@@ -107,17 +81,9 @@ def bid_event(
     after = None
     if op in ("c", "u", "r"):
         after = {
-            "bid_id": bid_id,
-            "org_id": org_id,
-            "asset_id": "bat1",
-            "zone": "PJM",
-            "delivery_start": "2024-03-10T05:00:00Z",
-            "side": "sell",
-            "price": price,
-            "quantity_mw": 10.0,
-            "status": status,
-            "cleared_quantity_mw": None,
-            "cleared_price": None,
+            "bid_id": bid_id, "org_id": org_id, "asset_id": "bat1", "zone": "PJM",
+            "delivery_start": "2024-03-10T05:00:00Z", "side": "sell", "price": price,
+            "quantity_mw": 10.0, "status": status, "cleared_quantity_mw": None, "cleared_price": None,
             "updated_at": ms(at) * 1000,
         }
     row = {
@@ -152,50 +118,29 @@ def query(database_url: str, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 FILE_LINEAGE = [
-    pa.field("source_tz", pa.string()),
-    pa.field("_upload_id", pa.int64()),
-    pa.field("_file_name", pa.string()),
-    pa.field("_row_number", pa.int64()),
-    pa.field("_sheet", pa.string()),
-    pa.field("_org_id", pa.string()),
-    pa.field("_ingested_at", TS),
-    pa.field("_batch_id", pa.string()),
+    pa.field("source_tz", pa.string()), pa.field("_upload_id", pa.int64()), pa.field("_file_name", pa.string()),
+    pa.field("_row_number", pa.int64()), pa.field("_sheet", pa.string()), pa.field("_org_id", pa.string()),
+    pa.field("_ingested_at", TS), pa.field("_batch_id", pa.string()),
 ]
 FILES_PRICES_SCHEMA = pa.schema(
     [
-        pa.field("ts_utc", TS),
-        pa.field("zone", pa.string()),
-        pa.field("node", pa.string()),
-        pa.field("market", pa.string()),
-        pa.field("interval_minutes", pa.int32()),
-        pa.field("price", pa.float64()),
-        pa.field("currency", pa.string()),
-        *FILE_LINEAGE,
+        pa.field("ts_utc", TS), pa.field("zone", pa.string()), pa.field("node", pa.string()),
+        pa.field("market", pa.string()), pa.field("interval_minutes", pa.int32()), pa.field("price", pa.float64()),
+        pa.field("currency", pa.string()), *FILE_LINEAGE,
     ]
 )
 FILES_LOAD_SCHEMA = pa.schema(
     [
-        pa.field("ts_utc", TS),
-        pa.field("zone", pa.string()),
-        pa.field("interval_minutes", pa.int32()),
-        pa.field("load_mw", pa.float64()),
-        *FILE_LINEAGE,
+        pa.field("ts_utc", TS), pa.field("zone", pa.string()), pa.field("interval_minutes", pa.int32()),
+        pa.field("load_mw", pa.float64()), *FILE_LINEAGE,
     ]
 )
 TICKS_SCHEMA = pa.schema(
     [
-        pa.field("zone", pa.string()),
-        pa.field("node", pa.string()),
-        pa.field("ts_utc", TS),
-        pa.field("market", pa.string()),
-        pa.field("interval_minutes", pa.int32()),
-        pa.field("price", pa.float64()),
-        pa.field("currency", pa.string()),
-        pa.field("_topic", pa.string()),
-        pa.field("_partition", pa.int32()),
-        pa.field("_offset", pa.int64()),
-        pa.field("_ingested_at", TS),
-        pa.field("_batch_id", pa.string()),
+        pa.field("zone", pa.string()), pa.field("node", pa.string()), pa.field("ts_utc", TS),
+        pa.field("market", pa.string()), pa.field("interval_minutes", pa.int32()), pa.field("price", pa.float64()),
+        pa.field("currency", pa.string()), pa.field("_topic", pa.string()), pa.field("_partition", pa.int32()),
+        pa.field("_offset", pa.int64()), pa.field("_ingested_at", TS), pa.field("_batch_id", pa.string()),
     ]
 )
 
@@ -203,15 +148,7 @@ TICKS_SCHEMA = pa.schema(
 def file_row(ts: datetime, zone: str, upload_id: int, row_number: int, ingested_at: datetime, **values) -> dict:
     """One bronze files__* row from upload `upload_id` (org_a's file)."""
     return {
-        "ts_utc": ts,
-        "zone": zone,
-        **values,
-        "source_tz": "UTC",
-        "_upload_id": upload_id,
-        "_file_name": f"upload{upload_id}.csv",
-        "_row_number": row_number,
-        "_sheet": None,
-        "_org_id": "org_a",
-        "_ingested_at": ingested_at,
-        "_batch_id": f"batch{upload_id}",
+        "ts_utc": ts, "zone": zone, **values, "source_tz": "UTC", "_upload_id": upload_id,
+        "_file_name": f"upload{upload_id}.csv", "_row_number": row_number, "_sheet": None, "_org_id": "org_a",
+        "_ingested_at": ingested_at, "_batch_id": f"batch{upload_id}",
     }

@@ -22,18 +22,8 @@ def test_silver_assets_load_and_materialize_a_partition(spark, lake, silver_db):
 
     uploaded = datetime(2024, 3, 12, tzinfo=UTC)
     rows = [
-        file_row(
-            datetime(2024, 3, 10, tzinfo=UTC) + timedelta(hours=i),
-            "FR",
-            1,
-            i,
-            uploaded,
-            node=None,
-            market="DA",
-            interval_minutes=60,
-            price=10.0 + i,
-            currency="EUR",
-        )
+        file_row(datetime(2024, 3, 10, tzinfo=UTC) + timedelta(hours=i), "FR", 1, i, uploaded, node=None,
+                 market="DA", interval_minutes=60, price=10.0 + i, currency="EUR")
         for i in range(30)
     ]
     append_bronze(lake, "files__prices", rows, FILES_PRICES_SCHEMA)

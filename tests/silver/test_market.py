@@ -30,18 +30,8 @@ def hourly_pjm_prices() -> list[dict]:
         if ts == GAP:
             continue
         rows.append(
-            file_row(
-                ts,
-                "PJM",
-                1,
-                i + 1,
-                UPLOADED,
-                node=None,
-                market="DA",
-                interval_minutes=60,
-                price=float(i),
-                currency="USD",
-            )
+            file_row(ts, "PJM", 1, i + 1, UPLOADED, node=None, market="DA", interval_minutes=60,
+                     price=float(i), currency="USD")
         )
     return rows
 
@@ -52,62 +42,25 @@ def test_prices_by_market_local_day_with_dst_revisions_and_flags(spark, lake, si
         lake,
         "files__prices",
         [  # a corrected upload of one hour, and the zone nobody registered
-            file_row(
-                datetime(2024, 3, 10, 12, tzinfo=UTC),
-                "PJM",
-                2,
-                1,
-                REVISED,
-                node=None,
-                market="DA",
-                interval_minutes=60,
-                price=99.5,
-                currency="usd/MWh",
-            ),
-            file_row(
-                datetime(2024, 3, 10, 12, tzinfo=UTC),
-                "ATLANTIS",
-                2,
-                2,
-                REVISED,
-                node=None,
-                market="DA",
-                interval_minutes=60,
-                price=1.0,
-                currency="USD",
-            ),
+            file_row(datetime(2024, 3, 10, 12, tzinfo=UTC), "PJM", 2, 1, REVISED, node=None, market="DA",
+                     interval_minutes=60, price=99.5, currency="usd/MWh"),
+            file_row(datetime(2024, 3, 10, 12, tzinfo=UTC), "ATLANTIS", 2, 2, REVISED, node=None, market="DA",
+                     interval_minutes=60, price=1.0, currency="USD"),
         ],
         FILES_PRICES_SCHEMA,
     )
-    tick = {
-        "zone": "FR",
-        "node": "FR_N1",
-        "market": "RT",
-        "interval_minutes": 5,
-        "_topic": "optibid.market.ticks",
-        "_partition": 0,
-        "_ingested_at": UPLOADED,
-        "_batch_id": "t1",
-    }
+    tick = {"zone": "FR", "node": "FR_N1", "market": "RT", "interval_minutes": 5, "_topic": "optibid.market.ticks",
+            "_partition": 0, "_ingested_at": UPLOADED, "_batch_id": "t1"}
     append_bronze(
         lake,
         "ticks__prices",
         [  # 23:30Z on the 9th is 00:30 on the 10th in Paris; the same tick delivered twice counts once
-            {
-                **tick,
-                "ts_utc": datetime(2024, 3, 9, 23, 30, tzinfo=UTC),
-                "price": 0.0425,
-                "currency": "EUR/kWh",
-                "_offset": 7,
-            },
-            {
-                **tick,
-                "ts_utc": datetime(2024, 3, 9, 23, 30, tzinfo=UTC),
-                "price": 0.0425,
-                "currency": "EUR/kWh",
-                "_offset": 7,
-            },
-            {**tick, "ts_utc": datetime(2024, 3, 9, 22, 55, tzinfo=UTC), "price": 40.0, "currency": "€", "_offset": 6},
+            {**tick, "ts_utc": datetime(2024, 3, 9, 23, 30, tzinfo=UTC), "price": 0.0425, "currency": "EUR/kWh",
+             "_offset": 7},
+            {**tick, "ts_utc": datetime(2024, 3, 9, 23, 30, tzinfo=UTC), "price": 0.0425, "currency": "EUR/kWh",
+             "_offset": 7},
+            {**tick, "ts_utc": datetime(2024, 3, 9, 22, 55, tzinfo=UTC), "price": 40.0, "currency": "€",
+             "_offset": 6},
         ],
         TICKS_SCHEMA,
     )
@@ -122,37 +75,13 @@ def test_prices_by_market_local_day_with_dst_revisions_and_flags(spark, lake, si
     assert pjm[-1][0] == datetime(2024, 3, 11, 3, tzinfo=UTC)
     revised = [r for r in pjm if r[0] == datetime(2024, 3, 10, 12, tzinfo=UTC)]
     assert revised == [
-        (
-            datetime(2024, 3, 10, 12, tzinfo=UTC),
-            date(2024, 3, 10),
-            "PJM",
-            None,
-            "DA",
-            60,
-            99.5,
-            "USD",
-            "org_a",
-            2,
-            False,
-            "file",
-        )
+        (datetime(2024, 3, 10, 12, tzinfo=UTC), date(2024, 3, 10), "PJM", None, "DA", 60, 99.5, "USD", "org_a", 2,
+         False, "file")
     ]
     # the Paris tick: EUR/kWh normalised to EUR/MWh, dated by the local calendar; 22:55Z is still the 9th there
     assert [r for r in rows if r[2] == "FR"] == [
-        (
-            datetime(2024, 3, 9, 23, 30, tzinfo=UTC),
-            date(2024, 3, 10),
-            "FR",
-            "FR_N1",
-            "RT",
-            5,
-            42.5,
-            "EUR",
-            None,
-            1,
-            False,
-            "tick",
-        )
+        (datetime(2024, 3, 9, 23, 30, tzinfo=UTC), date(2024, 3, 10), "FR", "FR_N1", "RT", 5, 42.5, "EUR", None, 1,
+         False, "tick")
     ]
     assert query(
         silver_db,
@@ -165,48 +94,12 @@ def test_prices_by_market_local_day_with_dst_revisions_and_flags(spark, lake, si
                   observed_points, affected_points, first_ts, last_ts
            FROM silver.quality__gaps ORDER BY zone, issue""",
     ) == [
-        (
-            "prices",
-            "ATLANTIS",
-            "ATLANTIS",
-            "org_a",
-            date(2024, 3, 10),
-            "unknown_zone",
-            None,
-            None,
-            1,
-            1,
-            datetime(2024, 3, 10, 12, tzinfo=UTC),
-            datetime(2024, 3, 10, 12, tzinfo=UTC),
-        ),
-        (
-            "prices",
-            "FR",
-            "FR|FR_N1|RT|5",
-            None,
-            date(2024, 3, 10),
-            "gap",
-            5,
-            288,
-            1,
-            287,
-            datetime(2024, 3, 9, 23, 0, tzinfo=UTC),
-            datetime(2024, 3, 10, 22, 55, tzinfo=UTC),
-        ),
-        (
-            "prices",
-            "PJM",
-            "PJM|-|DA|60",
-            "org_a",
-            date(2024, 3, 10),
-            "duplicate",
-            60,
-            23,
-            22,
-            1,
-            datetime(2024, 3, 10, 12, tzinfo=UTC),
-            datetime(2024, 3, 10, 12, tzinfo=UTC),
-        ),
+        ("prices", "ATLANTIS", "ATLANTIS", "org_a", date(2024, 3, 10), "unknown_zone", None, None, 1, 1,
+         datetime(2024, 3, 10, 12, tzinfo=UTC), datetime(2024, 3, 10, 12, tzinfo=UTC)),
+        ("prices", "FR", "FR|FR_N1|RT|5", None, date(2024, 3, 10), "gap", 5, 288, 1, 287,
+         datetime(2024, 3, 9, 23, 0, tzinfo=UTC), datetime(2024, 3, 10, 22, 55, tzinfo=UTC)),
+        ("prices", "PJM", "PJM|-|DA|60", "org_a", date(2024, 3, 10), "duplicate", 60, 23, 22, 1,
+         datetime(2024, 3, 10, 12, tzinfo=UTC), datetime(2024, 3, 10, 12, tzinfo=UTC)),
         ("prices", "PJM", "PJM|-|DA|60", "org_a", date(2024, 3, 10), "gap", 60, 23, 22, 1, GAP, GAP),
     ]
     assert result.rows["silver.market__prices"] == 23
@@ -221,36 +114,28 @@ def test_prices_by_market_local_day_with_dst_revisions_and_flags(spark, lake, si
 
     # a three-day backfill in one run: each day gets the bronze hours of its own local calendar day
     build_market_window(spark, lake, silver_db, date(2024, 3, 9), date(2024, 3, 12))
-    per_day = query(
-        silver_db, "SELECT market_date, count(*) FROM silver.market__prices WHERE zone = 'PJM' GROUP BY 1 ORDER BY 1"
-    )
+    per_day = query(silver_db, "SELECT market_date, count(*) FROM silver.market__prices WHERE zone = 'PJM' "
+                               "GROUP BY 1 ORDER BY 1")
     # the 9th (EST) is 05:00Z..05:00Z, all present; the 11th (EDT) starts 04:00Z and bronze ends at 23:00Z
     assert per_day == [(date(2024, 3, 9), 24), (date(2024, 3, 10), 22), (date(2024, 3, 11), 20)]
 
 
 def test_fall_back_day_and_load_partition_rerun(spark, lake, silver_db):
     start = datetime(2024, 11, 3, 4, tzinfo=UTC)  # 00:00 EDT; the local day has 25 hours
-    rows = [
-        file_row(start + timedelta(hours=i), "PJM", 5, i, UPLOADED, interval_minutes=60, load_mw=1000.0 + i)
-        for i in range(25)
-    ]
+    rows = [file_row(start + timedelta(hours=i), "PJM", 5, i, UPLOADED, interval_minutes=60, load_mw=1000.0 + i)
+            for i in range(25)]
     append_bronze(lake, "files__load", rows, FILES_LOAD_SCHEMA)
     build_market_window(spark, lake, silver_db, date(2024, 11, 3), date(2024, 11, 4), datasets=("load",))
-    got = query(
-        silver_db,
-        "SELECT min(ts_utc), max(ts_utc), count(*), min(market_date), max(market_date) FROM silver.market__load",
-    )
+    got = query(silver_db, "SELECT min(ts_utc), max(ts_utc), count(*), min(market_date), max(market_date) "
+                           "FROM silver.market__load")
     assert got == [(start, start + timedelta(hours=24), 25, date(2024, 11, 3), date(2024, 11, 3))]
     assert query(silver_db, "SELECT count(*) FROM silver.quality__gaps") == [(0,)]  # 25 of 25 expected hours
 
     # the day's bronze is superseded by a shorter upload: the re-run replaces the day, leaving a flagged gap
     append_bronze(
-        lake,
-        "files__load",
-        [
-            file_row(start + timedelta(hours=i), "PJM", 6, i, REVISED, interval_minutes=60, load_mw=2000.0)
-            for i in range(3)
-        ],
+        lake, "files__load",
+        [file_row(start + timedelta(hours=i), "PJM", 6, i, REVISED, interval_minutes=60, load_mw=2000.0)
+         for i in range(3)],
         FILES_LOAD_SCHEMA,
     )
     build_market_window(spark, lake, silver_db, date(2024, 11, 3), date(2024, 11, 4), datasets=("load",))

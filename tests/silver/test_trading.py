@@ -91,9 +91,8 @@ def test_cdc_history_handles_deletes_late_events_and_redelivery_incrementally(sp
     assert query(silver_db, "SELECT xmin::text FROM silver.trading__bids_history WHERE bid_id = 'B3'") == (
         untouched_before
     )
-    assert query(
-        silver_db, "SELECT bronze_version, keys_touched FROM ops.silver_watermarks WHERE source = 'bronze.cdc__bids'"
-    ) == [(1, 3)]
+    assert query(silver_db, "SELECT bronze_version, keys_touched FROM ops.silver_watermarks "
+                            "WHERE source = 'bronze.cdc__bids'") == [(1, 3)]
 
     # nothing new in bronze: a no-op; a full refresh reproduces the incremental result exactly
     third = build_trading_entity(spark, lake, silver_db, "bids")
