@@ -219,6 +219,7 @@ app.add_typer(forecasting_cli.app, name="forecast", help="Forecasts and backtest
 app.add_typer(serving_api_cli.orgs_app, name="orgs", help="Organizations.")
 app.add_typer(serving_api_cli.users_app, name="users", help="Users and their roles.")
 app.add_typer(serving_api_cli.keys_app, name="apikeys", help="API keys.")
+app.add_typer(serving_api_cli.auth_app, name="auth", help="Access-token signing keys.")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,44 @@ class Settings(BaseSettings):
         description="HMAC secret for access/refresh tokens; unset generates one per home directory.",
     )
     cors_origins: list[str] = Field(default_factory=list, validation_alias="OPTIBID_CORS_ORIGINS")
+    public_url: str | None = Field(
+        default=None,
+        validation_alias="OPTIBID_PUBLIC_URL",
+        description="The API's address as users and identity providers reach it (links in e-mails, the OIDC "
+        "redirect URI, the tokens' issuer); unset = http://OPTIBID_API_HOST:OPTIBID_API_PORT.",
+    )
+    jwt_private_keys: SecretStr | None = Field(
+        default=None,
+        validation_alias="OPTIBID_JWT_PRIVATE_KEYS",
+        description="PEM bundle of RSA private keys signing access tokens, newest (signing) first; unset keeps "
+        "a generated, rotating keyring in $OPTIBID_HOME/jwt_keys.",
+    )
+    jwt_audience: str = Field(default="optibid-api", min_length=1, validation_alias="OPTIBID_JWT_AUDIENCE")
+    jwt_key_rotation_days: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias="OPTIBID_JWT_KEY_ROTATION_DAYS",
+        description="Age at which the generated keyring's signing key is replaced.",
+    )
+    jwt_key_overlap_seconds: int = Field(
+        default=3600,
+        ge=960,
+        validation_alias="OPTIBID_JWT_KEY_OVERLAP_SECONDS",
+        description="Rotation window: how long a replaced key (and, after the upgrade, HS256 tokens) still "
+        "verifies; at least the access-token lifetime plus a minute.",
+    )
+    invitation_ttl_hours: float = Field(default=72.0, gt=0, validation_alias="OPTIBID_INVITATION_TTL_HOURS")
+    password_reset_ttl_minutes: float = Field(default=30.0, gt=0, validation_alias="OPTIBID_PASSWORD_RESET_TTL_MINUTES")
+    mail_smtp_host: str | None = Field(
+        default=None,
+        validation_alias="OPTIBID_MAIL_SMTP_HOST",
+        description="SMTP server for invitations and password resets; unset = the alert SMTP server.",
+    )
+    mail_smtp_port: int | None = Field(default=None, validation_alias="OPTIBID_MAIL_SMTP_PORT")
+    mail_smtp_starttls: bool | None = Field(default=None, validation_alias="OPTIBID_MAIL_SMTP_STARTTLS")
+    mail_smtp_username: str | None = Field(default=None, validation_alias="OPTIBID_MAIL_SMTP_USERNAME")
+    mail_smtp_password: SecretStr | None = Field(default=None, validation_alias="OPTIBID_MAIL_SMTP_PASSWORD")
+    mail_from: str = Field(default="optibid@localhost", validation_alias="OPTIBID_MAIL_FROM")
     upload_max_bytes: int = Field(
         default=512 * 1024 * 1024,
         validation_alias="OPTIBID_UPLOAD_MAX_BYTES",
@@ -269,6 +307,10 @@ class Settings(BaseSettings):
     @property
     def home_dir(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def pg_data_dir(self) -> Path:

@@ -41,6 +41,7 @@ from serving_api.org_scope import API_ROLE, assume_api_role
 from serving_api.solver import SolverProcesses
 from serving_api.state import ApiOptions, ApiState, RateLimiter
 from serving_api.streaming import Hub
+from serving_api.token_keys import HomeKeyring, TokenKeys
 
 API_LOGIN = "optibid_api_login"  # infra/sql/130_api_login.sql
 log = logging.getLogger("serving_api")
@@ -63,6 +64,9 @@ API_ROUTERS = [
     "analytics",
     "on_demand_solves",
     "alerts",
+    "account",
+    "identity_admin",
+    "sso",
 ]
 
 
@@ -153,6 +157,22 @@ def _session_limits(settings: Settings) -> Callable[[AsyncConnection], Awaitable
     return configure
 
 
+def token_keys_for(settings: Settings, legacy_secret: str) -> TokenKeys:
+    """The access-token keys the settings name: `OPTIBID_JWT_PRIVATE_KEYS`, else the home's keyring."""
+    overlap = float(settings.jwt_key_overlap_seconds)
+    configured = settings.jwt_private_keys.get_secret_value() if settings.jwt_private_keys else None
+    return TokenKeys(
+        audience=settings.jwt_audience,
+        issuer=settings.resolved_public_url,
+        legacy_secret=legacy_secret,
+        configured_pem=configured,
+        home_keyring=None
+        if configured
+        else HomeKeyring(settings.home_dir / "jwt_keys", settings.jwt_key_rotation_days * 86400, overlap),
+        overlap_seconds=overlap,
+    )
+
+
 def create_app(settings: Settings | None = None, options: ApiOptions | None = None) -> FastAPI:
     """A configured app; Postgres is connected (and migrated) when its lifespan starts."""
     settings = settings or get_settings()
@@ -161,7 +181,13 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
         settings.jwt_secret.get_secret_value() if settings.jwt_secret else None, settings.home_dir
     )
     limiter = RateLimiter(settings.home_dir / "run" / "api_rate_limits.bin")
-    state = ApiState(settings=settings, options=options, jwt_secret=secret, limiter=limiter)
+    state = ApiState(
+        settings=settings,
+        options=options,
+        jwt_secret=secret,
+        limiter=limiter,
+        token_keys=token_keys_for(settings, secret),
+    )
     state.metrics = ApiMetrics()
     state.cache = ResponseCache(options.cache_max_entries, options.cache_max_bytes)
     state.freshness = FreshnessReader(settings.dagster_home)
@@ -186,6 +212,10 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
             configure=_session_limits(settings),
         )
         await state.pool.open(wait=True, timeout=30)
+        async with state.pool.connection() as conn:
+            since = await (await conn.execute("SELECT extract(epoch FROM api_auth.asymmetric_since())")).fetchone()
+        assert since is not None
+        state.token_keys.set_legacy_window(float(since[0]))
         state.hub = Hub(state)
         await state.hub.start()
         if options.freeze_gc_after_startup:
@@ -240,6 +270,7 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
     from serving_api.routers import health
 
     app.include_router(health.router)
+    app.include_router(health.well_known)
     for name in API_ROUTERS:
         module = importlib.import_module(f"serving_api.routers.{name}")
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(known_query_params)])

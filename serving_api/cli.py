@@ -1,8 +1,9 @@
-"""`optibid orgs|users|apikeys …`: bootstrap organizations, users and API keys.
+"""`optibid orgs|users|apikeys|auth …`: bootstrap organizations, users and API keys; rotate token keys.
 
-What belongs here: the Typer apps that `app/cli.py` mounts as `optibid orgs`, `optibid users` and
-`optibid apikeys`, and the functions behind them (also used by the demo and the tests). What does not:
-anything a request does; the API's own endpoints for the same objects are in `serving_api/routers/admin.py`.
+What belongs here: the Typer apps that `app/cli.py` mounts as `optibid orgs`, `optibid users`,
+`optibid apikeys` and `optibid auth`, and the functions behind them (also used by the demo and the tests).
+What does not: anything a request does; the API's own endpoints for the same objects are in
+`serving_api/routers/admin.py`.
 
 Writes go straight to Postgres as the migrating user (there is no caller organization to scope to yet) and
 are recorded in ops.audit_log with actor `cli`.
@@ -25,9 +26,11 @@ app = typer.Typer(help="Organizations, users and API keys of the serving API.", 
 orgs_app = typer.Typer(help="Organizations.", no_args_is_help=True)
 users_app = typer.Typer(help="Users.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+auth_app = typer.Typer(help="Access-token signing keys.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="apikeys")
+app.add_typer(auth_app, name="auth")
 
 ROLES = [r.value for r in security.Role]
 
@@ -142,3 +145,43 @@ def apikeys_revoke(key_id: str) -> None:
         conn.execute("SELECT pg_notify('optibid_auth', %s)", (json.dumps({"api_key_prefix": row[1]}),))
         _audit(conn, row[0], "api_key.revoke", key_id, {})
     typer.echo(f"key {key_id} revoked")
+
+
+@auth_app.command("rotate-keys")
+def auth_rotate_keys() -> None:
+    """Start signing access tokens with a new key of the home's keyring (the old one verifies for the
+    rotation window, OPTIBID_JWT_KEY_OVERLAP_SECONDS). Keys given by OPTIBID_JWT_PRIVATE_KEYS are rotated by
+    changing that variable instead."""
+    from serving_api.token_keys import HomeKeyring
+
+    settings = get_settings()
+    if settings.jwt_private_keys:
+        typer.echo("error: keys come from OPTIBID_JWT_PRIVATE_KEYS: prepend a new key there instead", err=True)
+        raise typer.Exit(1)
+    ring = HomeKeyring(
+        settings.home_dir / "jwt_keys",
+        settings.jwt_key_rotation_days * 86400,
+        float(settings.jwt_key_overlap_seconds),
+    )
+    kid = ring.rotate()
+    typer.echo(f"new signing key {kid}; running API processes pick it up on their next unknown kid or rotation check")
+
+
+@users_app.command("deactivate")
+def users_deactivate(email: str) -> None:
+    """Deactivate a user and revoke their sessions and API keys (e.g. the last admin, locked out of the API)."""
+    with db.connect(_database_url()) as conn:
+        row = conn.execute(
+            "UPDATE ops.users SET is_active = false, deactivated_at = coalesce(deactivated_at, now())"
+            " WHERE lower(email) = lower(%s) RETURNING user_id, org_id",
+            (email.strip(),),
+        ).fetchone()
+        if row is None:
+            typer.echo("error: no such user", err=True)
+            raise typer.Exit(1)
+        revoked = conn.execute("SELECT kind, id FROM api_auth.revoke_user_credentials(%s, NULL)", (row[0],)).fetchall()
+        for kind, ident in revoked:
+            payload = {"family_id": ident} if kind == "family" else {"api_key_prefix": ident}
+            conn.execute("SELECT pg_notify('optibid_auth', %s)", (json.dumps(payload),))
+        _audit(conn, row[1], "user.deactivate", row[0], {"revoked": len(revoked)})
+    typer.echo(f"user {row[0]} deactivated; {len(revoked)} sessions and keys revoked")

@@ -14,6 +14,7 @@ listener and the exports) and the app's state (`serving_api/state.py`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from infra.signals import AUTH_CHANNEL
 from serving_api import security
 from serving_api.errors import ApiError
 from serving_api.org_scope import set_org_scope
@@ -136,7 +138,7 @@ def access_claims(state: ApiState, token: str) -> security.AccessClaims | None:
     """The claims of a valid access token; verified signatures are remembered until the token expires."""
     claims = state.access_claims.get(token)
     if claims is None:
-        claims = security.access_claims_of(state.jwt_secret, token)
+        claims = state.token_keys.claims_of(token)
         if claims is None:
             return None
         if len(state.access_claims) >= MAX_REMEMBERED_TOKENS:
@@ -149,11 +151,50 @@ def access_claims(state: ApiState, token: str) -> security.AccessClaims | None:
     return claims
 
 
+def session_touch_due(state: ApiState, family_id: str) -> bool:
+    last = state.session_touched.get(family_id)
+    return last is None or time.monotonic() - last >= state.options.session_touch_seconds
+
+
+async def touch_session(state: ApiState, family_id: str) -> None:
+    """Record the session's use; a session past its absolute lifetime or idle timeout is revoked (401).
+
+    Runs at most every `session_touch_seconds` per session and process, so the idle timeout is enforced to
+    within that interval, and a session's "last use" is at most that old.
+    """
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        row = await (await conn.execute("SELECT api_auth.touch_session(%s, NULL)", (family_id,))).fetchone()
+        status = row[0] if row else "unknown"
+        if status in ("expired", "idle"):
+            await conn.execute("SELECT api_auth.revoke_family(%s)", (family_id,))
+            await conn.execute("SELECT api_auth.audit_session(%s, %s, '{}'::jsonb)", (family_id, f"session.{status}"))
+            await conn.execute("SELECT pg_notify(%s, %s)", (AUTH_CHANNEL, json.dumps({"family_id": family_id})))
+            await conn.commit()
+    if status in ("expired", "idle", "revoked"):
+        state.revoked_families.add(family_id)
+        state.session_touched.pop(family_id, None)
+        raise ApiError(
+            401,
+            "session_expired" if status != "revoked" else "token_revoked",
+            {
+                "expired": "the session reached its absolute lifetime; log in again",
+                "idle": "the session was idle for longer than the organization allows; log in again",
+                "revoked": "the session of this token was revoked",
+            }[status],
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if len(state.session_touched) >= MAX_REMEMBERED_TOKENS:
+        state.session_touched.clear()
+    state.session_touched[family_id] = time.monotonic()
+
+
 def cached_principal(state: ApiState, token: str | None, api_key: str | None) -> Principal | None:
     """The caller when memory alone proves the credentials valid (the fast path), else None.
 
     None means "ask `principal_from_credentials`": invalid credentials, an API key not looked up in the
-    last `api_key_cache_seconds`, or a token whose revocation status needs the database.
+    last `api_key_cache_seconds`, or a token whose revocation status needs the database. A caller that
+    serves a user without `principal_from_credentials` checks `session_touch_due` / `touch_session` itself.
     """
     if api_key:
         prefix = security.api_key_prefix_of(api_key)
@@ -214,6 +255,8 @@ async def principal_from_credentials(state: ApiState, token: str | None, api_key
                 "the session of this token was revoked",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if session_touch_due(state, claims.family_id):
+            await touch_session(state, claims.family_id)
         return _user_principal(state, claims)
     raise ApiError(
         401,

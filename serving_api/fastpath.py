@@ -13,20 +13,23 @@ target needs no re-validation. Everything else falls through to the full app unt
 produces the answer (every error shape included) itself: credentials not provable from memory (unknown or
 wrong API key, a key not looked up within `api_key_cache_seconds`, an invalid, expired or revoked token,
 the listener down), a role without the permission, a miss or an invalidated partition, an exhausted
-rate-limit bucket, requests with an `Origin` header (CORS), and any method but GET. The decision is made
-without awaiting anything, and the rate-limit token is taken last, only when this path answers, so a
-request that falls through is never charged twice.
+rate-limit bucket, requests with an `Origin` header (CORS), and any method but GET. The decision awaits
+nothing but, at most once a minute per user session and process, the record of that session's use (which
+ends a session past its idle or absolute limit, `deps.touch_session`); the rate-limit token is taken last,
+only when this path answers, so a request that falls through is never charged twice.
 """
 
 from __future__ import annotations
 
 import time
 
+import psycopg
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving_api.cache import CachedResponse, request_target
-from serving_api.deps import cached_principal
+from serving_api.deps import cached_principal, session_touch_due, touch_session
+from serving_api.errors import ApiError
 from serving_api.state import ApiState
 
 
@@ -42,7 +45,7 @@ class CachedReadFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             start = time.perf_counter()
-            entry = self._servable(scope)
+            entry = await self._servable(scope)
             if entry is not None:
                 body = entry.body
                 await send(
@@ -62,7 +65,7 @@ class CachedReadFastPath:
                 return
         await self.app(scope, receive, send)
 
-    def _servable(self, scope: Scope) -> CachedResponse | None:
+    async def _servable(self, scope: Scope) -> CachedResponse | None:
         state = self.state
         cache = state.cache
         if cache is None or not cache.enabled or not scope["path"].startswith(self.prefix):
@@ -84,6 +87,11 @@ class CachedReadFastPath:
             if scheme and credentials and scheme.lower() == "bearer":
                 token = credentials
         principal = cached_principal(state, token, api_key)
+        if principal is not None and principal.family_id and session_touch_due(state, principal.family_id):
+            try:
+                await touch_session(state, principal.family_id)  # once a minute per session: its timeouts
+            except (ApiError, psycopg.Error, OSError):
+                principal = None  # the route answers: 401 (the session is now known to be revoked), or 503
         if principal is None:
             return None
         target = (principal.org_id, *request_target(scope))

@@ -281,6 +281,145 @@ class TokenResponse(BaseModel):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(description="Access-token lifetime in seconds.")
+    recovery_codes: list[str] | None = Field(
+        default=None, description="Set once, when this login completed MFA enrolment: store them safely."
+    )
+
+
+class MfaChallenge(BaseModel):
+    mfa_required: Literal[True] = True
+    mfa_token: str = Field(description="Send with the code to POST /auth/mfa/verify.")
+    expires_in: int
+    enrollment_required: bool = Field(
+        description="The organization requires MFA and the user has none yet: POST /auth/mfa/enroll first."
+    )
+    methods: list[str] = ["totp", "recovery_code"]
+
+
+class MfaVerify(BaseModel):
+    mfa_token: str = Field(min_length=1, max_length=200)
+    code: str = Field(min_length=1, max_length=40, description="A 6-digit TOTP code or a recovery code.")
+
+
+class MfaTokenBody(BaseModel):
+    mfa_token: str = Field(min_length=1, max_length=200)
+
+
+class MfaEnrollment(BaseModel):
+    secret: str = Field(description="Base32 TOTP secret (RFC 6238, SHA-1, 6 digits, 30 s).")
+    otpauth_uri: str
+
+
+class MfaCode(BaseModel):
+    code: str = Field(min_length=1, max_length=40)
+
+
+class RecoveryCodes(BaseModel):
+    recovery_codes: list[str]
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordForgot(BaseModel):
+    email: str = Field(pattern=r"^[^@\s\x00]{1,200}@[^@\s\x00]{1,200}$")
+
+
+class PasswordReset(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+class InvitationAccept(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class LinkInfo(BaseModel):
+    email: str
+    org_id: str
+    role: str | None = None
+    expires_at: datetime
+
+
+class InvitationCreate(BaseModel):
+    email: str = Field(pattern=r"^[^@\s\x00]{1,200}@[^@\s\x00]{1,200}$")
+    role: Literal["admin", "analyst", "trader", "viewer"]
+
+
+class InvitationOut(BaseModel):
+    invitation_id: str
+    org_id: str
+    email: str
+    role: str
+    created_by: str | None = None
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class RoleChange(BaseModel):
+    role: Literal["admin", "analyst", "trader", "viewer"]
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    auth_method: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    idle_timeout_seconds: int
+    ip: str | None = None
+    device: str | None = Field(default=None, description="The User-Agent the session was opened with.")
+    current: bool
+
+
+class IdentityPolicy(BaseModel):
+    mfa_required: bool = False
+    session_absolute_seconds: int = Field(default=604800, ge=300, le=2592000)
+    session_idle_seconds: int = Field(default=28800, ge=300, le=2592000)
+
+
+class OidcProviderIn(BaseModel):
+    issuer: str = Field(pattern=r"^https?://[^\s\x00]{1,500}$")
+    client_id: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
+    client_secret: str | None = Field(
+        default=None, max_length=500, pattern=r"^[^\x00]*$", description="Omit for a public client (PKCE only)."
+    )
+    scopes: str = Field(default="openid email profile", max_length=300, pattern=r"^openid( [A-Za-z0-9_:./-]+)*$")
+    groups_claim: str = Field(default="groups", min_length=1, max_length=100, pattern=r"^[\w:./-]+$")
+    group_roles: dict[str, Literal["admin", "analyst", "trader", "viewer"]] = Field(
+        default_factory=dict, max_length=200, description="Provider group -> role; the highest role matched wins."
+    )
+    default_role: Literal["admin", "analyst", "trader", "viewer"] | None = Field(
+        default=None, description="Role when no group matches; null refuses such users."
+    )
+    jit_provisioning: bool = True
+    enabled: bool = True
+
+
+class OidcProviderOut(BaseModel):
+    org_id: str
+    issuer: str
+    client_id: str
+    has_client_secret: bool
+    scopes: str
+    groups_claim: str
+    group_roles: dict[str, str]
+    default_role: str | None = None
+    jit_provisioning: bool
+    enabled: bool
+    redirect_uri: str = Field(description="Register this redirect URI with the provider.")
+
+
+class EndSession(BaseModel):
+    status: Literal["ok"] = "ok"
+    end_session_url: str | None = Field(
+        default=None, description="Send the browser here to end the provider's session too (SSO sessions)."
+    )
 
 
 class RefreshRequest(BaseModel):
@@ -336,6 +475,8 @@ class UserOut(BaseModel):
     email: str
     role: str
     is_active: bool
+    auth_source: str = "password"
+    deactivated_at: datetime | None = None
 
 
 class ApiKeyCreate(BaseModel):

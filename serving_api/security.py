@@ -1,11 +1,13 @@
-"""Credentials: password hashing and policy, JWT access tokens, opaque refresh tokens, API keys, and the
-role → permission table every endpoint checks.
+"""Credentials: password hashing and policy, opaque refresh tokens, API keys, TOTP codes and recovery codes,
+secrets sealed at rest, and the role → permission table every endpoint checks. (Access tokens and their
+signing keys: `serving_api.token_keys`.)
 
 Pure functions only (no database): `serving_api.auth_store` persists what these produce.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -13,21 +15,19 @@ import ipaddress
 import os
 import re
 import secrets
+import struct
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 ACCESS_TOKEN_SECONDS = 15 * 60
 REFRESH_TOKEN_SECONDS = 7 * 24 * 3600
-JWT_ALGORITHM = "HS256"
 API_KEY_PREFIX = "obk"
 
 _hasher = PasswordHasher()
@@ -65,6 +65,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     ),
     Role.admin: frozenset(Permission),
 }
+
+
+ROLE_RANK = {Role.viewer: 0, Role.analyst: 1, Role.trader: 2, Role.admin: 3}
 
 
 class PasswordPolicyError(ValueError):
@@ -133,39 +136,6 @@ class AccessClaims:
     role: Role
     family_id: str
     expires_at: int
-
-
-def access_token_for(secret: str, *, user_id: str, org_id: str, role: str, family_id: str) -> str:
-    """A signed 15-minute access token; `fam` ties it to its refresh family so revocation kills it."""
-    now = int(time.time())
-    claims = {
-        "sub": user_id,
-        "org": org_id,
-        "role": role,
-        "fam": family_id,
-        "typ": "access",
-        "iat": now,
-        "exp": now + ACCESS_TOKEN_SECONDS,
-        "jti": uuid.uuid4().hex,
-    }
-    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
-
-
-def access_claims_of(secret: str, token: str) -> AccessClaims | None:
-    """The claims of a valid, unexpired access token; None for anything else."""
-    try:
-        claims = jwt.decode(token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "sub"]})
-        if claims.get("typ") != "access":
-            return None
-        return AccessClaims(
-            user_id=str(claims["sub"]),
-            org_id=str(claims["org"]),
-            role=Role(claims["role"]),
-            family_id=str(claims["fam"]),
-            expires_at=int(claims["exp"]),
-        )
-    except (jwt.PyJWTError, KeyError, ValueError):
-        return None
 
 
 def new_refresh_token() -> tuple[str, str]:
@@ -238,3 +208,92 @@ def client_address(peer: str, forwarded_for: list[str], trusted: tuple[IPNetwork
             except ValueError:
                 return peer  # a malformed hop written by the client: fall back to the proxy's address
     return hops[0] if hops else peer
+
+
+# --- TOTP (RFC 6238: HMAC-SHA1, 30-second steps, 6 digits) -----------------------------------------------
+TOTP_STEP_SECONDS = 30
+TOTP_DIGITS = 6
+TOTP_ISSUER = "OptiBid"
+
+
+def new_totp_secret() -> str:
+    """A random 160-bit secret, base32 without padding (what authenticator apps take)."""
+    return base64.b32encode(secrets.token_bytes(20)).decode().rstrip("=")
+
+
+def totp_code(secret: str, step: int, digits: int = TOTP_DIGITS) -> str:
+    """The code of time step `step` (RFC 4226 HOTP of the step counter)."""
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8), casefold=True)
+    digest = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    value = struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10**digits).zfill(digits)
+
+
+def totp_step_matching(secret: str, code: str, now: float | None = None, drift_steps: int = 1) -> int | None:
+    """The time step whose code is `code`, within `drift_steps` of now (clock skew); None if none is."""
+    code = code.strip().replace(" ", "")
+    if not re.fullmatch(rf"\d{{{TOTP_DIGITS}}}", code):
+        return None
+    current = int((time.time() if now is None else now) // TOTP_STEP_SECONDS)
+    found = None
+    for step in range(current - drift_steps, current + drift_steps + 1):
+        if hmac.compare_digest(totp_code(secret, step), code):
+            found = step
+    return found
+
+
+def totp_uri(secret: str, account: str) -> str:
+    """The otpauth:// URI an authenticator app reads (usually shown as a QR code)."""
+    from urllib.parse import quote
+
+    return (
+        f"otpauth://totp/{quote(TOTP_ISSUER)}:{quote(account)}?secret={secret}&issuer={quote(TOTP_ISSUER)}"
+        f"&algorithm=SHA1&digits={TOTP_DIGITS}&period={TOTP_STEP_SECONDS}"
+    )
+
+
+RECOVERY_CODE_COUNT = 10
+
+
+def new_recovery_codes() -> list[str]:
+    """Single-use recovery codes (about 60 bits each), shown once; store `recovery_code_digest` of each."""
+    alphabet = "abcdefghjkmnpqrstuvwxyz23456789"
+    return [
+        "-".join("".join(secrets.choice(alphabet) for _ in range(4)) for _ in range(3))
+        for _ in range(RECOVERY_CODE_COUNT)
+    ]
+
+
+def recovery_code_digest(code: str) -> str:
+    return token_digest(code.strip().lower().replace(" ", ""))
+
+
+# --- secrets at rest (OIDC client secrets) ---------------------------------------------------------------
+def _sealing_key(master_secret: str) -> bytes:
+    return base64.urlsafe_b64encode(
+        hmac.new(master_secret.encode(), b"optibid:sealed-secrets:v1", hashlib.sha256).digest()
+    )
+
+
+def seal(master_secret: str, plaintext: str) -> str:
+    """`plaintext` encrypted and authenticated (Fernet) with a key derived from the API's secret."""
+    from cryptography.fernet import Fernet
+
+    return Fernet(_sealing_key(master_secret)).encrypt(plaintext.encode()).decode()
+
+
+def unseal(master_secret: str, sealed: str) -> str:
+    """The plaintext of `seal`; ValueError if it was sealed with another secret or altered."""
+    from cryptography.fernet import Fernet, InvalidToken
+
+    try:
+        return Fernet(_sealing_key(master_secret)).decrypt(sealed.encode()).decode()
+    except InvalidToken as exc:
+        raise ValueError("sealed secret cannot be opened with this OPTIBID_JWT_SECRET") from exc
+
+
+def new_link_token() -> tuple[str, str]:
+    """(token for an e-mailed link, digest stored): invitations and password resets."""
+    token = secrets.token_urlsafe(32)
+    return token, token_digest(token)

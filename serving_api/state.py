@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from serving_api.security import AccessClaims
     from serving_api.solver import SolverProcesses
     from serving_api.streaming import Hub
+    from serving_api.token_keys import TokenKeys
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,13 @@ class ApiOptions:
     solver_queue_wait_s: float = 5.0  # a request waits this long for an idle solver process, else 503
     upload_worker_processes: int = 2  # large uploads processed at once, each in a child process
     ws_auth_recheck_seconds: float = 1.0
+    # Identity (serving_api/routers/account.py, identity_admin.py, sso.py).
+    session_touch_seconds: float = 60.0  # a session's last use is recorded (and its timeouts checked) this often
+    mfa_challenge_seconds: int = 300  # how long the first login step's proof waits for the second factor
+    mfa_max_attempts_per_challenge: int = 5  # wrong codes before the password must be entered again
+    oidc_state_seconds: int = 600  # how long a started SSO login may take
+    oidc_http_timeout_seconds: float = 10.0
+    oidc_metadata_cache_seconds: float = 3600.0  # discovery documents and JWKS (refetched on an unknown kid)
     listener_keepalive_seconds: float = 5.0
 
 
@@ -155,6 +163,7 @@ class ApiState:
     options: ApiOptions
     jwt_secret: str
     limiter: RateLimiter
+    token_keys: TokenKeys
     database_url: str = ""  # the owner's: migrations and upload processing (pipeline writes)
     api_database_url: str = ""  # what serves requests: the pool, exports, the listener (as optibid_api)
     pool: AsyncConnectionPool | None = None
@@ -166,4 +175,6 @@ class ApiState:
     revoked_families: set[str] = field(default_factory=set)
     api_keys: OrderedDict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=OrderedDict)
     access_claims: dict[str, AccessClaims] = field(default_factory=dict)
+    session_touched: dict[str, float] = field(default_factory=dict)  # family -> monotonic time of last record
+    oidc_metadata: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # url -> (at, document)
     table_catalog: dict[str, tuple[float, dict[str, str] | None, bool]] = field(default_factory=dict)

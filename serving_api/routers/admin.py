@@ -27,7 +27,8 @@ _KEY_COLUMNS = (
 @router.get("/users", response_model=list[UserOut], summary="Users of the organization")
 async def list_users(session: Admin):
     return await repository.rows_of(
-        await session.conn(), "SELECT user_id, org_id, email, role, is_active FROM ops.users ORDER BY email"
+        await session.conn(),
+        "SELECT user_id, org_id, email, role, is_active, auth_source, deactivated_at FROM ops.users ORDER BY email",
     )
 
 

@@ -1,4 +1,5 @@
-"""OAuth2 password login, refresh-token rotation with reuse detection, and revocation.
+"""OAuth2 password login (with its second, MFA step), refresh-token rotation with reuse detection and session
+timeouts, and revocation.
 
 Login and refresh run before the caller's organization is known, so their reads and writes go through the
 narrow SECURITY DEFINER functions of `api_auth` (infra/sql/120_api_hardening.sql); the API's connections
@@ -15,9 +16,10 @@ import functools
 import json
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
@@ -25,27 +27,27 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from infra.signals import AUTH_CHANNEL
-from serving_api import security
+from serving_api import identity, security
 from serving_api.deps import api_state
 from serving_api.errors import ApiError, error_responses
-from serving_api.models import Ok, RefreshRequest, TokenResponse
+from serving_api.models import (
+    MfaChallenge,
+    MfaEnrollment,
+    MfaTokenBody,
+    MfaVerify,
+    Ok,
+    RefreshRequest,
+    TokenResponse,
+)
 from serving_api.state import ApiOptions, ApiState
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(400, 401, 422, 429, 500, 503))
 
 
 def _client_ip(request: Request) -> str:
-    """The client's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
-    state = api_state(request)
-    peer = request.client.host if request.client else "unknown"
-    return security.client_address(
-        peer, request.headers.getlist("x-forwarded-for"), _trusted(tuple(state.settings.trusted_proxies))
-    )
-
-
-@functools.cache
-def _trusted(cidrs: tuple[str, ...]) -> tuple[security.IPNetwork, ...]:
-    return security.parse_networks(cidrs)
+    return identity.client_ip(request)
 
 
 _email_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -87,41 +89,31 @@ def _delay_for(failures: int, threshold: int, opts: ApiOptions) -> float:
     return min(opts.login_delay_max_seconds, opts.login_delay_base_seconds * 2 ** (failures - threshold))
 
 
-async def _issue(conn: AsyncConnection, state: ApiState, user: dict, family_id: str) -> tuple[TokenResponse, str]:
-    token, digest = security.new_refresh_token()
-    token_id = uuid.uuid4().hex
-    issued = await (
-        await conn.execute(
-            "SELECT api_auth.issue_refresh_token(%s, %s, %s, %s, %s)",
-            (
-                token_id,
-                family_id,
-                user["user_id"],
-                digest,
-                datetime.now(UTC) + timedelta(seconds=security.REFRESH_TOKEN_SECONDS),
-            ),
-        )
-    ).fetchone()
-    if issued is None or issued[0] is None:
-        raise ApiError(401, "invalid_credentials", "the account is disabled")
-    access = security.access_token_for(
-        state.jwt_secret,
-        user_id=user["user_id"],
-        org_id=user["org_id"],
-        role=user["role"],
-        family_id=family_id,
-    )
-    return TokenResponse(access_token=access, refresh_token=token, expires_in=security.ACCESS_TOKEN_SECONDS), token_id
-
-
-@router.post("/token", response_model=TokenResponse, summary="Log in with e-mail and password (OAuth2 password)")
-async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenResponse:
-    state = api_state(request)
-    opts = state.options
+@router.post(
+    "/token",
+    response_model=TokenResponse | MfaChallenge,
+    summary="Log in with e-mail and password (OAuth2 password); a second step follows when MFA is on",
+)
+async def login(
+    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+) -> TokenResponse | MfaChallenge:
     email = form.username.strip().lower()
     if "\x00" in email or "\x00" in form.password or len(email) > 320 or len(form.password) > 1024:
         raise ApiError(400, "invalid_input", "malformed credentials")
     ip = _client_ip(request)
+    return await throttled(
+        request, email, ip, lambda: _verify_and_issue(request, api_state(request), email, ip, form.password)
+    )
+
+
+async def throttled(request: Request, email: str, ip: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run one credential check (`attempt`) under the login throttle of (e-mail, address).
+
+    Failures of every factor (password, TOTP, recovery code) count together: the pair backoff refuses with
+    429, and beyond the thresholds each attempt waits a progressive delay, serialized per e-mail or address.
+    """
+    state = api_state(request)
+    opts = state.options
     window = timedelta(seconds=opts.login_window_seconds)
     assert state.pool is not None
     async with state.pool.connection() as conn:
@@ -152,7 +144,7 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
     ip_delay = _delay_for(counts["by_ip"], opts.login_max_failures_per_ip, opts)
     delay = max(email_delay, ip_delay)
     if delay <= 0:
-        return await _verify_and_issue(request, state, email, ip, form.password)
+        return await attempt()
     # Throttled: attempts on this e-mail (or, when the address is the one failing, from this address) are
     # serialized and each waits `delay`, so guessing runs at most at 1/delay per account however many
     # connections or addresses are used, and a flood of random e-mails from one address costs at most one
@@ -172,19 +164,24 @@ async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
     try:
         async with lock:
             await asyncio.sleep(delay)
-            return await _verify_and_issue(request, state, email, ip, form.password)
+            return await attempt()
     finally:
         waiting[0] -= 1
         if waiting[0] == 0:
             _email_locks.pop(throttle_key, None)
 
 
-async def _verify_and_issue(request: Request, state: ApiState, email: str, ip: str, password: str) -> TokenResponse:
+async def _verify_and_issue(
+    request: Request, state: ApiState, email: str, ip: str, password: str
+) -> TokenResponse | MfaChallenge:
     assert state.pool is not None
     async with state.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
-            "SELECT user_id, org_id, role, password_hash, is_active FROM api_auth.login_user(%s)", (email,)
+            """SELECT user_id, org_id, role, password_hash, is_active, mfa_enabled, mfa_required,
+                      session_absolute_seconds, session_idle_seconds
+               FROM api_auth.login_profile(%s)""",
+            (email,),
         )
         user = await cur.fetchone()
         await conn.commit()  # no transaction stays open across the hash
@@ -200,7 +197,123 @@ async def _verify_and_issue(request: Request, state: ApiState, email: str, ip: s
                 headers={"WWW-Authenticate": "Bearer"},
             )
         assert user is not None
-        tokens, _ = await _issue(conn, state, user, uuid.uuid4().hex)
+        if user["mfa_enabled"] or user["mfa_required"]:
+            # The password was right: the second step trades this short-lived proof and a code for tokens.
+            challenge, digest = security.new_link_token()
+            await conn.execute(
+                "SELECT api_auth.mfa_new_challenge(%s, %s, %s)",
+                (digest, user["user_id"], state.options.mfa_challenge_seconds),
+            )
+            return MfaChallenge(
+                mfa_token=challenge,
+                expires_in=state.options.mfa_challenge_seconds,
+                enrollment_required=not user["mfa_enabled"],
+            )
+        tokens, _ = await identity.issue_tokens(
+            conn, state, user, uuid.uuid4().hex, _new_session(request, user, "password", ip)
+        )
+    return tokens
+
+
+def _new_session(request: Request, profile: dict, method: str, ip: str) -> identity.NewSession:
+    return identity.NewSession(
+        auth_method=method,
+        ip=ip,
+        user_agent=identity.user_agent(request),
+        absolute_seconds=profile["session_absolute_seconds"],
+        idle_seconds=profile["session_idle_seconds"],
+    )
+
+
+async def _challenge_user(conn: AsyncConnection, mfa_token: str) -> dict:
+    """The profile of the user of a live MFA challenge (401 otherwise)."""
+    row = await (
+        await conn.execute("SELECT api_auth.mfa_challenge_peek(%s)", (security.token_digest(mfa_token),))
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise ApiError(401, "invalid_mfa_token", "the MFA token is unknown, used or expired; log in again")
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        """SELECT user_id, org_id, email, role, is_active, mfa_enabled, mfa_required, session_absolute_seconds,
+                  session_idle_seconds FROM api_auth.user_profile(%s)""",
+        (row[0],),
+    )
+    profile = await cur.fetchone()
+    if profile is None or not profile["is_active"]:
+        raise ApiError(401, "invalid_mfa_token", "the MFA token is unknown, used or expired; log in again")
+    return profile
+
+
+@router.post(
+    "/mfa/enroll",
+    response_model=MfaEnrollment,
+    summary="During a login whose organization requires MFA: start TOTP enrolment with the MFA token",
+    responses=error_responses(409),
+)
+async def enroll_during_login(request: Request, body: MfaTokenBody) -> MfaEnrollment:
+    state = api_state(request)
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        profile = await _challenge_user(conn, body.mfa_token)
+        if profile["mfa_enabled"]:
+            raise ApiError(409, "mfa_already_enabled", "MFA is already set up: send a code to /auth/mfa/verify")
+        secret = security.new_totp_secret()
+        await conn.execute("SELECT api_auth.mfa_begin_enrolment(%s, %s)", (profile["user_id"], secret))
+    return MfaEnrollment(secret=secret, otpauth_uri=security.totp_uri(secret, profile["email"]))
+
+
+@router.post(
+    "/mfa/verify",
+    response_model=TokenResponse,
+    summary="Second login step: the MFA token and a TOTP or recovery code, for tokens",
+)
+async def verify_mfa(request: Request, body: MfaVerify) -> TokenResponse:
+    state = api_state(request)
+    ip = _client_ip(request)
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        profile = await _challenge_user(conn, body.mfa_token)
+    return await throttled(request, profile["email"], ip, lambda: _second_factor(request, state, profile, ip, body))
+
+
+async def _second_factor(request: Request, state: ApiState, profile: dict, ip: str, body: MfaVerify) -> TokenResponse:
+    assert state.pool is not None
+    digest = security.token_digest(body.mfa_token)
+    async with state.pool.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT api_auth.mfa_challenge_attempt(%s, %s)",
+                (digest, state.options.mfa_max_attempts_per_challenge),
+            )
+        ).fetchone()
+        await conn.commit()  # the attempt counts even if what follows fails
+        if row is None or row[0] is None:
+            raise ApiError(
+                401, "mfa_challenge_exhausted", "too many wrong codes or the MFA token expired; log in again"
+            )
+        enrolling = not profile["mfa_enabled"]
+        factor = await identity.check_second_factor(conn, profile["user_id"], body.code, confirm=enrolling)
+        await conn.execute(
+            "SELECT api_auth.record_factor(%s, %s, %s, %s)",
+            (profile["email"], ip, factor or "totp", factor is not None),
+        )
+        if factor is None:
+            await conn.commit()
+            raise ApiError(401, "invalid_mfa_code", "the code is wrong, expired or already used")
+        done = await (await conn.execute("SELECT api_auth.mfa_challenge_done(%s)", (digest,))).fetchone()
+        if done is None or not done[0]:
+            raise ApiError(401, "invalid_mfa_token", "the MFA token was already used; log in again")
+        codes = None
+        if enrolling:
+            codes = await identity.new_recovery_codes(conn, profile["user_id"])
+            await identity.audit(
+                conn, profile["org_id"], f"user:{profile['user_id']}", "mfa.enable", profile["user_id"]
+            )
+        tokens, _ = await identity.issue_tokens(
+            conn, state, profile, uuid.uuid4().hex, _new_session(request, profile, f"password+{factor}", ip)
+        )
+    if codes:
+        tokens.recovery_codes = codes
     return tokens
 
 
@@ -255,8 +368,22 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenResponse:
         if await _family_revoked(conn, state, row["family_id"]):
             # A token rotated in concurrently with the family's revocation escaped the UPDATE: still dead.
             raise ApiError(401, "invalid_refresh_token", "the session of this refresh token was revoked")
+        status = await identity.session_status(conn, row["family_id"], _client_ip(request))
+        if status in ("expired", "idle"):
+            await _revoke_family(conn, state, row["family_id"])
+            await _audit_session(conn, row["family_id"], f"session.{status}")
+            await conn.commit()
+            raise ApiError(
+                401,
+                "session_expired",
+                "the session reached its absolute lifetime; log in again"
+                if status == "expired"
+                else "the session was idle for longer than the organization allows; log in again",
+            )
+        if status == "revoked":
+            raise ApiError(401, "invalid_refresh_token", "the session of this refresh token was revoked")
         user = {"user_id": row["user_id"], "org_id": row["org_id"], "role": row["role"]}
-        tokens, new_id = await _issue(conn, state, user, row["family_id"])
+        tokens, new_id = await identity.issue_tokens(conn, state, user, row["family_id"])
         await conn.execute("SELECT api_auth.rotate_refresh_token(%s, %s)", (row["token_id"], new_id))
         await _audit_session(conn, row["family_id"], "token.refresh")
     return tokens

@@ -1,8 +1,9 @@
-"""Liveness, readiness (Postgres) and Prometheus metrics; no authentication."""
+"""Liveness, readiness (Postgres), Prometheus metrics and the access-token JWKS; no authentication."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -13,6 +14,21 @@ from serving_api.errors import ApiError, error_responses
 from serving_api.models import Ok, Ready
 
 router = APIRouter(tags=["health"])
+well_known = APIRouter(tags=["auth"])
+
+
+@well_known.get(
+    "/.well-known/jwks.json",
+    summary="Public keys verifying access tokens (RS256, by `kid`), for other services",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/jwk-set+json": {"schema": {"type": "object"}}}, "description": "JWK set"},
+        **error_responses(500),
+    },
+)
+async def jwks(request: Request) -> Response:
+    body = json.dumps(api_state(request).token_keys.jwks())
+    return Response(body, media_type="application/jwk-set+json", headers={"Cache-Control": "public, max-age=300"})
 
 
 @router.get("/healthz", response_model=Ok, summary="Process is alive", responses=error_responses(500))

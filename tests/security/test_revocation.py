@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import jwt
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -76,12 +75,8 @@ def test_websocket_closes_within_5s_after_its_api_key_is_revoked(client, auth):
 
 def test_websocket_closes_when_its_token_expires(client):
     state = client.app.state.api
-    now = int(time.time())
-    token = jwt.encode(
-        {"sub": "u", "org": "org_a", "role": "viewer", "fam": "f-expiring", "typ": "access", "iat": now,
-         "exp": now + 2},
-        state.jwt_secret,
-        algorithm="HS256",
+    token, _ = state.token_keys.issue(
+        user_id="u", org_id="org_a", role="viewer", family_id="f-expiring", not_after=time.time() + 2
     )
     with client.websocket_connect(f"{V1}/ws/kpis/avg_price?zone=PJM&grain=hour&access_token={token}") as ws:
         assert ws.receive_json()["type"] == "heartbeat"
