@@ -58,6 +58,8 @@ API_ROUTERS = [
     "analytics",
     "on_demand_solves",
     "alerts",
+    "similar_runs",
+    "forecast_jobs",
 ]
 
 
@@ -195,6 +197,8 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
             await state.hub.stop()
             await state.pool.close()
             state.solver.close()
+            if state.forecast_jobs is not None:
+                await state.forecast_jobs.close()
 
     app = FastAPI(
         title="OptiBid API",

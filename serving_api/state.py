@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from serving_api.cache import ResponseCache
+    from serving_api.forecast_jobs import ForecastJobRunner
     from serving_api.freshness import FreshnessReader
     from serving_api.metrics import ApiMetrics
     from serving_api.security import AccessClaims
@@ -66,6 +67,13 @@ class ApiOptions:
     solver_queue_wait_s: float = 5.0  # a request waits this long for an idle solver process, else 503
     upload_worker_processes: int = 2  # large uploads processed at once, each in a child process
     ws_auth_recheck_seconds: float = 1.0
+    # On-demand forecast jobs (routers/forecast_jobs.py): worker processes, the hard wall-clock limit of one
+    # job (the request may ask for less), jobs waiting or running per API process, and the pipeline's
+    # interval calibration days (28 in production; tests shorten it).
+    forecast_job_processes: int = 1
+    forecast_job_timeout_s: float = 600.0
+    forecast_job_max_pending: int = 8
+    forecast_job_calibration_days: int = 28
     listener_keepalive_seconds: float = 5.0
 
 
@@ -158,6 +166,7 @@ class ApiState:
     metrics: ApiMetrics | None = None
     freshness: FreshnessReader | None = None
     solver: SolverProcesses | None = None
+    forecast_jobs: ForecastJobRunner | None = None  # started on the first forecast job
     revoked_families: set[str] = field(default_factory=set)
     api_keys: OrderedDict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=OrderedDict)
     access_claims: dict[str, AccessClaims] = field(default_factory=dict)

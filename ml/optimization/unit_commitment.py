@@ -239,6 +239,9 @@ def solve_unit_commitment(
             diagnostics=diagnostics,
         )
     model = _Model(inp, options.mip_solver, elastic=False, fixed_on=None)
+    warm_started = False
+    if options.warm_start_commitment:
+        warm_started = _apply_warm_start(model, inp, options.warm_start_commitment, options)
     status, _, hit = run_solver(
         model.solver, time_limit_s=options.time_limit_s, relative_gap=options.relative_gap, is_mip=True
     )
@@ -270,6 +273,7 @@ def solve_unit_commitment(
         hit_time_limit=hit,
         binaries=binaries,
         passes=2 if duals else 1,
+        warm_start=warm_started,
     )
     starts = [inp.start + timedelta(hours=t) if inp.start else None for t in range(inp.hours)]
     unit_rows = []
@@ -307,6 +311,41 @@ def solve_unit_commitment(
     return UnitCommitmentResult(
         info=info, total_cost=sum(r.cost for r in unit_rows), units=unit_rows, system=system
     )
+
+
+def _apply_warm_start(
+    model: _Model, inp: UnitCommitmentInput, commitment: dict[str, list[int]], options: SolveOptions
+) -> bool:
+    """Hand `commitment` to the MIP solver as a start; whether it was a complete feasible solution.
+
+    The schedule is first repaired into a full solution (dispatch, starts and stops) by the LP with that
+    commitment fixed; SCIP then starts from a feasible incumbent. When the fixed commitment is infeasible for
+    this input (more load, a unit locked by its initial state), only the on/off values are hinted and SCIP
+    completes them itself if it can.
+    """
+    hours = inp.hours
+    fixed = {
+        u.unit_id: [int(bool(v)) for v in (commitment.get(u.unit_id) or [0] * hours)][:hours] for u in inp.units
+    }
+    for uid, plan in fixed.items():
+        fixed[uid] = plan + [plan[-1] if plan else 0] * (hours - len(plan))
+    repair = _Model(inp, options.lp_solver, elastic=False, fixed_on=fixed)
+    status, _, _ = run_solver(
+        repair.solver, time_limit_s=max(0.1, options.time_limit_s / 10), relative_gap=0.0, is_mip=False
+    )
+    variables, values = [], []
+    complete = status == SolveStatus.OPTIMAL
+    for uid, v in model.vars.items():
+        if complete:
+            w = repair.vars[uid]
+            for mine, theirs in ((v.on, w.on), (v.start, w.start), (v.stop, w.stop), (v.output, w.output)):
+                variables += mine
+                values += [x.solution_value() for x in theirs]
+        else:
+            variables += v.on
+            values += [float(x) for x in fixed[uid]]
+    model.solver.SetHint(variables, values)
+    return complete
 
 
 def _fixed_commitment_duals(
