@@ -195,8 +195,8 @@ def test_jobs_are_the_organizations_own(api) -> None:
     token = auth("voltindia")["Authorization"].removeprefix("Bearer ")
     from starlette.websockets import WebSocketDisconnect
 
-    with pytest.raises(WebSocketDisconnect) as closed:
-        with client.websocket_connect(f"{PREFIX}/ws/forecasts/jobs/{job_id}?access_token={token}") as ws:
-            ws.receive_json()
+    url = f"{PREFIX}/ws/forecasts/jobs/{job_id}?access_token={token}"
+    with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect(url) as ws:
+        ws.receive_json()
     assert closed.value.code == 4404
     wait_for_job(client, auth("acme"), job_id)

@@ -208,7 +208,7 @@ def test_without_pgvector_the_search_is_an_exact_scan(system_postgres: str) -> N
 
     method, found = asyncio.run(search("acme"))
     assert method == "exact_scan"
-    assert [n.run_id for n in found][0] == "acme-evening"
+    assert found[0].run_id == "acme-evening"
     assert {n.run_id for n in found} == {"acme-evening", "acme-morning", "acme-flat"}
     expected = sorted(
         cosine_distance(query, run_embedding(UnitCommitmentInput.model_validate(_uc(load)))) for load in loads.values()
