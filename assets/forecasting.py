@@ -23,6 +23,8 @@ from infra.settings import get_settings
 from ml.forecasting import accuracy as forecast_accuracy
 from ml.forecasting import backtests as forecast_backtests
 from ml.forecasting import daily as daily_forecast
+from ml.forecasting import explain as forecast_explain
+from ml.forecasting.warehouse import set_explanations_mlflow_run
 from ml.monitoring.anomaly_days import replace_day_anomalies
 from ml.monitoring.drift import drift_by_zone
 from ml.monitoring.drift_windows import read_drift_windows
@@ -449,6 +451,64 @@ def champion_promotion(
     )
 
 
+# --- ml.forecast_explanations ------------------------------------------------------------------------------
+
+
+class ExplanationConfig(dg.Config):
+    history_days: int = 182
+    dnn_members: int = 4  # the production DNN architecture, fewer members (explanations are averaged over them)
+    dnn_max_epochs: int = 400
+    zones: list[str] = Field(default=[])
+
+
+@dg.asset(
+    key=["ml", "forecast_explanations"],
+    group_name="ml",
+    partitions_def=delivery_day_partitions,
+    deps=[FORECASTS],
+    automation_condition=automation.day_ahead(follow=dg.AssetSelection.assets(FORECASTS)),
+    description="Per forecast hour, each input's contribution to the day-ahead price forecast: exact for LEAR "
+    "(coefficient x feature through its scaling), integrated gradients for the DNN; rows in "
+    "ml.forecast_explanations, a plot per zone in the day's MLflow run (experiment optibid-forecast-explanations).",
+)
+def forecast_explanations(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+    config: ExplanationConfig,
+) -> dg.MaterializeResult:
+    day = date.fromisoformat(context.partition_key)
+    with warehouse.connect() as conn:
+        try:
+            run = forecast_explain.explain_delivery_day(
+                conn,
+                day,
+                context.run_id,
+                history_days=config.history_days,
+                dnn_members=config.dnn_members,
+                dnn_max_epochs=config.dnn_max_epochs,
+                zones=config.zones or None,
+            )
+        except MissingFactsError as exc:
+            raise dg.Failure(str(exc)) from exc
+        mlflow_run = None
+        if run.explanations:
+            mlflow_run = forecast_explain.log_explanations_to_mlflow(
+                run.explanations, mlflow.uri(), context.partition_key, f"explanations-{context.partition_key}"
+            )
+            set_explanations_mlflow_run(conn, day, context.run_id, mlflow_run)
+    for zone, why in run.skipped.items():
+        context.log.info(f"{zone}: {why}")
+    return dg.MaterializeResult(
+        metadata={
+            "rows": dg.MetadataValue.json(run.written),
+            "models": dg.MetadataValue.json({z: [e.model for e in exps] for z, exps in run.explanations.items()}),
+            "skipped": dg.MetadataValue.json(run.skipped),
+            "mlflow_run_id": dg.MetadataValue.text(mlflow_run or ""),
+        }
+    )
+
+
 defs = dg.Definitions(
     assets=[
         forecasts,
@@ -458,6 +518,7 @@ defs = dg.Definitions(
         shadow_forecasts,
         forecast_accuracy_scores,
         champion_promotion,
+        forecast_explanations,
     ],
     asset_checks=[drift_share_below_threshold],
 )

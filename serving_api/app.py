@@ -60,6 +60,7 @@ API_ROUTERS = [
     "alerts",
     "similar_runs",
     "forecast_jobs",
+    "forecast_quality",
 ]
 
 
