@@ -165,11 +165,15 @@ async def _zone_plan(conn: psycopg.AsyncConnection, body: ForecastJobRequest) ->
         raise _field_error(
             "start_date", f"{body.zone}'s {body.target} data ends before {latest}; the latest start is {latest}"
         )
-    origin = pd.Timestamp(first_day).tz_localize(tz).tz_convert("UTC").to_pydatetime()
+    try:
+        origin = pd.Timestamp(first_day).tz_localize(tz).tz_convert("UTC").to_pydatetime()
+        oldest = origin - timedelta(days=182)
+    except (ValueError, OverflowError):
+        raise _field_error("start_date", f"{first_day} is out of range") from None
     count = await (
         await conn.execute(
             f"SELECT count(DISTINCT ts_utc) FROM {table} WHERE zone = %s AND ts_utc < %s AND ts_utc >= %s",
-            (body.zone, origin, origin - timedelta(days=182)),
+            (body.zone, origin, oldest),
         )
     ).fetchone()
     try:
@@ -236,6 +240,8 @@ async def create_forecast_job(request: Request, body: ForecastJobRequest, sessio
             await asyncio.to_thread(_check_series, body)
         except ForecastRequestError as exc:
             raise _field_error(exc.field, exc.message) from None
+        except (ValueError, OverflowError) as exc:  # e.g. timestamps beyond pandas' range (years 1677-2262)
+            raise _field_error("series.timestamps", f"cannot be read as hourly UTC timestamps ({exc})") from None
         assert body.series is not None
         payload |= {
             "mode": "series",

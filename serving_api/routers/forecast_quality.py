@@ -93,7 +93,10 @@ class Explanation(BaseModel):
 
 def _window(start: date | None, end: date | None) -> tuple[date, date]:
     end = end or datetime.now(UTC).date()
-    start = start or end - timedelta(days=30)
+    try:
+        start = start or end - timedelta(days=30)
+    except OverflowError:
+        raise ApiError(422, "validation_error", "to: out of range", {"field": "to"}) from None
     if start > end:
         raise ApiError(422, "validation_error", "from: must not be after to", {"field": "from"})
     if (end - start).days > MAX_DAYS:
