@@ -375,7 +375,8 @@ class AccuracyConfig(dg.Config):
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[PRICES, LOAD, FORECASTS, SHADOW],
-    automation_condition=automation.day_partitions(),
+    # Forecasts exist for the days the platform ran before: a day without them scores what there is.
+    automation_condition=automation.day_partitions(optional_deps=dg.AssetSelection.assets(FORECASTS, SHADOW)),
     description="MAE, RMSE, sMAPE and bias of every published and shadow forecast per zone, target, model and "
     "horizon day, scored on each market day once its actuals exist; accuracy over time is logged to MLflow "
     "(experiment optibid-forecast-accuracy: metrics and a plot per zone).",

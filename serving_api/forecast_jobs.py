@@ -2,7 +2,7 @@
 
 A job is a row of ml.forecast_jobs (the caller's organization; row-level security) that the request inserts
 as `queued` and answers 202. An asyncio task of the same API process then runs it in one of
-`ApiOptions.forecast_job_processes` killable worker processes (`serving_api.solver.SolverProcesses` with the
+`OPTIBID_API_FORECAST_JOB_PROCESSES` killable worker processes (`serving_api.solver.SolverProcesses` with the
 forecasting library's `run_forecast_job` as target, at a lower CPU priority): `running`, then `succeeded`
 with the result, `failed` with the field and reason the pipeline gave, or `timed_out` when the job outlived
 its time limit (its process is killed and replaced). At most `forecast_job_max_pending` jobs wait or run per
@@ -48,7 +48,7 @@ class ForecastJobRunner:
         options = state.options
         # Jobs wait for a worker for as long as they may run: the pending bound is the admission control.
         self.processes = SolverProcesses(
-            options.forecast_job_processes,
+            state.settings.api_forecast_job_processes,
             nice=options.solver_nice,
             queue_wait_s=options.forecast_job_timeout_s,
             target=JOB_TARGET,

@@ -67,10 +67,9 @@ class ApiOptions:
     solver_queue_wait_s: float = 5.0  # a request waits this long for an idle solver process, else 503
     upload_worker_processes: int = 2  # large uploads processed at once, each in a child process
     ws_auth_recheck_seconds: float = 1.0
-    # On-demand forecast jobs (routers/forecast_jobs.py): worker processes, the hard wall-clock limit of one
-    # job (the request may ask for less), jobs waiting or running per API process, and the pipeline's
-    # interval calibration days (28 in production; tests shorten it).
-    forecast_job_processes: int = 1
+    # On-demand forecast jobs (routers/forecast_jobs.py; worker processes: OPTIBID_API_FORECAST_JOB_PROCESSES):
+    # the hard wall-clock limit of one job (the request may ask for less), jobs waiting or running per API
+    # process, and the pipeline's interval calibration days (28 in production; tests shorten it).
     forecast_job_timeout_s: float = 600.0
     forecast_job_max_pending: int = 8
     forecast_job_calibration_days: int = 28
