@@ -196,10 +196,10 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
             yield
         finally:
             await state.hub.stop()
+            if state.forecast_jobs is not None:  # before the pool: unfinished jobs are marked failed
+                await state.forecast_jobs.close()
             await state.pool.close()
             state.solver.close()
-            if state.forecast_jobs is not None:
-                await state.forecast_jobs.close()
 
     app = FastAPI(
         title="OptiBid API",

@@ -29,6 +29,7 @@ import pandas as pd
 import psycopg
 from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ml.forecasting import (
@@ -319,10 +320,7 @@ async def forecast_jobs(
     status: Literal["queued", "running", "succeeded", "failed", "timed_out"] | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LISTED_JOBS)] = 20,
 ) -> ForecastJobList:
-    conn = await session.conn()
-    from psycopg.rows import dict_row
-
-    cur = conn.cursor(row_factory=dict_row)
+    cur = (await session.conn()).cursor(row_factory=dict_row)
     await cur.execute(
         """SELECT job_id, status, request, result, error, time_limit_s, created_at, started_at, finished_at,
                   wall_seconds FROM ml.forecast_jobs WHERE (%s::text IS NULL OR status = %s)
