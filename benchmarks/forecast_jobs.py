@@ -27,7 +27,7 @@ def _job(base: str, key: str, horizon: int) -> tuple[float, dict]:
     started = time.perf_counter()
     resp = httpx.post(
         f"{base}/api/v1/forecasts",
-        json={"zone": ZONE, "horizon_hours": horizon, "time_limit_s": 600},
+        json={"zone": ZONE, "horizon_hours": horizon, "time_limit_s": 1800},
         headers={"X-API-Key": key},
         timeout=60,
     )

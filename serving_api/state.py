@@ -70,7 +70,7 @@ class ApiOptions:
     # On-demand forecast jobs (routers/forecast_jobs.py; worker processes: OPTIBID_API_FORECAST_JOB_PROCESSES):
     # the hard wall-clock limit of one job (the request may ask for less), jobs waiting or running per API
     # process, and the pipeline's interval calibration days (28 in production; tests shorten it).
-    forecast_job_timeout_s: float = 600.0
+    forecast_job_timeout_s: float = 1800.0
     forecast_job_max_pending: int = 8
     forecast_job_calibration_days: int = 28
     listener_keepalive_seconds: float = 5.0
