@@ -1,9 +1,11 @@
-"""ML assets: forecasts, backtests, drift reports and anomalies downstream of gold.
+"""ML assets: forecasts, backtests, drift reports and anomalies downstream of gold, and the accuracy side:
+shadow forecasts of a challenger, accuracy once actuals arrive, champion/challenger promotion, explanations.
 
 Each asset body gathers its resources and config, calls the library and reports metadata: the daily
 forecast is `ml.forecasting.daily`, the weekly champion selection `ml.forecasting.backtests`, drift
-`ml.monitoring.drift_windows` + `ml.monitoring.drift`, anomalies `ml.monitoring.anomaly_days`. Gold is read
-through `ml.warehouse_reads` and written through `ml.forecasting.warehouse`.
+`ml.monitoring.drift_windows` + `ml.monitoring.drift`, anomalies `ml.monitoring.anomaly_days`, shadow
+forecasts, scoring and promotion `ml.forecasting.accuracy`, explanations `ml.forecasting.explain`. Gold is
+read through `ml.warehouse_reads` and written through `ml.forecasting.warehouse`.
 """
 
 import time
@@ -18,9 +20,11 @@ from assets.shared import automation
 from assets.shared.partitions import daily_partitions, delivery_day_partitions, market_date_window
 from assets.shared.resources import MlflowResource, WarehouseResource
 from infra.settings import get_settings
+from ml.forecasting import accuracy as forecast_accuracy
 from ml.forecasting import backtests as forecast_backtests
 from ml.forecasting import daily as daily_forecast
-from ml.forecasting.warehouse import replace_drift_summaries
+from ml.forecasting import explain as forecast_explain
+from ml.forecasting.warehouse import replace_drift_summaries, set_explanations_mlflow_run
 from ml.monitoring.anomaly_days import replace_day_anomalies
 from ml.monitoring.drift import drift_by_zone
 from ml.monitoring.drift_windows import read_drift_windows
@@ -29,6 +33,8 @@ from ml.warehouse_reads import MissingFactsError
 PRICES = dg.AssetKey(["gold", "fct_prices_hourly"])
 LOAD = dg.AssetKey(["gold", "fct_load_hourly"])
 FORECASTS = dg.AssetKey(["gold", "forecasts"])
+SHADOW = dg.AssetKey(["ml", "shadow_forecasts"])
+ACCURACY = dg.AssetKey(["ml", "forecast_accuracy"])
 DRIFT = dg.AssetKey(["ml", "drift_report"])
 # Tomorrow's delivery day is forecast from the facts up to today: delivery day D depends on market day D-1.
 DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
@@ -104,9 +110,7 @@ def forecasts(
             "delivery_day": dg.MetadataValue.text(str(day)),
             "rows": dg.MetadataValue.int(rows),
             "zones": dg.MetadataValue.json(sorted({fc.zone for fc in run.published})),
-            "models": dg.MetadataValue.json(
-                {str(k): int(v) for k, v in summary.groupby("model").size().items()}
-            ),
+            "models": dg.MetadataValue.json({str(k): int(v) for k, v in summary.groupby("model").size().items()}),
             "forecasts": dg.MetadataValue.md(_md_table(summary)),
             "skipped": dg.MetadataValue.json(run.skipped),
             "coverage_latest_known_day": dg.MetadataValue.md(_md_table(coverage)),
@@ -309,7 +313,215 @@ def anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -
         }
     )
 
+
+# --- ml.shadow_forecasts, ml.forecast_accuracy, ml.champion_promotion -------------------------------------
+
+
+class ShadowConfig(dg.Config):
+    challenger_model: str = "lear"  # a candidate name (ml.forecasting.selection.candidate_pipeline)
+    calibration_days: int = 28
+    history_days: int = 182
+    zones: list[str] = Field(default=[])  # empty: every zone with public facts
+
+
+@dg.asset(
+    key=["ml", "shadow_forecasts"],
+    group_name="ml",
+    partitions_def=delivery_day_partitions,
+    deps=[
+        dg.AssetDep(PRICES, partition_mapping=DAY_BEFORE),
+        dg.AssetDep(LOAD, partition_mapping=DAY_BEFORE),
+        FORECASTS,
+    ],
+    automation_condition=automation.day_ahead(follow=dg.AssetSelection.assets(FORECASTS)),
+    description="The challenger's day-ahead price forecast per zone, in shadow beside the published champion "
+    "(never served as the forecast; scored like it by ml/forecast_accuracy). Follows gold/forecasts.",
+)
+def shadow_forecasts(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: ShadowConfig
+) -> dg.MaterializeResult:
+    day = date.fromisoformat(context.partition_key)
+    with warehouse.connect() as conn:
+        try:
+            run = forecast_accuracy.shadow_delivery_day(
+                conn,
+                day,
+                config.challenger_model,
+                context.run_id,
+                calibration_days=config.calibration_days,
+                history_days=config.history_days,
+                zones=config.zones or None,
+            )
+        except MissingFactsError as exc:
+            raise dg.Failure(str(exc)) from exc
+    for zone, why in run.skipped.items():
+        context.log.info(f"{zone}: {why}")
+    return dg.MaterializeResult(
+        metadata={
+            "challenger": dg.MetadataValue.text(run.challenger),
+            "rows": dg.MetadataValue.json(run.written),
+            "skipped": dg.MetadataValue.json(run.skipped),
+        }
+    )
+
+
+class AccuracyConfig(dg.Config):
+    targets: list[str] = Field(default=["price", "load"])
+    zones: list[str] = Field(default=[])  # empty: every zone with forecasts
+    plot_days: int = 60  # days of accuracy history logged to MLflow per run
+
+
+@dg.asset(
+    key=["ml", "forecast_accuracy"],
+    group_name="ml",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[PRICES, LOAD, FORECASTS, SHADOW],
+    # Forecasts exist for the days the platform ran before: a day without them scores what there is.
+    automation_condition=automation.day_partitions(optional_deps=dg.AssetSelection.assets(FORECASTS, SHADOW)),
+    description="MAE, RMSE, sMAPE and bias of every published and shadow forecast per zone, target, model and "
+    "horizon day, scored on each market day once its actuals exist; accuracy over time is logged to MLflow "
+    "(experiment optibid-forecast-accuracy: metrics and a plot per zone).",
+)
+def forecast_accuracy_scores(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource, config: AccuracyConfig
+) -> dg.MaterializeResult:
+    days = market_date_window(context).dates
+    scored, skipped = [], {}
+    with warehouse.connect() as conn:
+        try:
+            for day in days:
+                found = forecast_accuracy.score_market_day(conn, day, config.targets, config.zones or None)
+                scored.append(found.rows)
+                skipped.update({f"{day}/{k}": v for k, v in found.skipped.items()})
+        except MissingFactsError as exc:
+            raise dg.Failure(str(exc)) from exc
+        history = forecast_accuracy.accuracy_history(conn, days[-1], config.plot_days, config.zones or None)
+    rows = pd.concat(scored, ignore_index=True)
+    mlflow_run = (
+        forecast_accuracy.log_accuracy_to_mlflow(history, mlflow.uri(), f"accuracy-{days[-1]}")
+        if not history.empty
+        else None
+    )
+    summary = rows.groupby(["zone", "target", "role", "model"], as_index=False)["mae"].mean() if len(rows) else rows
+    return dg.MaterializeResult(
+        metadata={
+            "market_dates": dg.MetadataValue.text(f"{days[0]} .. {days[-1]}"),
+            "rows": dg.MetadataValue.int(len(rows)),
+            "mae": dg.MetadataValue.md(_md_table(summary)),
+            "skipped": dg.MetadataValue.json(skipped),
+            "mlflow_run_id": dg.MetadataValue.text(mlflow_run or ""),
+            "mlflow_tracking_uri": dg.MetadataValue.text(mlflow.uri()),
+        }
+    )
+
+
+class PromotionConfig(dg.Config):
+    days: int = 14  # the rule's window of common complete days
+    alpha: float = 0.05  # one-sided Diebold-Mariano significance level
+    min_hours: int = 23
+    zones: list[str] = Field(default=[])
+
+
+@dg.asset(
+    key=["ml", "champion_promotion"],
+    group_name="ml",
+    deps=[ACCURACY],
+    automation_condition=automation.unpartitioned(),
+    description="Champion/challenger decision per zone after each accuracy update: the shadow challenger "
+    "becomes champion only if its MAE is lower over the last N common days and the Diebold-Mariano test is "
+    "significant (rule in ml/forecasting/accuracy.py); every decision is kept in ml.promotion_decisions.",
+)
+def champion_promotion(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, config: PromotionConfig
+) -> dg.MaterializeResult:
+    rule = forecast_accuracy.PromotionRule(days=config.days, alpha=config.alpha, min_hours=config.min_hours)
+    with warehouse.connect() as conn:
+        end = forecast_accuracy.latest_scored_date(conn)
+        if end is None:
+            return dg.MaterializeResult(metadata={"decisions": dg.MetadataValue.md("(nothing scored yet)")})
+        decisions = forecast_accuracy.promote_challengers(conn, end, rule, context.run_id, config.zones or None)
+    table = pd.DataFrame([vars(d) for d in decisions])
+    for d in decisions:
+        context.log.info(f"{d.zone}/{d.target}: {'PROMOTED ' if d.promoted else ''}{d.challenger}: {d.reason}")
+    return dg.MaterializeResult(
+        metadata={
+            "rule": dg.MetadataValue.text(rule.describe()),
+            "through": dg.MetadataValue.text(str(end)),
+            "promoted": dg.MetadataValue.json({d.zone: d.challenger for d in decisions if d.promoted}),
+            "decisions": dg.MetadataValue.md(_md_table(table)),
+        }
+    )
+
+
+# --- ml.forecast_explanations ------------------------------------------------------------------------------
+
+
+class ExplanationConfig(dg.Config):
+    history_days: int = 182
+    dnn_members: int = 4  # the production DNN architecture, fewer members (explanations are averaged over them)
+    dnn_max_epochs: int = 400
+    zones: list[str] = Field(default=[])
+
+
+@dg.asset(
+    key=["ml", "forecast_explanations"],
+    group_name="ml",
+    partitions_def=delivery_day_partitions,
+    deps=[FORECASTS],
+    automation_condition=automation.day_ahead(follow=dg.AssetSelection.assets(FORECASTS)),
+    description="Per forecast hour, each input's contribution to the day-ahead price forecast: exact for LEAR "
+    "(coefficient x feature through its scaling), integrated gradients for the DNN; rows in "
+    "ml.forecast_explanations, a plot per zone in the day's MLflow run (experiment optibid-forecast-explanations).",
+)
+def forecast_explanations(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+    config: ExplanationConfig,
+) -> dg.MaterializeResult:
+    day = date.fromisoformat(context.partition_key)
+    with warehouse.connect() as conn:
+        try:
+            run = forecast_explain.explain_delivery_day(
+                conn,
+                day,
+                context.run_id,
+                history_days=config.history_days,
+                dnn_members=config.dnn_members,
+                dnn_max_epochs=config.dnn_max_epochs,
+                zones=config.zones or None,
+            )
+        except MissingFactsError as exc:
+            raise dg.Failure(str(exc)) from exc
+        mlflow_run = None
+        if run.explanations:
+            mlflow_run = forecast_explain.log_explanations_to_mlflow(
+                run.explanations, mlflow.uri(), context.partition_key, f"explanations-{context.partition_key}"
+            )
+            set_explanations_mlflow_run(conn, day, context.run_id, mlflow_run)
+    for zone, why in run.skipped.items():
+        context.log.info(f"{zone}: {why}")
+    return dg.MaterializeResult(
+        metadata={
+            "rows": dg.MetadataValue.json(run.written),
+            "models": dg.MetadataValue.json({z: [e.model for e in exps] for z, exps in run.explanations.items()}),
+            "skipped": dg.MetadataValue.json(run.skipped),
+            "mlflow_run_id": dg.MetadataValue.text(mlflow_run or ""),
+        }
+    )
+
+
 defs = dg.Definitions(
-    assets=[forecasts, backtests, drift_report, anomalies],
+    assets=[
+        forecasts,
+        backtests,
+        drift_report,
+        anomalies,
+        shadow_forecasts,
+        forecast_accuracy_scores,
+        champion_promotion,
+        forecast_explanations,
+    ],
     asset_checks=[drift_share_below_threshold],
 )

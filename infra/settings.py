@@ -199,6 +199,13 @@ class Settings(BaseSettings):
         validation_alias="OPTIBID_API_SOLVER_PROCESSES",
         description="Worker processes per API process that run on-demand optimization solves (killable).",
     )
+    api_forecast_job_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias="OPTIBID_API_FORECAST_JOB_PROCESSES",
+        description="Worker processes per API process that run on-demand forecast jobs (killable).",
+    )
 
     # --- file uploads ---------------------------------------------------------------------------
     uploads_dir: Path | None = Field(

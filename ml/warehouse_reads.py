@@ -188,9 +188,7 @@ def stored_forecasts(
     return frame
 
 
-def forecast_runs(
-    conn: psycopg.Connection, zone: str, target: str, start: datetime, end: datetime
-) -> pd.DataFrame:
+def forecast_runs(conn: psycopg.Connection, zone: str, target: str, start: datetime, end: datetime) -> pd.DataFrame:
     """Every run's gold.forecasts rows of one zone and target in [start, end) (FORECAST_RUN_COLUMNS).
 
     Unlike `stored_forecasts` the runs are not blended: a caller that needs one run covering a whole day
@@ -245,3 +243,41 @@ def result_rows_per_run(
             (start, end),
         ).fetchall()
     )
+
+
+# --- published and shadow forecasts, for scoring --------------------------------------------------------
+
+FORECAST_ROW_COLUMNS = [ID_COL, TIME_COL, "model", "y_hat", "delivery_date", "run_id", "role"]
+
+
+def forecast_rows_in(
+    conn: psycopg.Connection,
+    target: str,
+    start: datetime | pd.Timestamp,
+    end: datetime | pd.Timestamp,
+    zones: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Every forecast row of `target` with an hour in [start, end): gold.forecasts as role `champion` (what
+    was published) and ml.shadow_forecasts as role `challenger`, each with its run's delivery date
+    (FORECAST_ROW_COLUMNS). Rows without a delivery date (written by other tools) are left out."""
+    params: list[Any] = [target, pd.Timestamp(start).to_pydatetime(), pd.Timestamp(end).to_pydatetime()]
+    zone_filter = sql.SQL("")
+    if zones is not None:
+        zone_filter = sql.SQL(" AND zone = ANY(%s)")
+        params.append(list(zones))
+    parts = []
+    for table, role in (("gold.forecasts", "champion"), ("ml.shadow_forecasts", "challenger")):
+        if table_columns(conn, table):
+            parts.append(
+                sql.SQL(
+                    "SELECT zone, ts_utc, model, y_hat, delivery_date, run_id, {r} FROM {t} "
+                    "WHERE target = %s AND ts_utc >= %s AND ts_utc < %s AND delivery_date IS NOT NULL{z}"
+                ).format(r=sql.Literal(role), t=_table(table), z=zone_filter)
+            )
+    if not parts:
+        return pd.DataFrame(columns=FORECAST_ROW_COLUMNS)
+    rows = conn.execute(sql.SQL(" UNION ALL ").join(parts), params * len(parts)).fetchall()
+    frame = pd.DataFrame(rows, columns=FORECAST_ROW_COLUMNS)
+    frame[TIME_COL] = pd.to_datetime(frame[TIME_COL], utc=True).astype("datetime64[ns, UTC]")
+    frame["y_hat"] = frame["y_hat"].astype(float)
+    return frame

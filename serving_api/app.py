@@ -67,6 +67,9 @@ API_ROUTERS = [
     "account",
     "identity_admin",
     "sso",
+    "similar_runs",
+    "forecast_jobs",
+    "forecast_quality",
 ]
 
 
@@ -228,6 +231,8 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
             yield
         finally:
             await state.hub.stop()
+            if state.forecast_jobs is not None:  # before the pool: unfinished jobs are marked failed
+                await state.forecast_jobs.close()
             await state.pool.close()
             state.solver.close()
 

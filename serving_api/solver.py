@@ -8,7 +8,8 @@ request handling). A solve that outlives its wall-clock limit is answered with `
 process is killed (SIGKILL) and replaced; a worker that dies is replaced too. Admission: a caller waits at
 most `queue_wait_s` for an idle worker, else `SolverBusy`.
 
-This module only runs library code (`ml.optimization.solve`); HTTP answers are the router's business.
+This module only runs library code (`ml.optimization.solve` by default; any `module:function` of the libraries
+as `target`, e.g. the on-demand forecast job); HTTP answers are the router's business.
 """
 
 from __future__ import annotations
@@ -49,20 +50,26 @@ class SolverCrashed(Exception):
     """The worker died or the library raised something unexpected."""
 
 
-def _serve(conn: Connection, nice: int) -> None:
-    """Worker process main loop: receive (input, options), answer ("ok" | "invalid" | "error", payload)."""
+SOLVE_TARGET = "ml.optimization:solve"
+
+
+def _serve(conn: Connection, nice: int, target: str = SOLVE_TARGET) -> None:
+    """Worker process main loop: receive the arguments of `target`, answer ("ok" | "invalid" | "error", payload)."""
+    import importlib
+
     with contextlib.suppress(OSError):
         os.nice(nice)
-    from ml.optimization import solve
+    module, _, name = target.partition(":")
+    function = getattr(importlib.import_module(module), name)
 
     conn.send(("ready", os.getpid()))  # imports done: from here on, wall time is solve time
     while True:
         try:
-            inp, options = conn.recv()
+            args = conn.recv()
         except (EOFError, OSError):  # the API process closed the pipe or went away
             return
         try:
-            conn.send(("ok", solve(inp, options)))
+            conn.send(("ok", function(*args)))
         except ValidationError as exc:
             errors = [{"msg": str(e.get("msg", "")), "loc": [str(p) for p in e.get("loc", ())]} for e in exc.errors()]
             conn.send(("invalid", errors))
@@ -100,10 +107,11 @@ class _Worker:
 class SolverProcesses:
     """A fixed set of killable solver processes shared by the requests of one API process."""
 
-    def __init__(self, size: int, *, nice: int = 10, queue_wait_s: float = 5.0) -> None:
+    def __init__(self, size: int, *, nice: int = 10, queue_wait_s: float = 5.0, target: str = SOLVE_TARGET) -> None:
         self.size = size
         self.nice = nice
         self.queue_wait_s = queue_wait_s
+        self.target = target
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
@@ -111,7 +119,9 @@ class SolverProcesses:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_serve, args=(child, self.nice), name="optibid-solver", daemon=True)
+        process = self._ctx.Process(
+            target=_serve, args=(child, self.nice, self.target), name="optibid-solver", daemon=True
+        )
         process.start()
         child.close()
         worker = _Worker(process, parent)
@@ -135,6 +145,10 @@ class SolverProcesses:
 
     async def solve(self, inp: BaseModel, options: Any, timeout_s: float) -> BaseModel:
         """The library's result for `inp`; raises SolverBusy, SolveTimeout, SolveValidationError, SolverCrashed."""
+        return await self.call((inp, options), timeout_s)
+
+    async def call(self, args: tuple[Any, ...], timeout_s: float) -> Any:
+        """`target(*args)` in a worker; raises SolverBusy, SolveTimeout, SolveValidationError, SolverCrashed."""
         idle = self._ensure_started()
         try:
             worker = await asyncio.wait_for(idle.get(), self.queue_wait_s)
@@ -149,7 +163,7 @@ class SolverProcesses:
                 self._recv(worker)
                 worker.ready = True
                 started = time.monotonic()
-            worker.conn.send((inp, options))
+            worker.conn.send(args)
             if not await _readable(worker.conn, timeout_s):
                 self.killed += 1
                 raise SolveTimeout(time.monotonic() - started)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from serving_api.cache import ResponseCache
+    from serving_api.forecast_jobs import ForecastJobRunner
     from serving_api.freshness import FreshnessReader
     from serving_api.metrics import ApiMetrics
     from serving_api.security import AccessClaims
@@ -79,6 +80,12 @@ class ApiOptions:
     oidc_state_seconds: int = 600  # how long a started SSO login may take
     oidc_http_timeout_seconds: float = 10.0
     oidc_metadata_cache_seconds: float = 3600.0  # discovery documents and JWKS (refetched on an unknown kid)
+    # On-demand forecast jobs (routers/forecast_jobs.py; worker processes: OPTIBID_API_FORECAST_JOB_PROCESSES):
+    # the hard wall-clock limit of one job (the request may ask for less), jobs waiting or running per API
+    # process, and the pipeline's interval calibration days (28 in production; tests shorten it).
+    forecast_job_timeout_s: float = 1800.0
+    forecast_job_max_pending: int = 8
+    forecast_job_calibration_days: int = 28
     listener_keepalive_seconds: float = 5.0
 
 
@@ -172,6 +179,7 @@ class ApiState:
     metrics: ApiMetrics | None = None
     freshness: FreshnessReader | None = None
     solver: SolverProcesses | None = None
+    forecast_jobs: ForecastJobRunner | None = None  # started on the first forecast job
     revoked_families: set[str] = field(default_factory=set)
     api_keys: OrderedDict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=OrderedDict)
     access_claims: dict[str, AccessClaims] = field(default_factory=dict)

@@ -41,6 +41,11 @@ Against the warehouse (reads in `ml.warehouse_reads`, writes in `ml.forecasting.
     ml.forecasting.daily: forecast_delivery_day(conn, day, ...) -> DeliveryDayForecasts   # gold/forecasts
         forecast_zone(frame, zone, target, day, timezone, ...) -> ZoneForecast, publish_forecasts(conn, ...)
     ml.forecasting.backtests: read_backtest_inputs, backtest_zones, store_selections   # ml/backtests
+
+On demand (`ml.forecasting.on_demand`; the API's forecast jobs)
+    uploaded_series(timestamps, values, exogenous, future_exogenous, horizon_hours, timezone) -> UploadedSeries
+        # raises ForecastRequestError(field, message): too little history, gaps, horizon out of range
+    run_forecast_job(request, database_url, org_id) -> {"status", "result" | "error"}   # in a worker process
 """
 
 from ml.forecasting.data import (
@@ -61,25 +66,43 @@ from ml.forecasting.models import (
     StatsForecastModels,
     forecaster_for,
 )
+from ml.forecasting.on_demand import (
+    MAX_EXOGENOUS,
+    MAX_HISTORY_HOURS,
+    MIN_HISTORY_DAYS,
+    ForecastRequestError,
+    check_history_hours,
+    run_forecast_job,
+    uploaded_series,
+)
+from ml.forecasting.on_demand import MAX_HORIZON_HOURS as MAX_FORECAST_HORIZON_HOURS
 from ml.forecasting.pipeline import BacktestResult, ForecastPipeline, production_pipeline
 
 __all__ = [
     "DNN",
     "FORECAST_COLUMNS",
     "LEAR",
+    "MAX_EXOGENOUS",
+    "MAX_FORECAST_HORIZON_HOURS",
+    "MAX_HISTORY_HOURS",
+    "MIN_HISTORY_DAYS",
     "NEURAL_MODELS",
     "STATS_MODELS",
     "BacktestResult",
     "ForecastDataError",
     "ForecastPipeline",
+    "ForecastRequestError",
     "Forecaster",
     "NeuralForecastModels",
     "StatsForecastModels",
     "backtest_metrics",
+    "check_history_hours",
     "forecaster_for",
     "local_day_hours_utc",
     "metrics_of",
     "production_pipeline",
     "read_price_csv",
+    "run_forecast_job",
+    "uploaded_series",
     "validated_long_frame",
 ]

@@ -178,3 +178,99 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+SHADOW_COLUMNS = ["zone", "ts_utc", "target", "model", "model_version", "run_id", "y_hat", "delivery_date"]
+
+
+def replace_shadow_forecasts(
+    conn: psycopg.Connection, delivery_date: date, zone: str, target: str, rows: pd.DataFrame
+) -> int:
+    """Replace a zone's challenger forecast of a delivery day in ml.shadow_forecasts (caller's transaction)."""
+    conn.execute(
+        "DELETE FROM ml.shadow_forecasts WHERE delivery_date = %s AND zone = %s AND target = %s",
+        (delivery_date, zone, target),
+    )
+    return insert_frame(conn, "ml.shadow_forecasts", rows[SHADOW_COLUMNS])
+
+
+def replace_accuracy(
+    conn: psycopg.Connection,
+    scored_date: date,
+    targets: Sequence[str],
+    rows: pd.DataFrame,
+    zones: Sequence[str] | None = None,
+) -> int:
+    """Replace the accuracy rows of a scored day (of `zones`, or all) in ml.forecast_accuracy."""
+    if zones is None:
+        conn.execute(
+            "DELETE FROM ml.forecast_accuracy WHERE scored_date = %s AND target = ANY(%s)", (scored_date, list(targets))
+        )
+    else:
+        conn.execute(
+            "DELETE FROM ml.forecast_accuracy WHERE scored_date = %s AND target = ANY(%s) AND zone = ANY(%s)",
+            (scored_date, list(targets), list(zones)),
+        )
+    if rows.empty:
+        return 0
+    return insert_frame(conn, "ml.forecast_accuracy", rows)
+
+
+def insert_promotion_decision(conn: psycopg.Connection, decision: Any, run_id: str) -> None:
+    """One ml.promotion_decisions row from a `ml.forecasting.accuracy.PromotionDecision`."""
+    conn.execute(
+        """INSERT INTO ml.promotion_decisions (zone, target, champion, challenger, days, champion_mae,
+               challenger_mae, dm_statistic, p_value, promoted, reason, run_id)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (
+            decision.zone,
+            decision.target,
+            decision.champion,
+            decision.challenger,
+            decision.days,
+            *(db_value(_json_safe(v)) for v in (decision.champion_mae, decision.challenger_mae)),
+            *(db_value(_json_safe(v)) for v in (decision.dm_statistic, decision.p_value)),
+            decision.promoted,
+            decision.reason,
+            run_id,
+        ),
+    )
+
+
+EXPLANATION_COLUMNS = [
+    "zone",
+    "target",
+    "delivery_date",
+    "model",
+    "ts_utc",
+    "feature",
+    "feature_value",
+    "contribution",
+    "y_hat",
+    "method",
+    "run_id",
+    "mlflow_run_id",
+]
+
+
+def replace_explanations(
+    conn: psycopg.Connection, delivery_date: date, zone: str, target: str, rows: pd.DataFrame
+) -> int:
+    """Replace a zone's explanation rows of a delivery day in ml.forecast_explanations (caller's transaction)."""
+    conn.execute(
+        "DELETE FROM ml.forecast_explanations WHERE delivery_date = %s AND zone = %s AND target = %s",
+        (delivery_date, zone, target),
+    )
+    rows = rows.assign(delivery_date=delivery_date)
+    for column in ("mlflow_run_id",):
+        if column not in rows:
+            rows = rows.assign(**{column: None})
+    return insert_frame(conn, "ml.forecast_explanations", rows[EXPLANATION_COLUMNS])
+
+
+def set_explanations_mlflow_run(conn: psycopg.Connection, delivery_date: date, run_id: str, mlflow_run_id: str) -> None:
+    """Link the day's explanation rows written by `run_id` to the MLflow run holding their plots."""
+    conn.execute(
+        "UPDATE ml.forecast_explanations SET mlflow_run_id = %s WHERE delivery_date = %s AND run_id = %s",
+        (mlflow_run_id, delivery_date, run_id),
+    )

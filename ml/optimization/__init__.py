@@ -33,6 +33,11 @@ Runs and tables (`ml.optimization.runs`, DDL in infra/sql/070_optimization.sql)
 Stored runs (`ml.optimization.warehouse`: writes; `ml.optimization.delivery_day`: the assets' day loop)
     run_insert_statement(), run_params(record)   # one ml.optimization_runs row, sync or async connections
 
+Similar runs (`ml.optimization.embedding`; stored with every run by `run_insert_statement` / `insert_runs`)
+    run_embedding(inp) -> 32 floats (EMBEDDING_DIM, EMBEDDING_VERSION; layout in the module docstring)
+    nearest_by_exact_scan(query, candidates, k), cosine_distance(a, b)
+    commitment_warm_start(inp, neighbour_outputs) -> SolveOptions.warm_start_commitment
+
 Explain and backtest
     storage_schedule_png(schedule, path=None) -> PNG bytes       (`ml.optimization.explain`)
     load_epf_prices(path), backtest_storage(prices, asset, ...), backtest_summary(daily)  (`.backtest`)
@@ -48,6 +53,14 @@ from ml.optimization.bidding import (
     build_bid_curves,
 )
 from ml.optimization.common import SolveInfo, SolveOptions, SolveStatus
+from ml.optimization.embedding import (
+    EMBEDDING_DIM,
+    EMBEDDING_VERSION,
+    commitment_warm_start,
+    cosine_distance,
+    nearest_by_exact_scan,
+    run_embedding,
+)
 from ml.optimization.markets import MARKET_RULES, ZONE_MARKETS, MarketRules, market_rules_for
 from ml.optimization.runs import (
     bid_curves_frame,
@@ -82,6 +95,8 @@ from ml.optimization.unit_commitment import (
 from ml.optimization.warehouse import run_insert_statement, run_params
 
 __all__ = [
+    "EMBEDDING_DIM",
+    "EMBEDDING_VERSION",
     "MARKET_RULES",
     "ZONE_MARKETS",
     "BidCurve",
@@ -105,12 +120,16 @@ __all__ = [
     "bid_curve_violations",
     "bid_curves_frame",
     "build_bid_curves",
+    "commitment_warm_start",
+    "cosine_distance",
     "infeasibility_diagnostics",
     "market_rules_for",
+    "nearest_by_exact_scan",
     "optimization_runs_frame",
     "record_input",
     "record_result",
     "resolve_run_record",
+    "run_embedding",
     "run_insert_statement",
     "run_params",
     "run_record",

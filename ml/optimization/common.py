@@ -35,6 +35,11 @@ class SolveOptions(StrictModel):
     lp_solver: Literal["GLOP", "HIGHS_LP", "CLP"] = "GLOP"
     # HiGHS is bundled too, but its pywraplp MIP interface returned no solution on our models in 9.15.
     mip_solver: Literal["SCIP", "CBC"] = "SCIP"
+    warm_start_commitment: dict[str, list[int]] | None = Field(
+        default=None,
+        description="Unit commitment only: an on/off schedule per unit_id (0/1 per hour), usually a similar "
+        "past run's (ml.optimization.embedding.commitment_warm_start), handed to the MIP solver as a start.",
+    )
 
 
 class SolveStatus(StrEnum):
@@ -57,6 +62,9 @@ class SolveInfo(StrictModel):
     hit_time_limit: bool = False
     binaries: int = Field(default=0, description="Binary variables in the final model.")
     passes: int = Field(default=1, description="LP/MILP passes (LP first, binaries added where needed).")
+    warm_start: bool = Field(
+        default=False, description="The MIP started from a complete feasible solution of a similar past run."
+    )
 
 
 _STATUS = {

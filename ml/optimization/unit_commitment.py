@@ -32,9 +32,7 @@ class UnitCommitmentInput(StrictModel):
     zone: str | None = None
     start: datetime | None = Field(default=None, description="Start of the first hour (UTC).")
     load_forecast_mw: list[float] = Field(min_length=1, max_length=168)
-    reserve_mw: list[float] | None = Field(
-        default=None, description="Reserve per hour; None = reserve_fraction."
-    )
+    reserve_mw: list[float] | None = Field(default=None, description="Reserve per hour; None = reserve_fraction.")
     reserve_fraction: float = Field(default=0.0, ge=0, le=1, description="Reserve as a share of load.")
     horizon_hours: int | None = Field(default=None, gt=0, le=168)
     units: list[ThermalUnit] = Field(min_length=1)
@@ -72,9 +70,7 @@ class UnitCommitmentInput(StrictModel):
 
 
 class InfeasibilityDiagnostic(StrictModel):
-    constraint: str = Field(
-        description="capacity | min_output | ramp_up | ramp_down | load_balance | reserve"
-    )
+    constraint: str = Field(description="capacity | min_output | ramp_up | ramp_down | load_balance | reserve")
     hour: int
     shortfall_mw: float = Field(description="How far the constraint is from being met (MW).")
     detail: str
@@ -121,8 +117,7 @@ def infeasibility_diagnostics(inp: UnitCommitmentInput) -> list[InfeasibilityDia
                     constraint="capacity",
                     hour=t,
                     shortfall_mw=need - available,
-                    detail=f"capacity {available:.1f} MW < load {load:.1f} + reserve {reserve[t]:.1f} MW "
-                    f"at hour {t}",
+                    detail=f"capacity {available:.1f} MW < load {load:.1f} + reserve {reserve[t]:.1f} MW at hour {t}",
                 )
             )
         reach = sum(_max_reachable(u, t) for u in inp.units)
@@ -221,9 +216,7 @@ def _unit_cost(u: ThermalUnit, v: UnitVars, t: int):
     return u.marginal_cost * v.output[t] + u.no_load_cost * v.on[t] + u.startup_cost * v.start[t]
 
 
-def solve_unit_commitment(
-    inp: UnitCommitmentInput, options: SolveOptions | None = None
-) -> UnitCommitmentResult:
+def solve_unit_commitment(inp: UnitCommitmentInput, options: SolveOptions | None = None) -> UnitCommitmentResult:
     """Least-cost commitment and dispatch, or an infeasible result whose diagnostics name the binding rows."""
     options = options or SolveOptions()
     started = time.perf_counter()
@@ -239,6 +232,9 @@ def solve_unit_commitment(
             diagnostics=diagnostics,
         )
     model = _Model(inp, options.mip_solver, elastic=False, fixed_on=None)
+    warm_started = False
+    if options.warm_start_commitment:
+        warm_started = _apply_warm_start(model, inp, options.warm_start_commitment, options)
     status, _, hit = run_solver(
         model.solver, time_limit_s=options.time_limit_s, relative_gap=options.relative_gap, is_mip=True
     )
@@ -270,6 +266,7 @@ def solve_unit_commitment(
         hit_time_limit=hit,
         binaries=binaries,
         passes=2 if duals else 1,
+        warm_start=warm_started,
     )
     starts = [inp.start + timedelta(hours=t) if inp.start else None for t in range(inp.hours)]
     unit_rows = []
@@ -304,9 +301,74 @@ def solve_unit_commitment(
         )
         for t in range(inp.hours)
     ]
-    return UnitCommitmentResult(
-        info=info, total_cost=sum(r.cost for r in unit_rows), units=unit_rows, system=system
+    return UnitCommitmentResult(info=info, total_cost=sum(r.cost for r in unit_rows), units=unit_rows, system=system)
+
+
+def _repaired_commitment(inp: UnitCommitmentInput, commitment: dict[str, list[int]]) -> dict[str, list[int]]:
+    """A neighbour's on/off schedule adapted to `inp`: aligned to its units and hours, then, hour by hour,
+    the cheapest units switched on (for their minimum up time) until load + reserve is covered, and off gaps
+    shorter than a unit's minimum down time filled. A heuristic: the fixed-commitment LP decides whether the
+    result is feasible."""
+    hours, reserve = inp.hours, inp.reserve()
+    fixed = {}
+    for u in inp.units:
+        plan = [int(bool(v)) for v in (commitment.get(u.unit_id) or [])][:hours]
+        fixed[u.unit_id] = plan + [plan[-1] if plan else 0] * (hours - len(plan))
+        if u.must_stay_hours:
+            for t in range(min(hours, u.must_stay_hours)):
+                fixed[u.unit_id][t] = int(u.initial_on)
+    merit = sorted(inp.units, key=lambda u: u.marginal_cost + u.no_load_cost / u.max_output_mw)
+    for t in range(hours):
+        capacity = sum(u.max_output_mw for u in inp.units if fixed[u.unit_id][t])
+        for u in merit:
+            if capacity >= inp.load_forecast_mw[t] + reserve[t]:
+                break
+            if fixed[u.unit_id][t] or (t < u.must_stay_hours and not u.initial_on):
+                continue
+            for k in range(t, min(hours, t + u.min_up_hours)):
+                fixed[u.unit_id][k] = 1
+            capacity += u.max_output_mw
+    for u in inp.units:
+        plan, prev_on, gap_start = fixed[u.unit_id], u.initial_on, None
+        for t in range(hours):
+            if not plan[t] and prev_on:
+                gap_start = t
+            if plan[t] and gap_start is not None:
+                if t - gap_start < u.min_down_hours:
+                    plan[gap_start:t] = [1] * (t - gap_start)
+                gap_start = None
+            prev_on = bool(plan[t])
+    return fixed
+
+
+def _apply_warm_start(
+    model: _Model, inp: UnitCommitmentInput, commitment: dict[str, list[int]], options: SolveOptions
+) -> bool:
+    """Hand a similar past run's `commitment` to the MIP solver as a start; whether it was a complete one.
+
+    The schedule is adapted to this input (`_repaired_commitment`) and completed into a full solution
+    (dispatch, starts and stops) by the LP with that commitment fixed; SCIP then starts from a feasible
+    incumbent. When the adapted commitment is still infeasible (a ramp or a locked unit), only the on/off
+    values are hinted and SCIP completes them itself if it can.
+    """
+    fixed = _repaired_commitment(inp, commitment)
+    repair = _Model(inp, options.lp_solver, elastic=False, fixed_on=fixed)
+    status, _, _ = run_solver(
+        repair.solver, time_limit_s=max(0.1, options.time_limit_s / 10), relative_gap=0.0, is_mip=False
     )
+    variables, values = [], []
+    complete = status == SolveStatus.OPTIMAL
+    for uid, v in model.vars.items():
+        if complete:
+            w = repair.vars[uid]
+            for mine, theirs in ((v.on, w.on), (v.start, w.start), (v.stop, w.stop), (v.output, w.output)):
+                variables += mine
+                values += [x.solution_value() for x in theirs]
+        else:
+            variables += v.on
+            values += [float(x) for x in fixed[uid]]
+    model.solver.SetHint(variables, values)
+    return complete
 
 
 def _fixed_commitment_duals(
@@ -353,9 +415,7 @@ def _elastic_diagnostics(inp: UnitCommitmentInput, options: SolveOptions) -> lis
     return out
 
 
-def unit_commitment_violations(
-    inp: UnitCommitmentInput, result: UnitCommitmentResult, tol: float = 1e-4
-) -> list[str]:
+def unit_commitment_violations(inp: UnitCommitmentInput, result: UnitCommitmentResult, tol: float = 1e-4) -> list[str]:
     """Every constraint the result breaks: unit technical limits, load balance and reserve per hour."""
     out: list[str] = []
     by_unit: dict[str, list[UnitHour]] = {}
@@ -375,7 +435,5 @@ def unit_commitment_violations(
             out.append(f"hour {t}: supply {supply:.3f} != load {inp.load_forecast_mw[t]}")
         cap = sum(u.max_output_mw for u in inp.units for r in rows if r.unit_id == u.unit_id and r.on)
         if cap < inp.load_forecast_mw[t] + reserve[t] - tol:
-            out.append(
-                f"hour {t}: committed capacity {cap} < load + reserve {inp.load_forecast_mw[t] + reserve[t]}"
-            )
+            out.append(f"hour {t}: committed capacity {cap} < load + reserve {inp.load_forecast_mw[t] + reserve[t]}")
     return out

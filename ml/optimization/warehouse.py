@@ -19,19 +19,35 @@ from psycopg import sql
 
 from infra.db import db_value, insert_frame
 from infra.signals import bump_table_version
+from ml.optimization.embedding import EMBEDDING_VERSION, run_embedding
 from ml.optimization.runs import (
     JSONB_RUN_COLUMNS,
     OPTIMIZATION_RUNS_COLUMNS,
     bid_curves_frame,
     optimization_runs_frame,
+    record_input,
     storage_schedules_frame,
     unit_commitment_frame,
 )
 
+EMBEDDING_INSERT = (
+    "INSERT INTO ml.optimization_run_embeddings (run_id, org_id, problem, embedding_version, features) "
+    "VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+def embedding_params(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The ml.optimization_run_embeddings row of one run record (see `ml.optimization.embedding`)."""
+    features = run_embedding(record_input(record))
+    return (record["run_id"], record["org_id"], record["problem"], EMBEDDING_VERSION, features)
+
 
 def insert_runs(conn: psycopg.Connection, records: list[dict[str, Any]]) -> int:
-    """Insert run records into ml.optimization_runs."""
-    return insert_frame(conn, "ml.optimization_runs", optimization_runs_frame(records), JSONB_RUN_COLUMNS)
+    """Insert run records into ml.optimization_runs, each with its input's embedding."""
+    written = insert_frame(conn, "ml.optimization_runs", optimization_runs_frame(records), JSONB_RUN_COLUMNS)
+    with conn.cursor() as cur:
+        cur.executemany(EMBEDDING_INSERT, [embedding_params(r) for r in records])
+    return written
 
 
 # (result table, frame builder, time column, identity column) per problem.
@@ -86,8 +102,13 @@ def delivery_date(window: tuple[datetime, datetime]) -> date:
 
 
 def run_insert_statement() -> sql.Composed:
-    """INSERT of one ml.optimization_runs row; parameters from `run_params` (sync or async connections)."""
-    return sql.SQL("INSERT INTO ml.optimization_runs ({c}) VALUES ({v})").format(
+    """INSERT of one ml.optimization_runs row and its input's embedding in one statement; parameters from
+    `run_params` (sync or async connections)."""
+    return sql.SQL(
+        "WITH run AS (INSERT INTO ml.optimization_runs ({c}) VALUES ({v}) RETURNING run_id, org_id, problem) "
+        "INSERT INTO ml.optimization_run_embeddings (run_id, org_id, problem, embedding_version, features) "
+        "SELECT run_id, org_id, problem, %s, %s FROM run"
+    ).format(
         c=sql.SQL(", ").join(map(sql.Identifier, OPTIMIZATION_RUNS_COLUMNS)),
         v=sql.SQL(", ").join(
             sql.SQL("%s::jsonb" if c in JSONB_RUN_COLUMNS else "%s") for c in OPTIMIZATION_RUNS_COLUMNS
@@ -98,4 +119,4 @@ def run_insert_statement() -> sql.Composed:
 def run_params(record: dict[str, Any]) -> tuple[Any, ...]:
     """The parameters of `run_insert_statement` for one run record."""
     frame = optimization_runs_frame([record])
-    return tuple(db_value(v) for v in frame.astype(object).iloc[0])
+    return (*(db_value(v) for v in frame.astype(object).iloc[0]), *embedding_params(record)[3:])

@@ -42,7 +42,7 @@ from ml.optimization import (
     run_params,
     run_record,
 )
-from serving_api import repository
+from serving_api import repository, similarity
 from serving_api.deps import OrgSession, scoped
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_body, error_responses
 from serving_api.security import Permission
@@ -215,7 +215,8 @@ async def _solve(state: ApiState, inp: BaseModel, options: SolveOptions) -> Base
 
 
 async def _run(session: OrgSession, inp: BaseModel, time_limit_s: float) -> tuple[dict[str, Any], BaseModel]:
-    options = SolveOptions(time_limit_s=time_limit_s)
+    # A unit commitment starts from the schedule of the organization's most similar past run.
+    options, _ = await similarity.warm_start_options(session.conn, inp, SolveOptions(time_limit_s=time_limit_s))
     result = await _solve(session.state, inp, options)
     record = run_record(inp, result, options, org_id=session.principal.org_id)
     conn = await session.conn()
