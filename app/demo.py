@@ -454,6 +454,7 @@ def tool_options(settings: Settings) -> dict[str, object]:
     its UI already)."""
     remote = (settings.mlflow_tracking_uri or "").startswith(("http://", "https://"))
     return {
+        "tools": True,
         "portal_host": settings.portal_host,
         "portal_port": settings.portal_port,
         "mlflow_ui_host": settings.mlflow_ui_host,

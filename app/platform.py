@@ -42,6 +42,7 @@ CODE_LOCATION = "optibid"
 # Stop order: first what starts new work (UI launches, daemon ticks), then the API and consumer, and the
 # code server last because the other two talk to it.
 STOP_ORDER = ("webserver", "daemon", "api", "portal", "mlflow_ui", "cdc_follow", "code_server", "spark_connect")
+TOOL_PROCESSES = ("portal", "mlflow_ui")  # started with `tools=True` (or by `start_tools`)
 
 
 class PlatformError(RuntimeError):
@@ -83,8 +84,9 @@ class PlatformProcesses:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api: bool = True
-    # The landing page with the reports, and the MLflow UI on the platform's tracking store (`tools`).
-    tools: bool = True
+    # The landing page with the reports, and the MLflow UI on the platform's tracking store (`tools`): off
+    # unless asked for (the demo and `optibid serve` do), so a test's platform takes no fixed ports.
+    tools: bool = False
     portal_host: str = "127.0.0.1"
     portal_port: int = 8080
     mlflow_ui_host: str = "127.0.0.1"

@@ -105,7 +105,8 @@ class DbtDocs:
 
 
 def create_portal(settings: Settings | None = None, *, generate_dbt_docs: bool = True) -> FastAPI:
-    """The portal app; with `generate_dbt_docs` its start generates the dbt docs when they are missing."""
+    """The portal app; with `generate_dbt_docs` its start generates the dbt docs when they are missing and
+    gold has been built (before that the catalog would be empty: `optibid demo` asks for them once fresh)."""
     settings = settings or get_settings()
     reports = settings.reports_dir
     reports.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,7 @@ def create_portal(settings: Settings | None = None, *, generate_dbt_docs: bool =
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if generate_dbt_docs and dbt_docs.generated_at is None:
+        if generate_dbt_docs and dbt_docs.generated_at is None and _gold_built(database_url):
             dbt_docs.refresh()
         yield
 
@@ -264,6 +265,16 @@ def _open_alerts(database_url: str) -> tuple[int, list[dict[str, Any]]]:
     ]
 
 
+def _gold_built(database_url: str) -> bool:
+    from infra import db
+
+    try:
+        with db.connect(database_url) as conn:
+            return conn.execute("SELECT to_regclass('gold.fct_prices_hourly') IS NOT NULL").fetchone()[0]
+    except Exception:  # a warehouse that does not answer yet: the docs are generated on request
+        return False
+
+
 def _kpi_catalog(database_url: str) -> list[dict[str, Any]]:
     from psycopg.rows import dict_row
 
@@ -358,6 +369,8 @@ def render_landing(settings: Settings, status: dict[str, Any], dbt_docs: DbtDocs
         if name == "dbt docs":
             if dbt_docs.running:
                 extra = " <span class='muted'>(generating…)</span>"
+            elif dbt_docs.generated_at is None and not dbt_docs.error:
+                extra = " <span class='muted'>(generated once gold is built)</span>"
             elif dbt_docs.error:
                 extra = " <span class='bad'>(generation failed: see the log)</span>"
         cards.append(f"<div class='tool'><a href='{escape(url)}'>{escape(name)}</a>{extra}<p>{escape(what)}</p></div>")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -72,6 +74,8 @@ class Page:
         answer = self.call("Page.navigate", {"url": url}, timeout=timeout)
         if answer.get("errorText"):
             raise BrowserError(f"{url} did not open: {answer['errorText']}")
+        if "loaderId" not in answer:
+            return  # same-document navigation (only the #fragment changed): no load event follows
         self.browser.pump_until(lambda: self.loaded, timeout, f"the load event of {url}")
 
     def evaluate(self, expression: str) -> Any:
@@ -194,11 +198,12 @@ class Browser:
         if self.ws is not None:
             self.ws.close()
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            # Chromium's own children (renderers, GPU and network services) share its process group.
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def new_page(self) -> Page:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
