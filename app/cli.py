@@ -221,6 +221,8 @@ def serve() -> None:
     Addresses come from the settings (OPTIBID_PORTAL_HOST/PORT, OPTIBID_MLFLOW_UI_HOST/PORT); the links to
     Dagster and the API from OPTIBID_DAGSTER_HOST/PORT and OPTIBID_API_HOST/PORT.
     """
+    import signal
+
     from app.demo import print_tool_urls, sigterm_as_interrupt, tool_options
     from app.platform import PlatformError, PlatformProcesses, default_log_dir
 
@@ -250,6 +252,9 @@ def serve() -> None:
     except KeyboardInterrupt:
         console.print("\nstopping…")
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the stop short and leave the servers holding their ports.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         platform.stop()
 
 

@@ -288,6 +288,9 @@ class PlatformProcesses:
                 "mlflow_ui",
                 mlflow_ui_argv(self.python, self.mlflow_store_uri, self.mlflow_ui_host, self.mlflow_ui_port),
             )
+            # Without this the server starts seven job-queue consumers for GenAI features the platform does
+            # not use: processes and memory a laptop running the platform would rather keep.
+            self.processes["mlflow_ui"].env = {**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
     def start_tools(self) -> None:
         """Start only the landing page and the MLflow UI (`optibid serve`, beside a platform running
