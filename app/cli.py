@@ -212,6 +212,52 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command("serve")
+def serve() -> None:
+    """Serve the tools of a platform that runs already (Dagster and the API started elsewhere): the landing
+    page with the reports, freshness and alerts, and the MLflow UI on the platform's tracking store, until
+    Ctrl-C.
+
+    Addresses come from the settings (OPTIBID_PORTAL_HOST/PORT, OPTIBID_MLFLOW_UI_HOST/PORT); the links to
+    Dagster and the API from OPTIBID_DAGSTER_HOST/PORT and OPTIBID_API_HOST/PORT.
+    """
+    import signal
+
+    from app.demo import print_tool_urls, sigterm_as_interrupt, tool_options
+    from app.platform import PlatformError, PlatformProcesses, default_log_dir
+
+    settings = get_settings()
+    env = service_env(settings)
+    platform = PlatformProcesses(
+        env={**os.environ, **env},
+        dagster_home=Path(env["DAGSTER_HOME"]),
+        log_dir=default_log_dir(settings.home_dir),
+        **tool_options(settings),
+    )
+    try:
+        with sigterm_as_interrupt():
+            try:
+                platform.start_tools()
+                platform.wait_until_tools_serve()
+            except PlatformError as exc:
+                raise fail(str(exc)) from None
+            print_tool_urls(platform, console)
+            console.print(f"logs in {platform.log_dir}.  Ctrl-C stops serving.")
+            while not platform.dead():
+                time.sleep(2)
+            for name in platform.dead():
+                proc = platform.processes[name]
+                console.print(f"[bold red]{name} exited[/] (log {proc.log_path}):\n{proc.tail()}")
+            raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the stop short and leave the servers holding their ports.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        platform.stop()
+
+
 # Sub-commands owned by the areas: each keeps its Typer app next to its library code.
 ingest_app.add_typer(cdc_cli.app, name="cdc", help="Kafka CDC into bronze.")
 ingest_app.add_typer(files_cli.app, name="files", help="Uploaded files into bronze.")

@@ -305,6 +305,7 @@ def run_demo(
         dagster_port=settings.dagster_port,
         api_host=settings.api_host,
         api_port=settings.api_port,
+        **tool_options(settings),
     )
     simulator = LiveSimulator(
         env["KAFKA_BOOTSTRAP_SERVERS"],
@@ -355,6 +356,8 @@ def run_demo(
                 console,
                 services_started_at,
             )
+            # The dbt docs' catalog describes the gold tables only once they exist: generate them again now.
+            refresh_dbt_docs(platform.portal_url)
             _print_urls(platform, key, history.last, console)
             if fresh_after is None:
                 console.print(
@@ -445,12 +448,49 @@ def _revive(platform, console: Console) -> bool:
     return True
 
 
+def tool_options(settings: Settings) -> dict[str, object]:
+    """The `PlatformProcesses` fields of the landing page and the MLflow UI, from the settings: the MLflow UI
+    serves the platform's own tracking store, unless MLFLOW_TRACKING_URI names a tracking server (which has
+    its UI already)."""
+    remote = (settings.mlflow_tracking_uri or "").startswith(("http://", "https://"))
+    return {
+        "tools": True,
+        "portal_host": settings.portal_host,
+        "portal_port": settings.portal_port,
+        "mlflow_ui_host": settings.mlflow_ui_host,
+        "mlflow_ui_port": settings.mlflow_ui_port,
+        "mlflow_store_uri": None if remote else settings.resolved_mlflow_uri,
+    }
+
+
+def refresh_dbt_docs(portal_url: str) -> None:
+    """Ask the landing page to regenerate the dbt docs (in the background; the page shows progress)."""
+    from contextlib import suppress
+
+    import httpx
+
+    # Unanswered, the page offers the docs as they were; its log says why.
+    with suppress(httpx.HTTPError):
+        httpx.post(f"{portal_url}/dbt-docs/refresh", timeout=10)
+
+
+def print_tool_urls(platform, console: Console) -> None:
+    """The landing page first (it links everything), then each UI."""
+    console.print(
+        f"[bold green]Start here[/]  {platform.portal_url}  (every UI and report, freshness, alerts)\n"
+        + (f"[bold green]MLflow UI[/]   {platform.mlflow_ui_url}\n" if platform.serves_mlflow_ui else "")
+        + f"[bold green]Reports[/]     {platform.portal_url}/reports/gx_docs/index.html (Data Docs), "
+        f"/reports/dbt_docs/index.html (dbt docs), /gold, /browse/drift, /browse/forecasts, /browse/optimization"
+    )
+
+
 def _print_urls(platform, key: str, last_market_date: date, console: Console) -> None:
     api, ws = platform.api_url, platform.api_url.replace("http://", "ws://", 1)
     day, next_day = last_market_date.isoformat(), (last_market_date + timedelta(days=1)).isoformat()
+    print_tool_urls(platform, console)
     console.print(
         f"[bold green]Dagster UI[/]  {platform.dagster_url}  (runs: /runs, automation: /automation)\n"
-        f"[bold green]API docs[/]    {api}/docs\n"
+        f"[bold green]API docs[/]    {api}/docs  (ReDoc: {api}/redoc)\n"
         f"[bold green]WebSocket[/]   {ws}/api/v1/ws/kpis/price_avg?zone=PJM&grain=minute&api_key={key}\n"
         f"[bold green]try[/]         curl -H 'X-API-Key: {key}' "
         f"'{api}/api/v1/prices?zone=PJM&market=DA&from={day}T00:00:00Z&to={next_day}T00:00:00Z'"

@@ -1,5 +1,6 @@
 """The running platform's processes: Dagster (code server, webserver, daemon), the API, the follow-mode CDC
-consumer and Spark Connect, started as child processes with their own logs and stopped in order.
+consumer, Spark Connect, the MLflow UI and the landing page (`app/portal.py`), started as child processes
+with their own logs and stopped in order.
 
 What belongs here: which processes make up a running platform, how each is started, watched, restarted and
 stopped. Used by `optibid demo` (`app/demo.py`) and by tests and benchmarks that need the platform running
@@ -40,7 +41,8 @@ DEFINITIONS_MODULE = "orchestration.definitions"
 CODE_LOCATION = "optibid"
 # Stop order: first what starts new work (UI launches, daemon ticks), then the API and consumer, and the
 # code server last because the other two talk to it.
-STOP_ORDER = ("webserver", "daemon", "api", "cdc_follow", "code_server", "spark_connect")
+STOP_ORDER = ("webserver", "daemon", "api", "portal", "mlflow_ui", "cdc_follow", "code_server", "spark_connect")
+TOOL_PROCESSES = ("portal", "mlflow_ui")  # started with `tools=True` (or by `start_tools`)
 
 
 class PlatformError(RuntimeError):
@@ -82,6 +84,15 @@ class PlatformProcesses:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api: bool = True
+    # The landing page with the reports, and the MLflow UI on the platform's tracking store (`tools`): off
+    # unless asked for (the demo and `optibid serve` do), so a test's platform takes no fixed ports.
+    tools: bool = False
+    portal_host: str = "127.0.0.1"
+    portal_port: int = 8080
+    mlflow_ui_host: str = "127.0.0.1"
+    mlflow_ui_port: int = 5000
+    # The tracking store the MLflow UI serves; None (a remote tracking server has its own UI) starts none.
+    mlflow_store_uri: str | None = None
     cdc_follow: bool = True
     # Start a Spark Connect server for the runs (unless the environment names a Spark cluster already).
     spark_connect: bool = True
@@ -101,6 +112,18 @@ class PlatformProcesses:
     def api_url(self) -> str:
         return f"http://{_client_host(self.api_host)}:{self.api_port}"
 
+    @property
+    def portal_url(self) -> str:
+        return f"http://{_client_host(self.portal_host)}:{self.portal_port}"
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        return f"http://{_client_host(self.mlflow_ui_host)}:{self.mlflow_ui_port}"
+
+    @property
+    def serves_mlflow_ui(self) -> bool:
+        return self.tools and self.mlflow_store_uri is not None
+
     def __enter__(self) -> PlatformProcesses:
         try:
             self.start()
@@ -118,6 +141,7 @@ class PlatformProcesses:
         listeners = [("Dagster UI", self.dagster_host, self.dagster_port)]
         if self.api:
             listeners.append(("API", self.api_host, self.api_port))
+        listeners += self._tool_listeners()
         for what, host, port in listeners:
             if not _port_free(host, port):
                 raise PlatformError(f"{host}:{port} ({what}) is already in use: is another OptiBid platform running?")
@@ -229,9 +253,63 @@ class PlatformProcesses:
             )
         if self.cdc_follow:
             self._add("cdc_follow", [self.python, "-m", "ingestion.cdc.cli", "--follow"])
+        if self.tools:
+            self._add_tools()
         for name, proc in self.processes.items():
             if proc.popen is None:
                 self._start(name)
+
+    def _tool_listeners(self) -> list[tuple[str, str, int]]:
+        if not self.tools:
+            return []
+        listeners = [("landing page", self.portal_host, self.portal_port)]
+        if self.serves_mlflow_ui:
+            listeners.append(("MLflow UI", self.mlflow_ui_host, self.mlflow_ui_port))
+        return listeners
+
+    def _add_tools(self) -> None:
+        self._add(
+            "portal",
+            [
+                self.python,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "app.portal:create_portal_from_environment",
+                "--host",
+                self.portal_host,
+                "--port",
+                str(self.portal_port),
+            ],
+        )
+        if self.serves_mlflow_ui:
+            assert self.mlflow_store_uri is not None
+            self._add(
+                "mlflow_ui",
+                mlflow_ui_argv(self.python, self.mlflow_store_uri, self.mlflow_ui_host, self.mlflow_ui_port),
+            )
+            # Without this the server starts seven job-queue consumers for GenAI features the platform does
+            # not use: processes and memory a laptop running the platform would rather keep.
+            self.processes["mlflow_ui"].env = {**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+    def start_tools(self) -> None:
+        """Start only the landing page and the MLflow UI (`optibid serve`, beside a platform running
+        elsewhere): the ports are checked first, like `start` does for the whole platform."""
+        for what, host, port in self._tool_listeners():
+            if not _port_free(host, port):
+                raise PlatformError(f"{host}:{port} ({what}) is already in use")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._add_tools()
+        for name in ("portal", "mlflow_ui"):
+            if name in self.processes and self.processes[name].popen is None:
+                self._start(name)
+
+    def wait_until_tools_serve(self, timeout: float = 180.0) -> None:
+        """Block until the landing page (and the MLflow UI, when started) answer."""
+        if "portal" in self.processes:
+            self._wait_for(lambda: _answers(f"{self.portal_url}/status.json"), "portal", timeout)
+        if "mlflow_ui" in self.processes:
+            self._wait_for(lambda: _answers(f"{self.mlflow_ui_url}/health"), "mlflow_ui", timeout)
 
     def wait_until_serving(self, timeout: float = 180.0) -> None:
         """Block until the Dagster UI answers (and the API, when started); `PlatformError` if one dies."""
@@ -240,6 +318,7 @@ class PlatformProcesses:
             self._wait_for(lambda: not _port_free("127.0.0.1", self._spark_port), "spark_connect", timeout)
         if self.api:
             self._wait_for(lambda: _answers(f"{self.api_url}/healthz"), "api", timeout)
+        self.wait_until_tools_serve(timeout)
 
     def dead(self) -> list[str]:
         """Names of the processes that have exited."""
@@ -302,6 +381,20 @@ class PlatformProcesses:
             if time.monotonic() > deadline:
                 raise PlatformError(f"{name} did not come up within {timeout:.0f} s (log {proc.log_path})")
             time.sleep(0.5)
+
+
+def mlflow_ui_argv(python: str, store_uri: str, host: str, port: int) -> list[str]:
+    """`mlflow server` on the platform's tracking store, its UI on host:port.
+
+    One worker: the UI is for a handful of people, and each worker is a process of its own. Artifacts are
+    read from where the runs logged them (the store's `artifacts` folder, see ml/forecasting/tracking.py),
+    so the server does not proxy an artifact store of its own."""
+    argv = [python, "-m", "mlflow", "server", "--backend-store-uri", store_uri, "--host", host]
+    argv += ["--port", str(port), "--workers", "1", "--no-serve-artifacts"]
+    if store_uri.startswith("sqlite:///"):
+        artifacts = Path(store_uri.removeprefix("sqlite:///")).parent / "artifacts"
+        argv += ["--default-artifact-root", artifacts.resolve().as_uri()]
+    return argv
 
 
 def _client_host(host: str) -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import Field
 
 from assets.shared import automation
+from assets.shared.evidence import evidence_links, mlflow_run_link, report_folder_link, report_urls
 from assets.shared.partitions import daily_partitions, delivery_day_partitions, market_date_window
 from assets.shared.resources import MlflowResource, WarehouseResource
 from infra.settings import get_settings
@@ -24,6 +25,7 @@ from ml.forecasting import accuracy as forecast_accuracy
 from ml.forecasting import backtests as forecast_backtests
 from ml.forecasting import daily as daily_forecast
 from ml.forecasting import explain as forecast_explain
+from ml.forecasting.tracking import experiment_id_for
 from ml.forecasting.warehouse import replace_drift_summaries, set_explanations_mlflow_run
 from ml.monitoring.anomaly_days import replace_day_anomalies
 from ml.monitoring.drift import drift_by_zone
@@ -115,9 +117,18 @@ def forecasts(
             "skipped": dg.MetadataValue.json(run.skipped),
             "coverage_latest_known_day": dg.MetadataValue.md(_md_table(coverage)),
             "plot": dg.MetadataValue.path(plots[0]) if plots else dg.MetadataValue.null(),
+            **_plot_url(plots),
             "plots": dg.MetadataValue.json(plots),
+            "plot_urls": dg.MetadataValue.json(report_urls(plots)),
+            "all_plots": report_folder_link("forecasts"),
         }
     )
+
+
+def _plot_url(plots: list[str]) -> dict[str, dg.MetadataValue]:
+    """`plot_url`: the first plot's page on the landing page, when it has one."""
+    links = evidence_links(plots[0], "plot") if plots else {}
+    return {"plot_url": links["plot"]} if "plot" in links else {}
 
 
 # --- ml.backtests ---------------------------------------------------------------------------------------
@@ -183,6 +194,8 @@ def backtests(
     with warehouse.connect() as conn:
         forecast_backtests.store_selections(conn, context.run_id, run.selections)
     chosen = {f"{s.selection.zone}/{s.target}": s for s in run.selections}
+    experiment = experiment_id_for(uri)
+    run_links = {f"mlflow_run {key}": mlflow_run_link(experiment, s.mlflow_run_id) for key, s in sorted(chosen.items())}
     return dg.MaterializeResult(
         metadata={
             "metrics": dg.MetadataValue.md(_md_table(pd.DataFrame(run.metrics))),
@@ -190,6 +203,8 @@ def backtests(
             "candidates": dg.MetadataValue.json({k: s.selection.candidates for k, s in chosen.items()}),
             "registry_versions": dg.MetadataValue.json({k: s.registry_version for k, s in chosen.items()}),
             "mlflow_tracking_uri": dg.MetadataValue.text(uri),
+            "mlflow_experiment": dg.MetadataValue.url(f"{get_settings().mlflow_ui_url}/#/experiments/{experiment}"),
+            **run_links,
             "skipped": dg.MetadataValue.json(run.skipped),
         }
     )
@@ -234,6 +249,11 @@ def drift_report(
     with warehouse.connect() as conn:
         replace_drift_summaries(conn, out, start, split, end)
     max_share = float(out["drift_share"].max()) if not out.empty else 0.0
+    zone_urls = {
+        str(zone): url
+        for zone, path in zip(out["unique_id"], out["report_path"], strict=True)
+        if (url := get_settings().report_url(path)) is not None
+    }
     return dg.MaterializeResult(
         metadata={
             "reference": dg.MetadataValue.text(f"{start:%Y-%m-%d %H:%M} .. {split:%Y-%m-%d %H:%M} UTC"),
@@ -246,7 +266,10 @@ def drift_report(
             "forecast_error_included": dg.MetadataValue.bool(with_errors),
             "summary": dg.MetadataValue.md(_md_table(out.drop(columns="report_path"))),
             "reports": dg.MetadataValue.json(list(out["report_path"])),
+            "report_urls": dg.MetadataValue.json(zone_urls),
+            **{f"report {zone}": dg.MetadataValue.url(url) for zone, url in zone_urls.items()},
             "report_dir": dg.MetadataValue.path(str(folder)),
+            "all_reports": report_folder_link("drift"),
         }
     )
 
@@ -262,6 +285,10 @@ def drift_share_below_threshold(context: dg.AssetCheckExecutionContext) -> dg.As
     metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
     shares = metadata["drift_share"].value if "drift_share" in metadata else {}
     over = {z: s for z, s in shares.items() if s > threshold}
+    # The drift report of the zone furthest over (else of the most drifted zone): one click to its page.
+    urls = metadata["report_urls"].value if "report_urls" in metadata else {}
+    worst = max(over or shares, key=lambda z: shares[z], default=None)
+    links = {"report": dg.MetadataValue.url(urls[worst])} if worst in urls else {}
     return dg.AssetCheckResult(
         passed=not over,
         severity=dg.AssetCheckSeverity.WARN,
@@ -269,6 +296,7 @@ def drift_share_below_threshold(context: dg.AssetCheckExecutionContext) -> dg.As
             "threshold": dg.MetadataValue.float(threshold),
             "zones_over_threshold": dg.MetadataValue.json(over),
             "zones_checked": dg.MetadataValue.int(len(shares)),
+            **links,
         },
     )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.shared import automation
+from assets.shared.evidence import evidence_links, report_folder_link, report_urls
 from assets.shared.partitions import delivery_day_partitions
 from assets.shared.resources import WarehouseResource
 from infra.settings import get_settings
@@ -51,9 +52,7 @@ def _run_day(
         try:
             run = day_problems.optimize_delivery_day(conn, day, build, options)
         except day_problems.NothingToOptimizeError as exc:
-            raise dg.Failure(
-                description=str(exc), metadata={"skipped": dg.MetadataValue.json(exc.skipped)}
-            ) from exc
+            raise dg.Failure(description=str(exc), metadata={"skipped": dg.MetadataValue.json(exc.skipped)}) from exc
     for line in run.log_lines():
         context.log.info(line)
     records = run.records
@@ -63,9 +62,7 @@ def _run_day(
     metadata = {
         "delivery_day": dg.MetadataValue.text(str(day)),
         "instances": dg.MetadataValue.int(len(run.solved)),
-        "objective": dg.MetadataValue.float(float(sum(objectives)))
-        if objectives
-        else dg.MetadataValue.null(),
+        "objective": dg.MetadataValue.float(float(sum(objectives))) if objectives else dg.MetadataValue.null(),
         "solver_status": dg.MetadataValue.json(dict(Counter(r["status"] for r in records))),
         "max_relative_gap": dg.MetadataValue.float(max(gaps)) if gaps else dg.MetadataValue.null(),
         "solve_time_s": dg.MetadataValue.float(float(sum(r["solve_time_s"] for r in records))),
@@ -100,7 +97,11 @@ def storage_schedules(
     folder = Path(get_settings().reports_dir) / "optimization" / context.partition_key
     plots = day_problems.storage_schedule_plots(run.solved, folder, context.partition_key)
     metadata["plot"] = dg.MetadataValue.path(plots[0]) if plots else dg.MetadataValue.null()
+    if plots and "plot" in (links := evidence_links(plots[0], "plot")):
+        metadata["plot_url"] = links["plot"]
     metadata["plots"] = dg.MetadataValue.json(plots)
+    metadata["plot_urls"] = dg.MetadataValue.json(report_urls(plots))
+    metadata["all_plots"] = report_folder_link("optimization")
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -172,9 +173,7 @@ def storage_schedules_feasible(
     partitions_def=delivery_day_partitions,
     description="Every curve of the day is monotone, on ticks, within floor/cap and the step limit.",
 )
-def bid_curves_conform(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+def bid_curves_conform(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return _day_check(context, warehouse, "bid_curves")
 
 
@@ -188,6 +187,7 @@ def unit_commitment_feasible(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     return _day_check(context, warehouse, "unit_commitment")
+
 
 defs = dg.Definitions(
     assets=[storage_schedules, bid_curves, unit_commitment],

@@ -8,8 +8,9 @@ the CLI, tests) never handle GX objects.
 from __future__ import annotations
 
 import math
+import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class SuiteOutcome:
     evaluated: int
     failures: list[FailedExpectation]
     raw: Any = field(default=None, repr=False, compare=False)  # the GX result, for Data Docs
+    docs_page: Path | None = None  # this result's Data Docs page, when one was written
 
     @property
     def unexpected_total(self) -> int:
@@ -158,7 +160,7 @@ def validate_frame(
         )
     outcome = _outcome(table_suite.table, len(df), result)
     if docs_dir is not None:
-        write_data_docs([outcome], docs_dir)
+        outcome = replace(outcome, docs_page=write_data_docs([outcome], docs_dir).pages[0])
     return outcome
 
 
@@ -197,8 +199,16 @@ def _outcome(table: str, row_count: int, result: Any) -> SuiteOutcome:
     )
 
 
-def write_data_docs(outcomes: list[SuiteOutcome], docs_dir: Path) -> Path:
-    """Render the outcomes' validation results as GX Data Docs pages under `docs_dir`; the index page.
+@dataclass(frozen=True)
+class DataDocs:
+    """What `write_data_docs` wrote: the index page and one page per outcome (None without a GX result)."""
+
+    index: Path
+    pages: list[Path | None]
+
+
+def write_data_docs(outcomes: list[SuiteOutcome], docs_dir: Path) -> DataDocs:
+    """Render the outcomes' validation results as GX Data Docs pages under `docs_dir`, and the index.
 
     Uses GX's own renderer and page view (the same HTML its Data Docs site builder writes) directly on the
     results, so no GX project or store has to exist on disk.
@@ -211,13 +221,73 @@ def write_data_docs(outcomes: list[SuiteOutcome], docs_dir: Path) -> Path:
     pages_dir.mkdir(parents=True, exist_ok=True)
     renderer = ValidationResultsPageRenderer()
     view = DefaultJinjaPageView()
+    pages: list[Path | None] = []
     for outcome in outcomes:
         if outcome.raw is None:
+            pages.append(None)
             continue
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
         page = pages_dir / f"{outcome.table.replace('.', '__')}__{stamp}.html"
-        page.write_text(view.render(renderer.render(outcome.raw)))
-    return _write_index(docs_dir, pages_dir)
+        page.write_text(offline_page(view.render(renderer.render(outcome.raw))))
+        pages.append(page)
+    _copy_static_assets(docs_dir / STATIC_FOLDER)
+    return DataDocs(_write_index(docs_dir, pages_dir), pages)
+
+
+# GX's page template loads jQuery, Bootstrap 4, Font Awesome and more from public CDNs, so on a network
+# without internet a page loses its layout, icons and scripts (and raises `$ is not defined`). Pages are
+# rewritten to load the three they need from `<docs>/_static`, copied from pinned XStatic wheels; the
+# rest (Vega charts, table filters, a date picker, a dark theme, GX's hosted logo) is not used by
+# validation pages and is dropped, as is the first-visit walkthrough pop-up.
+STATIC_FOLDER = "_static"
+_LOCAL_ASSETS = {  # fragment of the CDN URL -> the local file that replaces it
+    "jquery": f"../{STATIC_FOLDER}/jquery.min.js",
+    "bootstrap/4.3.1/js/bootstrap.min.js": f"../{STATIC_FOLDER}/bootstrap.bundle.min.js",
+    "bootstrap/4.3.1/css/bootstrap.min.css": f"../{STATIC_FOLDER}/bootstrap.min.css",
+    "font-awesome": f"../{STATIC_FOLDER}/font-awesome/css/all.min.css",
+}
+_EXTERNAL_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=\"(https?://[^\"]+)\"[^>]*>\s*</script>", re.S)
+_EXTERNAL_LINK = re.compile(r"<link\b[^>]*\bhref=\"(https?://[^\"]+)\"[^>]*>", re.S)
+_EXTERNAL_IMG = re.compile(r"<img\b[^>]*\bsrc=\"https?://[^\"]+\"[^>]*>", re.S)
+_WALKTHROUGH = re.compile(r"<script>(?:(?!</script>).)*ge-walkthrough-modal-dismissed.*?</script>", re.S)
+
+
+def offline_page(html: str) -> str:
+    """A GX Data Docs page that loads nothing from outside the docs folder."""
+
+    def local(match: re.Match[str], tag: str) -> str:
+        url = match.group(1)
+        for fragment, path in _LOCAL_ASSETS.items():
+            if fragment in url:
+                if tag == "script":
+                    return f'<script src="{path}"></script>'
+                return f'<link rel="stylesheet" type="text/css" href="{path}">'
+        return ""
+
+    html = _EXTERNAL_SCRIPT.sub(lambda m: local(m, "script"), html)
+    html = _EXTERNAL_LINK.sub(lambda m: local(m, "link"), html)
+    html = _EXTERNAL_IMG.sub("", html)
+    html = _WALKTHROUGH.sub("", html)
+    # The page is written for GX's own site layout (four folders deep); ours keeps pages beside the index.
+    return html.replace('href="../../../../index.html"', 'href="../index.html"')
+
+
+def _copy_static_assets(folder: Path) -> None:
+    """jQuery, Bootstrap and Font Awesome from their XStatic wheels into `folder` (once)."""
+    import shutil
+
+    import xstatic.pkg.bootstrap as bootstrap
+    import xstatic.pkg.font_awesome as font_awesome
+    import xstatic.pkg.jquery as jquery
+
+    if (folder / "font-awesome" / "webfonts").is_dir():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(jquery.BASE_DIR) / "jquery.min.js", folder)
+    shutil.copy(Path(bootstrap.BASE_DIR) / "js" / "bootstrap.bundle.min.js", folder)
+    shutil.copy(Path(bootstrap.BASE_DIR) / "css" / "bootstrap.min.css", folder)
+    for part in ("css", "webfonts"):
+        shutil.copytree(Path(font_awesome.BASE_DIR) / part, folder / "font-awesome" / part, dirs_exist_ok=True)
 
 
 def _write_index(docs_dir: Path, pages_dir: Path) -> Path:

@@ -183,6 +183,18 @@ def open_alerts(conn: psycopg.Connection, kind: AlertKind, dedup_prefix: str = "
     return [Alert(**r) for r in cur.fetchall()]
 
 
+def latest_open_alerts(conn: psycopg.Connection, limit: int = 50) -> tuple[int, list[Alert]]:
+    """How many alerts are open (every kind and organization), and the `limit` most recently seen."""
+    total = conn.execute("SELECT count(*) FROM ops.alerts WHERE resolved_at IS NULL").fetchone()[0]
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM ops.alerts WHERE resolved_at IS NULL ORDER BY last_seen DESC, alert_id DESC"
+        " LIMIT %s",
+        (limit,),
+    )
+    return int(total), [Alert(**r) for r in cur.fetchall()]
+
+
 # --- delivery -------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import AliasChoices, AliasPath, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -281,6 +282,30 @@ class Settings(BaseSettings):
         description="Trading-system change events per second that the running demo produces to Kafka.",
     )
 
+    # --- the tools beside the platform (app/portal.py, the MLflow UI) -------------------------------
+    portal_host: str = Field(
+        default="127.0.0.1",
+        validation_alias="OPTIBID_PORTAL_HOST",
+        description="Where the landing page, the reports (Data Docs, dbt docs, drift, plots) and the gold page listen.",
+    )
+    portal_port: int = Field(default=8080, ge=1, le=65535, validation_alias="OPTIBID_PORTAL_PORT")
+    portal_public_url: str | None = Field(
+        default=None,
+        validation_alias="OPTIBID_PORTAL_PUBLIC_URL",
+        description="The landing page's address as browsers reach it (behind a proxy); default http://host:port. "
+        "Dagster's links to reports start with it.",
+    )
+    mlflow_ui_host: str = Field(
+        default="127.0.0.1", validation_alias="OPTIBID_MLFLOW_UI_HOST", description="Where the MLflow UI listens."
+    )
+    mlflow_ui_port: int = Field(default=5000, ge=1, le=65535, validation_alias="OPTIBID_MLFLOW_UI_PORT")
+    mlflow_ui_public_url: str | None = Field(
+        default=None,
+        validation_alias="OPTIBID_MLFLOW_UI_PUBLIC_URL",
+        description="The MLflow UI's address as browsers reach it; default http://host:port (or the tracking "
+        "server itself when MLFLOW_TRACKING_URI is an http(s) URL).",
+    )
+
     # --- alert delivery (infra/alerts.py) -------------------------------------------------------
     alert_webhook_urls: list[SecretStr] = Field(
         default_factory=list,
@@ -346,6 +371,43 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home_dir / "reports"
+
+    @property
+    def dagster_ui_url(self) -> str:
+        return f"http://{_client_host(self.dagster_host)}:{self.dagster_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_client_host(self.api_host)}:{self.api_port}"
+
+    @property
+    def portal_url(self) -> str:
+        return (self.portal_public_url or f"http://{_client_host(self.portal_host)}:{self.portal_port}").rstrip("/")
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        if self.mlflow_ui_public_url:
+            return self.mlflow_ui_public_url.rstrip("/")
+        if self.mlflow_tracking_uri and self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            return self.mlflow_tracking_uri.rstrip("/")
+        return f"http://{_client_host(self.mlflow_ui_host)}:{self.mlflow_ui_port}"
+
+    def report_url(self, path: str | Path) -> str | None:
+        """The landing page's URL of a file under `reports_dir` (None for a file elsewhere)."""
+        try:
+            relative = Path(path).resolve().relative_to(self.reports_dir)
+        except ValueError:
+            return None
+        return f"{self.portal_url}/reports/{quote(relative.as_posix())}"
+
+    def mlflow_run_url(self, experiment_id: str, run_id: str) -> str:
+        """The MLflow UI page of one run."""
+        return f"{self.mlflow_ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _client_host(host: str) -> str:
+    """The address a local browser uses for a server listening on `host` (all interfaces: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def _by_alias(cls: type[BaseSettings], values: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from infra.services import warehouse_url
 from infra.settings import Settings, get_settings
 from serving_api import security
 from serving_api.cache import ResponseCache
+from serving_api.docs_ui import install_offline_docs
 from serving_api.errors import install_error_handlers
 from serving_api.exports import ALREADY_COMPRESSED_EXPORTS
 from serving_api.fastpath import CachedReadFastPath
@@ -245,8 +246,11 @@ def create_app(settings: Settings | None = None, options: ApiOptions | None = No
             "`{code, message, details}`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_offline_docs, not from a CDN
+        redoc_url=None,
     )
     app.state.api = state
+    install_offline_docs(app)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

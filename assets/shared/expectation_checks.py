@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from assets.shared.evidence import evidence_links
 from assets.shared.partitions import daily_partitions, market_date_window
 from assets.shared.resources import LakeResource, WarehouseResource
 from infra.settings import get_settings
@@ -35,6 +36,7 @@ def suite_check_result(
 ) -> dg.AssetCheckResult:
     """A check result from a suite outcome: counts, the failing expectations by name, and their samples."""
     meta = outcome.as_metadata()
+    links = evidence_links(outcome.docs_page, "data_docs")
     return dg.AssetCheckResult(
         passed=outcome.success,
         severity=severity,
@@ -48,6 +50,7 @@ def suite_check_result(
                 {f"{f['expectation']}({f['column'] or ''})": f["unexpected_count"] for f in meta["failures"]}
             ),
             "failures": dg.MetadataValue.json(meta["failures"]),
+            **links,
             **extra,
         },
     )

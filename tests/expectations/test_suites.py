@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -169,12 +170,22 @@ def test_every_layer_has_suites() -> None:
 def test_data_docs_written_to_the_given_folder(prices: pd.DataFrame, zones, tmp_path: Path) -> None:
     prices.loc[0, "price"] = 9999.0
     outcome = validate_frame(prices, suite_for("silver.market__prices"), SuiteParameters(zones=zones))
-    index = write_data_docs([outcome], tmp_path / "gx_docs")
+    docs = write_data_docs([outcome], tmp_path / "gx_docs")
     pages = list((tmp_path / "gx_docs" / "validations").glob("*.html"))
-    assert index.exists() and len(pages) == 1
+    assert docs.index.exists() and len(pages) == 1 and docs.pages == pages
     page = pages[0].read_text()
     assert "silver__market__prices" in page and "9999" in page
-    assert pages[0].name in index.read_text()
+    assert pages[0].name in docs.index.read_text()
+    # Nothing is loaded from outside the docs folder (air-gapped networks); the local assets are there.
+    assert not re.search(r"<(script|link|img)\b[^>]*\b(src|href)=\"https?://", page)
+    for asset in re.findall(r"\b(?:src|href)=\"(\.\./_static/[^\"]+)\"", page):
+        assert (pages[0].parent / asset).resolve().is_file(), asset
+    # Validating with a docs folder names the outcome's own page (what a Dagster check links to).
+    again = validate_frame(
+        prices, suite_for("silver.market__prices"), SuiteParameters(zones=zones), docs_dir=tmp_path / "gx_docs"
+    )
+    assert again.docs_page is not None and again.docs_page.parent == pages[0].parent
+    assert again.docs_page != pages[0] and "9999" in again.docs_page.read_text()
 
 
 def test_validate_partition_from_the_warehouse(database_url: str, tmp_path: Path) -> None:

@@ -1,14 +1,17 @@
 """The Dagster UI as data engineers use it: a real `dagster dev` (webserver + daemon) on the project's
-definitions, driven through its GraphQL API and looked at in headless Chromium."""
+definitions, driven through its GraphQL API and looked at in headless Chromium: the lineage, the Automation
+page with the platform's sensors and schedules, and an asset's check history with the link to the failed
+validation's Data Docs page."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -16,18 +19,9 @@ import pytest
 
 from infra.dagster_instance import write_dagster_home
 from infra.processes import free_port
+from tests.browser import Browser
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "tests" / "artifacts"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -124,25 +118,97 @@ def test_asset_graph_and_a_run_launched_through_the_ui(dagster_ui: str) -> None:
     assert status == "SUCCESS", f"run {run_id} ended {status}"
 
 
-def test_lineage_page_renders_in_chromium(dagster_ui: str) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (CI installs Debian's chromium in .ci/run)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "dagster_lineage.png"
-    shot.unlink(missing_ok=True)
-    subprocess.run(
-        [
-            chromium,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={ARTIFACTS / 'chromium-profile'}",
-            "--window-size=1600,1000",
-            "--virtual-time-budget=20000",
-            f"--screenshot={shot}",
-            f"{dagster_ui}/asset-groups",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
+def dismiss_welcome(page) -> None:
+    """Close the community pop-up a fresh Dagster UI shows first visitors, so screenshots show the page."""
+    page.evaluate("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Skip')?.click()")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    with Browser(tmp_path_factory.mktemp("chromium")) as b:
+        yield b
+
+
+def test_automation_page_shows_the_configured_sensors_and_schedules(
+    dagster_ui: str, browser: Browser, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.open(f"{dagster_ui}/automation")
+    # Sensors and schedules that are on by default (orchestration/, assets/bronze/cdc.py).
+    text = page.wait_for_text(
+        "automation_sensor", "alert_on_run_failure", "alert_on_check_evaluations", "bronze_cdc_floor", timeout=120
     )
-    assert shot.exists() and shot.stat().st_size > 20_000, "the lineage page screenshot is missing or blank"
+    dismiss_welcome(page)
+    page.screenshot(tmp_path / "dagster_automation.png")
+    assert "alert_on_missed_freshness" in text and "alert_on_anomalies" in text
+    page.assert_no_js_errors()
+
+
+def test_check_history_links_a_failed_check_to_its_data_docs(
+    dagster_ui: str, browser: Browser, settings, database_url: str, tmp_path: Path
+) -> None:
+    """A failed Great Expectations check, as the check factory reports it, in the asset's check history; its
+    Data Docs link is the page the validation wrote."""
+    import dagster as dg
+
+    from assets.shared.expectation_checks import suite_check_result
+    from expectations.runner import validate_frame
+    from expectations.suites import SuiteParameters, suite_for
+    from expectations.warehouse import partition_frame, zone_bounds
+    from tests.gold.silver_fixture import load_fixture
+
+    load_fixture(database_url)
+    day = date(2024, 7, 10)
+    rows = partition_frame(database_url, "silver.market__prices", day, day)
+    rows.loc[rows.index[0], "price"] = 99_999.0  # above the zone's cap
+    outcome = validate_frame(
+        rows,
+        suite_for("silver.market__prices"),
+        SuiteParameters(zones=zone_bounds(database_url)),
+        docs_dir=settings.reports_dir / "gx_docs",
+    )
+    result = suite_check_result(outcome)
+    instance = dg.DagsterInstance.from_config(str(write_dagster_home(settings)))
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey(["silver", "market__prices"]),
+            check_name="market__prices_expectations",
+            passed=result.passed,
+            metadata=result.metadata,
+            severity=result.severity,
+        )
+    )
+    docs_url = result.metadata["data_docs"].value
+    assert docs_url == settings.report_url(outcome.docs_page)
+    assert docs_url.startswith(f"{settings.portal_url}/reports/gx_docs/validations/")
+
+    page = browser.new_page()
+    page.open(f"{dagster_ui}/assets/silver/market__prices?view=checks")
+    # Every check the platform declares on the asset, and the failed evaluation with its evidence link.
+    text = page.wait_for_text("market__prices_expectations", "Failed", timeout=120)
+    dismiss_welcome(page)
+    page.screenshot(tmp_path / "dagster_checks.png")
+    # The check's description as the platform declares it (assets/shared/expectation_checks.py).
+    assert "Great Expectations suite of silver.market__prices" in text, text[:3000]
+    page.evaluate(
+        "[...document.querySelectorAll('a,button,div')].find(e => e.innerText.trim() === "
+        "'market__prices_expectations')?.click()"
+    )
+    page.wait_for(
+        f"[...document.querySelectorAll('a')].some(a => a.href === {json.dumps(docs_url)})",
+        timeout=60,
+        what="the Data Docs link in the check's metadata",
+    )
+    page.screenshot(tmp_path / "dagster_check_history.png")
+    page.assert_no_js_errors()
+
+
+def test_lineage_page_renders_in_chromium(dagster_ui: str, browser: Browser, tmp_path: Path) -> None:
+    page = browser.new_page()
+    page.open(f"{dagster_ui}/asset-groups")
+    # The global lineage shows the platform's asset groups (collapsed) once the graph has been laid out.
+    page.wait_for_text("bronze", "silver", "gold", "optimization", "exports", timeout=120)
+    dismiss_welcome(page)
+    shot = page.screenshot(tmp_path / "dagster_lineage.png")
+    assert shot.stat().st_size > 20_000, "the lineage page screenshot is blank"
+    page.assert_no_js_errors()

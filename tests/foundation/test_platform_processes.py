@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from app.platform import STOP_ORDER, PlatformProcesses
+from app.platform import STOP_ORDER, TOOL_PROCESSES, PlatformProcesses
 from infra.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +65,8 @@ def test_platform_processes_start_restart_and_stop(database_url: str, broker_boo
                 timeout=30,
             ).json()["data"]["workspaceOrError"]["locationEntries"]
             assert [entry["name"] for entry in locations] == ["optibid"]
-            assert set(platform.processes) == set(STOP_ORDER)
+            # The tools (landing page, MLflow UI) are the browser tests' (test_tools_in_browser.py).
+            assert set(platform.processes) == set(STOP_ORDER) - set(TOOL_PROCESSES)
             assert not platform.dead()
             # The runs' Spark: a session on the platform's Connect server, from a process of its own (this
             # one holds the suite's local SparkSession).

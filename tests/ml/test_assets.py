@@ -156,6 +156,9 @@ def test_forecasts_per_zone_and_target_idempotent(seeded, warehouse, database_ur
     meta = result.asset_materializations_for_node("gold__forecasts")[0].metadata
     assert Path(meta["plot"].value).exists()
     assert meta["zones"].value == sorted(ZONES)
+    # One click from the Dagster UI to the plot, served by the landing page (app/portal.py).
+    assert meta["plot_url"].value == settings.report_url(meta["plot"].value)
+    assert meta["plot_url"].value.startswith(f"{settings.portal_url}/reports/forecasts/{DELIVERY_DAY}/")
 
     again = dg.materialize(
         [ml_assets.forecasts],
@@ -221,6 +224,16 @@ def test_backtests_keep_the_production_ensemble_unless_beaten(
     meta = result.asset_materializations_for_node("ml__backtests")[0].metadata
     assert meta["skipped"].value == {}, meta["skipped"].value
     assert meta["candidates"].value == {f"{z}/price": ["ensemble", "seasonal_naive"] for z in ZONES}
+    from mlflow.tracking import MlflowClient
+
+    from infra.settings import get_settings
+
+    # Each zone's MLflow run, linked from the materialization to its page in the MLflow UI.
+    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name("optibid-forecasting").experiment_id
+    run_ids = {r.data.tags["zone"]: r.info.run_id for r in MlflowClient(tracking_uri=uri).search_runs([experiment])}
+    for zone in ZONES:
+        link = meta[f"mlflow_run {zone}/price"].value
+        assert link == get_settings().mlflow_run_url(experiment, run_ids[zone]), link
     chosen, backtests = _selections(database_url, result.run_id)
     assert set(backtests) == set(ZONES)
     for zone, (models, metrics) in backtests.items():
@@ -322,6 +335,13 @@ def test_drift_report_and_check(seeded, warehouse, settings, database_url: str) 
     for zone, share, current, reference in stored:
         assert share == pytest.approx(shares[zone])
         assert (current.days, reference.days) == (7, 14)
+    # The zones' report pages on the landing page, and the check's link to the most drifted zone's report.
+    urls = meta["report_urls"].value
+    assert set(ZONES) <= set(urls)
+    assert all(url.startswith(f"{settings.portal_url}/reports/drift/") for url in urls.values())
+    zone = next(iter(ZONES))
+    assert meta[f"report {zone}"].value == urls[zone]
+    assert checks[0].metadata["report"].value == urls[max(shares, key=shares.get)]
 
 
 def test_anomalies_find_the_injected_spike_idempotently(seeded, warehouse, database_url: str) -> None:

@@ -140,6 +140,10 @@ def test_materialize_writes_results_runs_and_plot(warehouse: WarehouseResource, 
     assert storage["objective"] > 0  # the daily spread pays for the round-trip losses
     assert Path(storage["plot"]).is_file() and Path(storage["plot"]).stat().st_size > 1000
     assert Path(storage["plot"]).parent.name == PARTITION
+    from infra.settings import get_settings
+
+    assert storage["plot_url"] == get_settings().report_url(storage["plot"]) is not None
+    assert storage["all_plots"] == f"{get_settings().portal_url}/browse/optimization"
     assert "| asset_id" in storage["preview"]
 
     # Bid curves for PJM (thermal) and ERCOT (wind) from weekly-naive prices, CAISO (solar) from forecasts.
