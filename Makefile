@@ -40,7 +40,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
-# The platform running itself (daemon, API, follow consumer) on the test services: up to 20 minutes.
+# The platform running itself (daemon, API, follow consumer) on the test services, bounded by the issue's
+# 5 minutes (OPTIBID_SOAK_SECONDS=300); not yet within it on two cores, so it is not part of `make test`.
 soak: install
 	$(BIN)/python -m pytest -m soak tests/platform --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
