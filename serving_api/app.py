@@ -67,6 +67,7 @@ API_ROUTERS = [
     "account",
     "identity_admin",
     "sso",
+    "saml",
 ]
 
 
