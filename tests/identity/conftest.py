@@ -1,7 +1,8 @@
 """Fixtures of the identity tests: a database of their own (seeded like the API tests'), a real SMTP server
 (aiosmtpd) receiving the invitations and reset links, a real OIDC provider and a real SAML IdP on 127.0.0.1
-(`tests/identity/oidc_provider.py`, `tests/identity/saml_idp.py`), and the real app behind a trusted proxy at 127.0.0.1 (so a test picks
-its client address with X-Forwarded-For) whose public URL is the test client's."""
+(`tests/identity/oidc_provider.py`, `tests/identity/saml_idp.py`), and the real app behind a trusted proxy
+at 127.0.0.1 (so a test picks its client address with X-Forwarded-For) whose public URL is the test
+client's."""
 
 from __future__ import annotations
 

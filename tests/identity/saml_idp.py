@@ -169,9 +169,9 @@ class SamlIdp:
         authn.set("AuthnInstant", _instant(now))
         authn.set("SessionIndex", f"_s{uuid.uuid4().hex}")
         context = etree.SubElement(authn, f"{{{SAML}}}AuthnContext")
-        etree.SubElement(context, f"{{{SAML}}}AuthnContextClassRef").text = (
-            "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
-        )
+        etree.SubElement(
+            context, f"{{{SAML}}}AuthnContextClassRef"
+        ).text = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
         attributes = user.get("attributes", {})
         if attributes:
             statement = etree.SubElement(assertion, f"{{{SAML}}}AttributeStatement")

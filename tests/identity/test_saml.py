@@ -200,6 +200,7 @@ def test_saml_settings_are_validated_admin_only_and_per_organization(client, sam
     )
     assert resp.status_code == 200 and resp.json()["idp_certificate"].strip() == saml_idp.certificate.strip()
     viewer = login(client, "viewer@org_a.test").json()
-    assert client.put(f"{V1}/saml-provider", json=provider_settings(saml_idp), headers=bearer(viewer)).status_code == 403
+    refused = client.put(f"{V1}/saml-provider", json=provider_settings(saml_idp), headers=bearer(viewer))
+    assert refused.status_code == 403
     other_admin = login(client, "admin@org_sso.test").json()
     assert client.get(f"{V1}/saml-provider", headers=bearer(other_admin)).status_code == 404
