@@ -161,7 +161,7 @@ def _settings_or_503(state: ApiState, provider: dict[str, Any]) -> OneLogin_Saml
     "/{org_id}/metadata",
     response_class=Response,
     summary="SAML service-provider metadata of the organization (entity id, ACS URL): configure the IdP from it",
-    responses={200: {"content": {"application/samlmetadata+xml": {}}}} | error_responses(404),
+    responses={200: {"content": {"application/samlmetadata+xml": {}}}} | error_responses(404, 503),
 )
 async def saml_metadata(request: Request, org_id: OrgId) -> Response:
     state = api_state(request)
