@@ -273,6 +273,7 @@ def _first(attributes: dict[str, list[str]], name: str) -> str | None:
     response_model=TokenResponse,
     summary="Assertion consumer service: where the IdP posts its Response; completes SAML single sign-on and "
     "answers with tokens",
+    responses=error_responses(413),
 )
 async def saml_acs(
     request: Request,
