@@ -71,6 +71,7 @@ API_ROUTERS = [
     "similar_runs",
     "forecast_jobs",
     "forecast_quality",
+    "saml",
 ]
 
 

@@ -45,10 +45,13 @@ class RequestGuard:
         self.prefix = prefix
         self.upload_path = f"{prefix}/uploads"
         self.auth_prefix = f"{prefix}/auth/"
+        self.saml_prefix = f"{prefix}/auth/saml/"
 
     def limit_for(self, method: str, path: str) -> int:
         if method == "POST" and path == self.upload_path:
             return self.state.settings.upload_max_bytes + _MULTIPART_OVERHEAD
+        if method == "POST" and path.startswith(self.saml_prefix) and path.endswith("/acs"):
+            return self.state.options.max_saml_response_bytes
         if path.startswith(self.auth_prefix):
             return self.state.options.max_auth_body_bytes
         return self.state.options.max_body_bytes

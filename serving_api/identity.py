@@ -1,9 +1,11 @@
-"""What the identity endpoints share: opening a session and issuing its tokens, revoking everything a user
-holds, checking a second factor, the client address, and the e-mails with single-use links.
+"""What the identity endpoints share: opening a session and issuing its tokens, signing in a user a single
+sign-on provider vouched for (OIDC or SAML: group -> role, just-in-time provisioning), revoking everything a
+user holds, checking a second factor, the client address, and the e-mails with single-use links.
 
 What belongs here: logic used by more than one of `routers/auth.py`, `routers/account.py`,
-`routers/identity_admin.py` and `routers/sso.py`. What does not: the endpoints themselves, the SQL functions
-(`infra/sql/140_identity.sql`), and pure credential functions (`serving_api.security`).
+`routers/identity_admin.py`, `routers/sso.py` and `routers/saml.py`. What does not: the endpoints
+themselves, the SQL functions (`infra/sql/140_identity.sql`, `170_saml.sql`), and pure credential functions
+(`serving_api.security`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import Request
 from psycopg import AsyncConnection
@@ -25,6 +28,7 @@ from infra.signals import AUTH_CHANNEL
 from serving_api import security
 from serving_api.errors import ApiError
 from serving_api.models import API_PREFIX, TokenResponse
+from serving_api.security import ROLE_RANK, Role
 from serving_api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,115 @@ async def issue_tokens(
         not_after=session_end.timestamp() if session_end else None,
     )
     return TokenResponse(access_token=access, refresh_token=token, expires_in=lifetime), token_id
+
+
+@dataclass(frozen=True)
+class SsoIdentity:
+    """Who a single sign-on provider vouched for, after its response was verified."""
+
+    org_id: str
+    source: str  # 'oidc' or 'saml': the session's auth method and the account's auth source
+    subject: str  # the provider's stable id of the user (OIDC `sub`, SAML NameID)
+    email: str
+    groups: Any  # the provider's groups claim or attribute, as received (list, string or absent)
+    provider: str  # the provider's issuer or entity id, for the audit log
+
+
+@dataclass(frozen=True)
+class RoleMapping:
+    """An organization's provider settings that decide roles and provisioning."""
+
+    group_roles: dict[str, str]
+    default_role: str | None
+    jit_provisioning: bool
+
+
+def role_for(mapping: RoleMapping, groups: Any) -> str:
+    """The highest role the groups map to, else the default role; 403 `sso_no_role` when neither exists."""
+    if isinstance(groups, str):
+        groups = [groups]
+    if not isinstance(groups, list):
+        groups = []
+    roles = [Role(mapping.group_roles[g]) for g in groups if isinstance(g, str) and g in mapping.group_roles]
+    if roles:
+        return max(roles, key=lambda r: ROLE_RANK[r]).value
+    if mapping.default_role:
+        return mapping.default_role
+    raise ApiError(403, "sso_no_role", "none of your identity provider groups is mapped to an OptiBid role")
+
+
+def sso_email(value: Any) -> str:
+    """The provider's e-mail address, normalized; 403 `sso_no_email` when there is none usable."""
+    email = str(value or "").strip().lower()
+    if not email or len(email) > 320 or "@" not in email:
+        raise ApiError(403, "sso_no_email", "the identity provider did not share an e-mail address")
+    return email
+
+
+_SSO_ACCOUNT_REFUSALS = {
+    "inactive": "this account is deactivated",
+    "not_provisioned": "no account exists for you and this organization does not create them",
+    "other_org": "this e-mail belongs to an account of another organization",
+}
+
+
+async def sso_sign_in(
+    conn: AsyncConnection,
+    state: ApiState,
+    request: Request,
+    who: SsoIdentity,
+    mapping: RoleMapping,
+    id_token: str | None = None,
+) -> tuple[TokenResponse, str]:
+    """Sign in a user an SSO provider vouched for: map the groups to a role, find the account (by subject,
+    else e-mail in the organization) or provision it, revoke its other sessions when the provider changed its
+    role, audit, and open a session; (tokens, the session's family id). 403 `sso_<reason>` when the account
+    is deactivated, of another organization, or absent without just-in-time provisioning."""
+    role = role_for(mapping, who.groups)
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT status, user_id, role, role_changed FROM api_auth.sso_account(%s, %s, %s, %s, %s, %s, %s)",
+        (who.org_id, who.source, who.subject, who.email, role, mapping.jit_provisioning, uuid.uuid4().hex),
+    )
+    account = await cur.fetchone()
+    assert account is not None
+    if account["status"] != "ok":
+        await conn.commit()  # the spent nonce or assertion id stays spent although the login is refused
+        raise ApiError(403, f"sso_{account['status']}", _SSO_ACCOUNT_REFUSALS[account["status"]])
+    if account["role_changed"]:
+        await revoke_user_credentials(conn, state, account["user_id"])
+    await cur.execute(
+        """SELECT user_id, org_id, email, role, session_absolute_seconds, session_idle_seconds
+           FROM api_auth.user_profile(%s)""",
+        (account["user_id"],),
+    )
+    user = await cur.fetchone()
+    assert user is not None
+    ip = client_ip(request)
+    await audit(
+        conn,
+        user["org_id"],
+        f"user:{user['user_id']}",
+        "login.sso",
+        user["user_id"],
+        {"ip": ip, "method": who.source, "issuer": who.provider, "role": role},
+    )
+    family_id = uuid.uuid4().hex
+    result, _ = await issue_tokens(
+        conn,
+        state,
+        user,
+        family_id,
+        NewSession(
+            who.source,
+            ip,
+            user_agent(request),
+            user["session_absolute_seconds"],
+            user["session_idle_seconds"],
+            id_token=id_token,
+        ),
+    )
+    return result, family_id
 
 
 async def session_status(conn: AsyncConnection, family_id: str, ip: str | None) -> str:

@@ -415,6 +415,59 @@ class OidcProviderOut(BaseModel):
     redirect_uri: str = Field(description="Register this redirect URI with the provider.")
 
 
+class SamlProviderIn(BaseModel):
+    idp_entity_id: str = Field(min_length=1, max_length=500, pattern=r"^[^\s\x00]+$")
+    idp_sso_url: str = Field(
+        pattern=r"^https?://[^\s\x00]{1,500}$", description="The IdP's SSO endpoint (HTTP-Redirect binding)."
+    )
+    idp_slo_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s\x00]{1,500}$",
+        description="The IdP's single-logout endpoint (HTTP-Redirect binding); null: logout ends OptiBid's "
+        "session only.",
+    )
+    idp_certificate: str = Field(
+        min_length=100,
+        max_length=20000,
+        description="The IdP's signing certificate (PEM, or its base64 body as in IdP metadata).",
+    )
+    email_attribute: str | None = Field(
+        default="email",
+        min_length=1,
+        max_length=300,
+        pattern=r"^[^\s\x00]+$",
+        description="Attribute carrying the e-mail address; null: the NameID is the e-mail address.",
+    )
+    groups_attribute: str = Field(default="groups", min_length=1, max_length=300, pattern=r"^[^\s\x00]+$")
+    group_roles: dict[str, Literal["admin", "analyst", "trader", "viewer"]] = Field(
+        default_factory=dict, max_length=200, description="IdP group -> role; the highest role matched wins."
+    )
+    default_role: Literal["admin", "analyst", "trader", "viewer"] | None = Field(
+        default=None, description="Role when no group matches; null refuses such users."
+    )
+    jit_provisioning: bool = True
+    enabled: bool = True
+
+
+class SamlProviderOut(BaseModel):
+    org_id: str
+    idp_entity_id: str
+    idp_sso_url: str
+    idp_slo_url: str | None = None
+    idp_certificate: str
+    idp_certificate_expires_at: datetime | None = None
+    email_attribute: str | None = None
+    groups_attribute: str
+    group_roles: dict[str, str]
+    default_role: str | None = None
+    jit_provisioning: bool
+    enabled: bool
+    sp_entity_id: str = Field(description="This service provider's entity id (the audience the IdP must name).")
+    acs_url: str = Field(description="Register this assertion consumer service URL (HTTP-POST) at the IdP.")
+    metadata_url: str = Field(description="SP metadata to import into the IdP.")
+    login_url: str = Field(description="Where users start SAML single sign-on.")
+
+
 class EndSession(BaseModel):
     status: Literal["ok"] = "ok"
     end_session_url: str | None = Field(

@@ -67,17 +67,18 @@ class ApiOptions:
     cache_max_bytes: int = 64 * 1024 * 1024
     max_body_bytes: int = 2 * 1024 * 1024  # JSON bodies (optimize, mapping, admin)
     max_auth_body_bytes: int = 16 * 1024
+    max_saml_response_bytes: int = 512 * 1024  # POSTs to the SAML ACS (signed Responses with many groups)
     max_query_params: int = 32
     optimize_timeout_s: float = 30.0  # wall time of one optimize request's solve, model building included
     solver_nice: int = 10  # CPU priority of the solver processes relative to the API's
     solver_queue_wait_s: float = 5.0  # a request waits this long for an idle solver process, else 503
     upload_worker_processes: int = 2  # large uploads processed at once, each in a child process
     ws_auth_recheck_seconds: float = 1.0
-    # Identity (serving_api/routers/account.py, identity_admin.py, sso.py).
+    # Identity (serving_api/routers/account.py, identity_admin.py, sso.py, saml.py).
     session_touch_seconds: float = 60.0  # a session's last use is recorded (and its timeouts checked) this often
     mfa_challenge_seconds: int = 300  # how long the first login step's proof waits for the second factor
     mfa_max_attempts_per_challenge: int = 5  # wrong codes before the password must be entered again
-    oidc_state_seconds: int = 600  # how long a started SSO login may take
+    oidc_state_seconds: int = 600  # how long a started SSO login (OIDC state, SAML RelayState) may take
     oidc_http_timeout_seconds: float = 10.0
     oidc_metadata_cache_seconds: float = 3600.0  # discovery documents and JWKS (refetched on an unknown kid)
     # On-demand forecast jobs (routers/forecast_jobs.py; worker processes: OPTIBID_API_FORECAST_JOB_PROCESSES):

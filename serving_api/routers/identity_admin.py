@@ -1,7 +1,7 @@
 """User lifecycle and identity policy for an organization's admins: invitations by e-mail, deactivation and
 reactivation, role changes, resetting a user's MFA, the organization's MFA and session policy, and its OIDC
-provider. Every change is audited; deactivation, role changes and MFA resets revoke the user's sessions and
-API keys at once (the same LISTEN/NOTIFY path as every revocation).
+and SAML providers. Every change is audited; deactivation, role changes and MFA resets revoke the user's
+sessions and API keys at once (the same LISTEN/NOTIFY path as every revocation).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Depends, Path
 from psycopg.rows import dict_row
 
@@ -26,6 +28,8 @@ from serving_api.models import (
     OidcProviderOut,
     Ok,
     RoleChange,
+    SamlProviderIn,
+    SamlProviderOut,
     UserOut,
 )
 from serving_api.security import Permission
@@ -369,5 +373,123 @@ async def delete_provider(session: Admin) -> Ok:
         raise ApiError(404, "not_found", "no OIDC provider is configured for your organization")
     await repository.audit(
         conn, session.principal.org_id, session.principal.actor, "oidc_provider.delete", session.principal.org_id
+    )
+    return Ok()
+
+
+# --- SAML provider --------------------------------------------------------------------------------------------
+_SAML_COLUMNS = (
+    "org_id, idp_entity_id, idp_sso_url, idp_slo_url, idp_certificate, email_attribute, groups_attribute,"
+    " group_roles, default_role, jit_provisioning, enabled"
+)
+
+
+def _certificate_pem(text: str) -> tuple[str, datetime]:
+    """The certificate as PEM and its expiry; 422 naming the field when it is not one X.509 certificate."""
+    body = text.strip()
+    if "-----BEGIN CERTIFICATE-----" not in body:
+        body = "-----BEGIN CERTIFICATE-----\n" + "".join(body.split()) + "\n-----END CERTIFICATE-----"
+    try:
+        cert = x509.load_pem_x509_certificate(body.encode())
+    except ValueError as exc:
+        raise ApiError(422, "invalid_provider", "idp_certificate: not a PEM X.509 certificate") from exc
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), cert.not_valid_after_utc
+
+
+def _saml_out(session: OrgSession, row: dict) -> SamlProviderOut:
+    from serving_api.routers.saml import sp_urls
+
+    urls = sp_urls(session.state, row["org_id"])
+    _, expires_at = _certificate_pem(row["idp_certificate"])
+    return SamlProviderOut(
+        **row,
+        idp_certificate_expires_at=expires_at,
+        sp_entity_id=urls.entity_id,
+        acs_url=urls.acs_url,
+        metadata_url=urls.metadata_url,
+        login_url=f"{session.state.settings.resolved_public_url}{API_PREFIX}/auth/saml/{row['org_id']}/login",
+    )
+
+
+@router.get(
+    "/saml-provider",
+    response_model=SamlProviderOut,
+    summary="The organization's SAML single sign-on settings and the SP addresses to register at the IdP",
+    responses=error_responses(404),
+)
+async def get_saml_provider(session: Admin) -> SamlProviderOut:
+    rows = await repository.rows_of(await session.conn(), f"SELECT {_SAML_COLUMNS} FROM ops.saml_providers")
+    if not rows:
+        raise ApiError(404, "not_found", "no SAML provider is configured for your organization")
+    return _saml_out(session, rows[0])
+
+
+@router.put(
+    "/saml-provider",
+    response_model=SamlProviderOut,
+    summary="Configure SAML single sign-on (IdP entity id, SSO and SLO URLs, signing certificate, attributes, "
+    "group -> role mapping)",
+)
+async def put_saml_provider(session: Admin, body: SamlProviderIn) -> SamlProviderOut:
+    from onelogin.saml2.errors import OneLogin_Saml2_Error
+
+    from serving_api.routers.saml import saml_settings
+
+    certificate, _ = _certificate_pem(body.idp_certificate)
+    values = body.model_dump() | {"idp_certificate": certificate, "org_id": session.principal.org_id}
+    try:
+        saml_settings(session.state, values)
+    except OneLogin_Saml2_Error as exc:
+        raise ApiError(422, "invalid_provider", f"the SAML settings are not usable: {exc}") from exc
+    conn = await session.conn()
+    rows = await repository.rows_of(
+        conn,
+        f"""INSERT INTO ops.saml_providers (org_id, idp_entity_id, idp_sso_url, idp_slo_url, idp_certificate,
+                                            email_attribute, groups_attribute, group_roles, default_role,
+                                            jit_provisioning, enabled, updated_by)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s)
+            ON CONFLICT (org_id) DO UPDATE SET idp_entity_id = excluded.idp_entity_id,
+                idp_sso_url = excluded.idp_sso_url, idp_slo_url = excluded.idp_slo_url,
+                idp_certificate = excluded.idp_certificate, email_attribute = excluded.email_attribute,
+                groups_attribute = excluded.groups_attribute, group_roles = excluded.group_roles,
+                default_role = excluded.default_role, jit_provisioning = excluded.jit_provisioning,
+                enabled = excluded.enabled, updated_at = now(), updated_by = excluded.updated_by
+            RETURNING {_SAML_COLUMNS}""",
+        (
+            session.principal.org_id,
+            body.idp_entity_id,
+            body.idp_sso_url,
+            body.idp_slo_url,
+            certificate,
+            body.email_attribute,
+            body.groups_attribute,
+            json.dumps(body.group_roles),
+            body.default_role,
+            body.jit_provisioning,
+            body.enabled,
+            session.principal.actor,
+        ),
+    )
+    await repository.audit(
+        conn,
+        session.principal.org_id,
+        session.principal.actor,
+        "saml_provider.update",
+        session.principal.org_id,
+        body.model_dump(exclude={"idp_certificate"}),
+    )
+    return _saml_out(session, rows[0])
+
+
+@router.delete(
+    "/saml-provider", response_model=Ok, summary="Remove SAML single sign-on", responses=error_responses(404)
+)
+async def delete_saml_provider(session: Admin) -> Ok:
+    conn = await session.conn()
+    rows = await repository.rows_of(conn, "DELETE FROM ops.saml_providers RETURNING org_id")
+    if not rows:
+        raise ApiError(404, "not_found", "no SAML provider is configured for your organization")
+    await repository.audit(
+        conn, session.principal.org_id, session.principal.actor, "saml_provider.delete", session.principal.org_id
     )
     return Ok()

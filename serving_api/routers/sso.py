@@ -5,7 +5,8 @@ and an S256 code challenge; `GET /auth/sso/callback` takes the state (once), tra
 verifier for tokens at the provider's token endpoint, verifies the ID token against the provider's JWKS
 (issuer, audience, expiry, nonce; asymmetric algorithms only), reads the groups (ID token, else userinfo),
 maps them to a role, finds or provisions the account, and answers with OptiBid tokens. `POST
-/auth/sso/logout` ends the OptiBid session and returns the provider's end-session URL.
+/auth/sso/logout` ends the OptiBid session and returns the provider's end-session URL (for a SAML session,
+the IdP's single-logout URL with a LogoutRequest, built by `routers/saml.py`).
 
 Provider documents (discovery, JWKS) are fetched with bounded time and size and cached
 (`oidc_metadata_cache_seconds`); an ID token signed with a `kid` the cached JWKS lacks refetches it once.
@@ -17,7 +18,6 @@ import base64
 import hashlib
 import secrets
 import time
-import uuid
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -31,7 +31,7 @@ from serving_api import identity, security
 from serving_api.deps import api_state
 from serving_api.errors import ApiError, error_responses
 from serving_api.models import API_PREFIX, EndSession, RefreshRequest, TokenResponse
-from serving_api.security import ROLE_RANK, Role
+from serving_api.routers import saml
 from serving_api.state import ApiState
 
 router = APIRouter(prefix="/auth/sso", tags=["auth"], responses=error_responses(400, 401, 403, 422, 500, 503))
@@ -197,20 +197,6 @@ async def _verified_id_token(state: ApiState, provider: dict, doc: dict, id_toke
     return claims
 
 
-def _role_for(provider: dict, groups: Any) -> str:
-    if isinstance(groups, str):
-        groups = [groups]
-    if not isinstance(groups, list):
-        groups = []
-    mapping: dict[str, str] = provider["group_roles"] or {}
-    roles = [Role(mapping[g]) for g in groups if isinstance(g, str) and g in mapping]
-    if roles:
-        return max(roles, key=lambda r: ROLE_RANK[r]).value
-    if provider["default_role"]:
-        return provider["default_role"]
-    raise ApiError(403, "sso_no_role", "none of your identity provider groups is mapped to an OptiBid role")
-
-
 @router.get(
     "/callback",
     response_model=TokenResponse,
@@ -272,13 +258,20 @@ async def sso_callback(
         if info.get("sub") != claims["sub"]:
             raise ApiError(401, "sso_failed", "the provider's userinfo is about another subject")
         profile = info | profile
-    email = str(profile.get("email") or "").strip().lower()
-    if not email or len(email) > 320 or "@" not in email:
-        raise ApiError(403, "sso_no_email", "the identity provider did not share an e-mail address")
+    email = identity.sso_email(profile.get("email"))
     if profile.get("email_verified") is False:
         raise ApiError(403, "sso_email_unverified", "the identity provider has not verified this e-mail address")
-    role = _role_for(provider, profile.get(provider["groups_claim"]))
-    ip = identity.client_ip(request)
+    who = identity.SsoIdentity(
+        org_id=login["org_id"],
+        source="oidc",
+        subject=str(claims["sub"]),
+        email=email,
+        groups=profile.get(provider["groups_claim"]),
+        provider=provider["issuer"],
+    )
+    mapping = identity.RoleMapping(
+        provider["group_roles"] or {}, provider["default_role"], provider["jit_provisioning"]
+    )
     async with state.pool.connection() as conn:
         # The ID token is accepted once, until it expires (a replayed ID token is refused).
         fresh = await (
@@ -288,63 +281,15 @@ async def sso_callback(
         ).fetchone()
         if fresh is None or not fresh[0]:
             raise ApiError(401, "sso_nonce_replayed", "this ID token was already used")
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            "SELECT status, user_id, role, role_changed FROM api_auth.oidc_account(%s, %s, %s, %s, %s, %s)",
-            (login["org_id"], str(claims["sub"]), email, role, provider["jit_provisioning"], uuid.uuid4().hex),
-        )
-        account = await cur.fetchone()
-        assert account is not None
-        if account["status"] != "ok":
-            await conn.commit()
-            raise ApiError(
-                403,
-                f"sso_{account['status']}",
-                {
-                    "inactive": "this account is deactivated",
-                    "not_provisioned": "no account exists for you and this organization does not create them",
-                    "other_org": "this e-mail belongs to an account of another organization",
-                }[account["status"]],
-            )
-        if account["role_changed"]:
-            await identity.revoke_user_credentials(conn, state, account["user_id"])
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            """SELECT user_id, org_id, email, role, session_absolute_seconds, session_idle_seconds
-               FROM api_auth.user_profile(%s)""",
-            (account["user_id"],),
-        )
-        user = await cur.fetchone()
-        assert user is not None
-        await identity.audit(
-            conn,
-            user["org_id"],
-            f"user:{user['user_id']}",
-            "login.sso",
-            user["user_id"],
-            {"ip": ip, "issuer": provider["issuer"], "role": role},
-        )
-        result, _ = await identity.issue_tokens(
-            conn,
-            state,
-            user,
-            uuid.uuid4().hex,
-            identity.NewSession(
-                "oidc",
-                ip,
-                identity.user_agent(request),
-                user["session_absolute_seconds"],
-                user["session_idle_seconds"],
-                id_token=id_token,
-            ),
-        )
+        result, _ = await identity.sso_sign_in(conn, state, request, who, mapping, id_token=id_token)
     return result
 
 
 @router.post(
     "/logout",
     response_model=EndSession,
-    summary="End the session of a refresh token, and get the provider's end-session URL for SSO sessions",
+    summary="End the session of a refresh token, and get the identity provider's logout URL for SSO sessions "
+    "(OIDC end-session or SAML single logout)",
 )
 async def sso_logout(request: Request, body: RefreshRequest) -> EndSession:
     from serving_api.routers.auth import _audit_session, _revoke_family, _token_row
@@ -358,8 +303,14 @@ async def sso_logout(request: Request, body: RefreshRequest) -> EndSession:
         await _revoke_family(conn, state, row["family_id"])
         await _audit_session(conn, row["family_id"], "token.revoke")
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT org_id, id_token FROM api_auth.session_id_token(%s)", (row["family_id"],))
+        await cur.execute(
+            """SELECT org_id, auth_method, id_token, name_id, name_id_format, name_id_qualifier, sp_name_qualifier,
+                      session_index FROM api_auth.session_sso(%s)""",
+            (row["family_id"],),
+        )
         session = await cur.fetchone()
+    if session is not None and session["auth_method"] == "saml":
+        return EndSession(end_session_url=await saml.logout_url(state, session))
     if session is None or not session["id_token"]:
         return EndSession()
     try:

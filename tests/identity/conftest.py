@@ -1,7 +1,8 @@
 """Fixtures of the identity tests: a database of their own (seeded like the API tests'), a real SMTP server
-(aiosmtpd) receiving the invitations and reset links, a real OIDC provider on 127.0.0.1
-(`tests/identity/oidc_provider.py`), and the real app behind a trusted proxy at 127.0.0.1 (so a test picks
-its client address with X-Forwarded-For) whose public URL is the test client's."""
+(aiosmtpd) receiving the invitations and reset links, a real OIDC provider and a real SAML IdP on 127.0.0.1
+(`tests/identity/oidc_provider.py`, `tests/identity/saml_idp.py`), and the real app behind a trusted proxy
+at 127.0.0.1 (so a test picks its client address with X-Forwarded-For) whose public URL is the test
+client's."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.alerting.conftest import SmtpInbox
 from tests.api.conftest import ORGS, PASSWORD, ROLES, _seed
 from tests.conftest import private_database
 from tests.identity.oidc_provider import OidcProvider
+from tests.identity.saml_idp import SamlIdp
 
 V1 = "/api/v1"
 PROXY = ("127.0.0.1", 50000)
@@ -77,6 +79,15 @@ def oidc_provider() -> Iterator[OidcProvider]:
 
 
 @pytest.fixture(scope="session")
+def saml_idp() -> Iterator[SamlIdp]:
+    idp = SamlIdp()
+    try:
+        yield idp
+    finally:
+        idp.close()
+
+
+@pytest.fixture(scope="session")
 def identity_database(database_url: str) -> Iterator[str]:
     from infra import db
     from serving_api import cli
@@ -84,7 +95,7 @@ def identity_database(database_url: str) -> Iterator[str]:
     for url in private_database(database_url, "optibid_identity"):
         with db.connect(url) as conn:
             _seed(conn)
-            for org in ("org_sso", "org_mfa", "org_life"):
+            for org in ("org_sso", "org_mfa", "org_life", "org_saml"):
                 conn.execute(
                     "INSERT INTO silver.ref__organizations VALUES (%s, %s, 'US') ON CONFLICT DO NOTHING",
                     (org, org.upper()),
@@ -92,7 +103,7 @@ def identity_database(database_url: str) -> Iterator[str]:
         for org in ORGS:
             for role in ROLES:
                 cli.create_user(url, org, f"{role}@{org}.test", role, PASSWORD)
-        for org in ("org_sso", "org_mfa", "org_life"):
+        for org in ("org_sso", "org_mfa", "org_life", "org_saml"):
             cli.create_user(url, org, f"admin@{org}.test", "admin", PASSWORD)
         yield url
 

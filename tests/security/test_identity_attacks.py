@@ -1,5 +1,6 @@
 """Hostile clients against identity: MFA brute force, invitation-link reuse, OIDC `state` and `nonce`
-replay, and `alg` confusion between the old (HS256) and new (RS256) token formats."""
+replay, SAML responses that are unsigned, wrongly signed, replayed, for another audience, expired, or not
+answering a request of ours, and `alg` confusion between the old (HS256) and new (RS256) token formats."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from tests.api.conftest import PASSWORD
 from tests.identity.conftest import Inbox, _free_port, current_totp, link_in, token_of
 from tests.identity.oidc_provider import OidcProvider, callback_path
+from tests.identity.saml_idp import SamlIdp, posted_form
 from tests.security.conftest import PROXY, V1, make_app
 
 PUBLIC_URL = "http://testserver"
@@ -213,6 +215,136 @@ def test_a_code_without_its_pkce_verifier_is_useless(app_client, provider, sso_o
     assert resp.status_code == 200, resp.text
 
 
+# --- SAML responses ------------------------------------------------------------------------------------------
+SAML_ACS = f"{V1}/auth/saml/org_a/acs"
+
+
+@pytest.fixture(scope="module")
+def saml_org_a(app_client) -> Iterator[SamlIdp]:
+    idp = SamlIdp()
+    admin = _login(app_client, "admin@org_a.test").json()
+    resp = app_client.put(
+        f"{V1}/saml-provider",
+        json={
+            "idp_entity_id": idp.entity_id,
+            "idp_sso_url": idp.sso_url,
+            "idp_certificate": idp.certificate,
+            "default_role": "viewer",
+            "group_roles": {"admins": "admin"},
+        },
+        headers=_bearer(admin),
+    )
+    assert resp.status_code == 200, resp.text
+    yield idp
+    idp.close()
+
+
+def _saml_form(client, idp: SamlIdp, **knobs) -> dict[str, str]:
+    """The form the IdP's page would post to our ACS for a login started now (the IdP made hostile by knobs)."""
+    idp.next_response(**knobs)
+    start = client.get(f"{V1}/auth/saml/org_a/login", follow_redirects=False)
+    assert start.status_code == 302, start.text
+    action, fields = posted_form(httpx.get(start.headers["location"]).text)
+    assert action == f"{PUBLIC_URL}{SAML_ACS}"
+    return fields
+
+
+def _saml_users(client) -> set[str]:
+    admin = _login(client, "admin@org_a.test").json()
+    return {u["email"] for u in client.get(f"{V1}/users", headers=_bearer(admin)).json()}
+
+
+@pytest.mark.parametrize(
+    ("knobs", "code"),
+    [
+        ({"sign": "none"}, "saml_signature_invalid"),
+        ({"sign": "other_key"}, "saml_signature_invalid"),
+        ({"sign": "tampered"}, "saml_signature_invalid"),
+        ({"audience": "https://another-sp.example/metadata"}, "saml_wrong_audience"),
+        ({"lifetime_seconds": -600}, "saml_assertion_expired"),
+        ({"issuer": "https://another-idp.example/metadata"}, "saml_wrong_issuer"),
+        ({"destination": "https://another-sp.example/acs"}, "saml_wrong_destination"),
+        ({"in_response_to": "_a-request-we-never-sent"}, "saml_in_response_to_mismatch"),
+        ({"in_response_to": None}, "saml_in_response_to_mismatch"),  # unsolicited (IdP-initiated)
+    ],
+    ids=["unsigned", "other-key", "tampered", "audience", "expired", "issuer", "destination", "irt", "unsolicited"],
+)
+def test_invalid_saml_responses_are_refused(app_client, saml_org_a, knobs, code):
+    saml_org_a.login_as = {"name_id": "saml-mallory", "attributes": {"email": "mallory@org_a.test", "groups": "admins"}}
+    resp = app_client.post(SAML_ACS, data=_saml_form(app_client, saml_org_a, **knobs))
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["code"] == code
+    assert "mallory@org_a.test" not in _saml_users(app_client)
+
+
+def test_both_signing_styles_are_accepted(app_client, saml_org_a):
+    # The control for the refusals above: the same IdP, signing the Response, or both, gets in.
+    for n, sign in enumerate(("response", "both")):
+        saml_org_a.login_as = {"name_id": f"saml-ok-{n}", "attributes": {"email": f"ok{n}@org_a.test"}}
+        resp = app_client.post(SAML_ACS, data=_saml_form(app_client, saml_org_a, sign=sign))
+        assert resp.status_code == 200, resp.text
+
+
+def test_a_replayed_saml_response_or_assertion_is_refused(app_client, saml_org_a):
+    saml_org_a.login_as = {"name_id": "saml-una", "attributes": {"email": "una@org_a.test"}}
+    fields = _saml_form(app_client, saml_org_a)
+    used_assertion_id = saml_org_a.issued_assertion_ids[-1]
+    assert app_client.post(SAML_ACS, data=fields).status_code == 200
+    # The same POST again: its RelayState is spent.
+    replay = app_client.post(SAML_ACS, data=fields)
+    assert replay.status_code == 400 and replay.json()["code"] == "saml_relay_state_invalid"
+    # The captured response with the RelayState of a fresh login: it does not answer that login's request.
+    fresh = _saml_form(app_client, saml_org_a)
+    spliced = app_client.post(
+        SAML_ACS, data={"SAMLResponse": fields["SAMLResponse"], "RelayState": fresh["RelayState"]}
+    )
+    assert spliced.status_code == 401 and spliced.json()["code"] == "saml_in_response_to_mismatch"
+    # An IdP (or a relay) answering a new request with an assertion already used.
+    reused = _saml_form(app_client, saml_org_a, assertion_id=used_assertion_id)
+    resp = app_client.post(SAML_ACS, data=reused)
+    assert resp.status_code == 401 and resp.json()["code"] == "saml_assertion_replayed"
+
+
+def test_relay_states_not_issued_by_us_are_refused(app_client, saml_org_a):
+    saml_org_a.login_as = {"name_id": "saml-vic", "attributes": {"email": "vic@org_a.test"}}
+    fields = _saml_form(app_client, saml_org_a)
+    for relay_state in ("made-up", "x" * 200):
+        resp = app_client.post(SAML_ACS, data=fields | {"RelayState": relay_state})
+        assert resp.status_code == 400 and resp.json()["code"] == "saml_relay_state_invalid"
+    resp = app_client.post(SAML_ACS, data={"SAMLResponse": fields["SAMLResponse"]})
+    assert resp.status_code == 400 and "RelayState" in resp.json()["message"]
+    # A RelayState of org_a's login posted to another organization's ACS.
+    resp = app_client.post(f"{V1}/auth/saml/org_b/acs", data=fields)
+    assert resp.status_code == 400 and resp.json()["code"] == "saml_relay_state_invalid"
+    assert "vic@org_a.test" not in _saml_users(app_client)
+
+
+def test_malformed_and_hostile_saml_documents_get_4xx_never_500(app_client, saml_org_a):
+    billion_laughs = (
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+        '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><samlp:Response xmlns:samlp='
+        '"urn:oasis:names:tc:SAML:2.0:protocol">&c;</samlp:Response>'
+    )
+    external_entity = (
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        '<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol">&x;</samlp:Response>'
+    )
+    bodies = [
+        "not base64 at all!",
+        base64.b64encode(b"<not-closed").decode(),
+        base64.b64encode(billion_laughs.encode()).decode(),
+        base64.b64encode(external_entity.encode()).decode(),
+        base64.b64encode(b'<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol"/>').decode(),
+    ]
+    for body in bodies:
+        fields = _saml_form(app_client, saml_org_a)
+        resp = app_client.post(SAML_ACS, data={"SAMLResponse": body, "RelayState": fields["RelayState"]})
+        assert 400 <= resp.status_code < 500, (body[:40], resp.status_code, resp.text)
+        assert resp.json()["code"].startswith("saml_"), resp.text
+    too_big = app_client.post(SAML_ACS, data={"SAMLResponse": "A" * (600 * 1024), "RelayState": "r"})
+    assert too_big.status_code == 413
+
+
 # --- alg confusion between HS256 and RS256 -----------------------------------------------------------------
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -287,7 +419,7 @@ def test_alg_confusion_between_the_token_formats_is_refused(app_client):
     assert all(state.token_keys.claims_of(t) is None for t in forged)
 
 
-# --- second factors and SSO state are out of the API role's reach -----------------------------------------
+# --- second factors and SSO state (OIDC and SAML) are out of the API role's reach ------------------------
 def test_mfa_secrets_and_sso_state_are_readable_only_through_definer_functions(app_client):
     from psycopg import errors
 
@@ -297,7 +429,16 @@ def test_mfa_secrets_and_sso_state_are_readable_only_through_definer_functions(a
         async with state.pool.connection() as conn:
             await conn.execute(query)
 
-    for table in ("user_mfa", "mfa_recovery_codes", "mfa_challenges", "oidc_states", "oidc_used_nonces"):
+    for table in (
+        "user_mfa",
+        "mfa_recovery_codes",
+        "mfa_challenges",
+        "oidc_states",
+        "oidc_used_nonces",
+        "saml_requests",
+        "saml_used_assertions",
+        "saml_sessions",
+    ):
         with pytest.raises(errors.InsufficientPrivilege):
             app_client.portal.call(run, f"SELECT count(*) FROM ops.{table}")
     with pytest.raises(errors.InsufficientPrivilege):
