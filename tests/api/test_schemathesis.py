@@ -15,7 +15,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.api.conftest import PASSWORD
+from tests.api.conftest import ORGS, PASSWORD, ROLES, _tokens
 
 V1 = "/api/v1"
 
@@ -40,11 +40,24 @@ def live_server(api_settings):
     yield app, f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
-    # Generated calls may have set org_a's identity policy (MFA required, short sessions): later tests log in.
+    restore_seeded_identity(api_settings.database_url)
+
+
+def restore_seeded_identity(database_url: str) -> None:
+    """Undo what generated calls as org_a's admin may have done to identity: set its policy (MFA required,
+    short sessions), changed a fixture user's role or deactivated one, each of which also revokes that user's
+    sessions. Later logins find the users as seeded; cached tokens are dropped so later tests sign in again."""
     from infra import db
 
-    with db.connect(api_settings.database_url) as conn:
+    with db.connect(database_url) as conn:
         conn.execute("DELETE FROM ops.identity_policies")
+        for org in ORGS:
+            for role in ROLES:
+                conn.execute(
+                    "UPDATE ops.users SET role = %s, is_active = true, deactivated_at = NULL WHERE email = %s",
+                    (role, f"{role}@{org}.test"),
+                )
+    _tokens.clear()
 
 
 def test_openapi_contract(live_server, auth):
@@ -132,7 +145,7 @@ def _linked(spec: dict) -> dict:
     return spec
 
 
-def test_stateful_links_never_5xx(live_server, auth):
+def test_stateful_links_never_5xx(live_server, auth, api_settings):
     app, base_url = live_server
     headers = auth("org_a", "admin")
     schema = schemathesis.openapi.from_dict(_linked(app.openapi()))
@@ -155,6 +168,7 @@ def test_stateful_links_never_5xx(live_server, auth):
     # (the more operations the API has, the rarer a run that creates an API key and follows its link).
     needed = {f"DELETE {V1}/api-keys/{{key_id}}", f"POST {V1}/auth/refresh"}
     for _ in range(12):
+        restore_seeded_identity(api_settings.database_url)  # the previous exploration may have required MFA
         fresh = httpx.post(
             f"{base_url}{V1}/auth/token", data={"username": "admin@org_a.test", "password": PASSWORD}, timeout=30
         )
