@@ -6,7 +6,8 @@ disk), so a password in the URL stays in the environment.
 Concurrency keeps the two-core default responsive: at most three runs at once, and one run per pool at a
 time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the automation's runs
 queue instead of thrashing. Each queued run waits for its pool as a whole (run granularity): a backfill of
-30 days is one run holding one slot.
+30 days is one run holding one slot. Queued runs leave by priority (`dagster/priority`): the path from a
+landed file to gold first (`orchestration.automation_sensor`).
 
 A busy machine must not stall the automation: a run the code server could not start in time is launched
 again, and a run whose worker died is retried; a failed asset or blocking check is final (the automation does
@@ -50,6 +51,14 @@ run_retries:
   retry_on_asset_or_op_failure: false
 run_monitoring:
   enabled: true
+# Sensor ticks in parallel: a slow evaluation (the automation's hundreds of partitions on a loaded machine) must
+# not hold back the landing folder's sensor, nor the warehouse path's automation the downstream one's.
+sensors:
+  use_threads: true
+  num_workers: 4
+auto_materialize:
+  use_threads: true
+  num_workers: 2
 telemetry:
   enabled: false
 """

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from assets.shared.automation import WAREHOUSE_RUN_TAGS
 from assets.shared.expectation_checks import (
     DELTA_VERSION,
     PREVIOUS_DELTA_VERSION,
@@ -226,7 +227,7 @@ def build_lag_sensor(
             return dg.SensorResult(
                 asset_events=observations, skip_reason=f"lag {total}: a CDC run is already in flight"
             )
-        request = dg.RunRequest(run_config=run_config, tags={"optibid/cdc_lag": str(total)})
+        request = dg.RunRequest(run_config=run_config, tags={**WAREHOUSE_RUN_TAGS, "optibid/cdc_lag": str(total)})
         return dg.SensorResult(run_requests=[request], asset_events=observations)
 
     return _sensor

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from assets.shared.automation import WAREHOUSE_RUN_TAGS
 from assets.shared.expectation_checks import (
     DELTA_VERSION,
     PREVIOUS_DELTA_VERSION,
@@ -147,7 +148,8 @@ def landing_folder_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
         return dg.SkipReason(f"no files waiting in {landing}")
     fingerprint = "|".join(f"{org}/{path.name}:{path.stat().st_mtime_ns}" for org, path in waiting)
     run_key = hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags={"optibid/files": str(len(waiting))})])
+    tags = {**WAREHOUSE_RUN_TAGS, "optibid/files": str(len(waiting))}
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags=tags)])
 
 
 defs = dg.Definitions(

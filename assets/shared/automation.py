@@ -43,6 +43,10 @@ WEEKLY_CRON = "0 3 * * 1"  # Monday 03:00 in the partition timezone: backtests a
 INPUT_CHANGE_CRON = "0 * * * *"  # day-ahead assets re-run on changed inputs at most once an hour
 GOLD_FACT_FAIL_WINDOW = timedelta(hours=2)
 GOLD_FACT_WARN_WINDOW = timedelta(hours=1)
+# Queue priorities (`dagster/priority`, higher leaves the run queue first): runs on the path from a landed file
+# or a CDC batch to gold go before the analyses that follow gold (`orchestration.automation_sensor`).
+WAREHOUSE_RUN_TAGS = {"dagster/priority": "10"}
+DOWNSTREAM_RUN_TAGS = {"dagster/priority": "0"}
 
 
 def _settings_timezone() -> str:
