@@ -168,6 +168,7 @@ bronze_cdc_job = dg.define_asset_job(
     "bronze_cdc_job",
     selection=dg.AssetSelection.assets(*ALL_KEYS),
     description="Drain every CDC topic into bronze up to the high-water marks seen at run start.",
+    tags=WAREHOUSE_RUN_TAGS,  # every drain (lag sensor, commits sensor, floor schedule) goes first in the queue
 )
 
 bronze_cdc_floor_schedule = dg.ScheduleDefinition(
@@ -227,7 +228,7 @@ def build_lag_sensor(
             return dg.SensorResult(
                 asset_events=observations, skip_reason=f"lag {total}: a CDC run is already in flight"
             )
-        request = dg.RunRequest(run_config=run_config, tags={**WAREHOUSE_RUN_TAGS, "optibid/cdc_lag": str(total)})
+        request = dg.RunRequest(run_config=run_config, tags={"optibid/cdc_lag": str(total)})
         return dg.SensorResult(run_requests=[request], asset_events=observations)
 
     return _sensor

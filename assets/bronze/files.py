@@ -131,6 +131,7 @@ landing_files_job = dg.define_asset_job(
     "landing_files_job",
     selection=dg.AssetSelection.assets(landing_files),
     description="Land the files waiting in the landing folder.",
+    tags=WAREHOUSE_RUN_TAGS,  # the first hop of a landed file's way to gold goes first in the queue
 )
 
 
@@ -148,8 +149,7 @@ def landing_folder_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
         return dg.SkipReason(f"no files waiting in {landing}")
     fingerprint = "|".join(f"{org}/{path.name}:{path.stat().st_mtime_ns}" for org, path in waiting)
     run_key = hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
-    tags = {**WAREHOUSE_RUN_TAGS, "optibid/files": str(len(waiting))}
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags=tags)])
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags={"optibid/files": str(len(waiting))})])
 
 
 defs = dg.Definitions(

@@ -104,9 +104,9 @@ def test_the_path_from_a_landed_file_to_gold_leaves_the_run_queue_first(defs, as
     assert groups == {"reference", "silver", "gold"}
     assert priority(warehouse.run_tags) > priority(downstream.run_tags)
 
-    from assets.shared.automation import WAREHOUSE_RUN_TAGS
-
-    assert priority(WAREHOUSE_RUN_TAGS) == priority(warehouse.run_tags)
+    # bronze runs come from jobs (sensors and a schedule): the jobs carry the tag, whatever starts them
+    for job in ("landing_files_job", "bronze_cdc_job"):
+        assert priority(repo.get_job(job).tags) == priority(warehouse.run_tags), job
 
 
 def test_freshness_policies_on_gold_facts_kpis_forecasts_and_optimization(asset_graph) -> None:
