@@ -7,7 +7,7 @@ Concurrency keeps the two-core default responsive: at most three runs at once, a
 time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the automation's runs
 queue instead of thrashing. Each queued run waits for its pool as a whole (run granularity): a backfill of
 30 days is one run holding one slot. Queued runs leave by priority (`dagster/priority`): the path from a
-landed file to gold first (`orchestration.automation_sensor`).
+landed file to gold first (`orchestration.automation_sensor`); what follows gold holds one slot at most.
 
 A busy machine must not stall the automation: a run the code server could not start in time is launched
 again, and a run whose worker died is retried; a failed asset or blocking check is final (the automation does
@@ -22,6 +22,7 @@ from infra.settings import Settings
 
 MAX_CONCURRENT_RUNS = 3
 POOL_LIMIT = 1
+DOWNSTREAM_RUN_SLOTS = 1
 
 DAGSTER_YAML = f"""\
 # Written by `optibid`; regenerate rather than edit.
@@ -32,6 +33,12 @@ storage:
 concurrency:
   runs:
     max_concurrent_runs: {MAX_CONCURRENT_RUNS}  # one Spark run (its pool), the rest dbt and Python runs
+    # What follows gold (forecasts, optimizations, weekly ML, exports) holds at most one slot: the others stay
+    # free for the landing, CDC and warehouse runs (`assets.shared.automation.TIER_TAG`).
+    tag_concurrency_limits:
+      - key: optibid/tier
+        value: downstream
+        limit: {DOWNSTREAM_RUN_SLOTS}
   pools:
     default_limit: {POOL_LIMIT}  # spark, clickhouse_export: one run of each at a time
     granularity: run

@@ -108,6 +108,20 @@ def test_the_path_from_a_landed_file_to_gold_leaves_the_run_queue_first(defs, as
     for job in ("landing_files_job", "bronze_cdc_job"):
         assert priority(repo.get_job(job).tags) == priority(warehouse.run_tags), job
 
+    # and the analyses never hold every run slot: the instance caps their tier below the run limit
+    import yaml
+
+    from infra.dagster_instance import DAGSTER_YAML
+
+    runs = yaml.safe_load(DAGSTER_YAML)["concurrency"]["runs"]
+    (limit,) = [
+        rule["limit"]
+        for rule in runs["tag_concurrency_limits"]
+        if downstream.run_tags.get(rule["key"]) == rule["value"]
+    ]
+    assert limit < runs["max_concurrent_runs"]
+    assert all(warehouse.run_tags.get(rule["key"]) != rule["value"] for rule in runs["tag_concurrency_limits"])
+
 
 def test_freshness_policies_on_gold_facts_kpis_forecasts_and_optimization(asset_graph) -> None:
     for name in ("fct_prices_hourly", "fct_load_hourly", "kpi_values"):
