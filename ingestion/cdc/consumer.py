@@ -484,10 +484,15 @@ class CdcConsumer:
                         with open(message["path"], "rb") as spooled:
                             polled = pickle.load(spooled)  # written by our own child process
                         os.unlink(message["path"])
-                        for topic, piece in polled["decoded"].items():
-                            predecoded.setdefault(topic, []).append(_Predecoded(*piece))
-                            count += piece[3]
-                            stats.events_decoded_in_fetch += piece[3]
+                        for topic, (rows_path, *piece) in polled["decoded"].items():
+                            # Mapped, not read: the pages stay valid after the unlink, until the batch is gone.
+                            with pa.memory_map(rows_path) as source:
+                                rows = pa.ipc.open_file(source).read_all()
+                            os.unlink(rows_path)
+                            decoded_piece = _Predecoded(rows, *piece)
+                            predecoded.setdefault(topic, []).append(decoded_piece)
+                            count += decoded_piece.events
+                            stats.events_decoded_in_fetch += decoded_piece.events
                         for topic, (partitions, offs, timestamps, keys, values) in polled["raw"].items():
                             into = pending.setdefault(topic, RawRecords(topic))
                             into.partitions.extend(partitions)

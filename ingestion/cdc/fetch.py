@@ -12,10 +12,11 @@ a `multiprocessing` spawn (which re-runs the caller's `__main__`: ~15 s of start
 Nothing here touches bronze.
 
 Protocol: the plan comes as one JSON object on stdin. Each poll is pickled into a file in the spool
-directory (a RAM disk when there is one) as `{"decoded": {topic: (rows, dead_letters, schema_changes,
-events, max_timestamp_ms)}, "raw": {topic: (partitions, offsets, timestamps, keys, values)}}`, and one JSON
-line announces it on stdout; tens of MB through a pipe would cost hundreds of 64 KiB round trips, each
-waiting for the reader to be scheduled. The last line is `{"kind": "done"}` or `{"kind": "error", ...}`.
+directory (a RAM disk when there is one) as `{"decoded": {topic: (rows_path, dead_letters, schema_changes,
+events, max_timestamp_ms)}, "raw": {topic: (partitions, offsets, timestamps, keys, values)}}`, where
+`rows_path` is an Arrow IPC file the parent memory-maps, and one JSON line announces it on stdout; tens of
+MB through a pipe would cost hundreds of 64 KiB round trips, each waiting for the reader to be scheduled.
+The last line is `{"kind": "done"}` or `{"kind": "error", ...}`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+import pyarrow as pa
 
 from ingestion.cdc.decode import BatchContext, RawRecords, decode_records
 from ingestion.cdc.topics import route_for
@@ -89,7 +92,7 @@ def fetch_partitions(
                 sequence += 1
                 path = os.path.join(spool, f"{os.getpid()}-{sequence}.pickle")
                 with open(path, "wb") as out:
-                    shipped = decoder.decode(batch) if decode else {"decoded": {}, "raw": batch}
+                    shipped = decoder.decode(batch, path) if decode else {"decoded": {}, "raw": batch}
                     pickle.dump(shipped, out, protocol=pickle.HIGHEST_PROTOCOL)
                 announce({"kind": "records", "path": path, "last": last})
                 last_progress = time.monotonic()
@@ -122,7 +125,9 @@ class _Decoder:
                 self.column_types = json.load(source)
             self._types_version = version
 
-    def decode(self, batch: dict[str, tuple[list, list, list, list, list]]) -> dict[str, dict]:
+    def decode(self, batch: dict[str, tuple[list, list, list, list, list]], path: str) -> dict[str, dict]:
+        """The poll to ship; each topic's rows go to an Arrow IPC file `<path>.<n>.arrow` (the parent maps it
+        instead of copying it), named in place of the rows table."""
         self._refresh_types()
         decoded: dict[str, tuple] = {}
         raw: dict[str, tuple] = {}
@@ -135,7 +140,10 @@ class _Decoder:
             if out.new_columns:
                 raw[topic] = (partitions, offsets, timestamps, keys, values)
             else:
-                decoded[topic] = (out.rows, out.dead_letters, out.schema_changes, len(offsets), max(timestamps))
+                rows_path = f"{path}.{len(decoded)}.arrow"
+                with pa.OSFile(rows_path, "wb") as sink, pa.ipc.new_file(sink, out.rows.schema) as writer:
+                    writer.write_table(out.rows)
+                decoded[topic] = (rows_path, out.dead_letters, out.schema_changes, len(offsets), max(timestamps))
         return {"decoded": decoded, "raw": raw}
 
 
