@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,9 @@ from infra.lake import Lake
 from infra.services import embedded_broker_bootstrap, kafka_security_config, warehouse_url
 from infra.settings import get_settings
 from ingestion.cdc import CdcConsumer
+from ingestion.cdc.decode import BatchContext, RawRecords, decode_records
+from ingestion.cdc.delta import BronzeTables
+from ingestion.cdc.topics import route_for
 from ingestion.simulator.trading import ensure_topics, trading_events
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,9 +107,13 @@ def cpu_seconds(which: int | None = None) -> float:
     return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, kinds))
 
 
-def bench_drain(bootstrap: str, security: dict, events: int, partitions: int, tmp: str, fetch_processes: int) -> None:
+def bench_drain(
+    bootstrap: str, security: dict, events: int, partitions: int, tmp: str, fetch_processes: int, existing_table: bool
+) -> None:
     """Bare fetch, then the drain with raw records handed to the writer (the peer: decoding in the writer, the
-    layout before), then with Arrow batches decoded in the fetch processes; all on one topic, in this run."""
+    layout before), then with Arrow batches decoded in the fetch processes; all on one topic, in this run.
+    With `existing_table` each drain starts with the bronze table (and its columns) already there, as every
+    drain after a topic's first does."""
     topic = f"bench{uuid.uuid4().hex[:6]}.public.bids"
     ensure_topics(bootstrap, [topic], partitions, security)
     t0 = time.perf_counter()
@@ -116,6 +124,8 @@ def bench_drain(bootstrap: str, security: dict, events: int, partitions: int, tm
     results = {}
     for decode_in_fetch in (False, True):
         lake = Lake(f"{tmp}/drain-{int(decode_in_fetch)}")
+        if existing_table:
+            create_bronze_table(lake, topic)
         with CdcConsumer(
             lake, config, [topic], fetch_processes=fetch_processes, decode_in_fetch_processes=decode_in_fetch
         ) as consumer:
@@ -144,6 +154,20 @@ def bench_drain(bootstrap: str, security: dict, events: int, partitions: int, tm
         f"writer CPU per event {old_writer / new_writer:.1f}x lower ({old_writer:.1f} -> {new_writer:.1f} us); "
         f"drain / bare fetch {new_rate / fetch_rate:.2f} (target >= 1.5); {load_average()}"
     )
+
+
+def create_bronze_table(lake: Lake, topic: str) -> None:
+    """The topic's bronze table with its columns and no rows or offsets (what a first drain leaves behind)."""
+    route = route_for(topic)
+    raw = RawRecords(topic)
+    for key, value in bid_events(10, seed=9):
+        raw.partitions.append(0)
+        raw.offsets.append(len(raw.offsets))
+        raw.timestamps.append(0)
+        raw.keys.append(key)
+        raw.values.append(value)
+    rows = decode_records(raw, route, {}, BatchContext("schema", datetime.now(UTC), {0: 0})).rows
+    BronzeTables(lake).append(route.table, rows.slice(0, 0), topic_offsets={}, merge_schema=True)
 
 
 def raw_fetch_rate(bootstrap: str, security: dict, topic: str, expected: int) -> float:
@@ -289,6 +313,8 @@ def main() -> None:
     parser.add_argument("--fetch-processes", type=int, default=2, help="kafka-python fetch processes (drain)")
     parser.add_argument("--consumer-events", type=int, default=300_000, help="events for the consumer-process runs")
     parser.add_argument("--consumer-processes", default="1,2,3", help="consumer process counts to compare ('' = skip)")
+    parser.add_argument("--existing-table", action="store_true",
+                        help="drain into a lake whose bronze table exists (steady state) rather than an empty one")
     parser.add_argument("--skip-drain", action="store_true")
     parser.add_argument("--skip-follow", action="store_true")
     args = parser.parse_args()
@@ -298,7 +324,9 @@ def main() -> None:
         bootstrap = settings.kafka_bootstrap_servers or embedded_broker_bootstrap(settings)
         security = kafka_security_config(settings)
         if not args.skip_drain:
-            bench_drain(bootstrap, security, args.events, args.partitions, tmp, args.fetch_processes)
+            bench_drain(
+                bootstrap, security, args.events, args.partitions, tmp, args.fetch_processes, args.existing_table
+            )
         if not args.skip_follow:
             bench_follow(bootstrap, security, args.rate, args.seconds, tmp)
         if args.consumer_processes:

@@ -8,9 +8,14 @@ asked to stop and always finishes the batch in hand first.
 
 kafka-python decodes every record in pure Python, which is most of a drain's CPU time. With
 `fetch_processes=N` a drain splits the partitions over N fetch processes (each its own kafka-python
-consumer on assigned partitions) that ship raw records to this process, which stays the only writer:
-decoding, dead letters and the offsets-in-the-same-commit bookkeeping are exactly those of the in-process
-path, so a parallel drain needs no concurrent-commit handling at all.
+consumer on assigned partitions) that also decode their records into bronze Arrow tables
+(`ingestion.cdc.fetch`); this process stays the only writer of the drain and only stamps and commits them,
+with the offsets in the same commit. Records whose decode would add a column come raw and are decoded here,
+so schema evolution is decided in commit order, as in the in-process path.
+
+With `leases` (`ingestion.cdc.leases`) the consumer is one member of a group of processes writing the same
+tables: it reads only the partitions it leases and, in follow mode, takes over a dead member's partitions
+from the offsets that member committed (concurrent commits: `ingestion.cdc.delta`).
 
 An optional `row_sink` receives each topic's decoded rows of a micro-batch just before they are committed
 (the real-time minute KPIs of `ingestion.cdc.realtime` hang off it in follow mode).
