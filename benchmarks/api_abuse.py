@@ -29,7 +29,7 @@ from datetime import timedelta
 
 import httpx
 
-from benchmarks.harness import api_server, load_average, wait_until_ready
+from benchmarks.harness import api_server, load_average, stop_process, wait_until_ready
 
 TARGET_P95_MS = 50.0
 NORMAL_CONNECTIONS = 200
@@ -250,8 +250,7 @@ def main(
             f"random-key flood {json.dumps(out['flood'])}; login flood {json.dumps(out['logins'])}"
         )
     finally:
-        server.terminate()
-        server.wait(20)
+        stop_process(server, 20)
 
 
 if __name__ == "__main__":

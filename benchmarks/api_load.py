@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import httpx
 
-from benchmarks.harness import api_server, load_average, wait_until_ready
+from benchmarks.harness import api_server, load_average, stop_process, wait_until_ready
 
 TARGET_P95_MS = 25.0
 TARGET_RPS = 2000
@@ -221,8 +221,7 @@ def main(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", worke
             f"[{load_average()}]"
         )
     finally:
-        server.terminate()
-        server.wait(20)
+        stop_process(server, 20)
 
 
 if __name__ == "__main__":

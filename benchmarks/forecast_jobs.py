@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from benchmarks.harness import api_server, load_average, wait_until_ready
+from benchmarks.harness import api_server, load_average, stop_process, wait_until_ready
 
 ZONE, TZ = "ERCOT", "America/Chicago"
 HISTORY_DAYS = 182
@@ -89,8 +89,7 @@ def main(admin_url: str) -> None:
             f"24 h = {seconds / seconds24:.2f} | {load_average()}"
         )
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_process(server, 30)
         db.drop_database(admin_url, "bench_forecast_jobs")
 
 

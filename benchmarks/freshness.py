@@ -44,7 +44,14 @@ import orjson
 import pandas as pd
 import pyarrow.compute as pc
 
-from benchmarks.harness import api_server, listen_kpi_values, load_average, wait_until_ready
+from benchmarks.harness import (
+    api_server,
+    listen_kpi_values,
+    load_average,
+    stop_process,
+    stopping_started_services,
+    wait_until_ready,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_P95_S = 30.0
@@ -199,24 +206,28 @@ def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
     lake_root = tempfile.mkdtemp(prefix="bench_freshness_lake_")
     port = free_port()
     api = api_server(url, port, 1)
-    consumer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ingestion.cdc.cli",
-            "--topic",
-            topic,
-            "--bootstrap",
-            bootstrap,
-            "--lake",
-            lake_root,
-            "--follow",
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OPTIBID_DATABASE_URL": url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    try:
+        consumer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ingestion.cdc.cli",
+                "--topic",
+                topic,
+                "--bootstrap",
+                bootstrap,
+                "--lake",
+                lake_root,
+                "--follow",
+            ],
+            cwd=REPO_ROOT,
+            env={**os.environ, "OPTIBID_DATABASE_URL": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except BaseException:
+        stop_process(api, 20)
+        raise
     base = f"http://127.0.0.1:{port}"
     probes = Probes()
     threads: list[threading.Thread] = []
@@ -246,9 +257,13 @@ def main(admin_url: str, rate: int, seconds: int, probe_every: int) -> None:
         for thread in threads:
             thread.join(5)
         consumer.send_signal(signal.SIGTERM)
-        out, err = consumer.communicate(timeout=120)
-        api.terminate()
-        api.wait(20)
+        try:
+            out, err = consumer.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            out, err = consumer.communicate()
+        finally:
+            stop_process(api, 20)
     if consumer.returncode != 0:
         raise SystemExit(f"follow consumer failed: {err.decode()[-2000:]}")
     bronze = _bronze_latency(lake_root)
@@ -415,7 +430,8 @@ if __name__ == "__main__":
     parser.add_argument("--files-minutes", type=int, default=0, help="part 2: minutes of one corrected file a minute")
     parser.add_argument("--files-only", action="store_true", help="part 2 alone (with --files-minutes)")
     args = parser.parse_args()
-    if not args.files_only:
-        main(args.admin_url, args.rate, args.seconds, args.probe_every)
-    if args.files_minutes:
-        files_to_gold(args.admin_url, args.rate, args.files_minutes)
+    with stopping_started_services():  # the embedded broker, when no KAFKA_BOOTSTRAP_SERVERS is set
+        if not args.files_only:
+            main(args.admin_url, args.rate, args.seconds, args.probe_every)
+        if args.files_minutes:
+            files_to_gold(args.admin_url, args.rate, args.files_minutes)

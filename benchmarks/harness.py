@@ -1,6 +1,6 @@
 """What several benchmarks (and the real-time tests) need around the code they measure: the load average
-printed beside every figure, an API server run as deployed, waiting for it to serve, and a KPI WebSocket
-subscriber. Nothing here is measured itself."""
+printed beside every figure, stopping whatever a benchmark started (also when it fails), an API server run
+as deployed, waiting for it to serve, and a KPI WebSocket subscriber. Nothing here is measured itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,34 @@ def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as printed beside every figure."""
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+@contextmanager
+def stopping_started_services(settings=None) -> Iterator[None]:
+    """Run the block; then stop every embedded service (broker, Postgres, ClickHouse) of the home that was not
+    running before it, whether the block finished or raised. Services that were already up are left alone."""
+    from infra.services import running_embedded_services, stop_embedded_services
+    from infra.settings import get_settings
+
+    settings = settings or get_settings()
+    before = running_embedded_services(settings)
+    try:
+        yield
+    finally:
+        stopped = stop_embedded_services(settings, running_embedded_services(settings) - before)
+        if stopped:
+            print(f"stopped the embedded {', '.join(stopped)} this benchmark started")
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL when `proc` has not exited within `timeout_s`; always reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def api_server(database_url: str, port: int, workers: int) -> subprocess.Popen:

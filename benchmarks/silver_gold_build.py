@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from benchmarks.harness import stopping_started_services
 from infra import db
 from infra.lake import Lake
 from infra.services import warehouse_url
@@ -177,4 +178,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with stopping_started_services():  # the embedded Postgres, when no OPTIBID_DATABASE_URL is set
+        main()

@@ -224,6 +224,25 @@ def stop_services(settings: Settings) -> list[str]:
     return stopped
 
 
+def running_embedded_services(settings: Settings) -> set[str]:
+    """Names of this home's embedded services that are running now (configured servers are never listed)."""
+    running = set()
+    pid_file = settings.pg_data_dir / "postmaster.pid"
+    if settings.database_url is None and pid_file.exists() and pid_alive(int(pid_file.read_text().split()[0])):
+        running.add("postgres")
+    if settings.kafka_bootstrap_servers is None and _broker_record(settings).running() is not None:
+        running.add("broker")
+    if settings.clickhouse_url is None and embedded_clickhouse_status(settings).endswith(": running"):
+        running.add("clickhouse")
+    return running
+
+
+def stop_embedded_services(settings: Settings, names: set[str]) -> list[str]:
+    """Stop the named embedded services of this home (e.g. those a benchmark started); names of those stopped."""
+    stops = {"broker": stop_embedded_broker, "clickhouse": stop_embedded_clickhouse, "postgres": stop_embedded_postgres}
+    return [name for name in ("broker", "clickhouse", "postgres") if name in names and stops[name](settings)]
+
+
 def service_status(settings: Settings) -> dict[str, str]:
     """A human-readable status per service."""
     status: dict[str, str] = {}

@@ -70,6 +70,16 @@ def ingest(
         int,
         typer.Option(min=0, help="Drain only: kafka-python fetch processes (0 = fetch in this process)."),
     ] = 0,
+    member: Annotated[
+        str | None,
+        typer.Option(
+            help="Run as member i of N consumer processes (e.g. 0/3): own partitions p % N == i, leased in "
+            "Postgres; in --follow also take over a dead member's partitions.",
+        ),
+    ] = None,
+    takeover_after: Annotated[
+        float, typer.Option(min=0.0, help="With --member --follow: seconds a dead member's partitions stay free first.")
+    ] = 10.0,
     realtime: Annotated[
         bool | None,
         typer.Option(
@@ -88,10 +98,20 @@ def ingest(
 
     if reset_policy not in ("earliest", "fail"):
         raise typer.BadParameter("--reset-policy must be 'earliest' or 'fail'")
+    from ingestion.cdc.leases import MemberRunningError, PartitionLeases, parse_member
     from ingestion.cdc.ownership import follow_mode_ownership
     from ingestion.cdc.realtime import MinuteKpiWriter
 
+    try:
+        membership = parse_member(member) if member else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--member") from None
     lake = _lake(lake_uri)
+    leases = (
+        PartitionLeases(_warehouse(), lake.root, *membership, takeover_after_seconds=takeover_after)
+        if membership
+        else None
+    )
     kpi_writer = MinuteKpiWriter(_warehouse) if (follow if realtime is None else realtime) else None
     consumer = CdcConsumer(
         lake,
@@ -101,17 +121,28 @@ def ingest(
         batch_max_seconds=batch_seconds,
         reset_policy=reset_policy,  # type: ignore[arg-type]
         fetch_processes=fetch_processes,
+        leases=leases,
         row_sink=kpi_writer,
     )
-    ownership = follow_mode_ownership(_warehouse(), lake.root) if follow else contextlib.nullcontext(True)
-    with ownership as owner:
-        if not owner:  # checked before the consumer connects to the broker
-            typer.echo(
-                f"error: another follow-mode consumer owns the CDC tables of {lake.root} (one per lake)", err=True
-            )
-            raise typer.Exit(2)
-        with consumer, contextlib.closing(kpi_writer) if kpi_writer else contextlib.nullcontext():
-            stats = _consume(consumer, follow)
+    ownership = (
+        follow_mode_ownership(_warehouse(), lake.root, shared=leases is not None)
+        if follow
+        else contextlib.nullcontext(True)
+    )
+    try:
+        with ownership as owner, leases or contextlib.nullcontext():
+            if not owner:  # checked before the consumer connects to the broker
+                typer.echo(
+                    f"error: another follow-mode consumer owns the CDC tables of {lake.root} (one per lake, or a "
+                    "group of --member consumers)",
+                    err=True,
+                )
+                raise typer.Exit(2)
+            with consumer, contextlib.closing(kpi_writer) if kpi_writer else contextlib.nullcontext():
+                stats = _consume(consumer, follow)
+    except MemberRunningError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     summary = {
         "events_read": stats.events_read,
         "rows_written": stats.rows_written,

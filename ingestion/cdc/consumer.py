@@ -8,9 +8,14 @@ asked to stop and always finishes the batch in hand first.
 
 kafka-python decodes every record in pure Python, which is most of a drain's CPU time. With
 `fetch_processes=N` a drain splits the partitions over N fetch processes (each its own kafka-python
-consumer on assigned partitions) that ship raw records to this process, which stays the only writer:
-decoding, dead letters and the offsets-in-the-same-commit bookkeeping are exactly those of the in-process
-path, so a parallel drain needs no concurrent-commit handling at all.
+consumer on assigned partitions) that also decode their records into bronze Arrow tables
+(`ingestion.cdc.fetch`); this process stays the only writer of the drain and only stamps and commits them,
+with the offsets in the same commit. Records whose decode would add a column come raw and are decoded here,
+so schema evolution is decided in commit order, as in the in-process path.
+
+With `leases` (`ingestion.cdc.leases`) the consumer is one member of a group of processes writing the same
+tables: it reads only the partitions it leases and, in follow mode, takes over a dead member's partitions
+from the offsets that member committed (concurrent commits: `ingestion.cdc.delta`).
 
 An optional `row_sink` receives each topic's decoded rows of a micro-batch just before they are committed
 (the real-time minute KPIs of `ingestion.cdc.realtime` hang off it in follow mode).
@@ -45,9 +50,10 @@ from typing import Literal
 import pyarrow as pa
 
 from infra.lake import Lake
-from ingestion.cdc.decode import BatchContext, Decoded, RawRecords, decode_records
+from ingestion.cdc.decode import TS_TYPE, BatchContext, Decoded, RawRecords, decode_records
 from ingestion.cdc.delta import BronzeTables, filter_new
-from ingestion.cdc.fetch import DrainStalledError
+from ingestion.cdc.fetch import COLUMN_TYPES_FILE, DrainStalledError
+from ingestion.cdc.leases import PartitionLeases
 from ingestion.cdc.topics import DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TopicRoute, route_for
 
 _log = logging.getLogger(__name__)
@@ -92,6 +98,7 @@ class IngestStats:
 
     tables: dict[str, TableStats] = field(default_factory=dict)
     batches: int = 0
+    events_decoded_in_fetch: int = 0  # of a drain with fetch processes: events that reached the writer as Arrow
     seconds: float = 0.0
     lag_before: list[PartitionLag] = field(default_factory=list)
     lag_after: list[PartitionLag] = field(default_factory=list)
@@ -157,6 +164,8 @@ class CdcConsumer:
         max_partition_fetch_bytes: int = 16 * 1024 * 1024,
         stall_timeout_seconds: float = 30.0,
         fetch_processes: int = 0,
+        decode_in_fetch_processes: bool = True,
+        leases: PartitionLeases | None = None,
         row_sink: Callable[[TopicRoute, pa.Table], None] | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
     ) -> None:
@@ -169,6 +178,8 @@ class CdcConsumer:
         self.reset_policy = reset_policy
         self.stall_timeout_seconds = stall_timeout_seconds
         self.fetch_processes = fetch_processes
+        self.decode_in_fetch_processes = decode_in_fetch_processes
+        self.leases = leases
         self.row_sink = row_sink
         self._fetch_options = {
             "fetch_max_bytes": fetch_max_bytes, "max_partition_fetch_bytes": max_partition_fetch_bytes,
@@ -319,7 +330,7 @@ class CdcConsumer:
         stats = IngestStats()
         started = time.monotonic()
         self.tables.refresh()  # another writer may have committed since this consumer last ran
-        positions = self._start_positions(stats)
+        positions = self._owned(self._start_positions(stats), take_over=follow)
         stats.missing_topics = [t for t in self.routes if not any(p.topic == t for p in stats.lag_before)]
         for topic in stats.missing_topics:
             self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
@@ -328,7 +339,9 @@ class CdcConsumer:
         self.consumer.assign(active)
         for tp in active:
             self.consumer.seek(tp, positions[tp])
-        next_discovery = time.monotonic() + 5
+        # With leases, partitions freed by a dead member are looked for every second.
+        discovery_seconds = 5.0 if self.leases is None else 1.0
+        next_discovery = time.monotonic() + discovery_seconds
         remaining = set(active)
         committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-commit")
         in_flight: Future[BatchReport] | None = None
@@ -353,8 +366,8 @@ class CdcConsumer:
         while remaining or count or (follow and not stop.is_set()):
             stopping = stop is not None and stop.is_set()
             if follow and not stopping and time.monotonic() >= next_discovery:
-                remaining |= self._assign_new_partitions(stats, remaining)
-                next_discovery = time.monotonic() + 5
+                remaining |= self._assign_new_partitions(stats, remaining, finish_commit)
+                next_discovery = time.monotonic() + discovery_seconds
             if remaining and not stopping:
                 wait_ms = 50 if follow else 200
                 polled = self.consumer.poll(timeout_ms=wait_ms, max_records=self.batch_max_events - count)
@@ -402,7 +415,7 @@ class CdcConsumer:
         finish_commit()
         committer.shutdown()
         stats.seconds = time.monotonic() - started
-        stats.lag_after = self.lag()
+        stats.lag_after = self._owned_lag()
         return stats
 
     def _drain_with_fetch_processes(self) -> IngestStats:
@@ -414,7 +427,7 @@ class CdcConsumer:
         stats = IngestStats()
         started = time.monotonic()
         self.tables.refresh()
-        positions = self._start_positions(stats)
+        positions = self._owned(self._start_positions(stats), take_over=False)
         stats.missing_topics = [t for t in self.routes if not any(p.topic == t for p in stats.lag_before)]
         for topic in stats.missing_topics:
             self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
@@ -430,15 +443,19 @@ class CdcConsumer:
             plans[i].append((tp.topic, tp.partition, start, end))
             load[i] += end - start
         spool = tempfile.mkdtemp(prefix="cdc-drain-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        types_path = os.path.join(spool, COLUMN_TYPES_FILE)
         inbox: queue.Queue[tuple[int, dict | None]] = queue.Queue(maxsize=2 * max(1, len(plans)))
         children: list[subprocess.Popen] = []
         readers: list[threading.Thread] = []
         committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-commit")
         in_flight: Future[BatchReport] | None = None
         pending: dict[str, RawRecords] = {}
+        predecoded: dict[str, list[_Predecoded]] = {}
         last_offsets: dict[tuple[str, int], int] = {}
         count = 0
         try:
+            self._publish_column_types(types_path)
+            epochs = [[topic, partition, epoch] for (topic, partition), epoch in self._epochs.items()]
             for i, plan in enumerate(plans):
                 child = subprocess.Popen(
                     [sys.executable, "-m", "ingestion.cdc.fetch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -447,7 +464,7 @@ class CdcConsumer:
                 job = {
                     "client_config": self._client_config, "plan": plan, "max_records": self.batch_max_events,
                     "fetch_options": self._fetch_options, "stall_timeout_seconds": self.stall_timeout_seconds,
-                    "spool": spool,
+                    "spool": spool, "epochs": epochs, "decode": self.decode_in_fetch_processes,
                 }
                 child.stdin.write(json.dumps(job))
                 child.stdin.close()
@@ -472,7 +489,16 @@ class CdcConsumer:
                         with open(message["path"], "rb") as spooled:
                             polled = pickle.load(spooled)  # written by our own child process
                         os.unlink(message["path"])
-                        for topic, (partitions, offs, timestamps, keys, values) in polled.items():
+                        for topic, (rows_path, *piece) in polled["decoded"].items():
+                            # Mapped, not read: the pages stay valid after the unlink, until the batch is gone.
+                            with pa.memory_map(rows_path) as source:
+                                rows = pa.ipc.open_file(source).read_all()
+                            os.unlink(rows_path)
+                            decoded_piece = _Predecoded(rows, *piece)
+                            predecoded.setdefault(topic, []).append(decoded_piece)
+                            count += decoded_piece.events
+                            stats.events_decoded_in_fetch += decoded_piece.events
+                        for topic, (partitions, offs, timestamps, keys, values) in polled["raw"].items():
                             into = pending.setdefault(topic, RawRecords(topic))
                             into.partitions.extend(partitions)
                             into.offsets.extend(offs)
@@ -482,12 +508,17 @@ class CdcConsumer:
                             count += len(offs)
                         for topic, partition, offset in message["last"]:
                             last_offsets[(topic, partition)] = offset
-                if count and (count >= self.batch_max_events or not running):
+                # Raw records mean new columns: commit them as soon as the writer is free, so that the fetch
+                # processes learn the new column types early and decode the rest themselves.
+                idle = in_flight is None or in_flight.done()
+                if count and (count >= self.batch_max_events or not running or (pending and idle)):
                     if in_flight is not None:
                         in_flight.result()
                         stats.batches += 1
-                    in_flight = committer.submit(self._commit, pending, last_offsets, stats)
-                    pending, last_offsets, count = {}, {}, 0
+                    in_flight = committer.submit(
+                        self._commit, pending, last_offsets, stats, predecoded, types_path
+                    )
+                    pending, predecoded, last_offsets, count = {}, {}, {}, 0
             if in_flight is not None:
                 in_flight.result()
                 stats.batches += 1
@@ -502,14 +533,44 @@ class CdcConsumer:
                     inbox.get(timeout=0.1)
             shutil.rmtree(spool, ignore_errors=True)
         stats.seconds = time.monotonic() - started
-        stats.lag_after = self.lag()
+        stats.lag_after = self._owned_lag()
         return stats
 
-    def _assign_new_partitions(self, stats: IngestStats, assigned: set) -> set:
-        """Partitions (or whole topics) created since the run started, assigned and positioned."""
+    def _publish_column_types(self, path: str) -> None:
+        """Write every target table's column types for the fetch processes (atomically: they may be reading)."""
+        types = {route.table: self.tables.column_types(route.table) for route in self.routes.values()}
+        with open(path + ".tmp", "w") as out:
+            json.dump(types, out)
+        os.replace(path + ".tmp", path)
+
+    def _owned(self, positions: dict, *, take_over: bool) -> dict:
+        """`positions` restricted to the partitions this member leases (all of them without leases)."""
+        if self.leases is None:
+            return positions
+        self.leases.claim([(tp.topic, tp.partition) for tp in positions], take_over=take_over)
+        return {tp: offset for tp, offset in positions.items() if (tp.topic, tp.partition) in self.leases.held}
+
+    def _owned_lag(self) -> list[PartitionLag]:
+        lags = self.lag()
+        if self.leases is None:
+            return lags
+        return [p for p in lags if (p.topic, p.partition) in self.leases.held]
+
+    def _assign_new_partitions(self, stats: IngestStats, assigned: set, finish_commit: Callable[[], None]) -> set:
+        """Partitions (or whole topics) created since the run started, or freed by a dead member and now leased,
+        assigned and positioned after the offsets committed to Delta."""
+        if self.leases is not None:
+            self.leases.check()
         found = [tp for tp in self._partitions() if tp not in assigned]
+        if self.leases is not None and found:
+            claimed = self.leases.claim([(tp.topic, tp.partition) for tp in found])
+            found = [tp for tp in found if (tp.topic, tp.partition) in claimed]
         if not found:
             return set()
+        # The previous owner's commits are read from fresh snapshots: the side tables' replay filter must see
+        # them too, so the batch in flight is committed first and the cached snapshots dropped.
+        finish_commit()
+        self.tables.refresh()
         probe = IngestStats()
         new = self._start_positions(probe, only=set(found))
         stats.warnings.extend(probe.warnings)
@@ -530,24 +591,42 @@ class CdcConsumer:
     # --- commit -------------------------------------------------------------------------------------
 
     def _commit(
-        self, pending: dict[str, RawRecords], last_offsets: dict[tuple[str, int], int], stats: IngestStats
+        self,
+        pending: dict[str, RawRecords],
+        last_offsets: dict[tuple[str, int], int],
+        stats: IngestStats,
+        predecoded: dict[str, list[_Predecoded]] | None = None,
+        types_path: str | None = None,
     ) -> BatchReport:
-        """Decode and commit one micro-batch: schema changes, then dead letters, then each topic's rows."""
+        """Decode what is still raw and commit one micro-batch: schema changes, then dead letters, then each
+        topic's rows. `predecoded` holds what fetch processes decoded already (against column types this
+        table still has: columns are only ever added); after a commit that added columns, the new types are
+        published to `types_path` for them."""
         self._seq += 1
         batch_id = f"{self._run_id}-{self._seq:06d}"
         now = datetime.now(UTC)
+        predecoded = predecoded or {}
         decoded: dict[str, Decoded] = {}
         events = 0
         max_ts = 0
-        for topic, raw in pending.items():
+        for topic in {**pending, **predecoded}:
             route = self.routes[topic]
-            epochs = {p: self._epochs.get((topic, p), 0) for p in set(raw.partitions)}
-            ctx = BatchContext(batch_id, now, epochs)
-            decoded[topic] = decode_records(raw, route, self.tables.column_types(route.table), ctx)
-            events += len(raw)
-            max_ts = max(max_ts, max(raw.timestamps))
-            ts = stats.table(route.table)
-            ts.events_read += len(raw)
+            parts: list[Decoded] = []
+            n = 0
+            raw = pending.get(topic)
+            if raw is not None:
+                epochs = {p: self._epochs.get((topic, p), 0) for p in set(raw.partitions)}
+                ctx = BatchContext(batch_id, now, epochs)
+                parts.append(decode_records(raw, route, self.tables.column_types(route.table), ctx))
+                n += len(raw)
+                max_ts = max(max_ts, max(raw.timestamps))
+            for piece in predecoded.get(topic, ()):
+                parts.append(Decoded(piece.rows, piece.dead_letters, piece.schema_changes, []))
+                n += piece.events
+                max_ts = max(max_ts, piece.max_timestamp_ms)
+            decoded[topic] = parts[0] if len(parts) == 1 and raw is not None else _combine(parts, batch_id, now)
+            events += n
+            stats.table(route.table).events_read += n
         epochs = {tp: self._epochs.get(tp, 0) for tp in last_offsets}
         meta = {"optibid.batch_id": batch_id}
         # The sink sees the rows before Delta does: it must be idempotent per Kafka record (a crash between
@@ -589,6 +668,8 @@ class CdcConsumer:
             ts.new_columns.extend(d.new_columns)
             if d.new_columns:
                 self.log.info("bronze.%s: added nullable column(s) %s", route.table, ", ".join(d.new_columns))
+        if types_path is not None and any(d.new_columns for d in decoded.values()):
+            self._publish_column_types(types_path)
         return BatchReport(batch_id, events, time.time(), max_ts)
 
     def _covered(self, table: str, last_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
@@ -602,6 +683,40 @@ class CdcConsumer:
                 covered[(topic, partition)] = last
         return covered
 
+
+
+@dataclass(frozen=True)
+class _Predecoded:
+    """One poll of one topic as a fetch process decoded it (see `ingestion.cdc.fetch`)."""
+
+    rows: pa.Table
+    dead_letters: pa.Table
+    schema_changes: pa.Table
+    events: int
+    max_timestamp_ms: int
+
+
+def _combine(parts: list[Decoded], batch_id: str, ingested_at: datetime) -> Decoded:
+    """One topic's decoded pieces as one batch, stamped with the batch's id and ingestion time.
+
+    Pieces decoded before a column existed lack it and get nulls (`promote_options`); a column both have
+    must have one type, or the concatenation raises rather than casting.
+    """
+
+    def stamped(tables: list[pa.Table]) -> pa.Table:
+        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        n = table.num_rows
+        for name, value, arrow_type in (("_batch_id", batch_id, pa.string()), ("_ingested_at", ingested_at, TS_TYPE)):
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(i), pa.repeat(pa.scalar(value, arrow_type), n))
+        return table
+
+    return Decoded(
+        stamped([p.rows for p in parts]),
+        stamped([p.dead_letters for p in parts]),
+        stamped([p.schema_changes for p in parts]),
+        [c for p in parts for c in p.new_columns],
+    )
 
 
 def _relay(index: int, child: subprocess.Popen, inbox: queue.Queue) -> None:

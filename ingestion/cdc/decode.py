@@ -590,6 +590,8 @@ def _flatten_arrow(
     Existing and declared columns are read with their type, so a value of another type makes the reader
     fail and the batch goes through `_flatten`, which attributes each conflict to its record.
     """
+    # The bronze table's own columns (op, key, lineage) are not `after` fields: leave them out of the schema.
+    existing = {name: t for name, t in existing.items() if name not in RESERVED_COLUMNS}
     text = b"\n".join([a or b"{}" for a in after_json])
     if text.count(b"\n") != len(after_json) - 1:
         return None  # pretty-printed JSON: line-delimited reading would split records

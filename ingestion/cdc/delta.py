@@ -6,17 +6,28 @@ Each append carries one delta-rs app transaction per Kafka partition it covers:
 therefore the consumer position, readable with `DeltaTable.transaction_version`: rows and offsets can
 never disagree. Dead letters and schema-change events live in their own tables with the same per-partition
 transactions, so a replay after a crash filters what those tables already hold (see `filter_new`).
-A second writer committing the same app ids from a stale snapshot gets a `CommitFailedError`.
+Several consumer processes may append to one table at once, each for its own partitions (see
+`ingestion.cdc.leases`). delta-rs rebases an append over concurrent appends itself; a conflict it cannot
+resolve (another process created the table or merged a new column into its schema) is retried here on a
+fresh snapshot. A writer committing app ids that another process has already advanced to the same offset
+(a stale owner of the partition) gets the `CommitFailedError`: at most one of them commits a batch.
 """
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
 
 from infra.lake import Lake
 from ingestion.cdc.topics import BRONZE_LAYER
+
+_log = logging.getLogger(__name__)
+COMMIT_RETRIES = 50  # delta-rs rebases an append over concurrent appends this often before giving up
+COMMIT_ATTEMPTS = 5  # re-reads of the table after a conflict delta-rs does not resolve (schema, creation)
 
 
 def offset_app_id(topic: str, partition: int) -> str:
@@ -78,21 +89,36 @@ class BronzeTables:
         """
         txns = [Transaction(offset_app_id(t, p), off) for (t, p), off in sorted(topic_offsets.items())]
         txns += [Transaction(epoch_app_id(t, p), e) for (t, p), e in sorted((epochs or {}).items()) if e]
-        props = CommitProperties(app_transactions=txns, custom_metadata=metadata)
-        table = self.table(name)
-        if table is not None:
-            data = _with_missing_columns(data, pa.schema(table.schema().to_arrow()))
-        target = table if table is not None else self.lake.table_uri(BRONZE_LAYER, name)
-        write_deltalake(
-            target,
-            data,
-            mode="append",
-            schema_mode="merge" if merge_schema else None,
-            storage_options=self.lake.storage_options or None,
-            commit_properties=props,
-        )
-        if table is None:
+        props = CommitProperties(app_transactions=txns, custom_metadata=metadata, max_commit_retries=COMMIT_RETRIES)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
             table = self.table(name)
+            batch = data if table is None else _with_missing_columns(data, pa.schema(table.schema().to_arrow()))
+            target = table if table is not None else self.lake.table_uri(BRONZE_LAYER, name)
+            try:
+                write_deltalake(
+                    target,
+                    batch,
+                    mode="append",
+                    schema_mode="merge" if merge_schema or table is None else None,
+                    storage_options=self.lake.storage_options or None,
+                    commit_properties=props,
+                )
+                break
+            except (CommitFailedError, SchemaMismatchError, DeltaError) as exc:
+                # Another process committed first: it created the table, or changed its schema (delta-rs
+                # rebases plain appends itself, up to COMMIT_RETRIES times). Re-read the table and append again,
+                # unless the offsets show that someone else committed this very batch.
+                self._tables.pop(name, None)
+                fresh = self.table(name)
+                stale_owner = fresh is not None and any(
+                    (fresh.transaction_version(offset_app_id(t, p)) or -1) >= offset
+                    for (t, p), offset in topic_offsets.items()
+                )
+                retriable = isinstance(exc, CommitFailedError | SchemaMismatchError) or table is None
+                if attempt == COMMIT_ATTEMPTS or fresh is None or stale_owner or not retriable:
+                    raise
+                _log.info("bronze.%s: commit conflict (%s), appending again on version %d", name, exc, fresh.version())
+        table = self.table(name)
         assert table is not None
         return table.version()
 

@@ -1,10 +1,12 @@
-"""Who writes a lake's CDC tables: a follow-mode consumer owns them for as long as it runs.
+"""Who writes a lake's CDC tables: follow-mode consumers own them for as long as they run.
 
 Two writers of the same topics into the same Delta tables would each read every event; the offsets kept in
 the commits make the second commit fail rather than duplicate, but a drain that runs beside a follow-mode
 consumer only fails. So the follow-mode consumer holds a Postgres advisory lock, keyed by the lake's root,
 for its whole life (Postgres releases it when the process dies), and drains and the lag sensor step aside
 while it is held. Postgres, not the lake, holds it because a lake on S3 has no lock of its own.
+Members of a group of consumer processes (`ingestion.cdc.leases`, each writing its own partitions) hold
+the same lock shared: they exclude a lone follow-mode consumer and drains, not one another.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ def _key(lake_root: str) -> str:
 
 
 @contextmanager
-def follow_mode_ownership(database_url: str, lake_root: str) -> Iterator[bool]:
-    """Hold the follow-mode lock of `lake_root` while the block runs; yields False when another process
-    holds it already (and then holds nothing)."""
+def follow_mode_ownership(database_url: str, lake_root: str, *, shared: bool = False) -> Iterator[bool]:
+    """Hold the follow-mode lock of `lake_root` while the block runs (`shared` for members of a consumer
+    group); yields False when another process holds it in a conflicting mode (and then holds nothing)."""
+    mode = "_shared" if shared else ""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        held = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_key(lake_root),)).fetchone()[0]
+        held = conn.execute(
+            f"SELECT pg_try_advisory_lock{mode}(hashtextextended(%s, 0))", (_key(lake_root),)
+        ).fetchone()[0]
         try:
             yield bool(held)
         finally:
             if held:
-                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_key(lake_root),))
+                conn.execute(f"SELECT pg_advisory_unlock{mode}(hashtextextended(%s, 0))", (_key(lake_root),))
 
 
 def follow_mode_active(database_url: str, lake_root: str) -> bool:

@@ -92,7 +92,9 @@ def test_drain_with_fetch_processes_writes_each_event_once_with_dead_letters(bro
     # Offsets were committed with the rows: an in-process run and another parallel run read nothing.
     more = produce_with_values(broker_bootstrap, topic, [(b"k2", None)] * 4, partitions=5)
     with CdcConsumer(lake, client_config, [topic], fetch_processes=2) as consumer:
-        assert consumer.drain().events_read == len(more)
+        again = consumer.drain()
+    assert again.events_read == len(more)
+    assert again.events_decoded_in_fetch == len(more)  # no new column: all of it reached the writer as Arrow
     with CdcConsumer(lake, client_config, [topic]) as consumer:
         assert consumer.drain().events_read == 0
     assert sorted(coordinates(bronze(lake, "cdc__bids")) + sorted(bad)) == sorted(
