@@ -1,0 +1,95 @@
+"""Operations: the assets that keep the platform healthy for years, each run nightly by the automation.
+
+- `ops/lake_maintenance`: compacts (z-ordered where reads filter on time), checkpoints, cleans the log of and
+  vacuums every bronze Delta table (`infra.lake_maintenance`), recording files and bytes before and after and
+  the duration per table, so the UI plots them run after run.
+
+The work belongs to `infra`; this module only says which tables, when, and what to show.
+"""
+
+import dagster as dg
+
+from assets.bronze import cdc as bronze_cdc
+from assets.bronze import files as bronze_files
+from assets.shared.automation import nightly
+from assets.shared.resources import LakeResource
+from infra.lake_maintenance import TableMaintenance, maintain_table
+from infra.settings import get_settings
+
+GROUP = "operations"
+LAKE_MAINTENANCE = dg.AssetKey(["ops", "lake_maintenance"])
+
+# Z-order only where readers filter: the market tables are read by day (ts_utc) and zone, so clustering
+# them lets a day's read skip most files (benchmarks/lake_maintenance.py measures it). The CDC tables are
+# read whole by silver (every event of a key), where z-order would only cost a full rewrite each night.
+ZORDER_BY: dict[str, tuple[str, ...]] = {"ticks__prices": ("ts_utc", "zone")}
+ZORDER_PREFIX: dict[str, tuple[str, ...]] = {"files__": ("ts_utc", "zone")}
+
+
+def bronze_tables() -> list[str]:
+    """Every bronze Delta table of the platform (the CDC tables, their bookkeeping tables, the file tables)."""
+    keys = [*bronze_cdc.ALL_KEYS, *(k for k in bronze_files.landing_files.keys)]
+    return sorted({key.path[-1] for key in keys})
+
+
+def zorder_columns(table: str) -> tuple[str, ...]:
+    if table in ZORDER_BY:
+        return ZORDER_BY[table]
+    return next((cols for prefix, cols in ZORDER_PREFIX.items() if table.startswith(prefix)), ())
+
+
+def _table_markdown(results: list[TableMaintenance]) -> str:
+    lines = [
+        "| table | files before | files after | MB before | MB after | vacuumed | z-order | seconds |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.table} | {r.files_before} | {r.files_after} | {r.bytes_before / 1e6:.2f} | "
+            f"{r.bytes_after / 1e6:.2f} | {r.files_vacuumed} | {', '.join(r.zordered_by) or '-'} | {r.seconds} |"
+        )
+    return "\n".join(lines)
+
+
+@dg.asset(
+    key=LAKE_MAINTENANCE,
+    group_name=GROUP,
+    kinds={"delta"},
+    deps=[dg.AssetKey(["bronze", t]) for t in bronze_tables()],
+    automation_condition=nightly(get_settings().lake_maintenance_cron),
+    description="Nightly compaction (z-ordered for the market tables), checkpoint, log clean-up and vacuum of "
+    "every bronze Delta table; versions of the last OPTIBID_LAKE_TIME_TRAVEL_HOURS stay readable and the CDC "
+    "offsets stay in the log.",
+)
+def lake_maintenance(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    settings = get_settings()
+    results: list[TableMaintenance] = []
+    for table in bronze_tables():
+        result = maintain_table(
+            lake.lake,
+            "bronze",
+            table,
+            retention_hours=settings.lake_time_travel_hours,
+            zorder_by=zorder_columns(table),
+        )
+        if result is not None:
+            context.log.info(
+                f"{result.table}: {result.files_before} -> {result.files_after} files, "
+                f"{result.files_vacuumed} vacuumed, {result.seconds} s"
+            )
+            results.append(result)
+    metadata: dict[str, object] = {
+        "tables": len(results),
+        "files_before": sum(r.files_before for r in results),
+        "files_after": sum(r.files_after for r in results),
+        "bytes_before": sum(r.bytes_before for r in results),
+        "bytes_after": sum(r.bytes_after for r in results),
+        "files_vacuumed": sum(r.files_vacuumed for r in results),
+        "duration_seconds": round(sum(r.seconds for r in results), 3),
+        "retention_hours": settings.lake_time_travel_hours,
+        "per_table": dg.MetadataValue.md(_table_markdown(results)),
+    }
+    return dg.MaterializeResult(metadata=metadata)
+
+
+defs = dg.Definitions(assets=[lake_maintenance])
