@@ -3,6 +3,9 @@
 - `ops/lake_maintenance`: compacts (z-ordered where reads filter on time), checkpoints, cleans the log of and
   vacuums every bronze Delta table (`infra.lake_maintenance`), recording files and bytes before and after and
   the duration per table, so the UI plots them run after run.
+- `ops/backup`: an encrypted, verified backup of the warehouse (with the Dagster instance's storage), the
+  home's state and the lake (`infra.backup`), then the older ones beyond `OPTIBID_BACKUP_KEEP` deleted. Its
+  freshness is watched by `orchestration.alerting.alert_on_stale_backup`, which alerts through `ops.alerts`.
 
 The work belongs to `infra`; this module only says which tables, when, and what to show.
 """
@@ -12,12 +15,14 @@ import dagster as dg
 from assets.bronze import cdc as bronze_cdc
 from assets.bronze import files as bronze_files
 from assets.shared.automation import nightly
-from assets.shared.resources import LakeResource
+from assets.shared.resources import LakeResource, WarehouseResource
+from infra.backup import create_backup, prune_backups
 from infra.lake_maintenance import TableMaintenance, maintain_table
 from infra.settings import get_settings
 
 GROUP = "operations"
 LAKE_MAINTENANCE = dg.AssetKey(["ops", "lake_maintenance"])
+BACKUP = dg.AssetKey(["ops", "backup"])
 
 # Z-order only where readers filter: the market tables are read by day (ts_utc) and zone, so clustering
 # them lets a day's read skip most files (benchmarks/lake_maintenance.py measures it). The CDC tables are
@@ -92,4 +97,32 @@ def lake_maintenance(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     return dg.MaterializeResult(metadata=metadata)
 
 
-defs = dg.Definitions(assets=[lake_maintenance])
+@dg.asset(
+    key=BACKUP,
+    group_name=GROUP,
+    kinds={"postgres", "delta"},
+    automation_condition=nightly(get_settings().backup_cron),
+    description="Nightly encrypted backup (OPTIBID_BACKUP_KEY) of the warehouse, the Dagster instance, the home's "
+    "keys and the lake into OPTIBID_BACKUP_DIR, verified before it is published; keeps OPTIBID_BACKUP_KEEP.",
+)
+def backup(context: dg.AssetExecutionContext, warehouse: WarehouseResource, lake: LakeResource) -> dg.MaterializeResult:
+    settings = get_settings()
+    taken = create_backup(settings, warehouse.url, lake.lake)
+    pruned = prune_backups(settings)
+    context.log.info(f"backup {taken.backup_id} in {taken.path}; deleted {pruned or 'none'}")
+    parts = taken.manifest["parts"]
+    return dg.MaterializeResult(
+        metadata={
+            "backup_id": taken.backup_id,
+            "path": dg.MetadataValue.path(str(taken.path)),
+            "bytes": taken.size_bytes,
+            "database_dump_bytes": int(parts["postgres.dump"]["plain_bytes"]),
+            "lake_bytes": int(parts["lake.tar"]["plain_bytes"]),
+            "lake_tables": len(taken.manifest["lake"]["versions"]),
+            "duration_seconds": taken.manifest["seconds"],
+            "backups_deleted": len(pruned),
+        }
+    )
+
+
+defs = dg.Definitions(assets=[lake_maintenance, backup])

@@ -1,0 +1,108 @@
+"""`optibid backup create|list|verify|restore` (and the archive commands): the operator's handles on
+`infra.backup` and `ingestion.archive`. The runbook is docs/operations.md."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra.backup import BackupError
+from infra.settings import get_settings
+
+backup_app = typer.Typer(
+    help="Encrypted backups of the warehouse, the Dagster instance and the lake.", no_args_is_help=True
+)
+console = Console()
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _warehouse_url() -> str:
+    from infra.services import ServiceError, warehouse_url
+
+    try:
+        return warehouse_url(get_settings())
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+
+
+@backup_app.command("create")
+def backup_create() -> None:
+    """Take a backup now, verify it and keep the newest OPTIBID_BACKUP_KEEP."""
+    from infra.backup import create_backup, prune_backups
+    from infra.lake import lake_from_settings
+
+    settings = get_settings()
+    try:
+        backup = create_backup(settings, _warehouse_url(), lake_from_settings(settings))
+        pruned = prune_backups(settings)
+    except BackupError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"backup {backup.backup_id}: {backup.size_bytes / 1e6:.1f} MB in {backup.manifest['seconds']:.1f} s, "
+        f"verified, in {backup.path}" + (f"; deleted {len(pruned)} older" if pruned else "")
+    )
+
+
+@backup_app.command("list")
+def backup_list() -> None:
+    """The backups, newest first."""
+    from infra.backup import list_backups
+
+    settings = get_settings()
+    now = datetime.now(UTC)
+    table = Table("backup", "taken (UTC)", "age (h)", "size (MB)", "lake tables", "seconds")
+    for backup in list_backups(settings):
+        table.add_row(
+            backup.backup_id,
+            backup.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{(now - backup.created_at).total_seconds() / 3600:.1f}",
+            f"{backup.size_bytes / 1e6:.1f}",
+            str(len(backup.manifest["lake"]["versions"])),
+            str(backup.manifest["seconds"]),
+        )
+    console.print(table)
+    console.print(f"in {settings.resolved_backup_dir}")
+
+
+@backup_app.command("verify")
+def backup_verify(
+    backup_id: Annotated[str, typer.Argument(help="Backup id from `optibid backup list`, or `latest`.")] = "latest",
+) -> None:
+    """Decrypt every part and check its checksums and the manifest's signature (reads the whole backup)."""
+    from infra.backup import find_backup, verify_backup
+
+    settings = get_settings()
+    try:
+        backup = find_backup(settings, backup_id)
+        verify_backup(settings, backup.path)
+    except BackupError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"backup {backup.backup_id}: OK ({len(backup.manifest['parts'])} parts, checksums match)")
+
+
+@backup_app.command("restore")
+def backup_restore(
+    backup_id: Annotated[str, typer.Argument(help="Backup id from `optibid backup list`, or `latest`.")] = "latest",
+) -> None:
+    """Restore into this (fresh) OPTIBID_HOME, its database and its lake; refuses to overwrite anything."""
+    from infra.backup import restore_backup
+    from infra.lake import lake_from_settings
+
+    settings = get_settings()
+    try:
+        report = restore_backup(settings, backup_id, _warehouse_url(), lake_from_settings(settings))
+    except BackupError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"restored backup {report.backup_id} in {report.seconds:.1f} s: {len(report.lake_versions)} lake tables"
+        + (f", then applied {len(report.migrations_applied)} newer migrations" if report.migrations_applied else "")
+        + ". Start the platform as usual (`optibid demo` or your deployment): CDC resumes from the restored offsets."
+    )
