@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test soak lint format services-up services-down dbt-parse bench clean
+.PHONY: install demo test test-scale soak lint format services-up services-down dbt-parse bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo: install
 # A private --basetemp: pytest prunes old numbered temp dirs, which must never be another run's live Postgres.
 test: install
 	$(BIN)/python -m pytest --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
+
+# Tests marked `scale`: each takes over a minute (the restore drill: two embedded Postgres clusters, Kafka, the API).
+test-scale: install
+	$(BIN)/python -m pytest -m scale tests --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 # The platform running itself (daemon, API, follow consumer) on the test services, bounded by the issue's
 # 5 minutes (OPTIBID_SOAK_SECONDS=300); not yet within it on two cores, so it is not part of `make test`.
