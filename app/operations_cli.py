@@ -106,3 +106,51 @@ def backup_restore(
         + (f", then applied {len(report.migrations_applied)} newer migrations" if report.migrations_applied else "")
         + ". Start the platform as usual (`optibid demo` or your deployment): CDC resumes from the restored offsets."
     )
+
+
+archive_app = typer.Typer(help="The cold tier: archived days of warehouse tables.", no_args_is_help=True)
+
+
+@archive_app.command("list")
+def archive_list(table: Annotated[str | None, typer.Argument(help="e.g. silver.market__prices")] = None) -> None:
+    """Days currently in the cold tier."""
+    from infra import db
+
+    out = Table("table", "day", "rows", "archive")
+    with db.connect(_warehouse_url()) as conn:
+        from infra.retention import archived_days
+
+        for name, day, rows, uri in archived_days(conn, table):
+            out.add_row(name, day.isoformat(), str(rows), uri)
+    console.print(out)
+
+
+@archive_app.command("restore")
+def archive_restore(
+    table: Annotated[str, typer.Argument(help="e.g. silver.market__prices")],
+    day: Annotated[str, typer.Argument(help="YYYY-MM-DD")],
+) -> None:
+    """Bring one archived day of a table back into hot storage (verified against its checksum)."""
+    from datetime import date
+
+    from infra.retention import RetentionError, restore_day
+
+    try:
+        rows = restore_day(_warehouse_url(), get_settings().resolved_archive_uri, table, date.fromisoformat(day))
+    except (RetentionError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{table} {day}: {rows} rows back in hot storage")
+
+
+@archive_app.command("run")
+def archive_run() -> None:
+    """Archive and prune everything past its retention now (what the nightly ops/retention asset does)."""
+    from infra.retention import RetentionError, apply_retention
+
+    try:
+        outcomes = apply_retention(_warehouse_url(), get_settings(), datetime.now(UTC).date())
+    except RetentionError as exc:
+        raise _fail(str(exc)) from None
+    for o in outcomes:
+        console.print(f"{o.action} {o.table} {o.day}: {o.rows} rows")
+    console.print(f"{len(outcomes)} days handled")

@@ -6,6 +6,8 @@
 - `ops/backup`: an encrypted, verified backup of the warehouse (with the Dagster instance's storage), the
   home's state and the lake (`infra.backup`), then the older ones beyond `OPTIBID_BACKUP_KEEP` deleted. Its
   freshness is watched by `orchestration.alerting.alert_on_stale_backup`, which alerts through `ops.alerts`.
+- `ops/retention`: archives the warehouse days past their retention to the cold tier, verified before the hot
+  rows are deleted, and prunes the operational tables (`infra.retention`).
 
 The work belongs to `infra`; this module only says which tables, when, and what to show.
 """
@@ -23,6 +25,7 @@ from infra.settings import get_settings
 GROUP = "operations"
 LAKE_MAINTENANCE = dg.AssetKey(["ops", "lake_maintenance"])
 BACKUP = dg.AssetKey(["ops", "backup"])
+RETENTION = dg.AssetKey(["ops", "retention"])
 
 # Z-order only where readers filter: the market tables are read by day (ts_utc) and zone, so clustering
 # them lets a day's read skip most files (benchmarks/lake_maintenance.py measures it). The CDC tables are
@@ -125,4 +128,37 @@ def backup(context: dg.AssetExecutionContext, warehouse: WarehouseResource, lake
     )
 
 
-defs = dg.Definitions(assets=[lake_maintenance, backup])
+@dg.asset(
+    key=RETENTION,
+    group_name=GROUP,
+    kinds={"postgres", "parquet"},
+    automation_condition=nightly(get_settings().retention_cron),
+    description="Nightly retention: warehouse days past their retention (OPTIBID_RETENTION_DAYS, defaults in "
+    "infra/retention.py) archived to OPTIBID_ARCHIVE_URI and verified before deletion; login attempts pruned.",
+)
+def retention(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    from datetime import UTC, datetime
+
+    from infra.retention import apply_retention
+
+    started = datetime.now(UTC)
+    outcomes = apply_retention(warehouse.url, get_settings(), started.date())
+    per_table: dict[str, list[int]] = {}
+    for outcome in outcomes:
+        days_rows = per_table.setdefault(f"{outcome.action} {outcome.table}", [0, 0])
+        days_rows[0] += 1
+        days_rows[1] += outcome.rows
+    lines = ["| what | days | rows |", "|---|---:|---:|"] + [f"| {k} | {d} | {r} |" for k, (d, r) in per_table.items()]
+    context.log.info(f"{len(outcomes)} days archived or pruned")
+    return dg.MaterializeResult(
+        metadata={
+            "days_archived": sum(1 for o in outcomes if o.action == "archive" and o.rows),
+            "rows_archived": sum(o.rows for o in outcomes if o.action == "archive"),
+            "rows_pruned": sum(o.rows for o in outcomes if o.action == "prune"),
+            "duration_seconds": round((datetime.now(UTC) - started).total_seconds(), 3),
+            "per_table": dg.MetadataValue.md("\n".join(lines)),
+        }
+    )
+
+
+defs = dg.Definitions(assets=[lake_maintenance, backup, retention])

@@ -376,7 +376,28 @@ class Settings(BaseSettings):
         description="Backups kept; older ones are deleted after each new backup has been verified.",
     )
 
+    archive_uri: str | None = Field(
+        default=None,
+        validation_alias="OPTIBID_ARCHIVE_URI",
+        description="Cold tier for archived days (local folder or s3://bucket/prefix); default <home>/archive.",
+    )
+    retention_days: dict[str, int] = Field(
+        default_factory=dict,
+        validation_alias="OPTIBID_RETENTION_DAYS",
+        description="JSON object overriding the days each table stays hot, e.g. {\"silver.market__prices\": 365}; "
+        "the defaults and what happens after are in infra/retention.py (RETENTION_POLICIES).",
+    )
+    retention_cron: str = Field(
+        default="30 4 * * *",
+        validation_alias="OPTIBID_RETENTION_CRON",
+        description="When the automation archives and prunes what is past its retention (partition timezone).",
+    )
+
     # --- derived paths --------------------------------------------------------------------------
+    @property
+    def resolved_archive_uri(self) -> str:
+        return self.archive_uri or str(self.home_dir / "archive")
+
     @property
     def resolved_backup_dir(self) -> Path:
         return (self.backup_dir or self.home_dir / "backups").resolve()

@@ -1,0 +1,163 @@
+"""Retention on a real Postgres: old days move to the cold tier only once the archive has been read back and
+matches the hot rows; reads across hot and archived days give the same values as before; a day comes back
+with one call; login attempts are pruned while the audit log is archived only after its compliance period."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from infra import db
+from infra.retention import (
+    RetentionError,
+    apply_retention,
+    archive_day,
+    archived_days,
+    policy_for,
+    read_days,
+    restore_day,
+)
+from infra.settings import Settings
+from tests.conftest import private_database
+
+TODAY = date(2026, 12, 6)
+OLD = [TODAY - timedelta(days=800 + i) for i in range(3)]
+
+
+@pytest.fixture
+def warehouse(database_url: str) -> Iterator[str]:
+    yield from private_database(database_url, f"optibid_retention_{os.getpid()}")
+
+
+def _seed(url: str) -> None:
+    with db.connect(url) as conn:
+        for day in [*OLD, TODAY - timedelta(days=1)]:
+            for hour in range(24):
+                ts = datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+                conn.execute(
+                    """INSERT INTO silver.market__prices (ts_utc, market_date, zone, node, market, interval_minutes,
+                           price, currency, org_id, revision, source, ingested_at)
+                       VALUES (%s, %s, 'PJM', NULL, 'DA', 60, %s, 'USD', NULL, 1, 'files', %s)""",
+                    (ts, day, 30.123456789 + hour / 7, ts + timedelta(hours=26)),
+                )
+        for age in (500, 401, 10):
+            conn.execute(
+                "INSERT INTO ops.audit_log (at, org_id, actor, action, target, details) VALUES (%s, 'acme', 'a', "
+                "'user.created', 'u1', %s::jsonb)",
+                (datetime.now(UTC) - timedelta(days=age), '{"nested": {"x": [1, 2.50, "é"]}}'),
+            )
+        for age in (45, 31, 2):
+            conn.execute(
+                "INSERT INTO ops.login_attempts (email, client_ip, at, success)"
+                " VALUES ('a@b.c', '127.0.0.1', %s, false)",
+                (datetime.now(UTC) - timedelta(days=age),),
+            )
+
+
+def _settings(tmp_path: Path, **overrides) -> Settings:
+    return Settings(home=tmp_path / "home", archive_uri=str(tmp_path / "cold"), **overrides)
+
+
+def _count(url: str, query: str) -> int:
+    with db.connect(url) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
+def test_old_days_move_to_the_cold_tier_and_read_back_value_for_value(warehouse: str, tmp_path: Path) -> None:
+    _seed(warehouse)
+    settings = _settings(tmp_path)
+    window = (min(OLD), TODAY)
+    before = read_days(warehouse, settings.resolved_archive_uri, "silver.market__prices", *window, "market_date")
+    audit_before = read_days(
+        warehouse,
+        settings.resolved_archive_uri,
+        "ops.audit_log",
+        date(2020, 1, 1),
+        TODAY + timedelta(days=1),
+        "(at AT TIME ZONE 'UTC')::date",
+    )
+
+    outcomes = apply_retention(warehouse, settings, datetime.now(UTC).date())
+    done = {(o.table, o.action): 0 for o in outcomes}
+    for o in outcomes:
+        done[(o.table, o.action)] += o.rows
+    assert done[("silver.market__prices", "archive")] == 72
+    assert done[("ops.audit_log", "archive")] == 2  # 500 and 401 days old; the 10-day-old entry stays
+    assert done[("ops.login_attempts", "prune")] == 2
+    assert _count(warehouse, "SELECT count(*) FROM silver.market__prices") == 24
+    assert _count(warehouse, "SELECT count(*) FROM ops.audit_log") == 1
+    assert _count(warehouse, "SELECT count(*) FROM ops.login_attempts") == 1
+    assert list((tmp_path / "cold" / "warehouse" / "silver.market__prices").glob("day=*.parquet"))
+
+    after = read_days(warehouse, settings.resolved_archive_uri, "silver.market__prices", *window, "market_date")
+    assert after.equals(before)
+    audit_after = read_days(
+        warehouse,
+        settings.resolved_archive_uri,
+        "ops.audit_log",
+        date(2020, 1, 1),
+        TODAY + timedelta(days=1),
+        "(at AT TIME ZONE 'UTC')::date",
+    )
+    assert audit_after.sort_by("id").equals(audit_before.sort_by("id"))
+
+    # one command brings a day back, exactly as it was
+    from app.cli import app
+
+    env = {"OPTIBID_DATABASE_URL": warehouse, "OPTIBID_ARCHIVE_URI": settings.resolved_archive_uri}
+    result = CliRunner().invoke(app, ["archive", "restore", "silver.market__prices", OLD[0].isoformat()], env=env)
+    assert result.exit_code == 0, result.output
+    assert "24 rows" in result.output
+    assert (
+        read_days(warehouse, settings.resolved_archive_uri, "silver.market__prices", *window, "market_date")
+        .sort_by([("market_date", "ascending"), ("ts_utc", "ascending")])
+        .equals(before.sort_by([("market_date", "ascending"), ("ts_utc", "ascending")]))
+    )
+    with db.connect(warehouse) as conn:
+        assert [d for _, d, _, _ in archived_days(conn, "silver.market__prices")] == sorted(OLD[1:])
+    with pytest.raises(RetentionError, match="not in the archive"):
+        restore_day(warehouse, settings.resolved_archive_uri, "silver.market__prices", OLD[0])
+
+
+def test_nothing_is_deleted_when_the_archive_cannot_be_written_or_verified(warehouse: str, tmp_path: Path) -> None:
+    _seed(warehouse)
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the archive would go")
+    policy = policy_for(_settings(tmp_path), "silver.market__prices")
+    with pytest.raises(Exception):  # noqa: B017 - any failure of the cold tier
+        archive_day(warehouse, str(blocked), policy, OLD[0])
+    assert _count(warehouse, f"SELECT count(*) FROM silver.market__prices WHERE market_date = '{OLD[0]}'") == 24
+    assert _count(warehouse, "SELECT count(*) FROM ops.archived_partitions") == 0
+
+
+def test_retention_overrides_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(RetentionError, match=r"without a policy: silver\.nope"):
+        policy_for(_settings(tmp_path, retention_days={"silver.nope": 3}), "silver.market__prices")
+    assert policy_for(_settings(tmp_path, retention_days={"ops.audit_log": 2555}), "ops.audit_log").hot_days == 2555
+
+
+def test_the_retention_asset_records_what_it_archived_and_pruned(
+    warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from assets.operations import retention
+    from assets.shared.resources import WarehouseResource
+    from infra.settings import get_settings
+
+    _seed(warehouse)
+    monkeypatch.setenv("OPTIBID_ARCHIVE_URI", str(tmp_path / "cold"))
+    get_settings.cache_clear()
+    try:
+        result = dg.materialize([retention], resources={"warehouse": WarehouseResource(database_url=warehouse)})
+    finally:
+        get_settings.cache_clear()
+    [mat] = result.asset_materializations_for_node("ops__retention")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert (meta["days_archived"], meta["rows_archived"], meta["rows_pruned"]) == (5, 74, 2)
+    assert "archive silver.market__prices | 3 | 72" in meta["per_table"]
