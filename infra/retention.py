@@ -336,3 +336,21 @@ def apply_retention(
         for day in days:
             outcomes.append(archive_day(database_url, settings.resolved_archive_uri, policy, day))
     return outcomes
+
+
+def archived_audit_entries(archive_uri: str, days: Sequence[date], org_id: str, limit: int) -> list[dict[str, object]]:
+    """The newest `limit` audit-log entries of `org_id` in the archived `days` (newest first), shaped as the hot
+    table's rows read through the API: the same filter as the table's row-level security (the caller's
+    organization only), `details` decoded from its JSON text."""
+    import json
+
+    out: list[dict[str, object]] = []
+    for day in sorted(days, reverse=True):
+        rows = read_archive(archive_uri, "ops.audit_log", day).to_pylist()
+        mine = sorted((r for r in rows if r["org_id"] == org_id), key=lambda r: r["id"], reverse=True)
+        for row in mine:
+            row["details"] = json.loads(row["details"]) if row["details"] is not None else None
+            out.append({k: row[k] for k in ("id", "at", "org_id", "actor", "action", "target", "details")})
+            if len(out) >= limit:
+                return out
+    return out

@@ -12,3 +12,7 @@ CREATE TABLE IF NOT EXISTS ops.archived_partitions (
     restored_at  timestamptz,
     PRIMARY KEY (table_name, day)
 );
+
+-- The API reads which audit days are archived, to serve them from the cold tier (GET /audit); the rows it
+-- reads there are filtered to the caller's organization by the API, as the table's row-level security would.
+GRANT SELECT ON ops.archived_partitions TO optibid_api;

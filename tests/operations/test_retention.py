@@ -161,3 +161,38 @@ def test_the_retention_asset_records_what_it_archived_and_pruned(
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert (meta["days_archived"], meta["rows_archived"], meta["rows_pruned"]) == (5, 74, 2)
     assert "archive silver.market__prices | 3 | 72" in meta["per_table"]
+
+
+def test_the_api_serves_archived_audit_entries_as_it_served_them_hot(
+    warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from ingestion.reference import seed_reference_data
+    from serving_api.app import create_app
+    from serving_api.cli import create_user
+
+    _seed(warehouse)
+    with db.connect(warehouse) as conn:
+        seed_reference_data(conn, nodes_per_zone=1)
+    create_user(warehouse, "acme", "audit-admin@acme.example", "admin", "Audit-Admin-Password-1!")
+    with db.connect(warehouse) as conn:  # another organization's old entry must stay invisible
+        conn.execute(
+            "INSERT INTO ops.audit_log (at, org_id, actor, action) VALUES (now() - interval '600 days', 'globex', "
+            "'x', 'user.created')"
+        )
+    settings = _settings(tmp_path, database_url=warehouse, jwt_secret="audit-secret-" + "z" * 32)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        token = client.post(
+            "/api/v1/auth/token", data={"username": "audit-admin@acme.example", "password": "Audit-Admin-Password-1!"}
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        hot = client.get("/api/v1/audit?limit=1000", headers=headers)
+        assert hot.status_code == 200 and len(hot.json()) >= 3
+        outcomes = apply_retention(warehouse, settings, datetime.now(UTC).date())
+        assert sum(o.rows for o in outcomes if o.table == "ops.audit_log") == 3
+        cold = client.get("/api/v1/audit?limit=1000", headers=headers)
+        assert cold.status_code == 200
+        assert cold.content == hot.content
+        assert all(e["org_id"] == "acme" for e in cold.json())
