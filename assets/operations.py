@@ -1,6 +1,6 @@
 """Operations: the assets that keep the platform healthy for years, each run nightly by the automation.
 
-- `ops/lake_maintenance`: compacts (z-ordered where reads filter on time), checkpoints, cleans the log of and
+- `ops/lake_maintenance`: compacts (z-ordered for the tables in `ZORDER_BY`), checkpoints, cleans the log of and
   vacuums every bronze Delta table (`infra.lake_maintenance`), recording files and bytes before and after and
   the duration per table, so the UI plots them run after run.
 - `ops/backup`: an encrypted, verified backup of the warehouse (with the Dagster instance's storage), the
@@ -27,11 +27,12 @@ LAKE_MAINTENANCE = dg.AssetKey(["ops", "lake_maintenance"])
 BACKUP = dg.AssetKey(["ops", "backup"])
 RETENTION = dg.AssetKey(["ops", "retention"])
 
-# Z-order only where readers filter: the market tables are read by day (ts_utc) and zone, so clustering
-# them lets a day's read skip most files (benchmarks/lake_maintenance.py measures it). The CDC tables are
-# read whole by silver (every event of a key), where z-order would only cost a full rewrite each night.
-ZORDER_BY: dict[str, tuple[str, ...]] = {"ticks__prices": ("ts_utc", "zone")}
-ZORDER_PREFIX: dict[str, tuple[str, ...]] = {"files__": ("ts_utc", "zone")}
+# Z-order where it pays, and measured, it does not yet: follow-mode batches arrive in time order, so plain
+# compaction (which keeps insertion order) already clusters a table by day, and a day's read after compaction was
+# as fast as after z-order by (ts_utc, zone) while z-order rewrites the whole table every night
+# (benchmarks/lake_maintenance.py, benchmarks/README.md). A table read by another column goes here, e.g.
+# {"files__weather": ("zone", "ts_utc")}.
+ZORDER_BY: dict[str, tuple[str, ...]] = {}
 
 
 def bronze_tables() -> list[str]:
@@ -41,9 +42,7 @@ def bronze_tables() -> list[str]:
 
 
 def zorder_columns(table: str) -> tuple[str, ...]:
-    if table in ZORDER_BY:
-        return ZORDER_BY[table]
-    return next((cols for prefix, cols in ZORDER_PREFIX.items() if table.startswith(prefix)), ())
+    return ZORDER_BY.get(table, ())
 
 
 def _table_markdown(results: list[TableMaintenance]) -> str:
@@ -65,7 +64,7 @@ def _table_markdown(results: list[TableMaintenance]) -> str:
     kinds={"delta"},
     deps=[dg.AssetKey(["bronze", t]) for t in bronze_tables()],
     automation_condition=nightly(get_settings().lake_maintenance_cron),
-    description="Nightly compaction (z-ordered for the market tables), checkpoint, log clean-up and vacuum of "
+    description="Nightly compaction, checkpoint, log clean-up and vacuum of "
     "every bronze Delta table; versions of the last OPTIBID_LAKE_TIME_TRAVEL_HOURS stay readable and the CDC "
     "offsets stay in the log.",
 )

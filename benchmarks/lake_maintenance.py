@@ -4,7 +4,7 @@ The follow-mode consumer commits one small Delta file per micro-batch; a day of 
 This writes `--days` days of tick batches through the consumer's own write path (`BronzeTables.append`, offsets
 in every commit), copies the table twice, and times opening the table and reading one day (a `ts_utc` filter,
 as a day's silver rebuild or an archive job reads it) on: the table as written, the copy compacted, and the
-copy compacted with z-order by (ts_utc, zone) (what `assets/operations.py` does to the market tables). Each
+copy compacted with z-order by (ts_utc, zone) (whether z-order pays: `assets/operations.py` ZORDER_BY). Each
 figure is the best of `--repeats`, with the load average beside it and the ratio to the uncompacted read.
 
     python -m benchmarks.lake_maintenance [--days 2 --batches-per-day 1000 --rows-per-batch 40]
