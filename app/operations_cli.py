@@ -145,10 +145,14 @@ def archive_restore(
 @archive_app.command("run")
 def archive_run() -> None:
     """Archive and prune everything past its retention now (what the nightly ops/retention asset does)."""
+    from infra.lake import lake_from_settings
     from infra.retention import RetentionError, apply_retention
 
+    settings = get_settings()
     try:
-        outcomes = apply_retention(_warehouse_url(), get_settings(), datetime.now(UTC).date())
+        outcomes = apply_retention(
+            _warehouse_url(), settings, datetime.now(UTC).date(), lake=lake_from_settings(settings)
+        )
     except RetentionError as exc:
         raise _fail(str(exc)) from None
     for o in outcomes:

@@ -133,15 +133,18 @@ def backup(context: dg.AssetExecutionContext, warehouse: WarehouseResource, lake
     kinds={"postgres", "parquet"},
     automation_condition=nightly(get_settings().retention_cron),
     description="Nightly retention: warehouse days past their retention (OPTIBID_RETENTION_DAYS, defaults in "
-    "infra/retention.py) archived to OPTIBID_ARCHIVE_URI and verified before deletion; login attempts pruned.",
+    "infra/retention.py) and CDC dead letters past theirs archived to OPTIBID_ARCHIVE_URI and verified before "
+    "deletion; login attempts pruned.",
 )
-def retention(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def retention(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, lake: LakeResource
+) -> dg.MaterializeResult:
     from datetime import UTC, datetime
 
     from infra.retention import apply_retention
 
     started = datetime.now(UTC)
-    outcomes = apply_retention(warehouse.url, get_settings(), started.date())
+    outcomes = apply_retention(warehouse.url, get_settings(), started.date(), lake=lake.lake)
     per_table: dict[str, list[int]] = {}
     for outcome in outcomes:
         days_rows = per_table.setdefault(f"{outcome.action} {outcome.table}", [0, 0])

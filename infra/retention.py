@@ -23,15 +23,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from psycopg import sql
 
+from infra.lake import Lake
 from infra.settings import Settings
 
 Action = Literal["archive", "prune"]
@@ -69,7 +71,8 @@ class RetentionError(RuntimeError):
 def policies(settings: Settings) -> list[RetentionPolicy]:
     """The default policies with `OPTIBID_RETENTION_DAYS` overrides applied (unknown table names refused)."""
     known = {p.table: p for p in RETENTION_POLICIES}
-    unknown = sorted(set(settings.retention_days) - set(known))
+    lake_known = {f"bronze.{p.table}" for p in LAKE_RETENTION_POLICIES}
+    unknown = sorted(set(settings.retention_days) - set(known) - lake_known)
     if unknown:
         raise RetentionError(f"OPTIBID_RETENTION_DAYS names tables without a policy: {', '.join(unknown)}")
     out = []
@@ -315,10 +318,11 @@ def read_days(database_url: str, archive_uri: str, table: str, start: date, end:
 
 
 def apply_retention(
-    database_url: str, settings: Settings, today: date, max_days_per_table: int = 31
+    database_url: str, settings: Settings, today: date, max_days_per_table: int = 31, lake: Lake | None = None
 ) -> list[DayOutcome]:
     """Archive or prune every day past its table's retention (oldest first, at most `max_days_per_table` per
-    table and pass, so a first run on years of history is spread over nights)."""
+    table and pass, so a first run on years of history is spread over nights), then, given the `lake`, the
+    bronze rows past theirs (`LAKE_RETENTION_POLICIES`)."""
     outcomes = []
     for policy in policies(settings):
         cutoff = today - timedelta(days=policy.hot_days)
@@ -335,6 +339,12 @@ def apply_retention(
             ]
         for day in days:
             outcomes.append(archive_day(database_url, settings.resolved_archive_uri, policy, day))
+    if lake is not None:
+        now = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        for lake_policy in lake_policies(settings):
+            outcome = archive_lake_rows(lake, settings.resolved_archive_uri, lake_policy, now)
+            if outcome.rows:
+                outcomes.append(outcome)
     return outcomes
 
 
@@ -354,3 +364,104 @@ def archived_audit_entries(archive_uri: str, days: Sequence[date], org_id: str, 
             if len(out) >= limit:
                 return out
     return out
+
+
+# --- lake tables ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LakeRetentionPolicy:
+    """Rows of bronze table `table` ingested (`_ingested_at`) more than `hot_days` ago are archived to the cold
+    tier's Delta table of the same name, verified, then deleted from the hot table. Only for tables nothing
+    rebuilds from: silver reads every CDC event and every market row, so those stay whole (and compacted)."""
+
+    table: str
+    hot_days: int
+    column: str = "_ingested_at"
+
+
+LAKE_RETENTION_POLICIES: tuple[LakeRetentionPolicy, ...] = (LakeRetentionPolicy("cdc__dead_letters", 30),)
+ARCHIVE_VERSION_COLUMN = "_archived_from_version"
+
+
+def lake_policies(settings: Settings) -> list[LakeRetentionPolicy]:
+    out = []
+    for policy in LAKE_RETENTION_POLICIES:
+        days = settings.retention_days.get(f"bronze.{policy.table}", policy.hot_days)
+        if days < 1:
+            raise RetentionError(f"OPTIBID_RETENTION_DAYS[bronze.{policy.table}] must be at least 1, not {days}")
+        out.append(LakeRetentionPolicy(policy.table, days, policy.column))
+    return out
+
+
+def archive_lake_uri(archive_uri: str, table: str) -> str:
+    return f"{archive_uri.rstrip('/')}/lake/bronze/{table}"
+
+
+def _rows_digest(data: pa.Table) -> str:
+    keys = [(c, "ascending") for c in ("_topic", "_partition", "_offset_epoch", "_offset") if c in data.column_names]
+    ordered = data.sort_by(keys) if keys else data
+    return hashlib.sha256(repr(ordered.to_pylist()).encode()).hexdigest()
+
+
+def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy, now: datetime) -> DayOutcome:
+    """Move the rows of `bronze.<policy.table>` older than its retention to the cold tier (see the class doc).
+
+    The archive commit carries the hot version it was read from as an app transaction, so a pass that died
+    between archiving and deleting does not archive the same rows twice the next night. The Kafka offsets kept
+    in the hot table's log are untouched: deleting rows changes no app transaction.
+    """
+    from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+    from deltalake.exceptions import TableNotFoundError
+
+    cutoff = now - timedelta(days=policy.hot_days)
+    name = f"bronze.{policy.table}"
+    table = lake.table("bronze", policy.table)
+    if table is None:
+        return DayOutcome(name, cutoff.date(), "archive", 0)
+    version = table.version()
+    column = pc.field(policy.column)
+    old = table.to_pyarrow_dataset().to_table(filter=column < pa.scalar(cutoff, pa.timestamp("us", tz="UTC")))
+    if old.num_rows == 0:
+        return DayOutcome(name, cutoff.date(), "archive", 0)
+    uri = archive_lake_uri(archive_uri, policy.table)
+    app_id = f"retention-{policy.table}"
+    try:
+        archived = DeltaTable(uri, storage_options=lake.storage_options or None)
+        done = archived.transaction_version(app_id)
+    except TableNotFoundError:
+        done = None
+    batch = old.append_column(ARCHIVE_VERSION_COLUMN, pa.array([version] * old.num_rows, pa.int64()))
+    if done != version:
+        write_deltalake(
+            uri,
+            batch,
+            mode="append",
+            storage_options=lake.storage_options or None,
+            writer_properties=WriterProperties(compression="ZSTD"),
+            commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
+        )
+    readback = DeltaTable(uri, storage_options=lake.storage_options or None).to_pyarrow_dataset()
+    mine = readback.to_table(filter=pc.field(ARCHIVE_VERSION_COLUMN) == version).drop_columns([ARCHIVE_VERSION_COLUMN])
+    if mine.num_rows != old.num_rows or _rows_digest(mine.select(old.column_names)) != _rows_digest(old):
+        raise RetentionError(f"{name}: the archive of {old.num_rows} rows does not match them; nothing deleted")
+    table = lake.table("bronze", policy.table)
+    assert table is not None
+    metrics = table.delete(f"{policy.column} < '{cutoff.isoformat()}'")
+    if int(metrics.get("num_deleted_rows", 0)) != old.num_rows:
+        raise RetentionError(
+            f"{name}: deleted {metrics.get('num_deleted_rows')} rows, archived {old.num_rows} (all are in the archive)"
+        )
+    return DayOutcome(name, cutoff.date(), "archive", old.num_rows, uri)
+
+
+def read_archived_lake_rows(lake: Lake, archive_uri: str, table: str) -> pa.Table | None:
+    """Every archived row of `bronze.<table>` (without the archive's bookkeeping column); None when none."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        archived = DeltaTable(archive_lake_uri(archive_uri, table), storage_options=lake.storage_options or None)
+    except TableNotFoundError:
+        return None
+    return archived.to_pyarrow_table().drop_columns([ARCHIVE_VERSION_COLUMN])

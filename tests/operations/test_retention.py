@@ -29,13 +29,16 @@ TODAY = date(2026, 12, 6)
 OLD = [TODAY - timedelta(days=800 + i) for i in range(3)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def warehouse(database_url: str) -> Iterator[str]:
+    """One migrated database for the module (a migration per test would double its time); `_seed` empties the
+    tables the tests write."""
     yield from private_database(database_url, f"optibid_retention_{os.getpid()}")
 
 
 def _seed(url: str) -> None:
     with db.connect(url) as conn:
+        conn.execute("TRUNCATE silver.market__prices, ops.audit_log, ops.login_attempts, ops.archived_partitions")
         for day in [*OLD, TODAY - timedelta(days=1)]:
             for hour in range(24):
                 ts = datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
@@ -147,14 +150,18 @@ def test_the_retention_asset_records_what_it_archived_and_pruned(
     import dagster as dg
 
     from assets.operations import retention
-    from assets.shared.resources import WarehouseResource
+    from assets.shared.resources import LakeResource, WarehouseResource
     from infra.settings import get_settings
 
     _seed(warehouse)
     monkeypatch.setenv("OPTIBID_ARCHIVE_URI", str(tmp_path / "cold"))
     get_settings.cache_clear()
     try:
-        result = dg.materialize([retention], resources={"warehouse": WarehouseResource(database_url=warehouse)})
+        resources = {
+            "warehouse": WarehouseResource(database_url=warehouse),
+            "lake": LakeResource(lake_uri=str(tmp_path / "lake")),
+        }
+        result = dg.materialize([retention], resources=resources)
     finally:
         get_settings.cache_clear()
     [mat] = result.asset_materializations_for_node("ops__retention")
@@ -196,3 +203,40 @@ def test_the_api_serves_archived_audit_entries_as_it_served_them_hot(
         assert cold.status_code == 200
         assert cold.content == hot.content
         assert all(e["org_id"] == "acme" for e in cold.json())
+
+
+def test_old_dead_letters_move_to_the_cold_lake_and_the_offsets_stay(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from infra.lake import Lake
+    from infra.retention import LakeRetentionPolicy, archive_lake_rows, read_archived_lake_rows
+    from ingestion.cdc.decode import DEAD_LETTER_SCHEMA
+    from ingestion.cdc.delta import BronzeTables
+
+    lake = Lake(str(tmp_path / "lake"))
+    writer = BronzeTables(lake)
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    for age, offset in ((45, 0), (40, 1), (3, 2)):
+        row = {f.name: None for f in DEAD_LETTER_SCHEMA}
+        row |= {"reason_code": "bad_json", "value_b64": "e25vdA==", "_topic": "t.public.bids", "_partition": 0}
+        row |= {"_offset": offset, "_offset_epoch": 0, "_ingested_at": now - timedelta(days=age)}
+        writer.append(
+            "cdc__dead_letters",
+            pa.Table.from_pylist([row], schema=DEAD_LETTER_SCHEMA),
+            topic_offsets={("t.public.bids", 0): offset},
+        )
+    hot_before = lake.table("bronze", "cdc__dead_letters").to_pyarrow_table()
+    archive = str(tmp_path / "cold")
+    policy = LakeRetentionPolicy("cdc__dead_letters", 30)
+
+    outcome = archive_lake_rows(lake, archive, policy, now)
+    assert outcome.rows == 2
+    hot = lake.table("bronze", "cdc__dead_letters")
+    assert hot.to_pyarrow_table().column("_offset").to_pylist() == [2]
+    assert hot.transaction_version("t.public.bids-0") == 2  # the consumer's position is untouched
+    cold = read_archived_lake_rows(lake, archive, "cdc__dead_letters")
+    together = pa.concat_tables([cold.select(hot_before.column_names), hot.to_pyarrow_table()])
+    assert together.sort_by("_offset").equals(hot_before.sort_by("_offset"))
+    # a second pass finds nothing more to move, and does not archive twice
+    assert archive_lake_rows(lake, archive, policy, now).rows == 0
+    assert read_archived_lake_rows(lake, archive, "cdc__dead_letters").num_rows == 2
