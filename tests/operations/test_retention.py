@@ -4,15 +4,18 @@ with one call; login attempts are pruned while the audit log is archived only af
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from infra import db
+from infra.lake import Lake
 from infra.retention import (
     RetentionError,
     apply_retention,
@@ -204,27 +207,48 @@ def test_the_api_serves_archived_audit_entries_as_it_served_them_hot(
         assert cold.content == hot.content
         assert all(e["org_id"] == "acme" for e in cold.json())
 
+        # dead letters: the same answer, whole or in pages, once the old ones live in the cold lake
+        _dead_letters(Lake(settings.resolved_lake_uri), datetime.now(UTC))
+        letters = ["/api/v1/ingestion/dead-letters", "/api/v1/ingestion/dead-letters?limit=1"]
+        before = {path: client.get(path, headers=headers).content for path in letters}
+        assert b'"count":3' in before[letters[0]]
+        lake_outcomes = apply_retention(
+            warehouse, settings, datetime.now(UTC).date(), lake=Lake(settings.resolved_lake_uri)
+        )
+        assert [o.rows for o in lake_outcomes if o.table == "bronze.cdc__dead_letters"] == [2]
+        assert {path: client.get(path, headers=headers).content for path in letters} == before
+        older = client.get(
+            "/api/v1/ingestion/dead-letters",
+            params={"limit": 1, "cursor": json.loads(before[letters[1]])["next_cursor"]},
+            headers=headers,
+        )
+        assert older.json()["count"] == 1 and older.json()["data"][0]["offset"] == 1
 
-def test_old_dead_letters_move_to_the_cold_lake_and_the_offsets_stay(tmp_path: Path) -> None:
-    import pyarrow as pa
 
-    from infra.lake import Lake
-    from infra.retention import LakeRetentionPolicy, archive_lake_rows, read_archived_lake_rows
+def _dead_letters(lake: Lake, now: datetime, topic: str = "optibid.market.ticks") -> None:
+    """Three dead letters of `topic`, ingested 45, 40 and 3 days before `now`, through the consumer's writer."""
     from ingestion.cdc.decode import DEAD_LETTER_SCHEMA
     from ingestion.cdc.delta import BronzeTables
 
-    lake = Lake(str(tmp_path / "lake"))
     writer = BronzeTables(lake)
-    now = datetime(2026, 12, 6, tzinfo=UTC)
     for age, offset in ((45, 0), (40, 1), (3, 2)):
         row = {f.name: None for f in DEAD_LETTER_SCHEMA}
-        row |= {"reason_code": "bad_json", "value_b64": "e25vdA==", "_topic": "t.public.bids", "_partition": 0}
+        row |= {"target_table": "ticks__prices", "reason_code": "bad_json", "reason": "not JSON", "key_b64": "aw=="}
+        row |= {"value_b64": "e25vdA==", "_topic": topic, "_partition": 0, "_batch_id": f"b{offset}"}
         row |= {"_offset": offset, "_offset_epoch": 0, "_ingested_at": now - timedelta(days=age)}
         writer.append(
             "cdc__dead_letters",
             pa.Table.from_pylist([row], schema=DEAD_LETTER_SCHEMA),
-            topic_offsets={("t.public.bids", 0): offset},
+            topic_offsets={(topic, 0): offset},
         )
+
+
+def test_old_dead_letters_move_to_the_cold_lake_and_the_offsets_stay(tmp_path: Path) -> None:
+    from infra.retention import LakeRetentionPolicy, archive_lake_rows, read_archived_lake_rows
+
+    lake = Lake(str(tmp_path / "lake"))
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    _dead_letters(lake, now, "t.public.bids")
     hot_before = lake.table("bronze", "cdc__dead_letters").to_pyarrow_table()
     archive = str(tmp_path / "cold")
     policy = LakeRetentionPolicy("cdc__dead_letters", 30)
