@@ -74,7 +74,9 @@ def _count(url: str, query: str) -> int:
         return conn.execute(query).fetchone()[0]
 
 
-def test_old_days_move_to_the_cold_tier_and_read_back_value_for_value(warehouse: str, tmp_path: Path) -> None:
+def test_old_days_move_to_the_cold_tier_and_read_back_value_for_value(
+    warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _seed(warehouse)
     settings = _settings(tmp_path)
     window = (min(OLD), TODAY)
@@ -114,9 +116,16 @@ def test_old_days_move_to_the_cold_tier_and_read_back_value_for_value(warehouse:
 
     # one command brings a day back, exactly as it was
     from app.cli import app
+    from infra.settings import get_settings
 
-    env = {"OPTIBID_DATABASE_URL": warehouse, "OPTIBID_ARCHIVE_URI": settings.resolved_archive_uri}
-    result = CliRunner().invoke(app, ["archive", "restore", "silver.market__prices", OLD[0].isoformat()], env=env)
+    monkeypatch.setenv("OPTIBID_DATABASE_URL", warehouse)
+    monkeypatch.setenv("OPTIBID_ARCHIVE_URI", settings.resolved_archive_uri)
+    get_settings.cache_clear()  # the CLI reads the process-wide settings
+    try:
+        result = CliRunner().invoke(app, ["archive", "restore", "silver.market__prices", OLD[0].isoformat()])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert "24 rows" in result.output
     assert (
