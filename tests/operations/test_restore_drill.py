@@ -123,7 +123,7 @@ def test_destroy_the_home_restore_it_and_serve_the_same_answers(
         assert _drain(lake_a, client_config, topics) == len(before)
         uploads = [_upload_day(first, url_a, lake_a, date(2026, 11, 2))]
         at_backup = _api_answers(first, url_a, uploads, topics)
-        assert f'"upload_id":{uploads[0]}'.encode() in at_backup["/api/v1/uploads?limit=100"]
+        assert f'"id":{uploads[0]},"org_id":"acme"'.encode() in at_backup["/api/v1/uploads?limit=100"]
 
         backup = create_backup(first, url_a, lake_a)
         print(
