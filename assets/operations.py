@@ -103,7 +103,8 @@ def lake_maintenance(context: dg.AssetExecutionContext, lake: LakeResource) -> d
     key=BACKUP,
     group_name=GROUP,
     kinds={"postgres", "delta"},
-    automation_condition=nightly(get_settings().backup_cron),
+    # Without a key there is nothing to encrypt with: no nightly run (and no freshness alert) until one is set.
+    automation_condition=nightly(get_settings().backup_cron) if get_settings().backup_key else None,
     description="Nightly encrypted backup (OPTIBID_BACKUP_KEY) of the warehouse, the Dagster instance, the home's "
     "keys and the lake into OPTIBID_BACKUP_DIR, verified before it is published; keeps OPTIBID_BACKUP_KEEP.",
 )
