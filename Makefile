@@ -40,10 +40,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
-# Scale-out paths with several processes each (e.g. CDC consumers taking over a killed member's partitions):
-# too slow for `make test`'s budget, run right after it by .ci/run.
+# Tests marked `scale`, too slow for `make test`'s budget (minutes each on two cores): scale-out paths as separate
+# processes (Spark cluster and Connect, S3, Dagster services, CDC consumer processes) and the restore drill.
+# .ci/run calls it after `make test`.
 test-scale: install
-	$(BIN)/python -m pytest -m scale --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
+	$(BIN)/python -m pytest -m scale tests --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 # The platform running itself (daemon, API, follow consumer) on the test services, bounded by the issue's
 # 5 minutes (OPTIBID_SOAK_SECONDS=300); not yet within it on two cores, so it is not part of `make test`.

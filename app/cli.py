@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app import operations_cli
 from infra.lake import LakeError
 from infra.services import ServiceError
 from infra.settings import Settings, get_settings
@@ -266,6 +267,8 @@ app.add_typer(serving_api_cli.orgs_app, name="orgs", help="Organizations.")
 app.add_typer(serving_api_cli.users_app, name="users", help="Users and their roles.")
 app.add_typer(serving_api_cli.keys_app, name="apikeys", help="API keys.")
 app.add_typer(serving_api_cli.auth_app, name="auth", help="Access-token signing keys.")
+app.add_typer(operations_cli.backup_app, name="backup", help="Encrypted backups and restores.")
+app.add_typer(operations_cli.archive_app, name="archive", help="Archived days: list, restore to hot, run retention.")
 
 
 if __name__ == "__main__":

@@ -335,7 +335,73 @@ class Settings(BaseSettings):
         default=10.0, gt=0, validation_alias="OPTIBID_ALERT_DELIVERY_TIMEOUT_SECONDS"
     )
 
+    # --- operations: lake maintenance, backups, retention (docs/operations.md) -------------------
+    lake_time_travel_hours: int = Field(
+        default=7 * 24,
+        ge=24,
+        validation_alias="OPTIBID_LAKE_TIME_TRAVEL_HOURS",
+        description="Every lake version of the last N hours stays readable: vacuum removes only files older.",
+    )
+    lake_maintenance_cron: str = Field(
+        default="0 2 * * *",
+        validation_alias="OPTIBID_LAKE_MAINTENANCE_CRON",
+        description="When the automation compacts, checkpoints and vacuums the bronze tables (partition timezone).",
+    )
+    backup_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="OPTIBID_BACKUP_KEY",
+        description="Secret the backups are encrypted with (any string of 16+ characters; keep it outside the "
+        "home). Unset: no backups are taken.",
+    )
+    backup_dir: Path | None = Field(
+        default=None,
+        validation_alias="OPTIBID_BACKUP_DIR",
+        description="Where backups are written; default <home>/backups (put it on another disk in production).",
+    )
+    backup_cron: str = Field(
+        default="30 3 * * *",
+        validation_alias="OPTIBID_BACKUP_CRON",
+        description="When the automation takes a backup (partition timezone).",
+    )
+    backup_max_age_hours: float = Field(
+        default=26.0,
+        gt=0,
+        validation_alias="OPTIBID_BACKUP_MAX_AGE_HOURS",
+        description="Age of the newest verified backup above which the backup-freshness alert opens.",
+    )
+    backup_keep: int = Field(
+        default=14,
+        ge=1,
+        validation_alias="OPTIBID_BACKUP_KEEP",
+        description="Backups kept; older ones are deleted after each new backup has been verified.",
+    )
+
+    archive_uri: str | None = Field(
+        default=None,
+        validation_alias="OPTIBID_ARCHIVE_URI",
+        description="Cold tier for archived days (local folder or s3://bucket/prefix); default <home>/archive.",
+    )
+    retention_days: dict[str, int] = Field(
+        default_factory=dict,
+        validation_alias="OPTIBID_RETENTION_DAYS",
+        description="JSON object overriding the days each table stays hot, e.g. {\"silver.market__prices\": 365}; "
+        "the defaults and what happens after are in infra/retention.py (RETENTION_POLICIES).",
+    )
+    retention_cron: str = Field(
+        default="30 4 * * *",
+        validation_alias="OPTIBID_RETENTION_CRON",
+        description="When the automation archives and prunes what is past its retention (partition timezone).",
+    )
+
     # --- derived paths --------------------------------------------------------------------------
+    @property
+    def resolved_archive_uri(self) -> str:
+        return self.archive_uri or str(self.home_dir / "archive")
+
+    @property
+    def resolved_backup_dir(self) -> Path:
+        return (self.backup_dir or self.home_dir / "backups").resolve()
+
     @property
     def home_dir(self) -> Path:
         return self.home.resolve()

@@ -15,6 +15,8 @@ that failed to reach a channel is retried on the next tick of any of them.
 - `alert_on_missed_freshness`: reads the freshness state of every asset with a freshness policy. The state is
   computed by the Dagster daemon's freshness daemon (on by default, every 30 s), so this needs
   `dagster-daemon` (or `dg dev`) running; WARN/FAIL open an alert, PASS resolves it.
+- `alert_on_stale_backup`: opens a `freshness` alert when backups are configured (`OPTIBID_BACKUP_KEY`) and
+  the newest one is older than `OPTIBID_BACKUP_MAX_AGE_HOURS` or missing; resolves when a fresh one exists.
 - `alert_on_anomalies`: new rows of `gold.anomalies` for recent market days open one alert per zone and day;
   it resolves when a re-run no longer flags that day, or once the day leaves the alerting window.
 """
@@ -315,10 +317,29 @@ def alert_on_anomalies(context: dg.SensorEvaluationContext, warehouse: Warehouse
     return dg.SkipReason(f"{opened} zone-days with new anomalies; {report.delivered} notices delivered")
 
 
+# --- backups ---------------------------------------------------------------------------------------------
+
+
+@dg.sensor(
+    name="alert_on_stale_backup",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Opens an alert when the newest backup is older than OPTIBID_BACKUP_MAX_AGE_HOURS (or missing).",
+)
+def alert_on_stale_backup(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SkipReason:
+    from infra.backup import check_backup_freshness
+
+    with warehouse.connect() as conn:
+        found = check_backup_freshness(conn, get_settings())
+    report = _deliver(warehouse)
+    return dg.SkipReason(f"{found}; {report.delivered} notices delivered")
+
+
 ALERT_SENSORS: list[dg.SensorDefinition] = [
     alert_on_run_failure,
     resolve_on_run_success,
     alert_on_check_evaluations,
     alert_on_missed_freshness,
     alert_on_anomalies,
+    alert_on_stale_backup,
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import exports, forecasting, gold, optimization, reference, silver
+from assets import exports, forecasting, gold, operations, optimization, reference, silver
 from assets.bronze import cdc as bronze_cdc
 from assets.bronze import files as bronze_files
 from assets.shared.resources import resources_from_settings
@@ -25,6 +25,7 @@ DOMAIN_DEFINITIONS: list[dg.Definitions] = [
     forecasting.defs,
     optimization.defs,
     exports.defs,
+    operations.defs,
 ]
 
 defs = dg.Definitions.merge(

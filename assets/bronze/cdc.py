@@ -29,6 +29,7 @@ from assets.shared.expectation_checks import (
     delta_version,
 )
 from assets.shared.resources import BrokerResource, LakeResource, WarehouseResource
+from infra.lake_maintenance import only_maintenance_since
 from infra.settings import get_settings
 from ingestion.cdc import CdcConsumer, IngestStats, dead_letters, default_topics, lag_by_topic, route_for
 from ingestion.cdc.ownership import follow_mode_active
@@ -295,6 +296,9 @@ def bronze_cdc_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeRes
         previous = commits.recorded
         max_wait = TICKS_MAX_WAIT_SECONDS if topic == TICKS_TOPIC else TRADING_MAX_WAIT_SECONDS
         if not commits.observe(delta.version(), now, max_wait):
+            continue
+        # Compaction and vacuum add no rows: nothing for silver to rebuild.
+        if previous >= 0 and only_maintenance_since(delta, previous):
             continue
         # A drain run's commit is recorded by the run itself.
         committed_at = delta.history(1)[0]["timestamp"] / 1000

@@ -18,6 +18,8 @@ are one backfill, which the assets' single-run backfill policy turns into one Sp
   at most once an hour; optimizations follow a new forecast at once.
 - Unpartitioned assets run when a parent updates (`eager`), or once when they were never built.
 - The weekly ML assets run after Monday's cron tick once gold has updated since.
+- Operations (lake maintenance, backups, retention) run once after each tick of their own cron, whatever
+  their parents did (`nightly`).
 
 Asset checks own no condition: Dagster then runs them in every run (and backfill) of their asset, where
 blocking checks stop the downstream assets of the same run. A condition of their own would take them out
@@ -225,6 +227,17 @@ def day_ahead(follow: dg.AssetSelection | None = None) -> dg.AutomationCondition
 def weekly() -> dg.AutomationCondition:
     """Monday 03:00 (partition timezone), once gold has updated since the tick."""
     return AC.on_cron(WEEKLY_CRON, _settings_timezone()) & ~AC.in_progress()
+
+
+def nightly(cron: str) -> dg.AutomationCondition:
+    """Once after each tick of `cron` (partition timezone), not while a run of it is under way.
+
+    Not `on_cron`, which also waits for every parent to update after the tick: maintenance and backups are
+    due even on a night when some bronze table received nothing. Not on first start either: a platform
+    catching up has better things to do with its two cores than compact what it has just written.
+    """
+    tick = AC.cron_tick_passed(cron, _settings_timezone()).since_last_handled()
+    return (tick & ~AC.in_progress()).with_label(f"nightly {cron}")
 
 
 # --- freshness ---------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -19,8 +21,7 @@ from serving_api.security import Permission
 router = APIRouter(tags=["admin"], responses=error_responses(*STANDARD_ERRORS))
 Admin = Annotated[OrgSession, Depends(scoped(Permission.admin))]
 _KEY_COLUMNS = (
-    "key_id, org_id, name, prefix, role, rate_limit_per_minute, created_at, expires_at, revoked_at,"
-    " last_used_at"
+    "key_id, org_id, name, prefix, role, rate_limit_per_minute, created_at, expires_at, revoked_at, last_used_at"
 )
 
 
@@ -32,9 +33,7 @@ async def list_users(session: Admin):
     )
 
 
-@router.post(
-    "/users", response_model=UserOut, status_code=201, summary="Create a user", responses=error_responses(409)
-)
+@router.post("/users", response_model=UserOut, status_code=201, summary="Create a user", responses=error_responses(409))
 async def create_user(session: Admin, body: UserCreate):
     try:
         password_hash = security.hash_password(body.password)
@@ -45,8 +44,7 @@ async def create_user(session: Admin, body: UserCreate):
     try:
         async with conn.transaction():
             await conn.execute(
-                "INSERT INTO ops.users (user_id, org_id, email, role, password_hash)"
-                " VALUES (%s, %s, %s, %s, %s)",
+                "INSERT INTO ops.users (user_id, org_id, email, role, password_hash) VALUES (%s, %s, %s, %s, %s)",
                 (user_id, session.principal.org_id, body.email.lower(), body.role, password_hash),
             )
     except pg_errors.UniqueViolation as exc:
@@ -118,15 +116,12 @@ async def revoke_api_key(session: Admin, key_id: Annotated[str, Path(pattern=r"^
     conn = await session.conn()
     rows = await repository.rows_of(
         conn,
-        f"UPDATE ops.api_keys SET revoked_at = coalesce(revoked_at, now())"
-        f" WHERE key_id = %s RETURNING {_KEY_COLUMNS}",
+        f"UPDATE ops.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s RETURNING {_KEY_COLUMNS}",
         (key_id,),
     )
     if not rows:
         raise ApiError(404, "not_found", "no such API key in your organization")
-    await conn.execute(
-        "SELECT pg_notify(%s, %s)", (AUTH_CHANNEL, json.dumps({"api_key_prefix": rows[0]["prefix"]}))
-    )
+    await conn.execute("SELECT pg_notify(%s, %s)", (AUTH_CHANNEL, json.dumps({"api_key_prefix": rows[0]["prefix"]})))
     session.state.api_keys.pop(rows[0]["prefix"], None)
     await repository.audit(conn, session.principal.org_id, session.principal.actor, "api_key.revoke", key_id)
     return rows[0]
@@ -134,8 +129,29 @@ async def revoke_api_key(session: Admin, key_id: Annotated[str, Path(pattern=r"^
 
 @router.get("/audit", response_model=list[AuditEntry], summary="Audit log of the organization (newest first)")
 async def audit_log(session: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
-    return await repository.rows_of(
-        await session.conn(),
+    conn = await session.conn()
+    rows = await repository.rows_of(
+        conn,
         "SELECT id, at, org_id, actor, action, target, details FROM ops.audit_log ORDER BY id DESC LIMIT %s",
         (limit,),
     )
+    if len(rows) < limit:
+        # Entries past the hot retention live in the cold tier (infra/retention.py): older than every hot one.
+        days = [
+            date.fromisoformat(r["day"])
+            for r in await repository.rows_of(
+                conn,
+                "SELECT day FROM ops.archived_partitions WHERE table_name = 'ops.audit_log' AND restored_at IS NULL",
+            )
+        ]
+        if days:
+            from infra.retention import archived_audit_entries
+
+            rows += await asyncio.to_thread(
+                archived_audit_entries,
+                session.state.settings.resolved_archive_uri,
+                days,
+                session.principal.org_id,
+                limit - len(rows),
+            )
+    return rows

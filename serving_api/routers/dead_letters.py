@@ -17,10 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from infra.lake import lake_from_settings
+from infra.lake import Lake, lake_from_settings
+from infra.retention import read_archived_lake_rows
 from ingestion.cdc import dead_letters, route_for
 from serving_api.deps import Principal, api_state, authenticate
 from serving_api.errors import STANDARD_ERRORS, ApiError, error_responses
@@ -50,9 +53,7 @@ class DeadLetter(BaseModel):
 
 class DeadLetterPage(Page):
     data: list[DeadLetter]
-    withheld: int = Field(
-        description="Letters in the selection whose organization cannot be determined (not served)."
-    )
+    withheld: int = Field(description="Letters in the selection whose organization cannot be determined (not served).")
 
 
 def _image_org(value_b64: str | None) -> tuple[bool, str | None]:
@@ -96,6 +97,30 @@ def _sort_key(d: dict[str, Any]) -> tuple:
         d["partition"],
         d["offset"],
     )
+
+
+ARCHIVED_LETTERS_TABLE = "cdc__dead_letters"  # the bronze table ingestion.cdc writes dead letters to
+
+
+def _with_archived(
+    lake: Lake, archive_uri: str, frame: pd.DataFrame, since: datetime | None, topic: str | None
+) -> pd.DataFrame:
+    """`frame` (hot letters, newest first) followed by the letters retention moved to the cold tier
+    (infra/retention.py), filtered and ordered the same way: all of them are older than every hot one."""
+    archived = read_archived_lake_rows(lake, archive_uri, ARCHIVED_LETTERS_TABLE)
+    if archived is None or archived.num_rows == 0:
+        return frame
+    if since is not None:
+        archived = archived.filter(
+            pc.greater_equal(archived["_ingested_at"], pa.scalar(since, archived["_ingested_at"].type))
+        )
+    if topic is not None:
+        archived = archived.filter(pc.equal(archived["_topic"], topic))
+    archived = archived.sort_by([("_ingested_at", "descending"), ("_topic", "ascending"), ("_offset", "ascending")])
+    cold = archived.to_pandas()
+    if frame.empty:
+        return cold
+    return pd.concat([frame, cold[list(frame.columns)]], ignore_index=True)
 
 
 def _visible_letters(frame: pd.DataFrame, org_id: str) -> tuple[list[dict[str, Any]], int]:
@@ -144,15 +169,15 @@ async def cdc_dead_letters(
     ] = None,
 ):
     if principal.role not in _ROLES:
-        raise ApiError(
-            403, "forbidden", f"role '{principal.role}' may not read dead letters (admin, analyst)"
-        )
+        raise ApiError(403, "forbidden", f"role '{principal.role}' may not read dead letters (admin, analyst)")
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     after = decode_cursor(cursor, ["timestamptz", "text", "integer", "bigint"]) if cursor else None
     lake = lake_from_settings(api_state(request).settings)
     try:
         frame = await asyncio.to_thread(dead_letters, lake, since, topic)
+        archive_uri = api_state(request).settings.resolved_archive_uri
+        frame = await asyncio.to_thread(_with_archived, lake, archive_uri, frame, since, topic)
     except (ValueError, OverflowError) as exc:
         raise ApiError(400, "bad_request", f"since: {exc}") from None
     rows, withheld = _visible_letters(frame, principal.org_id)

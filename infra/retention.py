@@ -1,0 +1,468 @@
+"""Retention: how long each warehouse table's days stay hot, moving older days to the cold tier (compressed
+Parquet under `OPTIBID_ARCHIVE_URI`), reading archived days back, restoring a day to hot, and pruning the
+operational tables that need no archive.
+
+What belongs here: the policies and their defaults, archiving and restoring one day of one table, the
+combined hot + cold read, and the nightly pass (`apply_retention`) the `ops/retention` asset runs. Lake
+maintenance (Delta files) is `infra.lake_maintenance`; backups are `infra.backup`.
+
+Safety: a day is archived inside one REPEATABLE READ transaction: its rows are read, written to Parquet, the
+Parquet file is read back into a temporary copy of the table whose row count and checksum (md5 of the rows'
+text, as Postgres prints them) must equal the hot rows', and only then are exactly those rows deleted and the
+day recorded in `ops.archived_partitions`. Anything else rolls back and leaves the hot rows where they were.
+Rows written to that day by someone else meanwhile are not in the snapshot, so they are neither archived nor
+deleted: they stay hot, and the day's next pass archives them.
+
+Cold reads: `read_days` returns a table's rows for a range of days from hot storage and the archive alike,
+value for value what the hot table held (the tests compare them). The API serves archived audit entries and
+dead letters as it served them hot; its generic market-data reads and the BI views read hot days only
+(docs/operations.md says how to bring a day back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from infra.lake import Lake
+from infra.settings import Settings
+
+Action = Literal["archive", "prune"]
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """`table`'s rows whose day (`day_sql`, an expression over the row) is older than `hot_days` are archived
+    then deleted (`archive`) or deleted (`prune`, for rows nobody needs once old)."""
+
+    table: str
+    day_sql: str
+    hot_days: int
+    action: Action
+
+
+UTC_DAY_OF_AT = "(at AT TIME ZONE 'UTC')::date"
+# Sane defaults: market history stays hot for two years (backtests read 2 years), the audit log for its
+# compliance period (400 days: a year plus the audit's own quarter), login attempts for the throttle's and
+# an investigation's needs.
+RETENTION_POLICIES: tuple[RetentionPolicy, ...] = (
+    RetentionPolicy("silver.market__prices", "market_date", 730, "archive"),
+    RetentionPolicy("silver.market__load", "market_date", 730, "archive"),
+    RetentionPolicy("silver.market__generation", "market_date", 730, "archive"),
+    RetentionPolicy("silver.market__weather", "market_date", 730, "archive"),
+    RetentionPolicy("ops.audit_log", UTC_DAY_OF_AT, 400, "archive"),
+    RetentionPolicy("ops.login_attempts", UTC_DAY_OF_AT, 30, "prune"),
+)
+
+
+class RetentionError(RuntimeError):
+    """An archive did not verify, or a day cannot be restored; nothing was deleted."""
+
+
+def policies(settings: Settings) -> list[RetentionPolicy]:
+    """The default policies with `OPTIBID_RETENTION_DAYS` overrides applied (unknown table names refused)."""
+    known = {p.table: p for p in RETENTION_POLICIES}
+    lake_known = {f"bronze.{p.table}" for p in LAKE_RETENTION_POLICIES}
+    unknown = sorted(set(settings.retention_days) - set(known) - lake_known)
+    if unknown:
+        raise RetentionError(f"OPTIBID_RETENTION_DAYS names tables without a policy: {', '.join(unknown)}")
+    out = []
+    for policy in RETENTION_POLICIES:
+        days = settings.retention_days.get(policy.table, policy.hot_days)
+        if days < 1:
+            raise RetentionError(f"OPTIBID_RETENTION_DAYS[{policy.table}] must be at least 1, not {days}")
+        out.append(RetentionPolicy(policy.table, policy.day_sql, days, policy.action))
+    return out
+
+
+def policy_for(settings: Settings, table: str) -> RetentionPolicy:
+    for policy in policies(settings):
+        if policy.table == table:
+            return policy
+    raise RetentionError(f"no retention policy for {table}")
+
+
+# --- table shapes -------------------------------------------------------------------------------------------
+
+_ARROW_TYPES = {
+    "int2": pa.int16(),
+    "int4": pa.int32(),
+    "int8": pa.int64(),
+    "float4": pa.float32(),
+    "float8": pa.float64(),
+    "bool": pa.bool_(),
+    "text": pa.string(),
+    "varchar": pa.string(),
+    "date": pa.date32(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "timestamp": pa.timestamp("us"),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    udt: str
+    sql_type: str
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return _ARROW_TYPES.get(self.udt, pa.string())
+
+    @property
+    def as_text(self) -> bool:
+        """Carried as its text form (jsonb, numeric, arrays, ...): exact, and cast back on restore."""
+        return self.udt not in _ARROW_TYPES
+
+
+def _split(table: str) -> tuple[str, str]:
+    schema, name = table.split(".", 1)
+    return schema, name
+
+
+def table_columns(conn: psycopg.Connection, table: str) -> list[Column]:
+    schema, name = _split(table)
+    rows = conn.execute(
+        """SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod)
+           FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+           WHERE a.attrelid = (quote_ident(%s) || '.' || quote_ident(%s))::regclass AND a.attnum > 0
+             AND NOT a.attisdropped ORDER BY a.attnum""",
+        (schema, name),
+    ).fetchall()
+    if not rows:
+        raise RetentionError(f"table {table} does not exist")
+    return [Column(n, u, s) for n, u, s in rows]
+
+
+def _select_list(columns: Sequence[Column]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("{}::text").format(sql.Identifier(c.name)) if c.as_text else sql.Identifier(c.name) for c in columns
+    )
+
+
+def _arrow_schema(columns: Sequence[Column]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in columns])
+
+
+def _day_rows(conn: psycopg.Connection, table: str, columns: Sequence[Column], day_sql: str, day: date) -> pa.Table:
+    schema, name = _split(table)
+    query = sql.SQL("SELECT {cols} FROM {table} t WHERE {day} = %s ORDER BY t::text").format(
+        cols=_select_list(columns), table=sql.Identifier(schema, name), day=sql.SQL(day_sql)
+    )
+    rows = conn.execute(query, (day,)).fetchall()
+    arrays = [pa.array([r[i] for r in rows], type=c.arrow_type) for i, c in enumerate(columns)]
+    return pa.Table.from_arrays(arrays, schema=_arrow_schema(columns))
+
+
+def _checksum(
+    conn: psycopg.Connection, relation: sql.Composable, where: sql.Composable, params: tuple
+) -> tuple[int, str]:
+    query = sql.SQL(
+        "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {rel} t WHERE {where}"
+    ).format(rel=relation, where=where)
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def _insert(conn: psycopg.Connection, relation: sql.Composable, columns: Sequence[Column], data: pa.Table) -> None:
+    if data.num_rows == 0:
+        return
+    placeholders = sql.SQL(", ").join(
+        sql.SQL("%s::{}").format(sql.SQL(c.sql_type)) if c.as_text else sql.SQL("%s") for c in columns
+    )
+    statement = sql.SQL("INSERT INTO {rel} ({cols}) VALUES ({values})").format(
+        rel=relation, cols=sql.SQL(", ").join(sql.Identifier(c.name) for c in columns), values=placeholders
+    )
+    rows = list(zip(*(data.column(c.name).to_pylist() for c in columns), strict=True))
+    with conn.cursor() as cur:
+        cur.executemany(statement, rows)
+
+
+# --- the cold tier ----------------------------------------------------------------------------------------------
+
+
+def _archive_path(archive_uri: str, table: str, day: date) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, path, URI) of a table's day in the archive."""
+    uri = f"{archive_uri.rstrip('/')}/warehouse/{table}/day={day.isoformat()}.parquet"
+    if "://" not in archive_uri:
+        return pafs.LocalFileSystem(), uri, uri
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path, uri
+
+
+def _write_archive(archive_uri: str, table: str, day: date, data: pa.Table) -> tuple[str, str]:
+    fs, path, uri = _archive_path(archive_uri, table, day)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(data, path, filesystem=fs, compression="zstd", compression_level=9)
+    with fs.open_input_stream(path) as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return uri, digest
+
+
+def read_archive(archive_uri: str, table: str, day: date) -> pa.Table:
+    fs, path, _ = _archive_path(archive_uri, table, day)
+    return pq.read_table(path, filesystem=fs)
+
+
+# --- archive, restore, read --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DayOutcome:
+    table: str
+    day: date
+    action: Action
+    rows: int
+    archive_uri: str | None = None
+
+
+def archive_day(database_url: str, archive_uri: str, policy: RetentionPolicy, day: date) -> DayOutcome:
+    """Move `day` of `policy.table` to the archive, verified, in one transaction (see the module doc)."""
+    schema, name = _split(policy.table)
+    relation = sql.Identifier(schema, name)
+    where = sql.SQL("{} = %s").format(sql.SQL(policy.day_sql))
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        columns = table_columns(conn, policy.table)
+        hot_rows, hot_sum = _checksum(conn, relation, where, (day,))
+        if hot_rows == 0:
+            return DayOutcome(policy.table, day, policy.action, 0)
+        if policy.action == "prune":
+            deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(relation, where), (day,)).rowcount
+            return DayOutcome(policy.table, day, "prune", deleted)
+        data = _day_rows(conn, policy.table, columns, policy.day_sql, day)
+        uri, _ = _write_archive(archive_uri, policy.table, day, data)
+        # Read back what is on the cold tier and compare it with the hot rows through Postgres' own text form.
+        archived = read_archive(archive_uri, policy.table, day)
+        conn.execute(sql.SQL("CREATE TEMP TABLE archive_check (LIKE {}) ON COMMIT DROP").format(relation))
+        _insert(conn, sql.Identifier("archive_check"), columns, archived)
+        cold_rows, cold_sum = _checksum(conn, sql.Identifier("archive_check"), sql.SQL("TRUE"), ())
+        if (cold_rows, cold_sum) != (hot_rows, hot_sum):
+            raise RetentionError(
+                f"{policy.table} {day}: archive holds {cold_rows} rows ({cold_sum}), hot {hot_rows} ({hot_sum}); "
+                "nothing deleted"
+            )
+        deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(relation, where), (day,)).rowcount
+        if deleted != hot_rows:
+            raise RetentionError(f"{policy.table} {day}: {deleted} rows to delete, {hot_rows} archived; rolled back")
+        conn.execute(
+            """INSERT INTO ops.archived_partitions (table_name, day, row_count, checksum, archive_uri)
+               VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (table_name, day) DO UPDATE SET row_count = EXCLUDED.row_count,
+                   checksum = EXCLUDED.checksum, archive_uri = EXCLUDED.archive_uri, archived_at = now(),
+                   restored_at = NULL""",
+            (policy.table, day, hot_rows, hot_sum, uri),
+        )
+    return DayOutcome(policy.table, day, "archive", hot_rows, uri)
+
+
+def archived_days(conn: psycopg.Connection, table: str | None = None) -> list[tuple[str, date, int, str]]:
+    """(table, day, rows, archive URI) of every day currently in the cold tier."""
+    return conn.execute(
+        """SELECT table_name, day, row_count, archive_uri FROM ops.archived_partitions
+           WHERE restored_at IS NULL AND (%(t)s::text IS NULL OR table_name = %(t)s) ORDER BY 1, 2""",
+        {"t": table},
+    ).fetchall()
+
+
+def restore_day(database_url: str, archive_uri: str, table: str, day: date) -> int:
+    """Bring an archived day back into its hot table (checked against the recorded checksum); rows restored."""
+    schema, name = _split(table)
+    relation = sql.Identifier(schema, name)
+    with psycopg.connect(database_url) as conn:
+        record = conn.execute(
+            """SELECT row_count, checksum FROM ops.archived_partitions
+               WHERE table_name = %s AND day = %s AND restored_at IS NULL FOR UPDATE""",
+            (table, day),
+        ).fetchone()
+        if record is None:
+            raise RetentionError(f"{table} {day} is not in the archive")
+        columns = table_columns(conn, table)
+        data = read_archive(archive_uri, table, day)
+        conn.execute(sql.SQL("CREATE TEMP TABLE archive_check (LIKE {}) ON COMMIT DROP").format(relation))
+        _insert(conn, sql.Identifier("archive_check"), columns, data)
+        if _checksum(conn, sql.Identifier("archive_check"), sql.SQL("TRUE"), ()) != (record[0], record[1]):
+            raise RetentionError(f"{table} {day}: the archive no longer matches its recorded checksum")
+        _insert(conn, relation, columns, data)
+        conn.execute(
+            "UPDATE ops.archived_partitions SET restored_at = now() WHERE table_name = %s AND day = %s", (table, day)
+        )
+    return data.num_rows
+
+
+def read_days(database_url: str, archive_uri: str, table: str, start: date, end: date, day_sql: str) -> pa.Table:
+    """Rows of `table` whose day is in [start, end), from hot storage and the archive alike."""
+    parts = []
+    with psycopg.connect(database_url) as conn:
+        columns = table_columns(conn, table)
+        cold = {d for t, d, _, _ in archived_days(conn, table) if start <= d < end}
+        day = start
+        while day < end:
+            # An archived day may have received rows since (a late correction): those are hot.
+            if day in cold:
+                parts.append(read_archive(archive_uri, table, day))
+            parts.append(_day_rows(conn, table, columns, day_sql, day))
+            day += timedelta(days=1)
+    schema = _arrow_schema(columns)
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+
+
+def apply_retention(
+    database_url: str, settings: Settings, today: date, max_days_per_table: int = 31, lake: Lake | None = None
+) -> list[DayOutcome]:
+    """Archive or prune every day past its table's retention (oldest first, at most `max_days_per_table` per
+    table and pass, so a first run on years of history is spread over nights), then, given the `lake`, the
+    bronze rows past theirs (`LAKE_RETENTION_POLICIES`)."""
+    outcomes = []
+    for policy in policies(settings):
+        cutoff = today - timedelta(days=policy.hot_days)
+        schema, name = _split(policy.table)
+        with psycopg.connect(database_url) as conn:
+            days = [
+                r[0]
+                for r in conn.execute(
+                    sql.SQL("SELECT DISTINCT {day} AS d FROM {table} WHERE {day} < %s ORDER BY d LIMIT %s").format(
+                        day=sql.SQL(policy.day_sql), table=sql.Identifier(schema, name)
+                    ),
+                    (cutoff, max_days_per_table),
+                )
+            ]
+        for day in days:
+            outcomes.append(archive_day(database_url, settings.resolved_archive_uri, policy, day))
+    if lake is not None:
+        now = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        for lake_policy in lake_policies(settings):
+            outcome = archive_lake_rows(lake, settings.resolved_archive_uri, lake_policy, now)
+            if outcome.rows:
+                outcomes.append(outcome)
+    return outcomes
+
+
+def archived_audit_entries(archive_uri: str, days: Sequence[date], org_id: str, limit: int) -> list[dict[str, object]]:
+    """The newest `limit` audit-log entries of `org_id` in the archived `days` (newest first), shaped as the hot
+    table's rows read through the API: the same filter as the table's row-level security (the caller's
+    organization only), `details` decoded from its JSON text."""
+    import json
+
+    out: list[dict[str, object]] = []
+    for day in sorted(days, reverse=True):
+        rows = read_archive(archive_uri, "ops.audit_log", day).to_pylist()
+        mine = sorted((r for r in rows if r["org_id"] == org_id), key=lambda r: r["id"], reverse=True)
+        for row in mine:
+            row["details"] = json.loads(row["details"]) if row["details"] is not None else None
+            out.append({k: row[k] for k in ("id", "at", "org_id", "actor", "action", "target", "details")})
+            if len(out) >= limit:
+                return out
+    return out
+
+
+# --- lake tables ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LakeRetentionPolicy:
+    """Rows of bronze table `table` ingested (`_ingested_at`) more than `hot_days` ago are archived to the cold
+    tier's Delta table of the same name, verified, then deleted from the hot table. Only for tables nothing
+    rebuilds from: silver reads every CDC event and every market row, so those stay whole (and compacted)."""
+
+    table: str
+    hot_days: int
+    column: str = "_ingested_at"
+
+
+LAKE_RETENTION_POLICIES: tuple[LakeRetentionPolicy, ...] = (LakeRetentionPolicy("cdc__dead_letters", 30),)
+ARCHIVE_VERSION_COLUMN = "_archived_from_version"
+
+
+def lake_policies(settings: Settings) -> list[LakeRetentionPolicy]:
+    out = []
+    for policy in LAKE_RETENTION_POLICIES:
+        days = settings.retention_days.get(f"bronze.{policy.table}", policy.hot_days)
+        if days < 1:
+            raise RetentionError(f"OPTIBID_RETENTION_DAYS[bronze.{policy.table}] must be at least 1, not {days}")
+        out.append(LakeRetentionPolicy(policy.table, days, policy.column))
+    return out
+
+
+def archive_lake_uri(archive_uri: str, table: str) -> str:
+    return f"{archive_uri.rstrip('/')}/lake/bronze/{table}"
+
+
+def _rows_digest(data: pa.Table) -> str:
+    keys = [(c, "ascending") for c in ("_topic", "_partition", "_offset_epoch", "_offset") if c in data.column_names]
+    ordered = data.sort_by(keys) if keys else data
+    return hashlib.sha256(repr(ordered.to_pylist()).encode()).hexdigest()
+
+
+def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy, now: datetime) -> DayOutcome:
+    """Move the rows of `bronze.<policy.table>` older than its retention to the cold tier (see the class doc).
+
+    The archive commit carries the hot version it was read from as an app transaction, so a pass that died
+    between archiving and deleting does not archive the same rows twice the next night. The Kafka offsets kept
+    in the hot table's log are untouched: deleting rows changes no app transaction.
+    """
+    from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+    from deltalake.exceptions import TableNotFoundError
+
+    cutoff = now - timedelta(days=policy.hot_days)
+    name = f"bronze.{policy.table}"
+    table = lake.table("bronze", policy.table)
+    if table is None:
+        return DayOutcome(name, cutoff.date(), "archive", 0)
+    version = table.version()
+    column = pc.field(policy.column)
+    old = table.to_pyarrow_dataset().to_table(filter=column < pa.scalar(cutoff, pa.timestamp("us", tz="UTC")))
+    if old.num_rows == 0:
+        return DayOutcome(name, cutoff.date(), "archive", 0)
+    uri = archive_lake_uri(archive_uri, policy.table)
+    app_id = f"retention-{policy.table}"
+    try:
+        archived = DeltaTable(uri, storage_options=lake.storage_options or None)
+        done = archived.transaction_version(app_id)
+    except TableNotFoundError:
+        done = None
+    batch = old.append_column(ARCHIVE_VERSION_COLUMN, pa.array([version] * old.num_rows, pa.int64()))
+    if done != version:
+        write_deltalake(
+            uri,
+            batch,
+            mode="append",
+            storage_options=lake.storage_options or None,
+            writer_properties=WriterProperties(compression="ZSTD"),
+            commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
+        )
+    readback = DeltaTable(uri, storage_options=lake.storage_options or None).to_pyarrow_dataset()
+    mine = readback.to_table(filter=pc.field(ARCHIVE_VERSION_COLUMN) == version).drop_columns([ARCHIVE_VERSION_COLUMN])
+    if mine.num_rows != old.num_rows or _rows_digest(mine.select(old.column_names)) != _rows_digest(old):
+        raise RetentionError(f"{name}: the archive of {old.num_rows} rows does not match them; nothing deleted")
+    table = lake.table("bronze", policy.table)
+    assert table is not None
+    metrics = table.delete(f"{policy.column} < '{cutoff.isoformat()}'")
+    if int(metrics.get("num_deleted_rows", 0)) != old.num_rows:
+        raise RetentionError(
+            f"{name}: deleted {metrics.get('num_deleted_rows')} rows, archived {old.num_rows} (all are in the archive)"
+        )
+    return DayOutcome(name, cutoff.date(), "archive", old.num_rows, uri)
+
+
+def read_archived_lake_rows(lake: Lake, archive_uri: str, table: str) -> pa.Table | None:
+    """Every archived row of `bronze.<table>` (without the archive's bookkeeping column); None when none."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        archived = DeltaTable(archive_lake_uri(archive_uri, table), storage_options=lake.storage_options or None)
+    except TableNotFoundError:
+        return None
+    return archived.to_pyarrow_table().drop_columns([ARCHIVE_VERSION_COLUMN])
