@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test soak lint format services-up services-down dbt-parse bench clean
+.PHONY: install demo test test-scale soak lint format services-up services-down dbt-parse bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ demo: install
 # A private --basetemp: pytest prunes old numbered temp dirs, which must never be another run's live Postgres.
 test: install
 	$(BIN)/python -m pytest --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
+
+# Scale-out paths as separate processes (Dagster code server, daemon and webserver on Postgres, ...): minutes
+# each on two cores, so outside `make test`; .ci/run runs this target after it.
+test-scale: install
+	$(BIN)/python -m pytest -m scale --timeout=3600 --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 # The platform running itself (daemon, API, follow consumer) on the test services, bounded by the issue's
 # 5 minutes (OPTIBID_SOAK_SECONDS=300); not yet within it on two cores, so it is not part of `make test`.

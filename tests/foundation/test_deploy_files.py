@@ -116,6 +116,9 @@ def test_deploy_files_share_the_platform_instance_and_workspace() -> None:
     assert yaml.safe_load(config["data"]["workspace.yaml"]) == yaml.safe_load(
         workspace_yaml("optibid-user-code", CODE_SERVER_PORT)
     )
+    # One daemon, never two at once, even during a rollout.
+    daemon = next(d for d in k8s_documents() if d["metadata"]["name"] == K8S_DEPLOYMENTS["daemon"])
+    assert (daemon["spec"]["replicas"], daemon["spec"]["strategy"]) == (1, {"type": "Recreate"})
     # Every Dagster service, the code server too (its runs write events), mounts that instance.
     compose = compose_file()
     for name in SERVICES:
