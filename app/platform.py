@@ -10,8 +10,9 @@ the broker, ClickHouse: `infra/services.py`), and generic process helpers (`infr
 Dagster runs as the production processes rather than `dagster dev`: `dagster-webserver` and
 `dagster-daemon run` are separate children, so the daemon (sensors, schedules, automation, run queue) is a
 process of its own that the demo can watch and restart without taking the UI down, exactly as
-`infra/deploy/` runs it (the commands are `infra/dagster_services.py`, shared with the deploy files). Both talk to one shared `dagster code-server`, as `dagster dev` does: loading the
-definitions costs ~15 s of CPU, and loading them once instead of twice matters on a 2-core machine.
+`infra/deploy/` runs it (the commands are `infra/dagster_services.py`, shared with the deploy files). Both
+talk to one shared `dagster code-server`, as `dagster dev` does: loading the definitions costs ~15 s of CPU,
+and loading them once instead of twice matters on a 2-core machine.
 
 Spark runs as one long-lived Spark Connect server (`start-connect-server.sh`, shipped in the pyspark wheel)
 unless `SPARK_REMOTE` or `SPARK_MASTER` already point at a cluster: every silver run then opens a session on

@@ -10,8 +10,9 @@ queue instead of thrashing. Each queued run waits for its pool as a whole (run g
 
 A busy machine or a restarting code server must not stall the automation: a run the code server could not
 start is launched again for five minutes (measured: a code server restart took 100 s at a load average of 20
-on two cores, `tests/platform/test_dagster_services.py`), and a run whose worker died is retried; a failed asset or blocking check is final (the automation does
-not retry a failed partition by itself either, `assets/shared/automation.py`).
+on two cores, `tests/platform/test_dagster_services.py`), and a run whose worker died is retried; a failed
+asset or blocking check is final (the automation does not retry a failed partition by itself either,
+`assets/shared/automation.py`).
 """
 
 from __future__ import annotations
