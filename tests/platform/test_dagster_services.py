@@ -172,13 +172,19 @@ def test_services_survive_a_code_server_restart_mid_chain(
             wait_for(f"silver {PARTITION} built by the automation", built(SILVER_DAY), started, logs)
             gold = wait_for(f"gold {PARTITION} built by the automation", built(GOLD_DAY), started, logs)
             assert isinstance(gold, list)
+            gold_run_id = gold[0]["runId"]
+
+            def gold_run_finished() -> dict | None:
+                return next((r for r in runs(url) if r["runId"] == gold_run_id and r["status"] in FINISHED), None)
+
+            wait_for("the run that built gold finished", gold_run_finished, started, logs)
 
             # History and asset state from before the kill, read through the webserver.
             history = {r["runId"]: r for r in runs(url)}
             assert history[landing_run["runId"]]["status"] == "SUCCESS"
             assert history[landing_run["runId"]]["startTime"] == landing_run["startTime"]
             assert materializations(url, BRONZE_DAY, PARTITION)[-1:] == bronze_before[-1:]
-            gold_run = history[gold[0]["runId"]]
+            gold_run = history[gold_run_id]
             assert gold_run["status"] == "SUCCESS"
             assert gold_run["startTime"] > landing_run["endTime"]
             automated = {t["value"] for t in gold_run["tags"] if t["key"] == "dagster/sensor_name"}
