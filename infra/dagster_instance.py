@@ -6,7 +6,8 @@ disk), so a password in the URL stays in the environment.
 Concurrency keeps the two-core default responsive: at most three runs at once, and one run per pool at a
 time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the automation's runs
 queue instead of thrashing. Each queued run waits for its pool as a whole (run granularity): a backfill of
-30 days is one run holding one slot.
+30 days is one run holding one slot. Queued runs leave by priority (`dagster/priority`): the path from a
+landed file to gold first (`orchestration.automation_sensor`); what follows gold holds one slot at most.
 
 A busy machine or a restarting code server must not stall the automation: a run the code server could not
 start is launched again for five minutes (measured: a code server restart took 100 s at a load average of 20
@@ -23,6 +24,7 @@ from infra.settings import Settings
 
 MAX_CONCURRENT_RUNS = 3
 POOL_LIMIT = 1
+DOWNSTREAM_RUN_SLOTS = 1
 
 DAGSTER_YAML = f"""\
 # Written by `optibid`; regenerate rather than edit.
@@ -33,6 +35,12 @@ storage:
 concurrency:
   runs:
     max_concurrent_runs: {MAX_CONCURRENT_RUNS}  # one Spark run (its pool), the rest dbt and Python runs
+    # What follows gold (forecasts, optimizations, weekly ML, exports) holds at most one slot: the others stay
+    # free for the landing, CDC and warehouse runs (`assets.shared.automation.TIER_TAG`).
+    tag_concurrency_limits:
+      - key: optibid/tier
+        value: downstream
+        limit: {DOWNSTREAM_RUN_SLOTS}
   pools:
     default_limit: {POOL_LIMIT}  # spark, clickhouse_export: one run of each at a time
     granularity: run
@@ -54,6 +62,14 @@ run_retries:
   retry_on_asset_or_op_failure: false
 run_monitoring:
   enabled: true
+# Sensor ticks in parallel: a slow evaluation (the automation's hundreds of partitions on a loaded machine) must
+# not hold back the landing folder's sensor, nor the warehouse path's automation the downstream one's.
+sensors:
+  use_threads: true
+  num_workers: 4
+auto_materialize:
+  use_threads: true
+  num_workers: 2
 telemetry:
   enabled: false
 """

@@ -14,7 +14,7 @@ from assets.bronze import files as bronze_files
 from assets.shared.resources import resources_from_settings
 from infra.settings import get_settings
 from orchestration.alerting import ALERT_SENSORS
-from orchestration.automation_sensor import automation_sensor
+from orchestration.automation_sensor import AUTOMATION_SENSORS
 
 DOMAIN_DEFINITIONS: list[dg.Definitions] = [
     reference.defs,
@@ -31,7 +31,7 @@ defs = dg.Definitions.merge(
     *DOMAIN_DEFINITIONS,
     dg.Definitions(
         resources=resources_from_settings(get_settings()),
-        sensors=[automation_sensor, *ALERT_SENSORS],
+        sensors=[*AUTOMATION_SENSORS, *ALERT_SENSORS],
         # Steps of a run share one process: one SparkSession (~15 s to start) and one code load per run,
         # instead of one per step. Scale out across runs (the run queue), or point SPARK_REMOTE/SPARK_MASTER
         # at a cluster.

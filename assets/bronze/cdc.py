@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from assets.shared.automation import WAREHOUSE_RUN_TAGS
 from assets.shared.expectation_checks import (
     DELTA_VERSION,
     PREVIOUS_DELTA_VERSION,
@@ -167,6 +168,7 @@ bronze_cdc_job = dg.define_asset_job(
     "bronze_cdc_job",
     selection=dg.AssetSelection.assets(*ALL_KEYS),
     description="Drain every CDC topic into bronze up to the high-water marks seen at run start.",
+    tags=WAREHOUSE_RUN_TAGS,  # every drain (lag sensor, commits sensor, floor schedule) goes first in the queue
 )
 
 bronze_cdc_floor_schedule = dg.ScheduleDefinition(

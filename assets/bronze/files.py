@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from assets.shared.automation import WAREHOUSE_RUN_TAGS
 from assets.shared.expectation_checks import (
     DELTA_VERSION,
     PREVIOUS_DELTA_VERSION,
@@ -130,6 +131,7 @@ landing_files_job = dg.define_asset_job(
     "landing_files_job",
     selection=dg.AssetSelection.assets(landing_files),
     description="Land the files waiting in the landing folder.",
+    tags=WAREHOUSE_RUN_TAGS,  # the first hop of a landed file's way to gold goes first in the queue
 )
 
 

@@ -43,6 +43,13 @@ WEEKLY_CRON = "0 3 * * 1"  # Monday 03:00 in the partition timezone: backtests a
 INPUT_CHANGE_CRON = "0 * * * *"  # day-ahead assets re-run on changed inputs at most once an hour
 GOLD_FACT_FAIL_WINDOW = timedelta(hours=2)
 GOLD_FACT_WARN_WINDOW = timedelta(hours=1)
+# Queue priorities (`dagster/priority`, higher leaves the run queue first): runs on the path from a landed file
+# or a CDC batch to gold go before the analyses that follow gold (`orchestration.automation_sensor`). The tier
+# tag lets the instance cap the analyses' share of the run slots (`infra.dagster_instance`): a priority only
+# orders the queue, and a landed file must not find every slot taken by forecasts that started a moment before.
+TIER_TAG = "optibid/tier"
+WAREHOUSE_RUN_TAGS = {"dagster/priority": "10", TIER_TAG: "warehouse"}
+DOWNSTREAM_RUN_TAGS = {"dagster/priority": "0", TIER_TAG: "downstream"}
 
 
 def _settings_timezone() -> str:

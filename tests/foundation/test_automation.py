@@ -64,15 +64,63 @@ def test_every_asset_after_bronze_has_an_automation_condition(asset_graph) -> No
 def test_sensors_and_schedules_a_running_platform_needs_are_on_by_default(defs) -> None:
     repo = defs.get_repository_def()
     sensors = {s.name: s for s in repo.sensor_defs}
-    for name in ("automation_sensor", "bronze_cdc_lag_sensor", "bronze_cdc_commits_sensor", "landing_folder_sensor"):
+    for name in (
+        "automation_sensor",
+        "downstream_automation_sensor",
+        "bronze_cdc_lag_sensor",
+        "bronze_cdc_commits_sensor",
+        "landing_folder_sensor",
+    ):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING, name
-    automation = sensors["automation_sensor"]
-    assert isinstance(automation, dg.AutomationConditionSensorDefinition)
-    assert automation.emit_backfills
+    for name in ("automation_sensor", "downstream_automation_sensor"):
+        automation = sensors[name]
+        assert isinstance(automation, dg.AutomationConditionSensorDefinition)
+        assert automation.emit_backfills
     schedules = {s.name: s for s in repo.schedule_defs}
     assert schedules["bronze_cdc_floor"].default_status == dg.DefaultScheduleStatus.RUNNING
     stopped = [s.name for s in [*repo.sensor_defs, *repo.schedule_defs] if s.default_status.value != "RUNNING"]
     assert not stopped, f"off by default: {stopped}"
+
+
+def test_the_path_from_a_landed_file_to_gold_leaves_the_run_queue_first(defs, asset_graph) -> None:
+    """Every automated asset has one sensor; the runs of the landing folder, the CDC drain and the warehouse
+    path (reference, silver, gold) carry a higher queue priority than those of what follows gold."""
+    repo = defs.get_repository_def()
+    sensors = [s for s in repo.sensor_defs if isinstance(s, dg.AutomationConditionSensorDefinition)]
+    targeted: dict[dg.AssetKey, list[str]] = {}
+    for sensor in sensors:
+        for key in sensor.asset_selection.resolve(asset_graph):
+            targeted.setdefault(key, []).append(sensor.name)
+    automated = {k for k in asset_graph.materializable_asset_keys if asset_graph.get(k).automation_condition}
+    assert {k: v for k, v in targeted.items() if len(v) > 1} == {}
+    assert automated <= set(targeted), automated - set(targeted)
+
+    def priority(tags) -> int:
+        return int((tags or {}).get("dagster/priority", 0))
+
+    by_name = {s.name: s for s in sensors}
+    warehouse, downstream = by_name["automation_sensor"], by_name["downstream_automation_sensor"]
+    groups = {asset_graph.get(k).group_name for k in warehouse.asset_selection.resolve(asset_graph)}
+    assert groups == {"reference", "silver", "gold"}
+    assert priority(warehouse.run_tags) > priority(downstream.run_tags)
+
+    # bronze runs come from jobs (sensors and a schedule): the jobs carry the tag, whatever starts them
+    for job in ("landing_files_job", "bronze_cdc_job"):
+        assert priority(repo.get_job(job).tags) == priority(warehouse.run_tags), job
+
+    # and the analyses never hold every run slot: the instance caps their tier below the run limit
+    import yaml
+
+    from infra.dagster_instance import DAGSTER_YAML
+
+    runs = yaml.safe_load(DAGSTER_YAML)["concurrency"]["runs"]
+    (limit,) = [
+        rule["limit"]
+        for rule in runs["tag_concurrency_limits"]
+        if downstream.run_tags.get(rule["key"]) == rule["value"]
+    ]
+    assert limit < runs["max_concurrent_runs"]
+    assert all(warehouse.run_tags.get(rule["key"]) != rule["value"] for rule in runs["tag_concurrency_limits"])
 
 
 def test_freshness_policies_on_gold_facts_kpis_forecasts_and_optimization(asset_graph) -> None:

@@ -140,10 +140,37 @@ def platform(settings, database_url: str, broker_bootstrap: str, tmp_path_factor
         try:
             yield running
         finally:
+            print_run_timeline(dagster_home, database_url, started)
             for correction in running.corrections:
                 correction()
     smtp.stop()
     webhook.close()
+
+
+def print_run_timeline(dagster_home: Path, database_url: str, started: float) -> None:
+    """Every run the platform made, in seconds since it started: created, started, ended, status, partitions and
+    assets. What a late wait was stuck behind is read here, not guessed."""
+    import dagster as dg
+
+    os.environ["OPTIBID_DATABASE_URL"] = database_url
+    offset = time.time() - time.monotonic() + started  # epoch seconds of the platform's start
+
+    def at(timestamp: float | None) -> str:
+        return f"{timestamp - offset:7.1f}" if timestamp else "      -"
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        records = sorted(instance.get_run_records(limit=500), key=lambda r: r.create_timestamp)
+        print(f"\n{len(records)} runs (seconds since the platform started: created, started, ended)")
+        for record in records:
+            run = record.dagster_run
+            tags = run.tags
+            span = (tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end"))
+            partitions = tags.get("dagster/partition") or "..".join(filter(None, span))
+            assets = ",".join(sorted(k.path[-1] for k in run.asset_selection or [])) or run.job_name
+            print(
+                f"{at(record.create_timestamp.timestamp())} {at(record.start_time)} {at(record.end_time)} "
+                f"{run.status.value:<9} p{tags.get('dagster/priority', '0'):<3} {partitions:<23} {assets[:90]}"
+            )
 
 
 def wait_for(platform: Platform, what: str, probe: Callable[[], object], interval: float = 2.0) -> object:
