@@ -24,6 +24,10 @@ CODE_LOCATION = "optibid"
 # The ports of the deploy files (compose services, Kubernetes Services); the local platform picks free ones.
 CODE_SERVER_PORT = 4000
 WEBSERVER_PORT = 3000
+# The code server's own gRPC worker shuts down after this long without a heartbeat from the server that spawned
+# it; Dagster's 30 s default is missed on a saturated machine (load 27-30 on two cores), after which every run
+# launch fails for good ("Tried to start a run on a server after telling it to shut down").
+CODE_SERVER_HEARTBEAT_TTL_SECONDS = 300
 SERVICES = ("code_server", "daemon", "webserver")
 
 
@@ -41,6 +45,8 @@ def code_server_argv(host: str, port: int) -> list[str]:
         DEFINITIONS_MODULE,
         "--location-name",
         CODE_LOCATION,
+        "--heartbeat-ttl",
+        str(CODE_SERVER_HEARTBEAT_TTL_SECONDS),
     ]
 
 
