@@ -44,7 +44,7 @@ test: install
 # processes (Spark cluster and Connect, S3, Dagster services, CDC consumer processes) and the restore drill.
 # .ci/run calls it after `make test`.
 test-scale: install
-	$(BIN)/python -m pytest -m scale tests --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
+	$(BIN)/python -m pytest -m scale tests --timeout=3600 --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 # The platform running itself (daemon, API, follow consumer) on the test services, bounded by the issue's
 # 5 minutes (OPTIBID_SOAK_SECONDS=300); not yet within it on two cores, so it is not part of `make test`.

@@ -10,8 +10,9 @@ the broker, ClickHouse: `infra/services.py`), and generic process helpers (`infr
 Dagster runs as the production processes rather than `dagster dev`: `dagster-webserver` and
 `dagster-daemon run` are separate children, so the daemon (sensors, schedules, automation, run queue) is a
 process of its own that the demo can watch and restart without taking the UI down, exactly as
-`infra/deploy/` runs it. Both talk to one shared `dagster code-server`, as `dagster dev` does: loading the
-definitions costs ~15 s of CPU, and loading them once instead of twice matters on a 2-core machine.
+`infra/deploy/` runs it (the commands are `infra/dagster_services.py`, shared with the deploy files). Both
+talk to one shared `dagster code-server`, as `dagster dev` does: loading the definitions costs ~15 s of CPU,
+and loading them once instead of twice matters on a 2-core machine.
 
 Spark runs as one long-lived Spark Connect server (`start-connect-server.sh`, shipped in the pyspark wheel)
 unless `SPARK_REMOTE` or `SPARK_MASTER` already point at a cluster: every silver run then opens a session on
@@ -34,11 +35,15 @@ from pathlib import Path
 
 import httpx
 
+from infra.dagster_services import (
+    code_server_argv,
+    daemon_argv,
+    webserver_argv,
+    workspace_yaml,
+)
 from infra.dbt import DBT_MANIFEST, manifest_is_stale, prepare_manifest
 from infra.processes import free_port, port_open, signal_process_group
 
-DEFINITIONS_MODULE = "orchestration.definitions"
-CODE_LOCATION = "optibid"
 # Stop order: first what starts new work (UI launches, daemon ticks), then the API and consumer, and the
 # code server last because the other two talk to it.
 STOP_ORDER = ("webserver", "daemon", "api", "portal", "mlflow_ui", "cdc_follow", "code_server", "spark_connect")
@@ -153,27 +158,9 @@ class PlatformProcesses:
         self._grpc_port = free_port()
         (self.dagster_home / "workspace.yaml").write_text(
             "# Written by `optibid demo`: the webserver and the daemon share one code server.\n"
-            f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {self._grpc_port}\n"
-            f"      location_name: {CODE_LOCATION}\n"
+            + workspace_yaml("127.0.0.1", self._grpc_port)
         )
-        self._add(
-            "code_server",
-            [
-                self.python,
-                "-m",
-                "dagster",
-                "code-server",
-                "start",
-                "-m",
-                DEFINITIONS_MODULE,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self._grpc_port),
-                "--location-name",
-                CODE_LOCATION,
-            ],
-        )
+        self._add_dagster("code_server", code_server_argv("127.0.0.1", self._grpc_port))
         self._start("code_server")
 
     @property
@@ -224,19 +211,8 @@ class PlatformProcesses:
             self.start_code_server()
         workspace = self.dagster_home / "workspace.yaml"
         self._wait_for(lambda: not _port_free("127.0.0.1", self._grpc_port), "code_server", timeout=180)
-        self._add(
-            "webserver",
-            [
-                self._script("dagster-webserver"),
-                "-w",
-                str(workspace),
-                "-h",
-                self.dagster_host,
-                "-p",
-                str(self.dagster_port),
-            ],
-        )
-        self._add("daemon", [self._script("dagster-daemon"), "run", "-w", str(workspace)])
+        self._add_dagster("webserver", webserver_argv(str(workspace), self.dagster_host, self.dagster_port))
+        self._add_dagster("daemon", daemon_argv(str(workspace)))
         if self.api:
             self._add(
                 "api",
@@ -355,6 +331,10 @@ class PlatformProcesses:
     def _script(self, name: str) -> str:
         """A console script of the environment `python` belongs to."""
         return str(Path(self.python).parent / name)
+
+    def _add_dagster(self, name: str, argv: list[str]) -> None:
+        """A Dagster service of `infra/dagster_services.py`, its console script from this environment."""
+        self._add(name, [self._script(argv[0]), *argv[1:]])
 
     def _add(self, name: str, argv: list[str]) -> None:
         self.processes[name] = PlatformProcess(name, argv, self.log_dir / f"{name}.log")

@@ -9,9 +9,11 @@ queue instead of thrashing. Each queued run waits for its pool as a whole (run g
 30 days is one run holding one slot. Queued runs leave by priority (`dagster/priority`): the path from a
 landed file to gold first (`orchestration.automation_sensor`); what follows gold holds one slot at most.
 
-A busy machine must not stall the automation: a run the code server could not start in time is launched
-again, and a run whose worker died is retried; a failed asset or blocking check is final (the automation does
-not retry a failed partition by itself either, `assets/shared/automation.py`).
+A busy machine or a restarting code server must not stall the automation: a run the code server could not
+start is launched again for five minutes (measured: a code server restart took 100 s at a load average of 20
+on two cores, `tests/platform/test_dagster_services.py`), and a run whose worker died is retried; a failed
+asset or blocking check is final (the automation does not retry a failed partition by itself either,
+`assets/shared/automation.py`).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ run_queue:
   # Every hop of the pipeline (landing -> silver -> gold) waits in the queue once: look every second, not five.
   dequeue_interval_seconds: 1
   dequeue_use_threads: true
-  # A code server too busy to answer within its deadline (both cores taken) is no reason to fail a run that
-  # has not started: launch it again a little later.
-  max_user_code_failure_retries: 3
-  user_code_failure_retry_delay: 15
+  # A code server too busy to answer within its deadline (both cores taken), or restarting (a new version, a
+  # crash: loading the definitions takes minutes on a loaded machine), is no reason to fail a run that has not
+  # started: it stays queued and is launched again, for up to 10 x 30 s. A run that failed this way is not
+  # retried by `run_retries` once the code server is back, so this window must cover a restart.
+  max_user_code_failure_retries: 10
+  user_code_failure_retry_delay: 30
 run_retries:
   # A run whose worker crashed or never started is retried; a failed asset or blocking check is not (it would
   # fail the same way, and its alert is already out).

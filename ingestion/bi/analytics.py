@@ -216,8 +216,8 @@ FROM (
     FROM (
         SELECT zone_a, owner_a, zone_b, owner_b, va, vb,
                arrayJoin(arrayMap(k -> toDate(t) + k, range(toUInt64(%(window_days)s)))) AS end_day
-        FROM ({side.format(zone="zone_a", owner="owner_a", value="va")})
-        ALL INNER JOIN ({side.format(zone="zone_b", owner="owner_b", value="vb")}) USING t
+        FROM ({side.format(zone="zone_a", owner="owner_a", value="va")}) AS side_a
+        ALL INNER JOIN ({side.format(zone="zone_b", owner="owner_b", value="vb")}) AS side_b USING t
         WHERE zone_a < zone_b OR (zone_a = zone_b AND owner_a < owner_b)
     )
     WHERE end_day >= %(start_day)s AND end_day <= %(end_day)s

@@ -24,14 +24,16 @@ Replications of days of the same table are serialised with a Postgres advisory l
 rebuilds of one month would otherwise lose one day). The cost is rewriting one month of a table per day,
 which is small for gold-layer grains.
 
-SQL kept to what ClickHouse 18.16 and current releases both accept (and why):
+SQL kept to what ClickHouse 18.16 and current releases both accept (and why; the BI tests run every statement
+on Debian's 18.16 server and on the current engine in-process, chdb, and compare the two):
 - root `<yandex>` config element (18.16 does not know `<clickhouse>`), engine syntax with `ORDER BY` /
   `PARTITION BY` clauses (not the legacy `MergeTree(date, key, 8192)` form, deprecated since);
 - no `LowCardinality`, `DateTime64`, codecs, TTL, `SimpleAggregateFunction`, `Nullable` in keys
   (all newer than 18.16 or not allowed there): `String`, `DateTime('UTC')`, `Float64`, `Int64`;
 - no `ALTER ... DELETE` for correctness (asynchronous on 18.16, invisible to views), no `FINAL` needed;
 - no window functions, `toStartOfInterval`, `WITH FILL`, `ASOF JOIN` (analytics use arrays and
-  `arrayJoin` instead, see `ingestion.bi.analytics`); joins are `ALL INNER JOIN ... USING` on subqueries;
+  `arrayJoin` instead, see `ingestion.bi.analytics`); joins are `ALL INNER JOIN ... USING` on subqueries,
+  each with an alias (current releases refuse joined subqueries without one: `joined_subquery_requires_alias`);
 - no server-side query parameters (`{name:Type}` is 19.x+): values are bound by clickhouse-driver's
   client-side escaping (`%(name)s`), identifiers only ever come from the registry.
 """

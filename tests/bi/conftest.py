@@ -1,9 +1,12 @@
 """Fixtures of the BI tests: a real ClickHouse server, a private Postgres database with gold tables.
 
 ClickHouse: `CLICKHOUSE_URL` when set, else a local server started once per session by
-`infra.clickhouse.start_clickhouse` (skipped with the install command when the binary is absent); each
-test gets a fresh ClickHouse database. Postgres: a database of its own on the run's server (from the
-session `database_url` fixture), because the tests create `gold.*` tables and cluster-wide roles.
+`infra.clickhouse.start_clickhouse` (skipped with the install command when the binary is absent; Debian's
+is 18.16); each test gets a fresh ClickHouse database. `ch_chdb` is the current ClickHouse engine
+in-process (chdb, `tests/bi/chdb_client.py`) behind the same client interface, so the replication and
+analytics tests run on both engines (`engine_client`) and `test_engine_parity.py` compares them on the same
+data. Postgres: a database of its own on the run's server (from the session `database_url` fixture),
+because the tests create `gold.*` tables and cluster-wide roles.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from ingestion.bi.tables import TABLES, TableSpec
 
 
 @pytest.fixture
-def ch(clickhouse_url: str) -> Iterator:
-    """A clickhouse-driver Client whose current database is fresh and dropped after the test."""
+def ch_server(clickhouse_url: str) -> Iterator:
+    """A clickhouse-driver Client of the ClickHouse server whose current database is fresh and dropped after
+    the test."""
     from clickhouse_driver import Client
 
     admin = Client.from_url(clickhouse_url)
@@ -37,6 +41,37 @@ def ch(clickhouse_url: str) -> Iterator:
         client.disconnect()
         admin.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.disconnect()
+
+
+@pytest.fixture(scope="session")
+def chdb_session(tmp_path_factory: pytest.TempPathFactory):
+    """The run's one chdb session (the engine lives in this process; one session at a time)."""
+    from tests.bi.chdb_client import open_session
+
+    session = open_session(str(tmp_path_factory.mktemp("chdb")))
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def ch_chdb(chdb_session) -> Iterator:
+    """The current ClickHouse engine (chdb) as a client like `ch_server`, on a fresh database dropped after the test."""
+    from tests.bi.chdb_client import ChdbClient
+
+    client = ChdbClient(chdb_session, f"bi_test_{uuid.uuid4().hex[:10]}")
+    try:
+        yield client
+    finally:
+        client.drop()
+
+
+ENGINES = ["clickhouse-server", "chdb"]
+
+
+def engine_client(request: pytest.FixtureRequest):
+    """`ch_server` (Debian's is 18.16) or `ch_chdb` (the current engine), by the test's parameter: for a
+    module's `ch` fixture with `params=ENGINES`, so its tests run on both."""
+    return request.getfixturevalue("ch_chdb" if request.param == "chdb" else "ch_server")
 
 
 @pytest.fixture(scope="session")

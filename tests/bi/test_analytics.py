@@ -16,10 +16,16 @@ from ingestion.bi.analytics import (
 )
 from ingestion.bi.clickhouse import ensure_clickhouse_schema
 from ingestion.bi.tables import FCT_PRICES_5MIN, FCT_PRICES_HOURLY
-from tests.bi.conftest import expected_realtime_kpis
+from tests.bi.conftest import ENGINES, engine_client, expected_realtime_kpis
 
 UTC = dt.UTC
 START = dt.datetime(2024, 5, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=ENGINES)
+def ch(request: pytest.FixtureRequest):
+    """Every test here runs on the ClickHouse server and on the current engine (chdb)."""
+    return engine_client(request)
 
 
 def insert_frame(ch, spec, df: pd.DataFrame) -> None:
@@ -37,7 +43,14 @@ def insert_frame(ch, spec, df: pd.DataFrame) -> None:
 
 @pytest.fixture
 def hourly(ch) -> pd.DataFrame:
-    """Ten days of hourly prices for three zones (with gaps and a planted spike) loaded into ClickHouse.
+    """`hourly_frame()` loaded into ClickHouse."""
+    df = hourly_frame()
+    insert_frame(ch, FCT_PRICES_HOURLY, df)
+    return df
+
+
+def hourly_frame() -> pd.DataFrame:
+    """Ten days of hourly prices for three zones (with gaps and a planted spike).
 
     Besides the public day-ahead series: acme's private NO1 series (same hours) and public real-time NO1
     prices, which the default scope (public, DA) must not mix in.
@@ -61,7 +74,6 @@ def hourly(ch) -> pd.DataFrame:
     df["price_min"] = df["price_avg"] - 1
     df["price_max"] = df["price_avg"] + 1
     df["n_obs"] = 4
-    insert_frame(ch, FCT_PRICES_HOURLY, df)
     return df
 
 

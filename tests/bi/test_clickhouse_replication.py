@@ -15,8 +15,15 @@ from ingestion.bi.clickhouse import (
     row_count_parity,
 )
 from ingestion.bi.tables import FCT_PRICES_5MIN, FCT_PRICES_HOURLY, KPI_VALUES
+from tests.bi.conftest import ENGINES, engine_client
 
 D1, D2, D3 = dt.date(2024, 3, 30), dt.date(2024, 3, 31), dt.date(2024, 4, 1)
+
+
+@pytest.fixture(params=ENGINES)
+def ch(request: pytest.FixtureRequest):
+    """Every test here runs on the ClickHouse server and on the current engine (chdb)."""
+    return engine_client(request)
 
 
 def insert_hourly(pg, day: dt.date, zones: list[str], base: float, org_id: str | None = None) -> None:
@@ -64,8 +71,7 @@ def test_replicate_then_rematerialize_a_day_replaces_it(pg, ch):
     assert duplicate_key_count(ch, FCT_PRICES_HOURLY, D2) == 0
     got = ch_frame(ch, "fct_prices_hourly", D2).sort_values(["zone", "ts_utc"]).reset_index(drop=True)
     rows = pg.execute(
-        "SELECT zone, price_avg, org_id FROM gold.fct_prices_hourly WHERE market_date = %s "
-        "ORDER BY zone, ts_utc",
+        "SELECT zone, price_avg, org_id FROM gold.fct_prices_hourly WHERE market_date = %s ORDER BY zone, ts_utc",
         (D2,),
     ).fetchall()
     assert list(got["zone"]) == [r[0] for r in rows]
