@@ -402,4 +402,4 @@ def build_market_window(
     finally:
         for frame in cached:
             frame.unpersist()
-    return MarketBuildResult(start, end, dict(written.staged), dict(written.deleted))
+    return MarketBuildResult(start, end, dict(written.staged), dict(written.replaced))
