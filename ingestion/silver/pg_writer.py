@@ -47,10 +47,22 @@ class ReplaceKeys:
 
 
 @dataclass(frozen=True)
-class TableWrite:
-    """One DataFrame to merge into `target` (schema.table), upserting on `key_columns`; `df` None = no rows."""
+class Derived:
+    """Rows computed on the driver from an earlier write's Arrow rows (`source` is that write's target).
 
-    df: DataFrame | None
+    For a table that is a projection of another one (the winning rows of a revision trail): no second Spark
+    job over the same rows.
+    """
+
+    source: str
+    rows: Callable[[pa.Table], pa.Table]
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """Rows to merge into `target` (schema.table), upserting on `key_columns`; `df` None = no rows."""
+
+    df: DataFrame | Derived | None
     target: str
     key_columns: tuple[str, ...]
     replace: ReplaceWhere | ReplaceKeys | None = None
@@ -196,7 +208,17 @@ def _apply_replace_where(
     result.inserted[write.target], result.updated[write.target] = _upsert(conn, write, staging, data.column_names)
 
 
-def _collector(executor: ThreadPoolExecutor, df: DataFrame | None) -> Future[pa.Table | None]:
+def _collector(
+    executor: ThreadPoolExecutor, df: DataFrame | Derived | None, earlier: dict[str, Future[pa.Table | None]]
+) -> Future[pa.Table | None]:
+    if isinstance(df, Derived):
+        source = earlier[df.source]  # submitted first: the one worker thread has finished it by now
+
+        def derive() -> pa.Table | None:
+            rows = source.result()
+            return None if rows is None else df.rows(rows)
+
+        return executor.submit(derive)
     return executor.submit(lambda: None if df is None else df.toArrow())
 
 
@@ -212,7 +234,11 @@ def merge_dataframes(
     result = WriteResult()
     # One thread runs the Spark jobs in write order, so Spark computes write n+1 while write n is COPied.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-collect") as executor:
-        frames = [_collector(executor, write.df) for write in writes]
+        collected: dict[str, Future[pa.Table | None]] = {}
+        frames = []
+        for write in writes:
+            frames.append(_collector(executor, write.df, collected))
+            collected[write.target] = frames[-1]
         keys: dict[tuple[int, tuple[str, ...]], Future[pa.Table | None]] = {}
         for write in writes:
             if isinstance(write.replace, ReplaceKeys):
@@ -220,7 +246,7 @@ def merge_dataframes(
                 reuse = (id(write.replace.keys), write.replace.columns)
                 if reuse not in keys:
                     keys[reuse] = _collector(
-                        executor, write.replace.keys.select(*write.replace.columns).distinct()
+                        executor, write.replace.keys.select(*write.replace.columns).distinct(), collected
                     )
         try:
             with connect(database_url) as conn:
