@@ -181,6 +181,16 @@ def cold_one_day(database_url: str, lake_root: str, day: date) -> None:
     print(f"COLD {session_s:.3f} {build_s:.3f}")
 
 
+def _profile(result) -> None:
+    """Where a build's time went, per table: Spark computing its Arrow rows (beyond what overlapped the previous
+    table's COPY) and Postgres applying them."""
+    parts = [
+        f"{t.removeprefix('silver.')}: spark {result.spark_wait_s.get(t, 0):.2f} s, postgres {s:.2f} s"
+        for t, s in result.postgres_s.items()
+    ]
+    print("  profile: " + "; ".join(parts))
+
+
 def _figure(label: str, seconds: float, extra: str = "") -> None:
     print(f"{label}: {seconds:.2f} s{extra} [{load_average()}]", flush=True)
 
@@ -249,6 +259,7 @@ def main() -> None:
         same = _table_fingerprints(url) == _table_fingerprints(peer_url)
         print(f"same rows in both databases after the full build: {same}")
         print(f"per table: {full.rows}")
+        _profile(full)
 
         # A revised upload for one day, then that day's partition re-run.
         day = node_start.date() + timedelta(days=1)
@@ -271,6 +282,7 @@ def main() -> None:
         _figure("DuckDB peer one-day build (mean of 2)", peer_inc_s)
         print(f"ratio OptiBid / DuckDB peer, one day: {min(inc_s, inc2_s) / peer_inc_s:.2f}x (best OptiBid run)")
         print(f"per table: {inc.rows}")
+        _profile(inc)
         _revise_day(lake, zones, day, 4)
         t0 = time.perf_counter()
         done = subprocess.run(

@@ -105,7 +105,11 @@ class MarketBuildResult:
     start: date
     end: date
     rows: dict[str, int] = field(default_factory=dict)
+    # rows each table's window held before the build (replaced by the build's rows, or kept where identical)
     replaced: dict[str, int] = field(default_factory=dict)
+    # seconds waiting for Spark's rows / applying them in Postgres, per table (see pg_writer.WriteResult)
+    spark_wait_s: dict[str, float] = field(default_factory=dict)
+    postgres_s: dict[str, float] = field(default_factory=dict)
 
 
 def _col_or_null(df: DataFrame, column: str, spark_type: str) -> Column:
@@ -421,4 +425,6 @@ def build_market_window(
     finally:
         for frame in cached:
             frame.unpersist()
-    return MarketBuildResult(start, end, dict(written.staged), dict(written.replaced))
+    return MarketBuildResult(
+        start, end, dict(written.staged), dict(written.replaced), written.spark_wait_s, written.postgres_s
+    )

@@ -13,6 +13,7 @@ updated only where a value differs (an unchanged day re-run writes nothing). No 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -84,6 +85,9 @@ class WriteResult:
     inserted: dict[str, int] = field(default_factory=dict)
     updated: dict[str, int] = field(default_factory=dict)
     replaced: dict[str, int] = field(default_factory=dict)
+    # Where the time went: waiting for Spark's Arrow rows, and applying them in Postgres (COPY and merge).
+    spark_wait_s: dict[str, float] = field(default_factory=dict)
+    postgres_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def upserted(self) -> dict[str, int]:
@@ -252,13 +256,17 @@ def merge_dataframes(
             with connect(database_url) as conn:
                 staged_keys: dict[tuple[int, tuple[str, ...]], tuple[sql.Identifier, int]] = {}
                 for write, frame in zip(writes, frames, strict=True):
+                    waited = time.perf_counter()
                     data = frame.result()
+                    applied = time.perf_counter()
+                    result.spark_wait_s[write.target] = applied - waited
                     result.staged[write.target] = 0 if data is None else data.num_rows
                     result.deleted.setdefault(write.target, 0)
                     result.inserted.setdefault(write.target, 0)
                     result.updated.setdefault(write.target, 0)
                     if isinstance(write.replace, ReplaceWhere):
                         _apply_replace_where(conn, write, data, result)
+                        result.postgres_s[write.target] = time.perf_counter() - applied
                         continue
                     if isinstance(write.replace, ReplaceKeys):
                         reuse = (id(write.replace.keys), write.replace.columns)
@@ -284,8 +292,11 @@ def merge_dataframes(
                         result.inserted[write.target], result.updated[write.target] = _upsert(
                             conn, write, staging, data.column_names
                         )
+                    result.postgres_s[write.target] = time.perf_counter() - applied
+                commit = time.perf_counter()
                 if finalize is not None:
                     finalize(conn)
+            result.postgres_s["commit"] = time.perf_counter() - commit
         finally:
             for future in [*frames, *keys.values()]:
                 future.cancel()
