@@ -1,28 +1,38 @@
-"""Silver (and, once wired, gold) build times on a realistic volume of market data.
+"""Silver and gold build times on a realistic volume of market data, beside a DuckDB peer of the same silver build.
 
 Bronze: a year of hourly day-ahead prices and load for 50 zones (uploads) plus a month of 5-minute nodal
-real-time prices for 500 nodes (ticks). Prints the full silver build time (one backfill run over every day) and
-the time of an incremental one-day partition re-run after a revised upload for that day.
+real-time prices for 500 nodes (ticks). Prints, each with the load average:
 
-    python -m benchmarks.silver_gold_build            # full size (~5.2 M bronze rows); run it once
+- the full silver build (one backfill run over every day) and the same build by the DuckDB peer
+  (`benchmarks/peers/duckdb_silver.py`: same bronze files, same rules, COPY into its own database on the same
+  server), their ratio, and whether both databases hold the same rows;
+- the one-day incremental build after a revised upload for that day: the first in this process, a second
+  warm one, the peer's, and the first one-day build of a fresh process (Spark session start included);
+- the gold dbt build of the year and of one day, beside silver.
+
+    python -m benchmarks.silver_gold_build            # full size (~5.3 M bronze rows)
     python -m benchmarks.silver_gold_build --small    # smoke size
-
-Gold: `gold_build` is the hook for the dbt part (see README_silver.md); it returns None until wired.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from benchmarks.harness import stopping_started_services
+from benchmarks.harness import load_average, stopping_started_services
+from benchmarks.peers.duckdb_silver import build_market_window_duckdb
 from infra import db
+from infra.dbt import run_dbt
 from infra.lake import Lake
 from infra.services import warehouse_url
 from infra.settings import get_settings
@@ -109,72 +119,189 @@ def tick_table(nodes: list[tuple[str, str]], start: datetime, days: int, ingeste
     )
 
 
-def gold_build(database_url: str) -> dict[str, float] | None:
-    """Hook for the gold helper: run dbt on the silver tables just built and return {step: seconds}."""
-    return None
+def gold_build(database_url: str, day: date, work: str) -> dict[str, float]:
+    """Run dbt on the silver tables just built: `dbt build` of everything (the year), then the partitioned
+    models and their tests for `day`, as the daily gold run does; {step: seconds}."""
+    steps: dict[str, float] = {}
+    t0 = time.perf_counter()
+    run_dbt(["build"], database_url=database_url, target_path=Path(work) / "dbt-full")
+    steps["gold full dbt build (year)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_dbt(
+        ["build", "--select", "tag:partitioned"],
+        database_url=database_url,
+        target_path=Path(work) / "dbt-day",
+        dbt_vars={"min_date": day.isoformat(), "max_date": day.isoformat()},
+    )
+    steps[f"gold one-day dbt build ({day})"] = time.perf_counter() - t0
+    return steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="smoke size: 5 zones x 14 days, 20 nodes x 3 days")
-    args = parser.parse_args()
-    n_zones, zone_days, n_nodes, node_days = (5, 14, 20, 3) if args.small else (50, 366, 500, 31)
-    year_start = datetime(2024, 1, 1, tzinfo=UTC)
-    # Nodal ticks sit inside the zone year (July; day 4 in the smoke run) so both builds see them.
-    node_start = year_start + timedelta(days=3 if args.small else 182)
+def _table_fingerprints(database_url: str) -> dict[str, tuple[int, str]]:
+    """Rows and an order-independent checksum of every silver market table (the peer must match them)."""
+    out = {}
+    with db.connect(database_url) as conn:
+        for table in ("market__prices", "market__price_revisions", "market__load", "quality__gaps"):
+            out[table] = conn.execute(
+                f"SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0)::text FROM silver.{table} t"
+            ).fetchone()
+    return out
 
-    settings = get_settings()
-    admin = warehouse_url(settings)
-    url = db.create_database(admin, "optibid_bench_silver", drop_existing=True)
+
+def _prepare_database(admin: str, name: str, zones: list[str]) -> str:
+    url = db.create_database(admin, name, drop_existing=True)
     db.migrate(url)
-    zones = [f"BZ{i:02d}" for i in range(n_zones)]
     with db.connect(url) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO silver.ref__zones VALUES (%s, %s, 'BENCH', 'BENCH', %s, 'USD', 0, 0, -1000, 5000)",
             [(z, z, TIMEZONES[i % len(TIMEZONES)]) for i, z in enumerate(zones)],
         )
-    nodes = [(zones[i % n_zones], f"N{i:04d}") for i in range(n_nodes)]
+    return url
 
-    lake = Lake(tempfile.mkdtemp(prefix="optibid-bench-lake-"))
-    t0 = time.perf_counter()
-    uploaded = datetime(2025, 1, 2, tzinfo=UTC)
-    prices, load = zone_tables(zones, year_start - timedelta(days=1), zone_days + 2, 1, uploaded)
-    write_deltalake(lake.table_uri("bronze", "files__prices"), prices)
-    write_deltalake(lake.table_uri("bronze", "files__load"), load)
-    ticks = tick_table(nodes, node_start, node_days, datetime(2025, 1, 2, tzinfo=UTC))
-    write_deltalake(lake.table_uri("bronze", "ticks__prices"), ticks)
-    bronze_rows = prices.num_rows + load.num_rows + ticks.num_rows
-    print(f"bronze: {bronze_rows:,} rows written in {time.perf_counter() - t0:.1f} s "
-          f"({n_zones} zones x {zone_days} d hourly prices+load, {n_nodes} nodes x {node_days} d 5-min ticks)")
 
-    t0 = time.perf_counter()
-    spark = spark_session(settings.spark_master, settings.spark_remote, app_name="optibid-bench")
-    spark.sparkContext.setLogLevel("ERROR")
-    print(f"spark session: {time.perf_counter() - t0:.1f} s")
-
-    first, last = year_start.date(), year_start.date() + timedelta(days=zone_days)
-    t0 = time.perf_counter()
-    full = build_market_window(spark, lake, url, first, last)
-    full_s = time.perf_counter() - t0
-    silver_rows = sum(v for k, v in full.rows.items() if k != "silver.quality__gaps")
-    print(f"full silver build ({first}..{last}, one run): {full_s:.1f} s, {silver_rows:,} silver rows "
-          f"({silver_rows / full_s:,.0f} rows/s); per table {full.rows}")
-
-    # A revised upload for one day, then that day's partition re-run.
-    day = node_start.date() + timedelta(days=1)
-    revised, _ = zone_tables(zones, datetime.combine(day, datetime.min.time(), UTC), 1, 2,
-                             datetime(2025, 1, 3, tzinfo=UTC))
+def _revise_day(lake: Lake, zones: list[str], day: date, upload_id: int) -> None:
+    """A revised upload of every zone's prices for `day`."""
+    revised, _ = zone_tables(zones, datetime.combine(day, datetime.min.time(), UTC), 1, upload_id,
+                             datetime(2025, 1, 2 + upload_id, tzinfo=UTC))
     write_deltalake(lake.table_uri("bronze", "files__prices"), revised, mode="append")
-    t0 = time.perf_counter()
-    inc = build_market_window(spark, lake, url, day, day + timedelta(days=1))
-    inc_s = time.perf_counter() - t0
-    print(f"incremental one-day build ({day}): {inc_s:.1f} s; per table {inc.rows}")
-    print(f"ratio full / one day: {full_s / inc_s:.1f}x for {zone_days} days")
 
-    gold = gold_build(url)
-    print("gold build: " + ("not wired (gold_build hook)" if gold is None else
-                            ", ".join(f"{k} {v:.1f} s" for k, v in gold.items())))
-    spark.stop()
+
+def cold_one_day(database_url: str, lake_root: str, day: date) -> None:
+    """The first one-day build of a fresh process: session start plus build, as a Dagster run process does."""
+    started = time.perf_counter()
+    settings = get_settings()
+    spark = spark_session(settings.spark_master, settings.spark_remote, app_name="optibid-bench-cold")
+    session_s = time.perf_counter() - started
+    try:
+        t0 = time.perf_counter()
+        build_market_window(spark, Lake(lake_root), database_url, day, day + timedelta(days=1))
+        build_s = time.perf_counter() - t0
+    finally:
+        spark.stop()
+    print(f"COLD {session_s:.3f} {build_s:.3f}")
+
+
+def _profile(result) -> None:
+    """Where a build's time went, per table: Spark computing its Arrow rows (beyond what overlapped the previous
+    table's COPY) and Postgres applying them."""
+    parts = [
+        f"{t.removeprefix('silver.')}: spark {result.spark_wait_s.get(t, 0):.2f} s, postgres {s:.2f} s"
+        for t, s in result.postgres_s.items()
+    ]
+    print("  profile: " + "; ".join(parts))
+
+
+def _figure(label: str, seconds: float, extra: str = "") -> None:
+    print(f"{label}: {seconds:.2f} s{extra} [{load_average()}]", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="smoke size: 5 zones x 14 days, 20 nodes x 3 days")
+    parser.add_argument("--zones", type=int, help="zones (default 50; --small 5)")
+    parser.add_argument("--days", type=int, help="days of hourly zone data (default 366; --small 14)")
+    parser.add_argument("--nodes", type=int, help="nodes with 5-minute ticks (default 500; --small 20)")
+    parser.add_argument("--no-gold", action="store_true", help="skip the dbt builds")
+    parser.add_argument("--cold-one-day", nargs=3, metavar=("URL", "LAKE", "DAY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cold_one_day:
+        url, lake_root, day = args.cold_one_day
+        cold_one_day(url, lake_root, date.fromisoformat(day))
+        return
+    n_zones, zone_days, n_nodes, node_days = (5, 14, 20, 3) if args.small else (50, 366, 500, 31)
+    n_zones, zone_days, n_nodes = args.zones or n_zones, args.days or zone_days, args.nodes or n_nodes
+    node_days = min(node_days, zone_days)
+    year_start = datetime(2024, 1, 1, tzinfo=UTC)
+    # Nodal ticks sit inside the zone year (July; day 4 in short runs) so both builds see them.
+    node_start = year_start + timedelta(days=182 if zone_days > 200 else 3)
+
+    settings = get_settings()
+    admin = warehouse_url(settings)
+    zones = [f"BZ{i:02d}" for i in range(n_zones)]
+    url = _prepare_database(admin, "optibid_bench_silver", zones)
+    peer_url = _prepare_database(admin, "optibid_bench_silver_peer", zones)
+    nodes = [(zones[i % n_zones], f"N{i:04d}") for i in range(n_nodes)]
+    work = tempfile.mkdtemp(prefix="optibid-bench-silver-")
+    spark = None
+    try:
+        lake = Lake(str(Path(work) / "lake"))
+        t0 = time.perf_counter()
+        uploaded = datetime(2025, 1, 2, tzinfo=UTC)
+        prices, load = zone_tables(zones, year_start - timedelta(days=1), zone_days + 2, 1, uploaded)
+        write_deltalake(lake.table_uri("bronze", "files__prices"), prices)
+        write_deltalake(lake.table_uri("bronze", "files__load"), load)
+        ticks = tick_table(nodes, node_start, node_days, datetime(2025, 1, 2, tzinfo=UTC))
+        write_deltalake(lake.table_uri("bronze", "ticks__prices"), ticks)
+        bronze_rows = prices.num_rows + load.num_rows + ticks.num_rows
+        _figure(f"bronze: {bronze_rows:,} rows written by delta-rs ({n_zones} zones x {zone_days} d hourly "
+                f"prices+load, {n_nodes} nodes x {node_days} d 5-min ticks)", time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        spark = spark_session(settings.spark_master, settings.spark_remote, app_name="optibid-bench")
+        spark.sparkContext.setLogLevel("ERROR")
+        session_s = time.perf_counter() - t0
+        _figure("spark session start", session_s)
+
+        first, last = year_start.date(), year_start.date() + timedelta(days=zone_days)
+        t0 = time.perf_counter()
+        full = build_market_window(spark, lake, url, first, last)
+        full_s = time.perf_counter() - t0
+        silver_rows = sum(v for k, v in full.rows.items() if k != "silver.quality__gaps")
+        _figure(f"OptiBid full silver build ({first}..{last}, one run)", full_s,
+                f", {silver_rows:,} silver rows ({silver_rows / full_s:,.0f} rows/s; target >= 150,000)")
+        t0 = time.perf_counter()
+        peer = build_market_window_duckdb(lake, peer_url, first, last, datasets=("prices", "load"))
+        peer_s = time.perf_counter() - t0
+        _figure("DuckDB peer full silver build", peer_s,
+                f" (DuckDB {peer.duckdb_s:.2f} s, Postgres COPY {peer.postgres_s:.2f} s; "
+                f"{silver_rows / peer_s:,.0f} rows/s)")
+        print(f"ratio OptiBid / DuckDB peer, full build: {full_s / peer_s:.2f}x (target <= 2x)")
+        same = _table_fingerprints(url) == _table_fingerprints(peer_url)
+        print(f"same rows in both databases after the full build: {same}")
+        print(f"per table: {full.rows}")
+        _profile(full)
+
+        # A revised upload for one day, then that day's partition re-run.
+        day = node_start.date() + timedelta(days=1)
+        _revise_day(lake, zones, day, 2)
+        one_day = (day, day + timedelta(days=1))
+        t0 = time.perf_counter()
+        inc = build_market_window(spark, lake, url, *one_day)
+        inc_s = time.perf_counter() - t0
+        _figure(f"OptiBid one-day incremental build ({day}), first in this process", inc_s,
+                " (target <= 5 s warm)")
+        _revise_day(lake, zones, day, 3)
+        t0 = time.perf_counter()
+        build_market_window(spark, lake, url, *one_day)
+        inc2_s = time.perf_counter() - t0
+        _figure("OptiBid one-day incremental build, second revision", inc2_s, " (target <= 5 s warm)")
+        t0 = time.perf_counter()
+        build_market_window_duckdb(lake, peer_url, *one_day, datasets=("prices", "load"))
+        build_market_window_duckdb(lake, peer_url, *one_day, datasets=("prices", "load"))
+        peer_inc_s = (time.perf_counter() - t0) / 2
+        _figure("DuckDB peer one-day build (mean of 2)", peer_inc_s)
+        print(f"ratio OptiBid / DuckDB peer, one day: {min(inc_s, inc2_s) / peer_inc_s:.2f}x (best OptiBid run)")
+        print(f"per table: {inc.rows}")
+        _profile(inc)
+        _revise_day(lake, zones, day, 4)
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.silver_gold_build", "--cold-one-day", url, lake.root, day.isoformat()],
+            capture_output=True, text=True, check=True,
+        )
+        cold_s = time.perf_counter() - t0
+        session_cold, build_cold = (float(x) for x in done.stdout.split("COLD ")[1].split())
+        _figure("fresh process: interpreter + Spark session start + one-day build", cold_s,
+                f" (session {session_cold:.2f} s, build {build_cold:.2f} s; target <= 10 s)")
+
+        if args.no_gold:
+            return
+        for step, seconds in gold_build(url, day, work).items():
+            _figure(step, seconds, f" (silver: {full_s if 'year' in step else min(inc_s, inc2_s):.2f} s)")
+    finally:
+        if spark is not None:
+            spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

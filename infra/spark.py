@@ -45,6 +45,8 @@ def spark_session(
                 .config("spark.ui.enabled", "false")
                 .config("spark.driver.memory", "2g")
                 .config("spark.pyspark.python", python)
+                # The console progress bar overwrites log and benchmark lines; the UI is off anyway.
+                .config("spark.ui.showConsoleProgress", "false")
             )
         session = (
             builder.config("spark.sql.session.timeZone", "UTC")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
@@ -23,6 +24,23 @@ CDC_ENVELOPE = (
 )
 
 
+def local_frame(spark: SparkSession, rows: Sequence[Sequence[object]], schema: str) -> DataFrame:
+    """A small frame of `rows` (DDL `schema`) built in the JVM as literals.
+
+    `createDataFrame` from Python rows would ship them as pickles that Python workers decode on every use: a
+    worker round trip per job, seconds on a busy machine.
+    """
+    struct = StructType.fromDDL(schema)
+    assert isinstance(struct, StructType)
+    typed = [
+        F.struct(*[F.lit(value).cast(f.dataType).alias(f.name) for value, f in zip(row, struct.fields, strict=True)])
+        for row in rows
+    ]
+    if not typed:
+        return spark.range(0).select(*[F.lit(None).cast(f.dataType).alias(f.name) for f in struct.fields])
+    return spark.range(1).select(F.inline(F.array(*typed)))
+
+
 def read_bronze(
     spark: SparkSession, files: Sequence[str], empty_schema: str, schema: StructType | None = None
 ) -> DataFrame:
@@ -32,7 +50,7 @@ def read_bronze(
     written before the table gained a column read it as NULL.
     """
     if not files:
-        return spark.createDataFrame([], empty_schema)
+        return local_frame(spark, [], empty_schema)
     reader = spark.read.schema(schema) if schema is not None else spark.read.option("mergeSchema", "true")
     return reader.parquet(*files)
 
@@ -46,5 +64,5 @@ def read_bronze_table(spark: SparkSession, lake: Lake, name: str, empty_schema: 
     """The current snapshot of bronze table `name`; empty (with `empty_schema`) when the table is absent."""
     table = lake.table("bronze", name)
     if table is None:
-        return spark.createDataFrame([], empty_schema)
+        return local_frame(spark, [], empty_schema)
     return read_bronze(spark, table.file_uris(), empty_schema, delta_schema(table))

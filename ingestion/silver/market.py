@@ -15,14 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from infra.db import connect
 from infra.lake import Lake
 from ingestion.reference import MARKET_FEED_ORG
-from ingestion.silver.bronze import read_bronze_table
-from ingestion.silver.pg_writer import ReplaceWhere, TableWrite, merge_dataframes
+from ingestion.silver.bronze import local_frame, read_bronze_table
+from ingestion.silver.pg_writer import Derived, ReplaceWhere, TableWrite, merge_dataframes
 
 LINEAGE_FILES = (
     "source_tz string, _upload_id long, _file_name string, _row_number long, _sheet string, _org_id string, "
@@ -103,7 +105,11 @@ class MarketBuildResult:
     start: date
     end: date
     rows: dict[str, int] = field(default_factory=dict)
+    # rows each table's window held before the build (replaced by the build's rows, or kept where identical)
     replaced: dict[str, int] = field(default_factory=dict)
+    # seconds waiting for Spark's rows / applying them in Postgres, per table (see pg_writer.WriteResult)
+    spark_wait_s: dict[str, float] = field(default_factory=dict)
+    postgres_s: dict[str, float] = field(default_factory=dict)
 
 
 def _col_or_null(df: DataFrame, column: str, spark_type: str) -> Column:
@@ -175,7 +181,7 @@ def zones_frame(spark: SparkSession, database_url: str) -> DataFrame:
     """zone, timezone, zone_currency of `silver.ref__zones` (a small broadcastable frame)."""
     with connect(database_url) as conn:
         rows = conn.execute("SELECT zone, timezone, currency FROM silver.ref__zones").fetchall()
-    return spark.createDataFrame(rows, "zone string, timezone string, zone_currency string")
+    return local_frame(spark, rows, "zone string, timezone string, zone_currency string")
 
 
 def observations(
@@ -323,12 +329,27 @@ def silver_frame(revised: DataFrame, dataset: MarketDataset) -> DataFrame:
     )
 
 
+PRICES_COLUMNS = (
+    "ts_utc", "market_date", "zone", "node", "market", "interval_minutes", "price", "currency", "org_id", "revision",
+    "is_gap_filled", "source", "ingested_at",
+)
+
+
 def price_revisions_frame(revised: DataFrame) -> DataFrame:
     """Every delivery of every price key, in `silver.market__price_revisions` column order."""
     return revised.where(F.col("timezone").isNotNull()).select(
         "ts_utc", "market_date", "zone", "node", "market", "interval_minutes", "org_id",
         F.col("revision").cast("int").alias("revision"), "price", "currency", "is_latest", "source",
         "source_ref", "batch_id", "ingested_at",
+    )
+
+
+def latest_prices(revisions: pa.Table) -> pa.Table:
+    """`silver.market__prices` rows (column order included) from `price_revisions_frame` rows: the latest ones."""
+    latest = revisions.filter(pc.field("is_latest"))
+    columns = [c for c in PRICES_COLUMNS if c != "is_gap_filled"]
+    return latest.select(columns).add_column(
+        PRICES_COLUMNS.index("is_gap_filled"), "is_gap_filled", pa.nulls(latest.num_rows, pa.bool_()).fill_null(False)
     )
 
 
@@ -365,15 +386,6 @@ def build_market_window(
             continue
         revised = with_revisions(observations(spark, lake, dataset, zones, start, end), dataset).cache()
         cached.append(revised)
-        writes.append(
-            TableWrite(
-                silver_frame(revised, dataset),
-                dataset.table,
-                dataset.key,
-                ReplaceWhere(window, (start, end)),
-                conflict_constraint=dataset.constraint,
-            )
-        )
         if name == "prices":
             writes.append(
                 TableWrite(
@@ -384,6 +396,17 @@ def build_market_window(
                     conflict_constraint="market__price_revisions_key",
                 )
             )
+        writes.append(
+            TableWrite(
+                # Prices are the latest revisions: projected from the revision rows on the driver.
+                Derived("silver.market__price_revisions", latest_prices) if name == "prices"
+                else silver_frame(revised, dataset),
+                dataset.table,
+                dataset.key,
+                ReplaceWhere(window, (start, end)),
+                conflict_constraint=dataset.constraint,
+            )
+        )
         quality.append(quality_frame(revised, dataset))
     flags = None
     for frame in quality:
@@ -402,4 +425,6 @@ def build_market_window(
     finally:
         for frame in cached:
             frame.unpersist()
-    return MarketBuildResult(start, end, dict(written.staged), dict(written.deleted))
+    return MarketBuildResult(
+        start, end, dict(written.staged), dict(written.replaced), written.spark_wait_s, written.postgres_s
+    )

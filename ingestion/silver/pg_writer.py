@@ -1,28 +1,39 @@
-"""Spark DataFrame -> Postgres: COPY from every Spark partition into staging, then one set-based merge.
+"""Spark DataFrame -> Postgres: Arrow batches from Spark, COPY in one transaction, merges that touch only what changed.
 
-Belongs here: the reusable write path of every silver table. Each Spark partition streams its Arrow batches as
-CSV through psycopg 3 `cursor.copy` into an UNLOGGED staging table (schema `stage`, created like the target);
-afterwards the driver runs, in ONE transaction, each write's replacement delete, an
-`INSERT ... ON CONFLICT DO UPDATE` from staging, and an optional `finalize` step (e.g. a watermark), so readers
-see either the old or the new state of every table in the write. No JDBC and no row-by-row inserts.
+Belongs here: the reusable write path of every silver table. Each write's DataFrame comes back from the JVM as
+Arrow record batches (`DataFrame.toArrow`: no Python workers, no per-partition connections) and is COPied as CSV
+through psycopg 3 into a TEMP staging table of the one connection that then applies, in ONE transaction, each
+write's replacement, its merge and an optional `finalize` step (e.g. a watermark), so readers see either the old
+or the new state of every table in the write. Spark computes the next write while the previous one is COPied.
+
+Merges change only what differs: a window replacement whose window is still empty COPies straight into the
+target; otherwise rows of the window whose key is no longer produced are deleted, new keys inserted, and rows
+updated only where a value differs (an unchanged day re-run writes nothing). No JDBC, no row-by-row inserts.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from psycopg import sql
 from pyspark.sql import DataFrame
 
 from infra.db import connect
 
+# Rows per CSV chunk handed to COPY: large enough to amortise the Python call, small enough to stay cache-warm.
+COPY_CHUNK_ROWS = 65_536
+
 
 @dataclass(frozen=True)
 class ReplaceWhere:
-    """Delete the target rows matching `predicate` (SQL with %s placeholders) before inserting."""
+    """Replace the target rows matching `predicate` (SQL with %s placeholders) by the write's rows."""
 
     predicate: str
     params: tuple[object, ...] = ()
@@ -37,10 +48,22 @@ class ReplaceKeys:
 
 
 @dataclass(frozen=True)
-class TableWrite:
-    """One DataFrame to merge into `target` (schema.table), upserting on `key_columns`; `df` None = no rows."""
+class Derived:
+    """Rows computed on the driver from an earlier write's Arrow rows (`source` is that write's target).
 
-    df: DataFrame | None
+    For a table that is a projection of another one (the winning rows of a revision trail): no second Spark
+    job over the same rows.
+    """
+
+    source: str
+    rows: Callable[[pa.Table], pa.Table]
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """Rows to merge into `target` (schema.table), upserting on `key_columns`; `df` None = no rows."""
+
+    df: DataFrame | Derived | None
     target: str
     key_columns: tuple[str, ...]
     replace: ReplaceWhere | ReplaceKeys | None = None
@@ -50,12 +73,26 @@ class TableWrite:
 
 @dataclass
 class WriteResult:
-    """Rows staged and inserted per target, and rows deleted by replacement."""
+    """Per target: rows staged (produced by Spark), rows deleted, rows inserted and rows updated.
+
+    `replaced` is how many rows the write's replacement covered before it ran (deleted, updated or left
+    identical): for a window replacement, the rows the window held.
+    """
 
     staged: dict[str, int] = field(default_factory=dict)
     staged_keys: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
-    upserted: dict[str, int] = field(default_factory=dict)
+    inserted: dict[str, int] = field(default_factory=dict)
+    updated: dict[str, int] = field(default_factory=dict)
+    replaced: dict[str, int] = field(default_factory=dict)
+    # Where the time went: waiting for Spark's Arrow rows, and applying them in Postgres (COPY and merge).
+    spark_wait_s: dict[str, float] = field(default_factory=dict)
+    postgres_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def upserted(self) -> dict[str, int]:
+        """Rows inserted or updated per target."""
+        return {t: self.inserted.get(t, 0) + self.updated.get(t, 0) for t in self.staged}
 
 
 def _qualified(name: str) -> sql.Composed:
@@ -63,88 +100,130 @@ def _qualified(name: str) -> sql.Composed:
     return sql.SQL(".").join([sql.Identifier(schema or "public"), sql.Identifier(table)])
 
 
-def _copy_partition_function(
-    database_url: str, staging_table: str, columns: Sequence[str]
-) -> Callable[[Iterator], Iterator]:
-    """The mapInArrow function that COPYs one Spark partition's batches into `staging_table`."""
-    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-        _qualified(staging_table), sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
-
-    def copy_partition(batches: Iterator) -> Iterator:
-        import itertools
-
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        batches = iter(batches)
-        first = next((b for b in batches if b.num_rows), None)
-        rows = 0
-        if first is not None:  # empty partitions never open a connection
-            with psycopg.connect(database_url) as conn, conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-                for batch in itertools.chain([first], batches):
-                    buffer = pa.BufferOutputStream()
-                    # Strings are always quoted and NULLs are bare empty fields, so '' and NULL stay distinct.
-                    pacsv.write_csv(batch, buffer, write_options=pacsv.WriteOptions(include_header=False))
-                    copy.write(buffer.getvalue())
-                    rows += batch.num_rows
-        yield pa.RecordBatch.from_pydict({"rows": pa.array([rows], pa.int64())})
-
-    return copy_partition
+def _columns(columns: Sequence[str]) -> sql.Composed:
+    return sql.SQL(", ").join(map(sql.Identifier, columns))
 
 
-def copy_dataframe_to_staging(df: DataFrame, database_url: str, like: str, columns: Sequence[str]) -> tuple[str, int]:
-    """Name of a new staging table shaped like `like` (those columns) filled from `df`, and its row count."""
-    staging = f"stage.{like.rpartition('.')[2][:40]}_{uuid.uuid4().hex[:12]}"
-    with connect(database_url) as conn:
-        conn.execute(
-            sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
-                _qualified(staging), sql.SQL(", ").join(map(sql.Identifier, columns)), _qualified(like)
-            )
+def copy_arrow(conn: psycopg.Connection, table: sql.Composable, data: pa.Table) -> int:
+    """COPY `data` into `table` (its columns, by name) on `conn`; the rows written."""
+    if data.num_rows == 0:
+        return 0
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, _columns(data.column_names))
+    # Strings are always quoted and NULLs are bare empty fields, so '' and NULL stay distinct.
+    options = pacsv.WriteOptions(include_header=False)
+    with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+            buffer = pa.BufferOutputStream()
+            pacsv.write_csv(batch, buffer, write_options=options)
+            copy.write(buffer.getvalue())
+    return data.num_rows
+
+
+def _temp_like(conn: psycopg.Connection, like: str, columns: Sequence[str]) -> sql.Identifier:
+    """A TEMP table (dropped at commit) with `columns` of table `like`."""
+    name = sql.Identifier(f"stage_{like.rpartition('.')[2][:40]}_{uuid.uuid4().hex[:8]}")
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            name, _columns(columns), _qualified(like)
         )
-    frame = df.select(*columns)
-    parallelism = _copy_streams(df)
-    if parallelism:
-        # One COPY stream per core is what the database can absorb; more (tiny) partitions only add tasks.
-        frame = frame.coalesce(parallelism)
-    counts = frame.mapInArrow(
-        _copy_partition_function(database_url, staging, list(columns)), "rows long"
-    ).collect()
-    return staging, sum(row["rows"] for row in counts)
-
-
-def _copy_streams(df: DataFrame) -> int | None:
-    """Cores of the cluster, or None where the session does not expose them (Spark Connect)."""
-    try:
-        return max(1, df.sparkSession.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect sessions have no SparkContext
-        return None
-
-
-def drop_staging(database_url: str, tables: Sequence[str]) -> None:
-    with connect(database_url) as conn:
-        for table in tables:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_qualified(table)))
-
-
-def _merge_statement(write: TableWrite, staging: str, columns: Sequence[str]) -> sql.Composed:
-    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    conflict = (
-        sql.SQL("ON CONSTRAINT {}").format(sql.Identifier(write.conflict_constraint))
-        if write.conflict_constraint
-        else sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, write.key_columns)))
     )
+    return name
+
+
+def _nullable(conn: psycopg.Connection, table: str) -> set[str]:
+    schema, _, name = table.rpartition(".")
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s AND is_nullable = 'YES'",
+        (schema or "public", name),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _key_match(key: Sequence[str], nullable: set[str], left: str, right: str) -> sql.Composed:
+    """`left` and `right` rows have the same key, NULL equal to NULL, as a hashable join condition."""
+
+    def side(alias: str, column: str) -> sql.Composable:
+        ref = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column))
+        # IS NOT DISTINCT FROM cannot be hashed; a text form with a NULL marker can.
+        return sql.SQL("coalesce({}::text, E'\\\\N')").format(ref) if column in nullable else ref
+
+    return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(side(left, c), side(right, c)) for c in key)
+
+
+def _conflict(write: TableWrite) -> sql.Composable:
+    if write.conflict_constraint:
+        return sql.SQL("ON CONSTRAINT {}").format(sql.Identifier(write.conflict_constraint))
+    return sql.SQL("({})").format(_columns(write.key_columns))
+
+
+def _upsert(
+    conn: psycopg.Connection, write: TableWrite, staging: sql.Composable, columns: Sequence[str]
+) -> tuple[int, int]:
+    """Insert new keys and update rows whose values differ; (inserted, updated)."""
     updates = [c for c in columns if c not in write.key_columns]
-    action = (
-        sql.SQL("DO UPDATE SET {}").format(
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+    target = sql.Identifier("t")
+    if updates:
+        action = sql.SQL("DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates),
+            sql.SQL(", ").join(sql.SQL("{}.{}").format(target, sql.Identifier(c)) for c in updates),
+            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in updates),
         )
-        if updates
-        else sql.SQL("DO NOTHING")
-    )
-    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT {} {}").format(
-        _qualified(write.target), cols, cols, _qualified(staging), conflict, action
-    )
+    else:
+        action = sql.SQL("DO NOTHING")
+    # xmax is 0 on a freshly inserted row version and set on an updated one.
+    row = conn.execute(
+        sql.SQL(
+            "WITH changed AS (INSERT INTO {} AS t ({}) SELECT {} FROM {} ON CONFLICT {} {} "
+            "RETURNING (t.xmax = 0) AS ins) "
+            "SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM changed"
+        ).format(_qualified(write.target), _columns(columns), _columns(columns), staging, _conflict(write), action)
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def _apply_replace_where(
+    conn: psycopg.Connection, write: TableWrite, data: pa.Table | None, result: WriteResult
+) -> None:
+    assert isinstance(write.replace, ReplaceWhere)
+    target = _qualified(write.target)
+    where = sql.SQL(write.replace.predicate)  # type: ignore[arg-type]  # predicates are code constants
+    params = write.replace.params
+    before = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ").format(target) + where, params).fetchone()[0]
+    result.replaced[write.target] = int(before)
+    if data is None or data.num_rows == 0:
+        delete = sql.SQL("DELETE FROM {} WHERE ").format(target) + where
+        result.deleted[write.target] = conn.execute(delete, params).rowcount
+        return
+    if before == 0:
+        # Nothing to merge with: the rows go straight in (a key outside the window is a unique violation).
+        result.inserted[write.target] = copy_arrow(conn, target, data)
+        return
+    staging = _temp_like(conn, write.target, data.column_names)
+    copy_arrow(conn, staging, data)
+    conn.execute(sql.SQL("ANALYZE {}").format(staging))
+    match = _key_match(write.key_columns, _nullable(conn, write.target), "s", "t")
+    result.deleted[write.target] = conn.execute(
+        sql.SQL("DELETE FROM {} AS t WHERE (").format(target)
+        + where
+        + sql.SQL(") AND NOT EXISTS (SELECT 1 FROM {} AS s WHERE {})").format(staging, match),
+        params,
+    ).rowcount
+    result.inserted[write.target], result.updated[write.target] = _upsert(conn, write, staging, data.column_names)
+
+
+def _collector(
+    executor: ThreadPoolExecutor, df: DataFrame | Derived | None, earlier: dict[str, Future[pa.Table | None]]
+) -> Future[pa.Table | None]:
+    if isinstance(df, Derived):
+        source = earlier[df.source]  # submitted first: the one worker thread has finished it by now
+
+        def derive() -> pa.Table | None:
+            rows = source.result()
+            return None if rows is None else df.rows(rows)
+
+        return executor.submit(derive)
+    return executor.submit(lambda: None if df is None else df.toArrow())
 
 
 def merge_dataframes(
@@ -152,67 +231,73 @@ def merge_dataframes(
     writes: Sequence[TableWrite],
     finalize: Callable[[psycopg.Connection], None] | None = None,
 ) -> WriteResult:
-    """Stage every write by COPY from Spark partitions, then apply all of them (and `finalize`) in one transaction.
+    """Collect every write from Spark as Arrow, stage and apply all of them (and `finalize`) in one transaction.
 
-    Replacement deletes run before the inserts, so a re-run of the same window or keys is idempotent.
+    Replacements make a re-run of the same window or keys idempotent; rows that did not change are not written.
     """
     result = WriteResult()
-    staged_tables: list[str] = []
-    try:
-        plans: list[tuple[TableWrite, str | None, list[str], str | None]] = []
-        keys_staged: dict[tuple[int, tuple[str, ...]], tuple[str, int]] = {}
+    # One thread runs the Spark jobs in write order, so Spark computes write n+1 while write n is COPied.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-collect") as executor:
+        collected: dict[str, Future[pa.Table | None]] = {}
+        frames = []
         for write in writes:
-            staging, columns = None, []
-            result.staged[write.target] = 0
-            if write.df is not None:
-                columns = list(write.df.columns)
-                staging, rows = copy_dataframe_to_staging(write.df, database_url, write.target, columns)
-                staged_tables.append(staging)
-                result.staged[write.target] = rows
-            keys_staging = None
+            frames.append(_collector(executor, write.df, collected))
+            collected[write.target] = frames[-1]
+        keys: dict[tuple[int, tuple[str, ...]], Future[pa.Table | None]] = {}
+        for write in writes:
             if isinstance(write.replace, ReplaceKeys):
-                # Writes replacing the same keys (a history and its current table) share one staged key set.
+                # Writes replacing the same keys (a history and its current table) share one key set.
                 reuse = (id(write.replace.keys), write.replace.columns)
-                if reuse not in keys_staged:
-                    name, rows = copy_dataframe_to_staging(
-                        write.replace.keys.select(*write.replace.columns).distinct(),
-                        database_url,
-                        write.target,
-                        list(write.replace.columns),
+                if reuse not in keys:
+                    keys[reuse] = _collector(
+                        executor, write.replace.keys.select(*write.replace.columns).distinct(), collected
                     )
-                    staged_tables.append(name)
-                    keys_staged[reuse] = (name, rows)
-                keys_staging, result.staged_keys[write.target] = keys_staged[reuse]
-            plans.append((write, staging, columns, keys_staging))
-
-        with connect(database_url) as conn:
-            for write, staging, columns, keys_staging in plans:
-                deleted = 0
-                if isinstance(write.replace, ReplaceWhere):
-                    cur = conn.execute(
-                        sql.SQL("DELETE FROM {} WHERE ").format(_qualified(write.target))
-                        + sql.SQL(write.replace.predicate),  # type: ignore[arg-type]  # predicates are code constants
-                        write.replace.params,
-                    )
-                    deleted = cur.rowcount
-                elif isinstance(write.replace, ReplaceKeys):
-                    match = sql.SQL(" AND ").join(
-                        sql.SQL("t.{0} = k.{0}").format(sql.Identifier(c)) for c in write.replace.columns
-                    )
-                    cur = conn.execute(
-                        sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(
-                            _qualified(write.target), _qualified(keys_staging or ""), match
+        try:
+            with connect(database_url) as conn:
+                staged_keys: dict[tuple[int, tuple[str, ...]], tuple[sql.Identifier, int]] = {}
+                for write, frame in zip(writes, frames, strict=True):
+                    waited = time.perf_counter()
+                    data = frame.result()
+                    applied = time.perf_counter()
+                    result.spark_wait_s[write.target] = applied - waited
+                    result.staged[write.target] = 0 if data is None else data.num_rows
+                    result.deleted.setdefault(write.target, 0)
+                    result.inserted.setdefault(write.target, 0)
+                    result.updated.setdefault(write.target, 0)
+                    if isinstance(write.replace, ReplaceWhere):
+                        _apply_replace_where(conn, write, data, result)
+                        result.postgres_s[write.target] = time.perf_counter() - applied
+                        continue
+                    if isinstance(write.replace, ReplaceKeys):
+                        reuse = (id(write.replace.keys), write.replace.columns)
+                        if reuse not in staged_keys:
+                            key_data = keys[reuse].result()
+                            assert key_data is not None
+                            table = _temp_like(conn, write.target, list(write.replace.columns))
+                            staged_keys[reuse] = (table, copy_arrow(conn, table, key_data))
+                        key_table, result.staged_keys[write.target] = staged_keys[reuse]
+                        match = sql.SQL(" AND ").join(
+                            sql.SQL("t.{0} = k.{0}").format(sql.Identifier(c)) for c in write.replace.columns
                         )
-                    )
-                    deleted = cur.rowcount
-                result.deleted[write.target] = deleted
-                result.upserted[write.target] = 0
-                if staging is not None:
-                    cur = conn.execute(_merge_statement(write, staging, columns))
-                    result.upserted[write.target] = cur.rowcount
-            if finalize is not None:
-                finalize(conn)
-    finally:
-        if staged_tables:
-            drop_staging(database_url, staged_tables)
+                        deleted = conn.execute(
+                            sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(
+                                _qualified(write.target), key_table, match
+                            )
+                        ).rowcount
+                        result.deleted[write.target] = deleted
+                        result.replaced[write.target] = deleted
+                    if data is not None and data.num_rows:
+                        staging = _temp_like(conn, write.target, data.column_names)
+                        copy_arrow(conn, staging, data)
+                        result.inserted[write.target], result.updated[write.target] = _upsert(
+                            conn, write, staging, data.column_names
+                        )
+                    result.postgres_s[write.target] = time.perf_counter() - applied
+                commit = time.perf_counter()
+                if finalize is not None:
+                    finalize(conn)
+            result.postgres_s["commit"] = time.perf_counter() - commit
+        finally:
+            for future in [*frames, *keys.values()]:
+                future.cancel()
     return result
