@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test soak lint format services-up services-down dbt-parse bench clean
+.PHONY: install demo test soak test-scale lint format services-up services-down dbt-parse bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test: install
 # 5 minutes (OPTIBID_SOAK_SECONDS=300); not yet within it on two cores, so it is not part of `make test`.
 soak: install
 	$(BIN)/python -m pytest -m soak tests/platform --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
+
+# Scale-out paths as separate processes: silver on a Spark standalone cluster (master and two workers) and
+# through Spark Connect on it, the lake on moto's S3 server, concurrent Delta committers on S3. JVM starts make it
+# slow, so it is outside `make test`; .ci/run calls it after.
+test-scale: install
+	$(BIN)/python -m pytest -m scale tests/scale --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 # Style, then the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: install

@@ -5,6 +5,9 @@ CSV through psycopg 3 `cursor.copy` into an UNLOGGED staging table (schema `stag
 afterwards the driver runs, in ONE transaction, each write's replacement delete, an
 `INSERT ... ON CONFLICT DO UPDATE` from staging, and an optional `finalize` step (e.g. a watermark), so readers
 see either the old or the new state of every table in the write. No JDBC and no row-by-row inserts.
+
+The executors connect to Postgres themselves, with the URL they are handed: on a cluster it must name a host
+they can reach, not a Unix socket of the driver's machine (`check_reachable_from_executors`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
-from pyspark.sql import DataFrame
+from psycopg.conninfo import conninfo_to_dict
+from pyspark.sql import DataFrame, SparkSession
 
 from infra.db import connect
 
@@ -95,6 +99,7 @@ def _copy_partition_function(
 
 def copy_dataframe_to_staging(df: DataFrame, database_url: str, like: str, columns: Sequence[str]) -> tuple[str, int]:
     """Name of a new staging table shaped like `like` (those columns) filled from `df`, and its row count."""
+    check_reachable_from_executors(_session_master(df.sparkSession), database_url)
     staging = f"stage.{like.rpartition('.')[2][:40]}_{uuid.uuid4().hex[:12]}"
     with connect(database_url) as conn:
         conn.execute(
@@ -111,6 +116,33 @@ def copy_dataframe_to_staging(df: DataFrame, database_url: str, like: str, colum
         _copy_partition_function(database_url, staging, list(columns)), "rows long"
     ).collect()
     return staging, sum(row["rows"] for row in counts)
+
+
+def check_reachable_from_executors(master: str | None, database_url: str) -> None:
+    """Fail clearly when executors of `master` could not open `database_url`: a Unix socket seen from other hosts.
+
+    A socket is a file of the driver's machine, so only executors on that machine can use it: a `local` master,
+    or a standalone master on the loopback address (its workers are then on this machine too). `master` None
+    (a Connect server that does not say) is not checked.
+    """
+    hosts = str(conninfo_to_dict(database_url).get("host") or "")
+    if not any(host == "" or host.startswith(("/", "@")) for host in hosts.split(",")):
+        return  # TCP hosts: the executors get the same answer as the driver
+    if master is None or master.startswith("local"):
+        return
+    if any(master.startswith(f"spark://{loopback}") for loopback in ("127.0.0.1", "localhost", "[::1]")):
+        return
+    raise ValueError(
+        f"the Spark master {master} runs executors on other machines, which write to Postgres themselves, but "
+        "OPTIBID_DATABASE_URL names a Unix socket of this machine: set it to a host and port they can reach"
+    )
+
+
+def _session_master(spark: SparkSession) -> str | None:
+    try:
+        return spark.conf.get("spark.master")
+    except Exception:  # a Connect server need not expose its master
+        return None
 
 
 def _copy_streams(df: DataFrame) -> int | None:

@@ -1,0 +1,38 @@
+"""What the executors are handed to reach the lake and the warehouse: fast checks, in the main suite."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.lake import Lake, LakeError
+from ingestion.silver.pg_writer import check_reachable_from_executors
+
+SOCKET_URL = "postgresql://postgres@/optibid?host=/home/me/.optibid/pg"
+
+
+def test_arrow_reaches_the_lake_with_the_delta_rs_storage_options():
+    lake = Lake(
+        "s3://bucket/lake",
+        {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "aws_access_key_id": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+         "AWS_REGION": "eu-west-1", "AWS_ALLOW_HTTP": "true", "AWS_SESSION_TOKEN": "token"},
+    )
+    assert lake.arrow_s3_options() == {
+        "endpoint_override": "127.0.0.1:9000", "scheme": "http", "access_key": "key", "secret_key": "secret",
+        "region": "eu-west-1", "session_token": "token",
+    }
+    # no options: Arrow takes the same AWS environment and profile chain as delta-rs
+    assert Lake("s3://bucket/lake").arrow_s3_options() == {}
+    with pytest.raises(LakeError, match="only s3://"):
+        Lake("gs://bucket/lake").arrow_s3_options()
+
+
+def test_a_unix_socket_warehouse_is_refused_to_executors_on_other_machines():
+    with pytest.raises(ValueError, match="Unix socket"):
+        check_reachable_from_executors("spark://spark-master.internal:7077", SOCKET_URL)
+    with pytest.raises(ValueError, match="Unix socket"):
+        check_reachable_from_executors("k8s://https://kubernetes:443", "postgresql://postgres@/optibid")
+    # executors on the driver's machine, a TCP host, or a Connect server that does not say: nothing to refuse
+    check_reachable_from_executors("local[*]", SOCKET_URL)
+    check_reachable_from_executors("spark://127.0.0.1:7077", SOCKET_URL)
+    check_reachable_from_executors("spark://spark-master.internal:7077", "postgresql://u@db.internal:5432/optibid")
+    check_reachable_from_executors(None, SOCKET_URL)
