@@ -101,7 +101,8 @@ class SparkCluster:
                 ),
             ],
             self.work_dir,
-            {"PYSPARK_PYTHON": self.python},
+            # spark-daemon.sh sizes the server's JVM from SPARK_DAEMON_MEMORY, not --driver-memory.
+            {"PYSPARK_PYTHON": self.python, "SPARK_DAEMON_MEMORY": "1g"},
         )
         self.processes.append(process)
         _wait(lambda: port_open("127.0.0.1", port), process, timeout)

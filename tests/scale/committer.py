@@ -37,7 +37,6 @@ def main() -> None:
             "cdc__bids", pa.Table.from_pylist(rows, schema=CDC_SCHEMA),
             topic_offsets={(TOPIC, args.partition): offset - 1},
         )
-        tables.refresh()  # like a consumer after a commit race: the next append starts from the latest snapshot
 
 
 if __name__ == "__main__":

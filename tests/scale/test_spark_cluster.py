@@ -33,13 +33,13 @@ def test_silver_on_the_cluster_through_connect_and_from_s3_equals_local(
     s3_lake = s3_server.lake("scale")
     write_scale_bronze(s3_lake)
     variants = {
-        "standalone cluster, local lake": ({"SPARK_MASTER": spark_cluster.master_url}, local_lake),
-        "Spark Connect on the cluster": ({"SPARK_REMOTE": spark_cluster.start_connect_server()}, local_lake),
-        "standalone cluster, S3 lake": ({"SPARK_MASTER": spark_cluster.master_url}, s3_lake),
+        "standalone cluster, S3 lake": (lambda: {"SPARK_MASTER": spark_cluster.master_url}, s3_lake),
+        "standalone cluster, local lake": (lambda: {"SPARK_MASTER": spark_cluster.master_url}, local_lake),
+        "Spark Connect on the cluster": (lambda: {"SPARK_REMOTE": spark_cluster.start_connect_server()}, local_lake),
     }
     for variant, (spark_env, lake) in variants.items():
         clear_silver(silver_db)
-        run_silver_job(silver_db, lake, spark_env, tmp_path)
+        run_silver_job(silver_db, lake, spark_env(), tmp_path)
         got = silver_snapshot(silver_db)
         for table in expected:
             assert got[table] == expected[table], f"{variant}: silver.{table} differs from the local[*] build"
