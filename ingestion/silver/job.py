@@ -13,18 +13,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from datetime import date
 
 from infra.lake import lake_from_settings
 from infra.services import warehouse_url
 from infra.settings import get_settings
 from infra.spark import spark_session
-from ingestion.silver.market import build_market_window
+from ingestion.silver.market import SILVER_MARKET_TABLES, build_market_window
 from ingestion.silver.trading import ENTITIES, build_trading_entity
 
 
-def run(start: date, end: date, *, full_refresh: bool = True) -> dict[str, object]:
-    """Build market days [start, end) and every trading entity; rows written and timings."""
+def run(
+    start: date,
+    end: date,
+    *,
+    full_refresh: bool = True,
+    datasets: Sequence[str] = tuple(SILVER_MARKET_TABLES),
+    entities: Sequence[str] = tuple(ENTITIES),
+) -> dict[str, object]:
+    """Build market days [start, end) of `datasets` and the trading `entities`; rows written and timings."""
     settings = get_settings()
     began = time.perf_counter()
     spark = spark_session(settings.spark_master, settings.spark_remote, app_name="optibid-silver-job")
@@ -32,12 +40,12 @@ def run(start: date, end: date, *, full_refresh: bool = True) -> dict[str, objec
     database_url = warehouse_url(settings)
     session_s = time.perf_counter() - began
     began = time.perf_counter()
-    market = build_market_window(spark, lake, database_url, start, end)
+    market = build_market_window(spark, lake, database_url, start, end, datasets)
     market_s = time.perf_counter() - began
     began = time.perf_counter()
     trading = {
         name: build_trading_entity(spark, lake, database_url, name, full_refresh=full_refresh).history_rows
-        for name in ENTITIES
+        for name in entities
     }
     trading_s = time.perf_counter() - began
     return {
@@ -55,9 +63,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=date.fromisoformat, required=True, help="first market day (YYYY-MM-DD)")
     parser.add_argument("--end", type=date.fromisoformat, required=True, help="day after the last market day")
     parser.add_argument("--incremental", action="store_true", help="trading: only keys changed since last run")
+    parser.add_argument("--datasets", default=",".join(SILVER_MARKET_TABLES), help="market tables (comma-separated)")
+    parser.add_argument("--entities", default=",".join(ENTITIES), help="trading entities (comma-separated)")
     args = parser.parse_args(argv)
+    datasets = [d for d in args.datasets.split(",") if d]
+    entities = [e for e in args.entities.split(",") if e]
+    unknown = sorted(set(datasets) - set(SILVER_MARKET_TABLES)) + sorted(set(entities) - set(ENTITIES))
+    if unknown:
+        parser.error(f"unknown market tables or trading entities: {', '.join(unknown)}")
     try:
-        print(json.dumps(run(args.start, args.end, full_refresh=not args.incremental)), flush=True)
+        report = run(args.start, args.end, full_refresh=not args.incremental, datasets=datasets, entities=entities)
+        print(json.dumps(report), flush=True)
     finally:
         settings = get_settings()
         # Ends the application, so a cluster frees its executors before the next driver asks for them.

@@ -125,8 +125,10 @@ def run_silver_job(database_url: str, lake: Lake, spark_env: dict[str, str], cwd
         **spark_env,
     )
     done = subprocess.run(
-        [sys.executable, "-m", "ingestion.silver.job", "--start", START.isoformat(), "--end", END.isoformat()],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "ingestion.silver.job", "--start", START.isoformat(), "--end", END.isoformat(),
+         # what the fixture bronze fills; the other tables' builds would only clear them
+         "--datasets", "prices,load", "--entities", "bids"],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=1800,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
