@@ -11,7 +11,8 @@ import pytest
 
 from tests.scale.conftest import clear_silver, run_silver_job, silver_snapshot, write_scale_bronze
 
-pytestmark = pytest.mark.scale
+# Four driver JVMs and a cluster on two shared cores: beyond the suite's 15-minute default when the machine is busy.
+pytestmark = [pytest.mark.scale, pytest.mark.timeout(3600)]
 
 
 def _applications(cluster) -> list[dict]:
@@ -34,8 +35,9 @@ def test_silver_on_the_cluster_through_connect_and_from_s3_equals_local(
     s3_lake = s3_server.lake("scale")
     write_scale_bronze(s3_lake)
     variants = {
+        # SPARK_MASTER=spark://…, and the executors read bronze over HTTP: nothing shared but the lake URI
         "standalone cluster, S3 lake": (lambda: {"SPARK_MASTER": spark_cluster.master_url}, s3_lake),
-        "standalone cluster, local lake": (lambda: {"SPARK_MASTER": spark_cluster.master_url}, local_lake),
+        # SPARK_REMOTE=sc://… to a Connect server whose executors are the cluster's, on the local lake
         "Spark Connect on the cluster": (lambda: {"SPARK_REMOTE": spark_cluster.start_connect_server()}, local_lake),
     }
     for variant, (spark_env, lake) in variants.items():
@@ -45,9 +47,9 @@ def test_silver_on_the_cluster_through_connect_and_from_s3_equals_local(
         for table in expected:
             assert got[table] == expected[table], f"{variant}: silver.{table} differs from the local[*] build"
 
-    # The work ran on the cluster: both workers' executors served the drivers' applications.
-    apps = _applications(spark_cluster)
-    assert sum(app["name"] == "optibid-silver-job" for app in apps) == 2
+    # The work ran on the cluster: both workers' executors served the job's application and the Connect server.
+    names = sorted(app["name"] for app in _applications(spark_cluster))
+    assert names == ["Spark Connect server", "optibid-silver-job"], names
     for worker in ("worker-0", "worker-1"):
         ran = list((spark_cluster.work_dir / worker).glob("app-*/*/stderr"))
-        assert len(ran) >= 3, f"{worker} ran executors for {len(ran)} of the 3 cluster applications"
+        assert len(ran) == 2, f"{worker} ran executors for {len(ran)} of the 2 cluster applications"
