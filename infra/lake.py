@@ -3,6 +3,11 @@
 The lake root is a local folder or an object-store URI (`s3://bucket/prefix`); tables are
 `<root>/<layer>/<name>`. delta-rs does every write; Spark reads a table's snapshot through the file list
 delta-rs gives (`snapshot_files`), because the JVM Delta connector cannot be installed here.
+
+On S3, delta-rs commits each log entry with a conditional `PUT` (`If-None-Match: *`): of two writers racing for
+the same version one gets `412 Precondition Failed` and retries on the next version, so concurrent committers
+need no locking provider (delta-rs 1.x no longer has the DynamoDB one). The store must honour conditional
+writes: AWS S3 does, as do MinIO, R2 and moto's server.
 """
 
 from __future__ import annotations
@@ -46,6 +51,34 @@ class Lake:
         """Absolute URIs of the Parquet files of one table version (empty when the table is absent)."""
         table = self.table(layer, name, version)
         return table.file_uris() if table is not None else []
+
+    def arrow_s3_options(self) -> dict[str, object]:
+        """Keyword arguments of `pyarrow.fs.S3FileSystem` that reach this lake as delta-rs does.
+
+        Built from the delta-rs storage options (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...; any case, with or
+        without the `aws_` prefix); what they leave out, Arrow takes from the same AWS environment and profile
+        chain as delta-rs.
+        """
+        if not self.root.startswith(("s3://", "s3a://")):
+            raise LakeError(f"only s3:// object-store lakes can be read by Spark here, not {self.root}")
+        options = {key.lower().removeprefix("aws_"): value for key, value in self.storage_options.items()}
+        arrow: dict[str, object] = {}
+        for ours, theirs in (
+            ("access_key_id", "access_key"),
+            ("secret_access_key", "secret_key"),
+            ("session_token", "session_token"),
+            ("token", "session_token"),
+            ("region", "region"),
+            ("default_region", "region"),
+        ):
+            if options.get(ours):
+                arrow.setdefault(theirs, options[ours])
+        endpoint = options.get("endpoint_url") or options.get("endpoint")
+        if endpoint:
+            scheme, _, address = endpoint.rpartition("://")
+            arrow["endpoint_override"] = address.rstrip("/")
+            arrow["scheme"] = scheme or "https"
+        return arrow
 
     def ensure_writable(self) -> None:
         """Fail early with a clear message when a local lake root can't be created or written."""

@@ -2,17 +2,22 @@
 
 Belongs here: how silver jobs get a bronze snapshot (or a part of one) as a DataFrame, and the minimal schemas
 that stand in for a bronze table nothing has been written to yet.
+
+A local lake is read by Spark's own Parquet reader. An object-store lake (`s3://`) is read by the executors
+themselves through Arrow's S3 filesystem: the pyspark wheel has no `hadoop-aws` (s3a) jars, and funnelling a
+snapshot through the driver would cap a cluster at one machine. Either way the executors reach the data only
+through the lake URI, never through a folder they would have to share with the driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
 from infra.lake import Lake
@@ -42,15 +47,24 @@ def local_frame(spark: SparkSession, rows: Sequence[Sequence[object]], schema: s
 
 
 def read_bronze(
-    spark: SparkSession, files: Sequence[str], empty_schema: str, schema: StructType | None = None
+    spark: SparkSession,
+    files: Sequence[str],
+    empty_schema: str,
+    schema: StructType | None = None,
+    lake: Lake | None = None,
 ) -> DataFrame:
     """The rows of `files` (Parquet files of one Delta snapshot); an empty frame of `empty_schema` if none.
 
     `schema` is the table's Delta schema: given it, Spark skips schema inference (a job per read), and files
-    written before the table gained a column read it as NULL.
+    written before the table gained a column read it as NULL. `lake` is where the files live: an object-store
+    lake is read by the executors through Arrow (and then needs `schema`).
     """
     if not files:
         return local_frame(spark, [], empty_schema)
+    if lake is not None and not lake.is_local:
+        if schema is None:
+            raise ValueError("reading an object-store lake needs the table's schema (delta_schema)")
+        return _read_through_arrow(spark, files, schema, lake)
     reader = spark.read.schema(schema) if schema is not None else spark.read.option("mergeSchema", "true")
     return reader.parquet(*files)
 
@@ -65,4 +79,48 @@ def read_bronze_table(spark: SparkSession, lake: Lake, name: str, empty_schema: 
     table = lake.table("bronze", name)
     if table is None:
         return local_frame(spark, [], empty_schema)
-    return read_bronze(spark, table.file_uris(), empty_schema, delta_schema(table))
+    return read_bronze(spark, table.file_uris(), empty_schema, delta_schema(table), lake)
+
+
+def _read_through_arrow(spark: SparkSession, files: Sequence[str], schema: StructType, lake: Lake) -> DataFrame:
+    """The files' rows, read on the executors: one task per group of files, each opening the object store."""
+    # Spark's Arrow timestamps are UTC microseconds (the session time zone is UTC, infra/spark.py).
+    target = to_arrow_schema(schema, timezone="UTC")
+    uris = local_frame(spark, [(uri,) for uri in files], "uri string")
+    tasks = max(1, min(len(files), _parallelism(spark)))
+    return uris.repartition(tasks).mapInArrow(_arrow_file_reader(lake.arrow_s3_options(), target), schema)
+
+
+def _parallelism(spark: SparkSession) -> int:
+    try:
+        return spark.sparkContext.defaultParallelism
+    except Exception:  # Spark Connect sessions have no SparkContext
+        return int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
+
+
+def _arrow_file_reader(s3_options: dict[str, object], target: pa.Schema) -> Callable[[Iterator], Iterator]:
+    """The mapInArrow function that reads the Parquet files named in its `uri` batches, shaped as `target`.
+
+    Defined inside a factory so that Spark pickles it by value: executors need pyarrow, not this package.
+    """
+
+    def read_files(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+        import pyarrow.fs as pafs
+        import pyarrow.parquet as pq
+
+        filesystem = pafs.S3FileSystem(**s3_options)
+        for batch in batches:
+            for uri in batch.column("uri").to_pylist():
+                path = uri.split("://", 1)[1]
+                for part in pq.ParquetFile(path, filesystem=filesystem).iter_batches(batch_size=65_536):
+                    # Columns a file predates read as NULL, like Spark's reader with the table schema.
+                    columns = [
+                        part.column(field.name).cast(field.type)
+                        if field.name in part.schema.names
+                        else pa.nulls(part.num_rows, field.type)
+                        for field in target
+                    ]
+                    yield pa.RecordBatch.from_arrays(columns, schema=target)
+
+    return read_files

@@ -244,7 +244,7 @@ def build_trading_entity(
     else:
         full_refresh = True
 
-    bronze_all = read_bronze(spark, all_files, CDC_ENVELOPE, schema)
+    bronze_all = read_bronze(spark, all_files, CDC_ENVELOPE, schema, lake)
     result = TradingBuildResult(entity.name, version, previous, full_refresh)
     events_all = change_events(bronze_all, entity).cache()
     try:
@@ -255,7 +255,7 @@ def build_trading_entity(
             replace_current = ReplaceWhere("TRUE")
             new_bronze = bronze_all
         else:
-            new_bronze = read_bronze(spark, new_files, CDC_ENVELOPE, schema)
+            new_bronze = read_bronze(spark, new_files, CDC_ENVELOPE, schema, lake)
             touched = change_events(new_bronze, entity).select(F.col("_key").alias(entity.key)).distinct().cache()
             events = events_all.join(F.broadcast(touched.withColumnRenamed(entity.key, "_key")), "_key", "left_semi")
             replace_history = ReplaceKeys(touched, (entity.key,))
