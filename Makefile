@@ -51,12 +51,6 @@ test-scale: install
 soak: install
 	$(BIN)/python -m pytest -m soak tests/platform --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
-# Scale-out paths as separate processes: silver on a Spark standalone cluster (master and two workers) and
-# through Spark Connect on it, the lake on moto's S3 server, concurrent Delta committers on S3. JVM starts make it
-# slow, so it is outside `make test`; .ci/run calls it after.
-test-scale: install
-	$(BIN)/python -m pytest -m scale tests/scale --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
-
 # Style, then the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: install
 	$(BIN)/ruff check .
