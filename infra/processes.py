@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,19 @@ def signal_process_group(pgid: int, sig: int) -> None:
     group is reached even after its leader has exited, so the leader's own children go too."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def stop_process_group(popen: subprocess.Popen, timeout: float) -> None:
+    """Stop a child started with `start_new_session=True` and everything it started: SIGTERM to its group, SIGKILL
+    after `timeout` seconds, then reap it."""
+    if popen.poll() is not None:
+        return
+    signal_process_group(popen.pid, signal.SIGTERM)
+    if not wait_for_exit(popen.pid, timeout):
+        signal_process_group(popen.pid, signal.SIGKILL)
+        wait_for_exit(popen.pid, 5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(timeout=5)
 
 
 def _signal_recorded(pid: int, sig: int) -> None:

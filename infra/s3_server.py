@@ -12,8 +12,6 @@ objects in memory: it is a test and benchmark endpoint, not storage.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.lake import Lake
-from infra.processes import free_port, port_open, signal_process_group, wait_for_exit
+from infra.processes import free_port, port_open, stop_process_group
 
 REGION = "us-east-1"
 # moto accepts any credentials; delta-rs and Arrow still sign every request with them.
@@ -78,15 +76,7 @@ class S3Server:
         return [line for line in self.log.read_text(errors="replace").splitlines() if '" ' in line]
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            signal_process_group(self.popen.pid, signal.SIGTERM)
-        if not wait_for_exit(self.popen.pid, timeout):
-            with contextlib.suppress(ProcessLookupError):
-                signal_process_group(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
+        stop_process_group(self.popen, timeout)
 
 
 def start_s3_server(log_dir: Path, timeout: float = 60.0) -> S3Server:

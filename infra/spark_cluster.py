@@ -11,10 +11,8 @@ Every process is started in its own session (process group), so `stop()` ends th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.processes import free_port, port_open, signal_process_group, wait_for_exit
+from infra.processes import free_port, port_open, stop_process_group
 
 
 class SparkClusterError(RuntimeError):
@@ -43,16 +41,7 @@ class _Process:
     log: Path
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            signal_process_group(self.popen.pid, signal.SIGTERM)
-        if not wait_for_exit(self.popen.pid, timeout):
-            with contextlib.suppress(ProcessLookupError):
-                signal_process_group(self.popen.pid, signal.SIGKILL)
-            wait_for_exit(self.popen.pid, 5)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=1)
+        stop_process_group(self.popen, timeout)
 
 
 @dataclass
