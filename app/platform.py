@@ -10,7 +10,7 @@ the broker, ClickHouse: `infra/services.py`), and generic process helpers (`infr
 Dagster runs as the production processes rather than `dagster dev`: `dagster-webserver` and
 `dagster-daemon run` are separate children, so the daemon (sensors, schedules, automation, run queue) is a
 process of its own that the demo can watch and restart without taking the UI down, exactly as
-`infra/deploy/` runs it (the commands are `infra/dagster_services.py`, shared with the deploy files). Both
+`infra/deploy/` runs it (the commands are `orchestration/dagster_services.py`, shared with the deploy files). Both
 talk to one shared `dagster code-server`, as `dagster dev` does: loading the definitions costs ~15 s of CPU,
 and loading them once instead of twice matters on a 2-core machine.
 
@@ -35,14 +35,14 @@ from pathlib import Path
 
 import httpx
 
-from infra.dagster_services import (
+from infra.dbt import DBT_MANIFEST, manifest_is_stale, prepare_manifest
+from infra.processes import free_port, port_open, signal_process_group
+from orchestration.dagster_services import (
     code_server_argv,
     daemon_argv,
     webserver_argv,
     workspace_yaml,
 )
-from infra.dbt import DBT_MANIFEST, manifest_is_stale, prepare_manifest
-from infra.processes import free_port, port_open, signal_process_group
 
 # Stop order: first what starts new work (UI launches, daemon ticks), then the API and consumer, and the
 # code server last because the other two talk to it.
@@ -333,7 +333,7 @@ class PlatformProcesses:
         return str(Path(self.python).parent / name)
 
     def _add_dagster(self, name: str, argv: list[str]) -> None:
-        """A Dagster service of `infra/dagster_services.py`, its console script from this environment."""
+        """A Dagster service of `orchestration/dagster_services.py`, its console script from this environment."""
         self._add(name, [self._script(argv[0]), *argv[1:]])
 
     def _add(self, name: str, argv: list[str]) -> None:

@@ -1,7 +1,7 @@
 """The deployment files can't run here (no container engine), so they are checked for what can drift: they
 are valid against the Kubernetes schemas (`kubernetes-validate`, which ships them) and the compose spec (the
 schema vendored by `check-jsonschema`, from SchemaStore, licence in its `vendor/licenses`), they run the
-Dagster services exactly as `infra/dagster_services.py` and the local platform do, on the instance of
+Dagster services exactly as `orchestration/dagster_services.py` and the local platform do, on the instance of
 `infra/dagster_instance.py`, and every variable they give OptiBid's own containers is one the settings
 module reads. The services themselves run as separate processes in `tests/platform/test_dagster_services.py`."""
 
@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from infra.dagster_instance import DAGSTER_YAML
-from infra.dagster_services import CODE_SERVER_PORT, SERVICES, WEBSERVER_PORT, service_argv, workspace_yaml
 from infra.settings import Settings
+from orchestration.dagster_services import CODE_SERVER_PORT, SERVICES, WEBSERVER_PORT, service_argv, workspace_yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "infra" / "deploy"
 KUBERNETES_VERSION = "1.33"  # the oldest minor release still supported upstream when this was written
@@ -87,7 +87,7 @@ def test_kubernetes_validation_catches_a_broken_manifest() -> None:
 
 def _compose_argv(name: str) -> list[str]:
     command = compose_file()["services"][COMPOSE_SERVICES[name]]["command"]
-    assert isinstance(command, list), "exec form: the same argv as infra/dagster_services.py"
+    assert isinstance(command, list), "exec form: the same argv as orchestration/dagster_services.py"
     return command
 
 

@@ -1,5 +1,5 @@
 """Dagster as production runs it: the code server, the daemon and the webserver as separate processes
-(`infra/dagster_services.py`, started by `app/platform.py`) on a Postgres instance with the queued run
+(`orchestration/dagster_services.py`, started by `app/platform.py`) on a Postgres instance with the queued run
 coordinator and its limits (`infra/dagster_instance.py`), the topology the deploy files run too.
 
 One market day goes through by itself: a file in the landing folder, the landing sensor's bronze run, then
