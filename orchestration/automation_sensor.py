@@ -6,8 +6,8 @@ started by its own sensors and schedule (`assets.bronze`).
 Two sensors split the assets by what their runs are waiting for, and tag the runs with a queue priority
 (`dagster/priority`): the warehouse path (reference data, silver, gold) is what "a file landed, the API serves
 it" waits on, so its runs leave the queue before the analyses that follow it (forecasts, optimizations, the
-weekly ML, the ClickHouse export). On two cores a cold start queues a dozen runs; without priorities a landed
-day waited behind backtests. Each sensor also evaluates only its own assets, so a tick of the warehouse path
+weekly ML, the ClickHouse export). On two cores a cold start queues a dozen runs, and without priorities a landed
+day would wait behind backtests. Each sensor also evaluates only its own assets, so a tick of the warehouse path
 does not wait for the ML assets' conditions to be evaluated.
 """
 
