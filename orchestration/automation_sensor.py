@@ -42,8 +42,8 @@ downstream_automation_sensor = dg.AutomationConditionSensorDefinition(
     emit_backfills=True,
     run_tags=DOWNSTREAM_RUN_TAGS,
     description="Evaluates the automation conditions of what follows gold: forecasts, optimizations, the "
-    "weekly ML assets and the ClickHouse export (assets/shared/automation.py). Its runs queue behind the "
-    "warehouse path's.",
+    "weekly ML assets, the ClickHouse export and the nightly operations (assets/shared/automation.py). Its "
+    "runs queue behind the warehouse path's and hold one run slot at most.",
 )
 
 AUTOMATION_SENSORS = [automation_sensor, downstream_automation_sensor]
