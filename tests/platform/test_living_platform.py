@@ -158,6 +158,12 @@ def print_run_timeline(dagster_home: Path, database_url: str, started: float) ->
     def at(timestamp: float | None) -> str:
         return f"{timestamp - offset:7.1f}" if timestamp else "      -"
 
+    STEP_EVENTS = {
+        dg.DagsterEventType.STEP_START,
+        dg.DagsterEventType.STEP_SUCCESS,
+        dg.DagsterEventType.STEP_FAILURE,
+        dg.DagsterEventType.STEP_SKIPPED,
+    }
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         records = sorted(instance.get_run_records(limit=500), key=lambda r: r.create_timestamp)
         print(f"\n{len(records)} runs (seconds since the platform started: created, started, ended)")
@@ -171,6 +177,12 @@ def print_run_timeline(dagster_home: Path, database_url: str, started: float) ->
                 f"{at(record.create_timestamp.timestamp())} {at(record.start_time)} {at(record.end_time)} "
                 f"{run.status.value:<9} p{tags.get('dagster/priority', '0'):<3} {partitions:<23} {assets[:90]}"
             )
+            # Where a run's own time went: each step's start and end (checks and dbt models share steps).
+            steps: dict[str, list[float]] = {}
+            for entry in instance.all_logs(run.run_id, of_type=STEP_EVENTS):
+                steps.setdefault(entry.step_key or "?", []).append(entry.timestamp)
+            for step, (begin, *rest) in steps.items():
+                print(f"{'':16}{at(begin)} {at(rest[-1] if rest else None)} {step[:80]}")
 
 
 def wait_for(platform: Platform, what: str, probe: Callable[[], object], interval: float = 2.0) -> object:
