@@ -3,9 +3,10 @@ gold tables that ML and the exports read.
 
 Models and seeds are assets `["gold", <name>]` in group `gold`; dbt sources are the silver assets
 `["silver", <table>]`; dbt tests become asset checks. Models tagged `partitioned` (the market/trading
-staging views, the incremental facts and `kpi_values`) run per daily partition window, passed to dbt as
-vars `min_date`/`max_date` (market-local dates, inclusive); one backfill run covers a whole range. Staging
-views are partitioned too so that a partition run orders silver -> its blocking checks -> staging -> facts.
+staging views, the incremental facts and `kpi_values`) run per daily partition window (market-local dates,
+inclusive), passed to dbt in the environment (`infra.dbt.dbt_process_env`, read by the `partition_bounds`
+macro); one backfill run covers a whole range. Staging views are partitioned too so that a partition run
+orders silver -> its blocking checks -> staging -> facts.
 Reference staging, dimensions and seeds rebuild unpartitioned. The SQL belongs to `dbt_project/`.
 
 The assets are built from `dbt_project/target/manifest.json`, which `make install` (`make dbt-parse`), the
@@ -13,9 +14,9 @@ deploy image and the platform's start (`app.platform`) prepare; loading the defi
 """
 
 import json
-import os
 import warnings
 from collections.abc import Iterator, Mapping
+from datetime import date
 from typing import Any
 
 import dagster as dg
@@ -31,7 +32,7 @@ from assets.shared import automation
 from assets.shared.expectation_checks import partition_suite_check
 from assets.shared.partitions import daily_partitions, market_date_window
 from assets.shared.resources import WarehouseResource
-from infra.dbt import DBT_PROJECT_DIR, dbt_env, manifest_is_stale
+from infra.dbt import DBT_PROJECT_DIR, dbt_process_env, manifest_is_stale, run_target_path, save_parse_state
 from infra.signals import signal_gold_window, signal_kpi_window
 from ingestion.cdc.topics import CDC_SOURCE_TABLES
 
@@ -144,16 +145,29 @@ def gold_dbt_unpartitioned(
     warehouse the facts do not exist yet. The whole asset excludes the partitioned models, and eager indirect
     selection drops their tests with them; a subset selects models by name (`_build_args`).
     """
-    os.environ.update(dbt_env(warehouse.url))  # dagster-dbt gives dbt this process's environment, no other
-    yield from dbt.cli(_build_args(context), context=context).stream()
+    yield from _dbt_build(context, dbt, warehouse)
 
 
-def _build_args(context: dg.AssetExecutionContext, *extra: str) -> list[str]:
-    """`dbt build`, with cautious indirect selection in a subset run: a test that also reads a model outside
-    the run (a relationship to a fact, a singular test over several facts) may read a table that does not
-    exist yet, and belongs to the run that builds its last parent."""
+def _dbt_build(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    warehouse: WarehouseResource,
+    window: tuple[date, date] | None = None,
+) -> Iterator[Any]:
+    """`dbt build` of the run's models, and of the partition `window` when given, streamed as Dagster events.
+
+    Cautious indirect selection in a subset run: a test that also reads a model outside the run (a relationship
+    to a fact, a singular test over several facts) may read a table that does not exist yet, and belongs to the
+    run that builds its last parent. The invocation starts from this warehouse's saved dbt parse and leaves its
+    own for the next (`infra.dbt.run_target_path`).
+    """
     # In a subset run `context.assets_def` is already the subset: only Dagster knows it is one.
-    return ["build", *extra, *(["--indirect-selection", "cautious"] if context.is_subset else [])]
+    args = ["build", *(["--indirect-selection", "cautious"] if context.is_subset else [])]
+    # dagster-dbt gives dbt this process's environment, no other.
+    with dbt_process_env(warehouse.url, window):
+        target = run_target_path(f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}")
+        yield from dbt.cli(args, context=context, target_path=target).stream()
+        save_parse_state(target)
 
 
 @dbt_assets(
@@ -175,9 +189,7 @@ def gold_dbt_partitioned(
     """
     window = market_date_window(context)
     first, last = window.first, window.last
-    dbt_vars = {"min_date": first.isoformat(), "max_date": last.isoformat()}
-    os.environ.update(dbt_env(warehouse.url))  # dagster-dbt gives dbt this process's environment, no other
-    for event in dbt.cli(_build_args(context, "--vars", json.dumps(dbt_vars)), context=context).stream():
+    for event in _dbt_build(context, dbt, warehouse, (first, last)):
         yield event
         if isinstance(event, dg.Output | dg.AssetMaterialization):
             model = _model_of(context, event)

@@ -7,8 +7,9 @@ watermark per bronze table), so they are not partitioned. The Spark code is `ing
 suites `expectations/`; neither belongs here.
 
 Automation: a market day is rebuilt when a landing run records it in `["bronze", "market_days"]` (any age),
-today and yesterday when ticks land (the tick table carries no day); the trading tables follow every CDC
-batch once their bronze tables exist. A failing check stops the gold models of the same run.
+today and yesterday when ticks land (the tick table carries no day), once the zone reference exists; the
+trading tables follow every CDC batch once their bronze tables exist. A failing check stops the gold models
+of the same run.
 """
 
 from datetime import timedelta
@@ -26,12 +27,16 @@ from ingestion.silver.trading import ENTITIES, build_trading_entity
 MARKET_BRONZE = [dg.AssetKey(["bronze", f"files__{name}"]) for name in SILVER_MARKET_TABLES] + [
     dg.AssetKey(["bronze", "ticks__prices"])
 ]
+# Every market row is dated in its zone's timezone, read from the zone reference. As a parent it also orders a
+# cold start: the market days wait for the reference run (reference tables, then the dimensions gold joins), so
+# silver and every gold model of a day go in one run instead of the hourly facts following in a second one.
+ZONES = dg.AssetKey(["silver", "ref__zones"])
 # Spark runs one at a time, even on the platform's shared Spark Connect server: a market rebuild and a
 # trading merge side by side on two cores took longer together than one after the other (measured).
 SPARK_POOL = "spark"
 # Landed files record their days in bronze/market_days; ticks (CDC) do not, and are about today.
 MARKET_CONDITION = automation.day_partitions(
-    unpartitioned_deps=dg.AssetSelection.assets(*MARKET_BRONZE),
+    unpartitioned_deps=dg.AssetSelection.assets(*MARKET_BRONZE, ZONES),
     recent_deps=dg.AssetSelection.assets(dg.AssetKey(["bronze", "ticks__prices"])),
     # A market with files but no tick feed, or a day with ticks but no file yet, still builds.
     optional_deps=dg.AssetSelection.assets(*MARKET_BRONZE, MARKET_DAYS),
@@ -44,7 +49,7 @@ def _market_spec(table: str, description: str, deps: list[dg.AssetKey]) -> dg.As
         group_name="silver",
         kinds={"spark", "postgres"},
         description=description,
-        deps=[*deps, MARKET_DAYS],
+        deps=[*deps, MARKET_DAYS, ZONES],
         automation_condition=MARKET_CONDITION,
     )
 

@@ -1,21 +1,26 @@
 """The gold dbt project as seen from Python: where it lives, its connection variables, and commands.
 
-What belongs here: the project's paths, `dbt_env` (the connection variables of a dbt process) and running
-plain dbt commands (`parse`, `docs generate`). What does not: the dbt assets and their translator
-(`assets/gold.py`); nothing here imports Dagster.
+What belongs here: the project's paths, `dbt_env` (the connection variables of a dbt process), the artifacts
+folders and saved parse of the pipeline's dbt invocations, and running plain dbt commands (`parse`, `docs
+generate`). What does not: the dbt assets and their translator (`assets/gold.py`); nothing here imports Dagster.
 
 The dbt profile (`dbt_project/profiles.yml`) reads its connection fields from `OPTIBID_DBT_*` variables;
 `dbt_env` derives them from the warehouse URL so one setting (`OPTIBID_DATABASE_URL`, or the embedded
-server's URL) drives dbt too. They are handed to the dbt process, never written into this process's
-environment here.
+server's URL) drives dbt too. Commands run here hand them to the dbt process; a pipeline run, whose dbt
+subprocess inherits its environment, sets them for the length of the invocation (`dbt_process_env`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 from infra.db import url_parts
@@ -23,6 +28,13 @@ from infra.db import url_parts
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 DBT_TARGET_DIR = DBT_PROJECT_DIR / "target"
 DBT_MANIFEST = DBT_TARGET_DIR / "manifest.json"
+PARTIAL_PARSE = "partial_parse.msgpack"
+# Each run's dbt invocation writes its artifacts into a folder of its own here (several run at once).
+DBT_RUN_TARGETS = DBT_TARGET_DIR / "runs"
+# dbt's parse state per warehouse: dbt reuses a saved parse only for the same connection profile.
+PARTIAL_PARSE_CACHE = DBT_TARGET_DIR / "partial_parse"
+# The partition window of a run, read by the `partition_bounds` macro when executing (never when parsing).
+WINDOW_ENV = ("OPTIBID_DBT_MIN_DATE", "OPTIBID_DBT_MAX_DATE")
 
 
 class DbtCommandError(RuntimeError):
@@ -92,6 +104,67 @@ def manifest_is_stale(manifest: Path) -> bool:
     for folder in ("models", "macros", "seeds", "tests"):
         sources += [p for p in (DBT_PROJECT_DIR / folder).rglob("*") if p.is_file()]
     return any(p.stat().st_mtime > built for p in sources)
+
+
+def run_target_path(name: str) -> Path:
+    """A fresh artifacts folder for one dbt invocation of a pipeline run, seeded with the saved parse of the
+    project (`save_parse_state`) so that dbt parses only what changed.
+
+    dbt re-parses the whole project (seconds of CPU, on every run) when the connection profile differs from
+    the saved parse's, and the parse `make install` saved is for no particular warehouse.
+    """
+    target = DBT_RUN_TARGETS / f"{name}-{uuid.uuid4().hex[:8]}"
+    target.mkdir(parents=True)
+    for saved in (_parse_state_path(), DBT_TARGET_DIR / PARTIAL_PARSE):
+        if saved.exists():
+            shutil.copyfile(saved, target / PARTIAL_PARSE)
+            break
+    return target
+
+
+def save_parse_state(target: Path) -> None:
+    """Keep the parse of a finished invocation for the next ones on the same warehouse, and drop its folder.
+
+    The parse is saved only from a run's invocation, whose environment names the warehouse; the replace is
+    atomic, so concurrent runs each leave a complete file.
+    """
+    parsed = target / PARTIAL_PARSE
+    if parsed.exists():
+        PARTIAL_PARSE_CACHE.mkdir(parents=True, exist_ok=True)
+        staged = PARTIAL_PARSE_CACHE / f".{target.name}.tmp"
+        shutil.copyfile(parsed, staged)
+        os.replace(staged, _parse_state_path())
+    shutil.rmtree(target, ignore_errors=True)
+
+
+def _parse_state_path() -> Path:
+    """The saved parse for the warehouse that this process's dbt environment names."""
+    profile = "|".join(os.environ.get(f"OPTIBID_DBT_{k}", "") for k in ("HOST", "PORT", "USER", "DBNAME"))
+    return PARTIAL_PARSE_CACHE / f"{hashlib.sha256(profile.encode()).hexdigest()[:16]}.msgpack"
+
+
+@contextmanager
+def dbt_process_env(database_url: str, window: tuple[date, date] | None = None) -> Iterator[None]:
+    """This process's environment set for a dbt subprocess that inherits it (dagster-dbt passes no other):
+    the connection (`dbt_env`) and the partition window, restored on exit.
+
+    The window travels in the environment, not as `--vars`: dbt re-parses the whole project whenever the
+    command-line vars differ from the saved parse's, which they do on every partition.
+    """
+    update = dict(dbt_env(database_url))
+    update.update(
+        zip(WINDOW_ENV, (window[0].isoformat(), window[1].isoformat()) if window else ("", ""), strict=True)
+    )
+    saved = {k: os.environ.get(k) for k in update}
+    os.environ.update(update)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def prepare_manifest(target_path: Path = DBT_TARGET_DIR) -> Path:

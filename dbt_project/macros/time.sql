@@ -14,11 +14,25 @@
 (({{ date_expr }})::timestamp at time zone {{ tz }})
 {%- endmacro %}
 
-{#- A predicate restricting `column` to the partition window given as vars `min_date`/`max_date`
-    (both inclusive); `true` when no window is given, i.e. a full rebuild. -#}
-{% macro market_date_window(column='market_date') -%}
+{#- The partition window [lo, hi] (market-local dates, inclusive; none when not given): vars `min_date`/`max_date`
+    on the command line, else the OPTIBID_DBT_MIN_DATE/OPTIBID_DBT_MAX_DATE variables that the pipeline's runs
+    set. The variables are read only when executing: a variable read while parsing makes dbt re-parse its models
+    whenever it changes, and new `--vars` make it re-parse the whole project, which on every partition run
+    cost seconds of CPU. -#}
+{% macro partition_bounds() -%}
 {%- set lo = var('min_date', none) -%}
 {%- set hi = var('max_date', none) -%}
+{%- if execute and not (lo or hi) -%}
+{%- set lo = env_var('OPTIBID_DBT_MIN_DATE', '') or none -%}
+{%- set hi = env_var('OPTIBID_DBT_MAX_DATE', '') or none -%}
+{%- endif -%}
+{{ return([lo, hi]) }}
+{%- endmacro %}
+
+{#- A predicate restricting `column` to the partition window (`partition_bounds`); `true` when no window is
+    given, i.e. a full rebuild. -#}
+{% macro market_date_window(column='market_date') -%}
+{%- set lo, hi = partition_bounds() -%}
 {%- if lo and hi -%}
 {{ column }} between '{{ lo }}'::date and '{{ hi }}'::date
 {%- elif lo -%}
@@ -40,8 +54,8 @@ true
     disappeared from silver (a deleted bid, a withdrawn series) disappears from gold too; delete+insert on
     its own only replaces dates present in the new batch. -#}
 {% macro delete_market_date_window() -%}
-{%- if model.config.materialized == 'incremental' and is_incremental()
-      and (var('min_date', none) or var('max_date', none)) -%}
+{%- set lo, hi = partition_bounds() -%}
+{%- if model.config.materialized == 'incremental' and is_incremental() and (lo or hi) -%}
 delete from {{ this }} where {{ market_date_window('market_date') }}
 {%- else -%}
 select 1

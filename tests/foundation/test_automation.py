@@ -14,6 +14,7 @@ import pytest
 BRONZE_GROUP = "bronze"
 MARKET_DAYS = dg.AssetKey(["bronze", "market_days"])
 SILVER_PRICES = dg.AssetKey(["silver", "market__prices"])
+ZONES = dg.AssetKey(["silver", "ref__zones"])
 SILVER_MARKET = [
     dg.AssetKey(["silver", t])
     for t in (
@@ -145,7 +146,8 @@ def test_spark_assets_share_a_pool_and_the_instance_limits_it() -> None:
 
     assert silver_market.op.pool == "spark" and all(a.op.pool == "spark" for a in silver_trading)
     config = yaml.safe_load(DAGSTER_YAML)["concurrency"]
-    assert config["runs"]["max_concurrent_runs"] == 3
+    # one run per core, two at least: more only share the cores
+    assert config["runs"]["max_concurrent_runs"] == max(2, min(4, os.cpu_count() or 2))
     assert config["pools"] == {"default_limit": 1, "granularity": "run"}
 
 
@@ -186,9 +188,42 @@ def _record_bronze_days(instance: dg.DagsterInstance, days: list[str]) -> None:
         instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=MARKET_DAYS, partition=day))
 
 
+def _record_reference(instance: dg.DagsterInstance) -> None:
+    """What the reference run records: the zone reference that dates every market row exists."""
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=ZONES))
+
+
+def test_market_days_wait_for_the_zone_reference(defs) -> None:
+    """On a cold start the landed days wait for the reference run, so silver and the gold models that join the
+    reference dimensions go in one run; once the reference exists, the days are asked for."""
+    selection = dg.AssetSelection.assets(*SILVER_MARKET, MARKET_DAYS)
+    [day] = _past_days(1)
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        _record_bronze_days(instance, [day])
+        waiting = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+        )
+        assert waiting.get_requested_partitions(SILVER_PRICES) == set()
+        _record_reference(instance)
+        ready = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=waiting.cursor
+        )
+        assert ready.get_requested_partitions(SILVER_PRICES) == {day}
+        # a later update of the reference (seeds edited) rebuilds no market day by itself
+        for key in SILVER_MARKET:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=day))
+        _record_reference(instance)
+        again = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=ready.cursor
+        )
+        assert again.get_requested_partitions(SILVER_PRICES) == set()
+
+
 def test_a_corrected_past_day_rebuilds_exactly_that_silver_day(defs) -> None:
     selection = dg.AssetSelection.assets(*SILVER_MARKET, MARKET_DAYS)
     with dg.instance_for_test() as instance:
+        _record_reference(instance)
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
         [corrected] = _past_days(1)
         _record_bronze_days(instance, [corrected])
@@ -227,6 +262,7 @@ def test_many_changed_days_become_one_backfill_not_one_run_per_day(defs) -> None
     )
     days = _past_days(30)
     with dg.instance_for_test() as instance:
+        _record_reference(instance)
         context = dg.build_sensor_context(instance=instance, definitions=test_defs)
         first = sensor(context)
         _record_bronze_days(instance, days)
@@ -263,6 +299,7 @@ def test_landing_a_past_day_requests_silver_for_the_days_it_touched(defs, databa
             os.utime(path, (time.time() - 60, time.time() - 60))  # settled: the folder scan skips fresh files
     selection = dg.AssetSelection.assets(*SILVER_MARKET, MARKET_DAYS)
     with dg.instance_for_test() as instance:
+        _record_reference(instance)
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
         landed = dg.materialize(
             [landing_files, files__prices_expectations, files__load_expectations],
