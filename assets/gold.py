@@ -68,14 +68,16 @@ _MODELS = _manifest_models()
 SILVER_TRADING = dg.AssetSelection.assets(
     *(dg.AssetKey(["silver", f"trading__{e}{suffix}"]) for e in CDC_SOURCE_TABLES for suffix in ("", "_history"))
 )
-# Parents of the partitioned models that carry no day: their updates rebuild only the recent days.
-UNPARTITIONED_PARENTS = (
-    dg.AssetSelection.groups("reference")
-    | SILVER_TRADING
-    | dg.AssetSelection.assets(
-        *(dg.AssetKey(["gold", name]) for name, n in sorted(_MODELS.items()) if "partitioned" not in n["tags"])
-    )
+# The models rebuilt whole (staging of the reference, dimensions, seeds).
+UNPARTITIONED_MODELS = dg.AssetSelection.assets(
+    *(dg.AssetKey(["gold", name]) for name, n in sorted(_MODELS.items()) if "partitioned" not in n["tags"])
 )
+# Parents of the partitioned models that carry no day: their updates rebuild only the recent days.
+UNPARTITIONED_PARENTS = dg.AssetSelection.groups("reference") | SILVER_TRADING | UNPARTITIONED_MODELS
+# Every dbt invocation takes this pool (one at a time, step by step: `infra.dagster_instance`), so a partition
+# run's models are built after the dimensions that a run started before it is building (`automation.day_partitions`,
+# `building_deps`). Two dbt builds side by side on two cores only share them.
+DBT_POOL = "dbt"
 # Models a partition run rewrites in the `gold` schema (staging views live in gold_staging, unread by the API).
 GOLD_TABLES = {
     name: f"gold.{name}"
@@ -115,7 +117,9 @@ class GoldDbtTranslator(DagsterDbtTranslator):
         if dbt_resource_props["resource_type"] == "source":
             return None
         if "partitioned" in dbt_resource_props.get("tags", []):
-            return automation.day_partitions(UNPARTITIONED_PARENTS, late_deps=SILVER_TRADING)
+            return automation.day_partitions(
+                UNPARTITIONED_PARENTS, late_deps=SILVER_TRADING, building_deps=UNPARTITIONED_MODELS
+            )
         return automation.unpartitioned()
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
@@ -134,6 +138,7 @@ gold_translator = GoldDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
     dagster_dbt_translator=gold_translator,
     exclude=PARTITIONED_SELECTION,
     name="gold_dbt_unpartitioned",
+    pool=DBT_POOL,
 )
 def gold_dbt_unpartitioned(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource
@@ -165,9 +170,9 @@ def _dbt_build(
     args = ["build", *(["--indirect-selection", "cautious"] if context.is_subset else [])]
     # dagster-dbt gives dbt this process's environment, no other.
     with dbt_process_env(warehouse.url, window):
-        target = run_target_path(f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}")
+        target = run_target_path(f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}", warehouse.url)
         yield from dbt.cli(args, context=context, target_path=target).stream()
-        save_parse_state(target)
+        save_parse_state(target, warehouse.url)
 
 
 @dbt_assets(
@@ -178,6 +183,7 @@ def _dbt_build(
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     name="gold_dbt_partitioned",
+    pool=DBT_POOL,
 )
 def gold_dbt_partitioned(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource

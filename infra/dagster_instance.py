@@ -3,12 +3,12 @@
 The storage URL is read by Dagster from the `OPTIBID_DATABASE_URL` variable at run time (never written to
 disk), so a password in the URL stays in the environment.
 
-Concurrency keeps the two-core default responsive: at most one run per core (two at least, four at most), and
-one run per pool at a time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the
-automation's runs queue instead of thrashing. Each queued run waits for its pool as a whole (run
-granularity): a backfill of
-30 days is one run holding one slot. Queued runs leave by priority (`dagster/priority`): the path from a
-landed file to gold first (`orchestration.automation_sensor`); what follows gold holds one slot at most.
+Concurrency keeps the two-core default responsive: at most two runs at once, and one
+step per pool at a time (`spark` for the silver Spark jobs, `dbt` for the gold builds, `clickhouse_export`
+for the exports), so the automation's runs queue instead of thrashing. A run waits in the queue until the pool
+of its first step is free; its later steps wait for theirs in turn, in the order they asked. A backfill of 30
+days is one run. Queued runs leave by priority (`dagster/priority`): the path from a landed file to gold first
+(`orchestration.automation_sensor`); what follows gold holds one slot at most.
 
 A busy machine or a restarting code server must not stall the automation: a run the code server could not
 start is launched again for five minutes (measured: a code server restart took 100 s at a load average of 20
@@ -19,15 +19,15 @@ asset or blocking check is final (the automation does not retry a failed partiti
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from infra.settings import Settings
 
-# A run is one Python process (the in-process executor) plus its dbt or Spark work: more runs than cores only
-# share the cores, and the run a landed day waits for takes twice as long (measured on two cores: three runs
-# at once doubled the silver-and-gold run of the soak test).
-MAX_CONCURRENT_RUNS = max(2, min(4, os.cpu_count() or 2))
+# A run is one Python process (the in-process executor) plus its dbt or Spark work: on the two-core default,
+# a third run only shares the cores, and the run a landed day waits for takes twice as long (measured: three
+# runs at once doubled the silver-and-gold run of the soak test). A bigger machine raises it in its own
+# dagster.yaml; the deploy files carry the same instance (`infra/deploy/`).
+MAX_CONCURRENT_RUNS = 2
 POOL_LIMIT = 1
 DOWNSTREAM_RUN_SLOTS = 1
 
@@ -47,8 +47,12 @@ concurrency:
         value: downstream
         limit: {DOWNSTREAM_RUN_SLOTS}
   pools:
-    default_limit: {POOL_LIMIT}  # spark, clickhouse_export: one run of each at a time
-    granularity: run
+    default_limit: {POOL_LIMIT}  # spark, dbt, clickhouse_export: one step of each at a time
+    # Step by step, in the order the steps asked: a partition run's dbt step follows the dimensions that a run
+    # started before it builds (`assets.shared.automation.day_partitions`), while its Spark step ran meanwhile.
+    granularity: op
+    # A run whose first steps would only wait for their pool stays queued and leaves its run slot to others.
+    op_granularity_run_buffer: 0
 run_queue:
   # Every hop of the pipeline (landing -> silver -> gold) waits in the queue once: look every second, not five.
   dequeue_interval_seconds: 1

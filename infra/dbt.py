@@ -106,65 +106,59 @@ def manifest_is_stale(manifest: Path) -> bool:
     return any(p.stat().st_mtime > built for p in sources)
 
 
-def run_target_path(name: str) -> Path:
-    """A fresh artifacts folder for one dbt invocation of a pipeline run, seeded with the saved parse of the
-    project (`save_parse_state`) so that dbt parses only what changed.
+def run_target_path(name: str, database_url: str) -> Path:
+    """A fresh artifacts folder for one dbt invocation of a pipeline run on `database_url`, seeded with the saved
+    parse of the project for that warehouse (`save_parse_state`) so that dbt parses only what changed.
 
     dbt re-parses the whole project (seconds of CPU, on every run) when the connection profile differs from
     the saved parse's, and the parse `make install` saved is for no particular warehouse.
     """
     target = DBT_RUN_TARGETS / f"{name}-{uuid.uuid4().hex[:8]}"
     target.mkdir(parents=True)
-    for saved in (_parse_state_path(), DBT_TARGET_DIR / PARTIAL_PARSE):
+    for saved in (_parse_state_path(database_url), DBT_TARGET_DIR / PARTIAL_PARSE):
         if saved.exists():
             shutil.copyfile(saved, target / PARTIAL_PARSE)
             break
     return target
 
 
-def save_parse_state(target: Path) -> None:
-    """Keep the parse of a finished invocation for the next ones on the same warehouse, and drop its folder.
+def save_parse_state(target: Path, database_url: str) -> None:
+    """Keep the parse of a finished invocation on `database_url` for the next ones, and drop its folder.
 
-    The parse is saved only from a run's invocation, whose environment names the warehouse; the replace is
-    atomic, so concurrent runs each leave a complete file.
+    The replace is atomic, so concurrent runs each leave a complete file.
     """
     parsed = target / PARTIAL_PARSE
     if parsed.exists():
         PARTIAL_PARSE_CACHE.mkdir(parents=True, exist_ok=True)
         staged = PARTIAL_PARSE_CACHE / f".{target.name}.tmp"
         shutil.copyfile(parsed, staged)
-        os.replace(staged, _parse_state_path())
+        os.replace(staged, _parse_state_path(database_url))
     shutil.rmtree(target, ignore_errors=True)
 
 
-def _parse_state_path() -> Path:
-    """The saved parse for the warehouse that this process's dbt environment names."""
-    profile = "|".join(os.environ.get(f"OPTIBID_DBT_{k}", "") for k in ("HOST", "PORT", "USER", "DBNAME"))
+def _parse_state_path(database_url: str) -> Path:
+    """The saved parse for the warehouse at `database_url` (its profile without the password)."""
+    env = dbt_env(database_url)
+    profile = "|".join(env[f"OPTIBID_DBT_{k}"] for k in ("HOST", "PORT", "USER", "DBNAME"))
     return PARTIAL_PARSE_CACHE / f"{hashlib.sha256(profile.encode()).hexdigest()[:16]}.msgpack"
 
 
 @contextmanager
 def dbt_process_env(database_url: str, window: tuple[date, date] | None = None) -> Iterator[None]:
-    """This process's environment set for a dbt subprocess that inherits it (dagster-dbt passes no other):
-    the connection (`dbt_env`) and the partition window, restored on exit.
+    """This process's environment set for a dbt subprocess that inherits it (dagster-dbt passes no other): the
+    connection (`dbt_env`, kept: a run talks to one warehouse) and the partition window, removed on exit.
 
     The window travels in the environment, not as `--vars`: dbt re-parses the whole project whenever the
     command-line vars differ from the saved parse's, which they do on every partition.
     """
-    update = dict(dbt_env(database_url))
-    update.update(
-        zip(WINDOW_ENV, (window[0].isoformat(), window[1].isoformat()) if window else ("", ""), strict=True)
-    )
-    saved = {k: os.environ.get(k) for k in update}
-    os.environ.update(update)
+    os.environ.update(dbt_env(database_url))
+    if window is not None:
+        os.environ.update(zip(WINDOW_ENV, (window[0].isoformat(), window[1].isoformat()), strict=True))
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        for key in WINDOW_ENV:
+            os.environ.pop(key, None)
 
 
 def prepare_manifest(target_path: Path = DBT_TARGET_DIR) -> Path:

@@ -58,12 +58,22 @@ def _settings_timezone() -> str:
     return get_settings().market_timezone
 
 
-def _deps_present(optional_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
-    """Every parent (partition) exists, but `optional_deps`."""
-    deps_present = ~AC.any_deps_missing()
+def _deps_present(
+    optional_deps: dg.AssetSelection | None = None, building_deps: dg.AssetSelection | None = None
+) -> dg.AutomationCondition:
+    """Every parent (partition) exists, but `optional_deps`; a parent in `building_deps` may also be under its
+    first build (see `day_partitions`)."""
+    missing = (AC.missing() & ~AC.will_be_requested()).with_label("missing")
+    required = AC.any_deps_match(missing)
     if optional_deps is not None:
-        deps_present = deps_present.ignore(optional_deps)
-    return deps_present.with_label("parents_exist")
+        required = required.ignore(optional_deps)
+    if building_deps is None:
+        return (~required).with_label("parents_exist")
+    not_being_built = (missing & ~AC.run_in_progress()).with_label("missing_not_being_built")
+    building = AC.any_deps_match(not_being_built).allow(building_deps)
+    if optional_deps is not None:
+        building = building.ignore(optional_deps)
+    return (~(required.ignore(building_deps) | building)).with_label("parents_exist_or_being_built")
 
 
 def _since_handled(condition: dg.AutomationCondition) -> dg.AutomationCondition:
@@ -86,14 +96,19 @@ def _since_handled(condition: dg.AutomationCondition) -> dg.AutomationCondition:
     return condition.since_last_handled() | during_run
 
 
-def _parents_running() -> dg.AutomationCondition:
-    """A run is building a parent partition of this one.
+def _parents_running(building_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """A run is building a parent partition of this one; for a parent in `building_deps`, only a rebuild counts
+    (see `day_partitions`).
 
     Runs only, not backfills: the backfill daemon looks at its backfills every 30 s, so a backfill whose
     run has finished stays "in progress" for up to that long, and children would wait on it for nothing.
     A backfill whose run has not started yet has not changed the parent either.
     """
-    return AC.any_deps_match(AC.run_in_progress()).with_label("parent_run_in_progress")
+    running = AC.any_deps_match(AC.run_in_progress())
+    if building_deps is not None:
+        rebuilt = (AC.run_in_progress() & ~AC.missing()).with_label("rebuild_in_progress")
+        running = running.ignore(building_deps) | AC.any_deps_match(rebuilt).allow(building_deps)
+    return running.with_label("parent_run_in_progress")
 
 
 def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
@@ -117,6 +132,7 @@ def day_partitions(
     *,
     optional_deps: dg.AssetSelection | None = None,
     late_deps: dg.AssetSelection | None = None,
+    building_deps: dg.AssetSelection | None = None,
 ) -> dg.AutomationCondition:
     """The condition of a daily-partitioned asset whose day-partitioned parents map day to day.
 
@@ -130,6 +146,11 @@ def day_partitions(
     every day is rebuilt once when they first arrive. A change of
     theirs that failed a blocking check waits until a correction passes: their children keep the last good
     state, and the models downstream (the KPIs beside the trading facts) keep following the market.
+
+    `building_deps` are unpartitioned parents built in a pool shared with this asset (the dbt models, `dbt`
+    pool at op granularity, `infra.dagster_instance`): a day may be requested while their first build is under
+    way, because the pool runs that build before this asset's. On a cold start the landed days then go in
+    one run with silver instead of waiting for the dimensions and following in a second one.
     """
     same_day = AC.any_deps_updated()
     if unpartitioned_deps is not None:
@@ -145,8 +166,8 @@ def day_partitions(
     changed = _since_handled(trigger)
     condition = (
         (changed | _fill_missing(unpartitioned_deps))
-        & _deps_present(optional_deps)
-        & ~_parents_running()
+        & _deps_present(optional_deps, building_deps)
+        & ~_parents_running(building_deps)
         & ~AC.in_progress()
     )
     if late_deps is not None:

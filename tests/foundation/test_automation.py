@@ -146,9 +146,13 @@ def test_spark_assets_share_a_pool_and_the_instance_limits_it() -> None:
 
     assert silver_market.op.pool == "spark" and all(a.op.pool == "spark" for a in silver_trading)
     config = yaml.safe_load(DAGSTER_YAML)["concurrency"]
-    # one run per core, two at least: more only share the cores
-    assert config["runs"]["max_concurrent_runs"] == max(2, min(4, os.cpu_count() or 2))
-    assert config["pools"] == {"default_limit": 1, "granularity": "run"}
+    # two runs on the two-core default: a third only shares the cores
+    assert config["runs"]["max_concurrent_runs"] == 2
+    # step by step: a run's dbt step waits for the dbt step of a run that asked before it
+    assert config["pools"] == {"default_limit": 1, "granularity": "op", "op_granularity_run_buffer": 0}
+    from assets.gold import gold_dbt_partitioned, gold_dbt_unpartitioned
+
+    assert gold_dbt_partitioned.op.pool == gold_dbt_unpartitioned.op.pool == "dbt"
 
 
 def test_runs_that_never_started_are_launched_again_but_failed_assets_are_not(tmp_path, database_url) -> None:
@@ -511,3 +515,87 @@ def test_a_change_landing_while_its_child_runs_is_rebuilt_after_that_run(partiti
             defs=defs, instance=instance, asset_selection=selection, cursor=after.cursor
         )
         assert settled.total_requested == 0
+
+
+@pytest.mark.parametrize("first_build", [True, False], ids=["first_build", "rebuild"])
+def test_a_day_goes_with_its_silver_while_a_dimension_is_first_built_but_waits_for_a_rebuild(
+    first_build: bool,
+) -> None:
+    """On a cold start the dimensions are being built (the reference run) when the first days land. A day asked
+    for then goes in one run with its silver, its dbt step ordered after the dimensions' by the dbt pool; the
+    dimensions' first build, ending while that run is under way, is then no change to rebuild it for. A
+    dimension being rebuilt holds the day back as any parent does: the day would read it half done."""
+    import threading
+
+    from assets.shared.automation import day_partitions
+
+    days = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
+    # a recent day: a dimension's update rebuilds the recent days, but not its first build under the day's run
+    day = (date.today() - timedelta(days=1)).isoformat()
+    holds = {"dimension": (threading.Event(), threading.Event()), "fact": (threading.Event(), threading.Event())}
+
+    def held(name: str) -> None:
+        hold, release = holds[name]
+        if hold.is_set():
+            assert release.wait(60)
+
+    @dg.asset(partitions_def=days)
+    def silver_day() -> None: ...
+
+    @dg.asset(pool="dbt")
+    def dimension() -> None:
+        held("dimension")
+
+    dimensions = dg.AssetSelection.assets(dimension)
+
+    @dg.asset(
+        partitions_def=days,
+        deps=[silver_day, dimension],
+        automation_condition=day_partitions(dimensions, building_deps=dimensions),
+    )
+    def fact() -> None:
+        held("fact")
+
+    defs = dg.Definitions(assets=[silver_day, dimension, fact])
+    selection = dg.AssetSelection.assets(fact)
+
+    def start(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, **kwargs: str) -> threading.Thread:
+        holds[asset.key.path[-1]][0].set()
+        started = len(instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])))
+        thread = threading.Thread(target=dg.materialize, args=([asset],), kwargs={"instance": instance, **kwargs})
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))) == started:
+            assert time.monotonic() < deadline, f"{asset.key} never started"
+            time.sleep(0.1)
+        return thread
+
+    def finish(name: str, thread: threading.Thread) -> None:
+        holds[name][1].set()
+        thread.join()
+
+    with dg.instance_for_test() as instance:
+        if not first_build:
+            assert dg.materialize([dimension], instance=instance).success
+        cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection).cursor
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=silver_day.key, partition=day))
+        building = start(instance, dimension)
+        try:
+            during = dg.evaluate_automation_conditions(
+                defs=defs, instance=instance, asset_selection=selection, cursor=cursor
+            )
+            assert during.get_requested_partitions(fact.key) == ({day} if first_build else set())
+            if first_build:
+                # the day's run is under way when the dimension's first build ends
+                day_run = start(instance, fact, partition_key=day)
+                finish("dimension", building)
+                finish("fact", day_run)
+        finally:
+            for _, release in holds.values():
+                release.set()
+            building.join()
+        after = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=during.cursor
+        )
+        # the first build asks for nothing more; the day held back by the rebuild is asked for now
+        assert after.get_requested_partitions(fact.key) == (set() if first_build else {day})

@@ -164,6 +164,7 @@ def print_run_timeline(dagster_home: Path, database_url: str, started: float) ->
         dg.DagsterEventType.STEP_FAILURE,
         dg.DagsterEventType.STEP_SKIPPED,
     }
+    LAUNCH_EVENTS = {dg.DagsterEventType.RUN_DEQUEUED, dg.DagsterEventType.ENGINE_EVENT}
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         records = sorted(instance.get_run_records(limit=500), key=lambda r: r.create_timestamp)
         print(f"\n{len(records)} runs (seconds since the platform started: created, started, ended)")
@@ -177,10 +178,19 @@ def print_run_timeline(dagster_home: Path, database_url: str, started: float) ->
                 f"{at(record.create_timestamp.timestamp())} {at(record.start_time)} {at(record.end_time)} "
                 f"{run.status.value:<9} p{tags.get('dagster/priority', '0'):<3} {partitions:<23} {assets[:90]}"
             )
-            # Where a run's own time went: each step's start and end (checks and dbt models share steps).
+            # Where a run's own time went: left the queue, its process started (then imports the code location until
+            # the run starts), and each step's start and end (checks and dbt models share steps).
             steps: dict[str, list[float]] = {}
-            for entry in instance.all_logs(run.run_id, of_type=STEP_EVENTS):
-                steps.setdefault(entry.step_key or "?", []).append(entry.timestamp)
+            launch = []
+            for entry in instance.all_logs(run.run_id, of_type=STEP_EVENTS | LAUNCH_EVENTS):
+                if entry.dagster_event_type in STEP_EVENTS:
+                    steps.setdefault(entry.step_key or "?", []).append(entry.timestamp)
+                elif entry.dagster_event_type == dg.DagsterEventType.RUN_DEQUEUED or "Started process" in (
+                    entry.message or ""
+                ):
+                    launch.append(f"{entry.dagster_event_type.value.lower()} {at(entry.timestamp).strip()}")
+            if launch:
+                print(f"{'':16}{', '.join(launch)}")
             for step, (begin, *rest) in steps.items():
                 print(f"{'':16}{at(begin)} {at(rest[-1] if rest else None)} {step[:80]}")
 
