@@ -7,6 +7,9 @@ ride along in every run (or backfill) of their asset, where blocking ones stop t
 Suites and validation live in `expectations/`, which has no Dagster import.
 """
 
+import functools
+import importlib
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,19 @@ if TYPE_CHECKING:
 # Dagster run process (and the code server) loads this module whether or not its run evaluates a suite.
 
 KpiCodes = Callable[[WarehouseResource], "list[str] | None"]
+
+
+@functools.cache
+def import_suites_in_background() -> None:
+    """Import the suites' library (Great Expectations: ~10 s of CPU) in a background thread, once per process.
+
+    Called by the steps of assets with checks as they hand their work to another process (a Spark job, a dbt
+    build): this process then sits waiting, and the checks that follow in the same run find the library
+    imported instead of adding its import to the run's critical path.
+    """
+    threading.Thread(
+        target=importlib.import_module, args=("expectations.runner",), name="import-suites", daemon=True
+    ).start()
 
 
 def suite_check_result(
