@@ -117,6 +117,12 @@ class MarketBuildResult:
 SERIES_TYPES: dict[str, str] = {"node": "string", "market": "string", "fuel": "string", "interval_minutes": "int"}
 VALUE_TYPES: dict[str, str] = {c: t for d in SILVER_MARKET_TABLES.values() for c, t in d.values}
 ROW_KEY = ("dataset", "zone", *SERIES_TYPES, "ts_utc", "org_id")
+# Every key (a zone's series at one instant) and every series-day lies within one of these.
+DAY_PARTITIONING = ("dataset", "zone", "org_id", "market_date")
+ROW_COLUMNS = (
+    "dataset", "ts_utc", "market_date", "zone", *SERIES_TYPES, *VALUE_TYPES, "org_id", "revision", "is_latest",
+    "source", "source_ref", "batch_id", "ingested_at",
+)
 OBSERVATION_COLUMNS = (
     "dataset", "ts_utc", "zone", *SERIES_TYPES, *VALUE_TYPES, "org_id", "source", "source_ref", "batch_id",
     "ingested_at", "_order_a", "_order_b",
@@ -255,10 +261,11 @@ def _window_bronze(
 
 
 def observations(
-    spark: SparkSession, lake: Lake, dataset: MarketDataset, zones: Zones, start: date, end: date
-) -> DataFrame | None:
-    """Every bronze delivery of `dataset` that can fall on market days [start, end), typed, normalised, dated,
-    in the common shape plus `timezone` and `market_date`; None when no bronze file can hold one.
+    spark: SparkSession, lake: Lake, datasets: Sequence[str], zones: Zones, start: date, end: date
+) -> tuple[DataFrame | None, list[str]]:
+    """Every bronze delivery of `datasets` that can fall on market days [start, end), typed, normalised, dated,
+    in the common shape plus `timezone` and `market_date`; and the datasets some bronze file can hold rows of
+    (None and [] when none can).
 
     Rows whose zone is unknown get a NULL timezone and the UTC date; the caller flags them. The same uploaded row
     read twice (a retried batch) is still there twice: `revisions` drops it.
@@ -266,37 +273,55 @@ def observations(
     # Zones sit within UTC-12..UTC+14, so one day either side holds every candidate row.
     lo = datetime.combine(start - timedelta(days=1), time(), UTC)
     hi = datetime.combine(end + timedelta(days=1), time(), UTC)
-    parts = []
-    files = _window_bronze(spark, lake, f"files__{dataset.name}", lo, hi)
-    if files is not None:
-        parts.append(_files_rows(*files, dataset))
-    if dataset.has_ticks:
-        ticks = _window_bronze(spark, lake, "ticks__prices", lo, hi)
-        if ticks is not None:
-            parts.append(_tick_rows(ticks[0]))
+    parts: list[DataFrame] = []
+    present: list[str] = []
+    for name in datasets:
+        dataset = SILVER_MARKET_TABLES[name]
+        found = len(parts)
+        files = _window_bronze(spark, lake, f"files__{name}", lo, hi)
+        if files is not None:
+            parts.append(_files_rows(*files, dataset))
+        if dataset.has_ticks:
+            ticks = _window_bronze(spark, lake, "ticks__prices", lo, hi)
+            if ticks is not None:
+                parts.append(_tick_rows(ticks[0]))
+        if len(parts) > found:
+            present.append(name)
     if not parts:
-        return None
-    rows = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+        return None, []
+    rows = parts[0]
+    for part in parts[1:]:
+        rows = rows.unionByName(part)
+    # Normalised and dated once, above the union: one set of expressions for every part.
     timezone = zones.timezone(F.col("zone"))
+    is_price = F.col("dataset") == F.lit("prices")
+    code, factor = _normalised_currency(F.coalesce(F.col("currency"), zones.currency(F.col("zone"))))
     columns = {c: F.col(c) for c in OBSERVATION_COLUMNS}
-    if dataset.name == "prices":
-        code, factor = _normalised_currency(F.coalesce(F.col("currency"), zones.currency(F.col("zone"))))
-        columns["price"], columns["currency"] = F.col("price") * factor, code
+    columns["price"] = F.when(is_price, F.col("price") * factor).otherwise(F.col("price"))
+    columns["currency"] = F.when(is_price, code).otherwise(F.col("currency"))
     local = F.from_utc_timestamp(F.col("ts_utc"), F.coalesce(timezone, F.lit("UTC")))
     rows = rows.select(
         *[column.alias(name) for name, column in columns.items()],
         timezone.alias("timezone"),
         F.to_date(local).alias("market_date"),
     )
-    return rows.where((F.col("market_date") >= F.lit(start)) & (F.col("market_date") < F.lit(end)))
+    return rows.where((F.col("market_date") >= F.lit(start)) & (F.col("market_date") < F.lit(end))), present
 
 
 def revisions(observed: DataFrame) -> DataFrame:
     """`observed` rows (of any datasets) once per delivery, plus `revision` (1 = first delivery of the key),
-    `deliveries` and `is_latest` (the last ingested delivery)."""
-    # The same uploaded row read twice (a retried batch) is one delivery.
-    rows = observed.dropDuplicates(["dataset", "source_ref"])
-    per_key = Window.partitionBy(*ROW_KEY)
+    `deliveries` and `is_latest` (the last ingested delivery).
+
+    Hash-partitioned by `DAY_PARTITIONING`, which every key and every series-day lies within: the windows here and
+    the per-day aggregation of `window_frame` then need no further shuffle.
+    """
+    rows = observed.repartition(*DAY_PARTITIONING)
+    # market_date follows from zone and ts_utc: naming it in the key changes no key, and keeps the partitioning.
+    key = [*ROW_KEY, "market_date"]
+    # The same uploaded row read twice (a retried batch) is one delivery; its copies share the row's key.
+    copies = Window.partitionBy(*key, "source_ref").orderBy("ingested_at", "_order_a", "_order_b")
+    rows = rows.withColumn("_copy", F.row_number().over(copies)).where(F.col("_copy") == 1).drop("_copy")
+    per_key = Window.partitionBy(*key)
     ordered = per_key.orderBy("ingested_at", "_order_a", "_order_b", "source_ref")
     rows = rows.select(
         "*", F.row_number().over(ordered).alias("revision"), F.count(F.lit(1)).over(per_key).alias("deliveries")
@@ -317,107 +342,80 @@ def _series_key() -> Column:
     return key
 
 
-def quality_frame(revised: DataFrame) -> DataFrame:
-    """Gap and duplicate flags per series and market day, in `silver.quality__gaps` column order."""
-    known = revised.where(F.col("timezone").isNotNull())
-    group = ["dataset", "zone", *SERIES_TYPES, "org_id", "market_date", "timezone"]
-    per_key = known.groupBy(*group, "ts_utc").agg(F.max("deliveries").alias("deliveries"))
+def window_frame(revised: DataFrame) -> DataFrame:
+    """Everything a build writes, one row per series and market day (per zone and day for an unknown zone):
+    `rows`, every delivery of every price key and the winning delivery of every other key (`ROW_COLUMNS`), and
+    `flags`, the day's gap, duplicate and unknown-zone flags (`QUALITY_COLUMNS`). One Spark job; the driver
+    splits it per table (`rows_of`, `price_revisions`, `quality_flags`).
+
+    A key's latest delivery stands for the key (it carries the key's number of deliveries); the rows of an
+    unknown zone are counted per zone, not per series.
+    """
+    known = F.col("timezone").isNotNull()
+    latest = known & F.col("is_latest")
+    kept = known & ((F.col("dataset") == F.lit("prices")) | F.col("is_latest"))
+    row = F.struct(
+        *[F.col(c).cast("int").alias(c) if c == "revision" else F.col(c) for c in ROW_COLUMNS]
+    )
+    # An unknown zone's rows form one group per zone, org and day: its series columns are left out of the key.
+    series = [F.when(known, F.col(c)).alias(c) for c in SERIES_TYPES]
+    group = [F.col("dataset"), F.col("zone"), *series, F.col("org_id"), F.col("market_date"), F.col("timezone")]
+    day = revised.groupBy(*group).agg(
+        F.collect_list(F.when(kept, row)).alias("rows"),
+        F.count(F.lit(1)).alias("deliveries"),
+        F.count_if(latest).alias("observed_points"),
+        F.sum(F.when(latest, F.col("deliveries") - 1)).alias("extra_deliveries"),
+        F.min(F.when(latest & (F.col("deliveries") > 1), F.col("ts_utc"))).alias("first_dup"),
+        F.max(F.when(latest & (F.col("deliveries") > 1), F.col("ts_utc"))).alias("last_dup"),
+        F.min("ts_utc").alias("first_ts"),
+        F.max("ts_utc").alias("last_ts"),
+        F.collect_list(F.when(latest, F.col("ts_utc"))).alias("observed"),
+    )
     day_start = F.to_utc_timestamp(F.col("market_date").cast("timestamp"), F.col("timezone"))
     day_end = F.to_utc_timestamp(F.date_add(F.col("market_date"), 1).cast("timestamp"), F.col("timezone"))
     interval_s = F.col("interval_minutes").cast("long") * 60
-    day = per_key.groupBy(*group).agg(
-        F.count(F.lit(1)).alias("observed_points"),
-        F.sum(F.col("deliveries") - 1).alias("extra_deliveries"),
-        F.min(F.when(F.col("deliveries") > 1, F.col("ts_utc"))).alias("first_dup"),
-        F.max(F.when(F.col("deliveries") > 1, F.col("ts_utc"))).alias("last_dup"),
-        F.min("ts_utc").alias("first_obs"),
-        F.collect_list("ts_utc").alias("observed"),
-    )
-    day = day.select(
-        "*",
-        day_start.alias("day_start"),
-        day_end.alias("day_end"),
-        ((F.unix_timestamp(day_end) - F.unix_timestamp(day_start)) / interval_s).cast("int").alias("expected_points"),
-    )
-    common = [F.col("dataset"), F.col("zone"), _series_key().alias("series_key"), F.col("org_id"), F.col("market_date")]
-    duplicates = day.where(F.col("extra_deliveries") > 0).select(
-        *common,
-        F.lit("duplicate").alias("issue"),
-        F.col("interval_minutes").cast("int").alias("interval_minutes"),
-        F.col("expected_points"),
-        F.col("observed_points").cast("int").alias("observed_points"),
-        F.col("extra_deliveries").cast("int").alias("affected_points"),
-        F.col("first_dup").alias("first_ts"),
-        F.col("last_dup").alias("last_ts"),
-    )
+    expected = ((F.unix_timestamp(day_end) - F.unix_timestamp(day_start)) / interval_s).cast("int")
     # The grid of expected timestamps is anchored on the series' own phase (an hourly UTC series in a
     # UTC+05:30 zone sits on :00 UTC, not on local midnight).
-    anchor_s = F.unix_timestamp("day_start") + F.pmod(
-        F.unix_timestamp("first_obs") - F.unix_timestamp("day_start"), interval_s
-    )
-    grid = F.sequence(anchor_s, F.unix_timestamp("day_end") - 1, interval_s)
+    start_s = F.unix_timestamp(day_start)
+    anchor_s = start_s + F.pmod(F.unix_timestamp("first_ts") - start_s, interval_s)
+    grid = F.sequence(anchor_s, F.unix_timestamp(day_end) - 1, interval_s)
     missing = F.filter(
         F.transform(grid, lambda s: F.timestamp_seconds(s)), lambda ts: ~F.array_contains(F.col("observed"), ts)
     )
-    gaps = (
-        day.where(F.col("observed_points") < F.col("expected_points"))
-        .select(*common, "interval_minutes", "expected_points", "observed_points", missing.alias("missing"))
-        .select(
-            "dataset",
-            "zone",
-            "series_key",
-            "org_id",
-            "market_date",
-            F.lit("gap").alias("issue"),
-            F.col("interval_minutes").cast("int").alias("interval_minutes"),
-            F.col("expected_points"),
-            F.col("observed_points").cast("int").alias("observed_points"),
-            (F.col("expected_points") - F.col("observed_points")).cast("int").alias("affected_points"),
-            F.array_min("missing").alias("first_ts"),
-            F.array_max("missing").alias("last_ts"),
-        )
+    observed_points = F.col("observed_points").cast("int")
+    interval = F.col("interval_minutes").cast("int")
+    unknown_n = F.col("deliveries").cast("int")
+    no_int = F.lit(None).cast("int")
+
+    def flag(when: Column, issue: str, *fields: Column) -> Column:
+        names = QUALITY_COLUMNS[6:]
+        values = [F.col(c) for c in QUALITY_COLUMNS[:2]] + [fields[0].alias("series_key")] + [
+            F.col(c) for c in QUALITY_COLUMNS[3:5]
+        ]
+        named = [f.alias(n) for f, n in zip(fields[1:], names, strict=True)]
+        return F.when(when, F.struct(*values, F.lit(issue).alias("issue"), *named))
+
+    flags = F.array(
+        flag(known & (F.col("extra_deliveries") > 0), "duplicate", _series_key(), interval, expected, observed_points,
+             F.col("extra_deliveries").cast("int"), F.col("first_dup"), F.col("last_dup")),
+        flag(known & (observed_points < expected), "gap", _series_key(), interval, expected, observed_points,
+             expected - observed_points, F.array_min(missing), F.array_max(missing)),
+        flag(~known, "unknown_zone", F.col("zone"), no_int, no_int, unknown_n, unknown_n, F.col("first_ts"),
+             F.col("last_ts")),
     )
-    unknown = (
-        revised.where(F.col("timezone").isNull())
-        .groupBy("dataset", "zone", "org_id", "market_date")
-        .agg(F.count(F.lit(1)).alias("n"), F.min("ts_utc").alias("first_ts"), F.max("ts_utc").alias("last_ts"))
-        .select(
-            "dataset",
-            F.col("zone"),
-            F.col("zone").alias("series_key"),
-            F.col("org_id"),
-            F.col("market_date"),
-            F.lit("unknown_zone").alias("issue"),
-            F.lit(None).cast("int").alias("interval_minutes"),
-            F.lit(None).cast("int").alias("expected_points"),
-            F.col("n").cast("int").alias("observed_points"),
-            F.col("n").cast("int").alias("affected_points"),
-            "first_ts",
-            "last_ts",
-        )
-    )
-    return duplicates.unionByName(gaps).unionByName(unknown)
+    return day.select("rows", F.filter(flags, lambda f: f.isNotNull()).alias("flags"))
 
 
-def window_frame(revised: DataFrame) -> DataFrame:
-    """Everything a build writes, as one frame for one Spark job: every delivery of every price key and the
-    winning delivery of every other key (`issue` NULL), then the quality flags (`issue` set).
-
-    Split per table on the driver (`rows_of`, `price_revisions`, `quality_flags`).
-    """
-    rows = revised.where(
-        F.col("timezone").isNotNull() & ((F.col("dataset") == F.lit("prices")) | F.col("is_latest"))
-    ).select(
-        "dataset", "ts_utc", "market_date", "zone", *SERIES_TYPES, *VALUE_TYPES, "org_id",
-        F.col("revision").cast("int").alias("revision"), "is_latest", "source", "source_ref", "batch_id",
-        "ingested_at",
-    )
-    return rows.unionByName(quality_frame(revised), allowMissingColumns=True)
+def _unnested(built: pa.Table, column: str) -> pa.Table:
+    """The structs of list column `column` of a `window_frame`'s Arrow rows, as a table."""
+    return pa.Table.from_struct_array(pc.list_flatten(built[column]))
 
 
 def rows_of(built: pa.Table, dataset: str) -> pa.Table:
-    """The silver rows of `dataset` in a `window_frame`'s rows (every revision for prices, else the latest)."""
-    return built.filter(pc.and_(pc.equal(built["dataset"], dataset), pc.is_null(built["issue"])))
+    """The silver rows of `dataset` in a `window_frame`'s Arrow rows (every revision for prices, else the latest)."""
+    rows = _unnested(built, "rows")
+    return rows.filter(pc.equal(rows["dataset"], dataset))
 
 
 def _false(rows: int) -> pa.Array:
@@ -445,7 +443,7 @@ def price_revisions(built: pa.Table) -> pa.Table:
 
 def quality_flags(built: pa.Table) -> pa.Table:
     """`silver.quality__gaps` rows (column order included) from a `window_frame`'s rows."""
-    return built.filter(pc.is_valid(built["issue"])).select(list(QUALITY_COLUMNS))
+    return _unnested(built, "flags").select(list(QUALITY_COLUMNS))
 
 
 def latest_prices(revisions: pa.Table) -> pa.Table:
@@ -476,24 +474,13 @@ def build_market_window(
     """
     if end <= start:
         raise ValueError(f"empty market-day window [{start}, {end})")
-    zones = read_zones(database_url)
-    observed: dict[str, DataFrame] = {}
-    for name in datasets:
-        rows = observations(spark, lake, SILVER_MARKET_TABLES[name], zones, start, end)
-        if rows is not None:
-            observed[name] = rows
-    built: DataFrame | None = None
-    if observed:
-        frames = list(observed.values())
-        union = frames[0]
-        for frame in frames[1:]:
-            union = union.unionByName(frame)
-        built = window_frame(revisions(union))
+    observed, present = observations(spark, lake, datasets, read_zones(database_url), start, end)
+    built = None if observed is None else window_frame(revisions(observed))
     window = "market_date >= %s AND market_date < %s"
     writes: list[TableWrite] = []
     for name in datasets:
         dataset = SILVER_MARKET_TABLES[name]
-        if built is None or name not in observed:
+        if built is None or name not in present:
             # No bronze file can hold a row of the window: its silver rows are just cleared, with no Spark job.
             writes.extend(
                 TableWrite(None, table, dataset.key, ReplaceWhere(window, (start, end))) for table in _tables(dataset)
