@@ -1,7 +1,8 @@
 """Reading bronze Delta tables in Spark through the delta-rs file list (no JVM Delta connector here).
 
-Belongs here: how silver jobs get a bronze snapshot (or a part of one) as a DataFrame, and the minimal schemas
-that stand in for a bronze table nothing has been written to yet.
+Belongs here: how silver jobs get a bronze snapshot (or a part of one) as a DataFrame, which files of a snapshot
+can hold rows of a time window (the Delta log's per-file statistics), and the minimal schemas that stand in for
+a bronze table nothing has been written to yet.
 
 A local lake is read by Spark's own Parquet reader. An object-store lake (`s3://`) is read by the executors
 themselves through Arrow's S3 filesystem: the pyspark wheel has no `hadoop-aws` (s3a) jars, and funnelling a
@@ -12,8 +13,11 @@ through the lake URI, never through a folder they would have to share with the d
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -72,6 +76,37 @@ def read_bronze(
 def delta_schema(table: DeltaTable) -> StructType:
     """The Spark schema of a Delta table's current version."""
     return from_arrow_schema(pa.schema(table.schema().to_arrow()))
+
+
+def files_overlapping(table: DeltaTable, column: str, lo: datetime, hi: datetime) -> list[str]:
+    """URIs of the files of `table` that can hold a row with `lo <= column < hi`, by the min/max statistics each
+    add action of the Delta log carries; a file without them is kept (so is every file, if the log has none).
+
+    A follow-mode table gains a file per commit: a window of a day or two then reads a handful of files instead
+    of the table's whole history, and a window no file reaches needs no Spark job at all.
+    """
+    uris = table.file_uris()
+    actions = pa.table(table.get_add_actions(flatten=True))
+    low, high = f"min.{column}", f"max.{column}"
+    if actions.num_rows != len(uris) or low not in actions.column_names or high not in actions.column_names:
+        return uris
+    # Both lists come from the same snapshot in the same order; checked, since pruning must never drop a file.
+    if not all(uri.endswith(unquote(path)) for uri, path in zip(uris, actions["path"].to_pylist(), strict=True)):
+        return uris
+    try:
+        mins = pc.cast(actions[low], pa.timestamp("us", tz="UTC"))
+        maxs = pc.cast(actions[high], pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return uris
+    # Delta statistics may keep timestamps to the millisecond, truncated: a file's true maximum can lie up to a
+    # millisecond above the recorded one.
+    floor = pa.scalar(lo - timedelta(milliseconds=1), pa.timestamp("us", tz="UTC"))
+    ceiling = pa.scalar(hi, pa.timestamp("us", tz="UTC"))
+    keep = pc.and_kleene(
+        pc.or_kleene(pc.is_null(mins), pc.less(mins, ceiling)),
+        pc.or_kleene(pc.is_null(maxs), pc.greater_equal(maxs, floor)),
+    ).to_pylist()
+    return [uri for uri, kept in zip(uris, keep, strict=True) if kept]
 
 
 def read_bronze_table(spark: SparkSession, lake: Lake, name: str, empty_schema: str) -> DataFrame:

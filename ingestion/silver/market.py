@@ -11,7 +11,7 @@ wins; every delivery of the key is a numbered revision.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from infra.db import connect
 from infra.lake import Lake
 from ingestion.reference import MARKET_FEED_ORG
-from ingestion.silver.bronze import local_frame, read_bronze_table
+from ingestion.silver.bronze import delta_schema, files_overlapping, read_bronze
 from ingestion.silver.pg_writer import Derived, ReplaceWhere, TableWrite, merge_dataframes
 
 LINEAGE_FILES = (
@@ -112,8 +112,37 @@ class MarketBuildResult:
     postgres_s: dict[str, float] = field(default_factory=dict)
 
 
-def _col_or_null(df: DataFrame, column: str, spark_type: str) -> Column:
-    return F.col(column).cast(spark_type) if column in df.columns else F.lit(None).cast(spark_type)
+# Every dataset's rows share one shape, so that one Spark query builds the whole window: the series columns of
+# every dataset (NULL where a dataset has no such column) and every measured value.
+SERIES_TYPES: dict[str, str] = {"node": "string", "market": "string", "fuel": "string", "interval_minutes": "int"}
+VALUE_TYPES: dict[str, str] = {c: t for d in SILVER_MARKET_TABLES.values() for c, t in d.values}
+ROW_KEY = ("dataset", "zone", *SERIES_TYPES, "ts_utc", "org_id")
+# Every key (a zone's series at one instant) and every series-day lies within one of these.
+DAY_PARTITIONING = ("dataset", "zone", "org_id", "market_date")
+ROW_COLUMNS = (
+    "dataset", "ts_utc", "market_date", "zone", *SERIES_TYPES, *VALUE_TYPES, "org_id", "revision", "is_latest",
+    "source", "source_ref", "batch_id", "ingested_at",
+)
+OBSERVATION_COLUMNS = (
+    "dataset", "ts_utc", "zone", *SERIES_TYPES, *VALUE_TYPES, "org_id", "source", "source_ref", "batch_id",
+    "ingested_at", "_order_a", "_order_b",
+)
+PRICES_COLUMNS = (
+    "ts_utc", "market_date", "zone", "node", "market", "interval_minutes", "price", "currency", "org_id", "revision",
+    "is_gap_filled", "source", "ingested_at",
+)
+PRICE_REVISIONS_COLUMNS = (
+    "ts_utc", "market_date", "zone", "node", "market", "interval_minutes", "org_id", "revision", "price",
+    "currency", "is_latest", "source", "source_ref", "batch_id", "ingested_at",
+)
+QUALITY_COLUMNS = (
+    "dataset", "zone", "series_key", "org_id", "market_date", "issue", "interval_minutes", "expected_points",
+    "observed_points", "affected_points", "first_ts", "last_ts",
+)
+
+
+def _typed(columns: Sequence[str], column: str, spark_type: str) -> Column:
+    return F.col(column).cast(spark_type) if column in columns else F.lit(None).cast(spark_type)
 
 
 def _normalised_currency(currency: Column) -> tuple[Column, Column]:
@@ -126,29 +155,31 @@ def _normalised_currency(currency: Column) -> tuple[Column, Column]:
     return code, F.when(per_kwh, F.lit(1000.0)).otherwise(F.lit(1.0))
 
 
-def _files_rows(df: DataFrame, dataset: MarketDataset) -> DataFrame:
-    """Uploaded rows in the common shape: key, values, lineage and the ingestion order."""
+def _files_rows(df: DataFrame, columns: Sequence[str], dataset: MarketDataset) -> DataFrame:
+    """Uploaded rows (bronze `columns`) in the common shape: key, values, lineage and the ingestion order."""
     series = [
         F.lit(WEATHER_INTERVAL_MINUTES).cast("int").alias(c)
         if c == "interval_minutes" and dataset.name == "weather"
-        else _col_or_null(df, c, "int" if c == "interval_minutes" else "string").alias(c)
-        for c in dataset.series
+        else (_typed(columns, c, t) if c in dataset.series else F.lit(None).cast(t)).alias(c)
+        for c, t in SERIES_TYPES.items()
     ]
+    own_values = dict(dataset.values)
     return df.select(
+        F.lit(dataset.name).alias("dataset"),
         F.col("ts_utc").cast("timestamp").alias("ts_utc"),
         F.col("zone").cast("string").alias("zone"),
         *series,
-        *[_col_or_null(df, c, t).alias(c) for c, t in dataset.values],
+        *[(_typed(columns, c, t) if c in own_values else F.lit(None).cast(t)).alias(c) for c, t in VALUE_TYPES.items()],
         # The market-feed organization's uploads are the public feed: published with org_id NULL.
-        F.when(_col_or_null(df, "_org_id", "string") == F.lit(MARKET_FEED_ORG), F.lit(None).cast("string"))
-        .otherwise(_col_or_null(df, "_org_id", "string"))
+        F.when(_typed(columns, "_org_id", "string") == F.lit(MARKET_FEED_ORG), F.lit(None).cast("string"))
+        .otherwise(_typed(columns, "_org_id", "string"))
         .alias("org_id"),
         F.lit("file").alias("source"),
         F.format_string(
             "upload %s %s%s#%s",
             F.col("_upload_id"),
             F.col("_file_name"),
-            F.coalesce(F.concat(F.lit("["), _col_or_null(df, "_sheet", "string"), F.lit("]")), F.lit("")),
+            F.coalesce(F.concat(F.lit("["), _typed(columns, "_sheet", "string"), F.lit("]")), F.lit("")),
             F.col("_row_number"),
         ).alias("source_ref"),
         F.col("_batch_id").alias("batch_id"),
@@ -159,14 +190,19 @@ def _files_rows(df: DataFrame, dataset: MarketDataset) -> DataFrame:
 
 
 def _tick_rows(df: DataFrame) -> DataFrame:
+    """Price ticks in the common shape."""
     return df.select(
+        F.lit("prices").alias("dataset"),
         F.col("ts_utc").cast("timestamp").alias("ts_utc"),
         F.col("zone").cast("string").alias("zone"),
         F.col("node").cast("string").alias("node"),
         F.col("market").cast("string").alias("market"),
+        F.lit(None).cast("string").alias("fuel"),
         F.col("interval_minutes").cast("int").alias("interval_minutes"),
-        F.col("price").cast("double").alias("price"),
-        F.col("currency").cast("string").alias("currency"),
+        *[
+            F.col(c).cast(t).alias(c) if c in ("price", "currency") else F.lit(None).cast(t).alias(c)
+            for c, t in VALUE_TYPES.items()
+        ],
         F.lit(None).cast("string").alias("org_id"),  # market feeds are public data
         F.lit("tick").alias("source"),
         F.format_string("%s/%s@%s", F.col("_topic"), F.col("_partition"), F.col("_offset")).alias("source_ref"),
@@ -177,185 +213,250 @@ def _tick_rows(df: DataFrame) -> DataFrame:
     )
 
 
-def zones_frame(spark: SparkSession, database_url: str) -> DataFrame:
-    """zone, timezone, zone_currency of `silver.ref__zones` (a small broadcastable frame)."""
+@dataclass(frozen=True)
+class Zones:
+    """`silver.ref__zones` as lookups: each zone's timezone and currency (NULL for a zone nobody registered).
+
+    Literal maps in the query, not a joined frame: a few hundred zones at most, and no broadcast job per build.
+    """
+
+    timezones: dict[str, str]
+    currencies: dict[str, str]
+
+    @staticmethod
+    def _lookup(mapping: dict[str, str], zone: Column) -> Column:
+        if not mapping:
+            return F.lit(None).cast("string")
+        literal = F.create_map(*[F.lit(v) for item in sorted(mapping.items()) for v in item])
+        return F.try_element_at(literal, zone)
+
+    def timezone(self, zone: Column) -> Column:
+        return self._lookup(self.timezones, zone)
+
+    def currency(self, zone: Column) -> Column:
+        return self._lookup(self.currencies, zone)
+
+
+def read_zones(database_url: str) -> Zones:
+    """The zones of `silver.ref__zones`."""
     with connect(database_url) as conn:
         rows = conn.execute("SELECT zone, timezone, currency FROM silver.ref__zones").fetchall()
-    return local_frame(spark, rows, "zone string, timezone string, zone_currency string")
+    return Zones({z: tz for z, tz, _ in rows if tz is not None}, {z: c for z, _, c in rows if c is not None})
+
+
+def _window_bronze(
+    spark: SparkSession, lake: Lake, name: str, lo: datetime, hi: datetime
+) -> tuple[DataFrame, list[str]] | None:
+    """Rows of bronze table `name` with lo <= ts_utc < hi, read from the files that can hold them, and the table's
+    columns; None when no file can (or the table is absent)."""
+    table = lake.table("bronze", name)
+    if table is None:
+        return None
+    files = files_overlapping(table, "ts_utc", lo, hi)
+    if not files:
+        return None
+    schema = delta_schema(table)
+    rows = read_bronze(spark, files, schema.simpleString(), schema, lake)
+    return rows.where((F.col("ts_utc") >= F.lit(lo)) & (F.col("ts_utc") < F.lit(hi))), schema.fieldNames()
 
 
 def observations(
-    spark: SparkSession, lake: Lake, dataset: MarketDataset, zones: DataFrame, start: date, end: date
-) -> DataFrame:
-    """Every bronze delivery that can fall on market days [start, end), typed, normalised and dated.
+    spark: SparkSession, lake: Lake, datasets: Sequence[str], zones: Zones, start: date, end: date
+) -> tuple[DataFrame | None, list[str]]:
+    """Every bronze delivery of `datasets` that can fall on market days [start, end), typed, normalised, dated,
+    in the common shape plus `timezone` and `market_date`; and the datasets some bronze file can hold rows of
+    (None and [] when none can).
 
-    Rows whose zone is unknown get a NULL timezone and the UTC date; the caller flags them.
+    Rows whose zone is unknown get a NULL timezone and the UTC date; the caller flags them. The same uploaded row
+    read twice (a retried batch) is still there twice: `revisions` drops it.
     """
     # Zones sit within UTC-12..UTC+14, so one day either side holds every candidate row.
     lo = datetime.combine(start - timedelta(days=1), time(), UTC)
     hi = datetime.combine(end + timedelta(days=1), time(), UTC)
-    parts = []
-    files = read_bronze_table(spark, lake, f"files__{dataset.name}", dataset.bronze_files_schema)
-    files = files.where((F.col("ts_utc") >= F.lit(lo)) & (F.col("ts_utc") < F.lit(hi)))
-    # The same uploaded row read twice (a retried batch) is one delivery.
-    parts.append(_files_rows(files, dataset).dropDuplicates(["source_ref"]))
-    if dataset.has_ticks:
-        ticks = read_bronze_table(spark, lake, "ticks__prices", TICKS_SCHEMA)
-        ticks = ticks.where((F.col("ts_utc") >= F.lit(lo)) & (F.col("ts_utc") < F.lit(hi)))
-        parts.append(_tick_rows(ticks).dropDuplicates(["source_ref"]))
-    rows = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
-    rows = rows.join(F.broadcast(zones), "zone", "left")
-    if dataset.name == "prices":
-        code, factor = _normalised_currency(F.coalesce(F.col("currency"), F.col("zone_currency")))
-        rows = rows.withColumn("price", F.col("price") * factor).withColumn("currency", code)
-    local = F.from_utc_timestamp(F.col("ts_utc"), F.coalesce(F.col("timezone"), F.lit("UTC")))
-    rows = rows.withColumn("market_date", F.to_date(local))
-    return rows.where((F.col("market_date") >= F.lit(start)) & (F.col("market_date") < F.lit(end)))
-
-
-def with_revisions(rows: DataFrame, dataset: MarketDataset) -> DataFrame:
-    """`rows` plus `revision` (1 = first delivery of the key) and `is_latest` (the last ingested delivery)."""
-    per_key = Window.partitionBy(*dataset.key)
-    ordered = per_key.orderBy("ingested_at", "_order_a", "_order_b", "source_ref")
-    return (
-        rows.withColumn("revision", F.row_number().over(ordered))
-        .withColumn("deliveries", F.count(F.lit(1)).over(per_key))
-        .withColumn("is_latest", F.col("revision") == F.col("deliveries"))
+    parts: list[DataFrame] = []
+    present: list[str] = []
+    for name in datasets:
+        dataset = SILVER_MARKET_TABLES[name]
+        found = len(parts)
+        files = _window_bronze(spark, lake, f"files__{name}", lo, hi)
+        if files is not None:
+            parts.append(_files_rows(*files, dataset))
+        if dataset.has_ticks:
+            ticks = _window_bronze(spark, lake, "ticks__prices", lo, hi)
+            if ticks is not None:
+                parts.append(_tick_rows(ticks[0]))
+        if len(parts) > found:
+            present.append(name)
+    if not parts:
+        return None, []
+    rows = parts[0]
+    for part in parts[1:]:
+        rows = rows.unionByName(part)
+    # Normalised and dated once, above the union: one set of expressions for every part.
+    timezone = zones.timezone(F.col("zone"))
+    is_price = F.col("dataset") == F.lit("prices")
+    code, factor = _normalised_currency(F.coalesce(F.col("currency"), zones.currency(F.col("zone"))))
+    columns = {c: F.col(c) for c in OBSERVATION_COLUMNS}
+    columns["price"] = F.when(is_price, F.col("price") * factor).otherwise(F.col("price"))
+    columns["currency"] = F.when(is_price, code).otherwise(F.col("currency"))
+    local = F.from_utc_timestamp(F.col("ts_utc"), F.coalesce(timezone, F.lit("UTC")))
+    rows = rows.select(
+        *[column.alias(name) for name, column in columns.items()],
+        timezone.alias("timezone"),
+        F.to_date(local).alias("market_date"),
     )
+    return rows.where((F.col("market_date") >= F.lit(start)) & (F.col("market_date") < F.lit(end))), present
 
 
-def _series_key(dataset: MarketDataset) -> Column:
-    parts = [F.col("zone")] + [F.coalesce(F.col(c).cast("string"), F.lit("-")) for c in dataset.series]
-    return F.concat_ws("|", *parts)
+def revisions(observed: DataFrame) -> DataFrame:
+    """`observed` rows (of any datasets) once per delivery, plus `revision` (1 = first delivery of the key),
+    `deliveries` and `is_latest` (the last ingested delivery).
+
+    Hash-partitioned by `DAY_PARTITIONING`, which every key and every series-day lies within: the windows here and
+    the per-day aggregation of `window_frame` then need no further shuffle.
+    """
+    rows = observed.repartition(*DAY_PARTITIONING)
+    # market_date follows from zone and ts_utc: naming it in the key changes no key, and keeps the partitioning.
+    key = [*ROW_KEY, "market_date"]
+    # The same uploaded row read twice (a retried batch) is one delivery; its copies share the row's key.
+    copies = Window.partitionBy(*key, "source_ref").orderBy("ingested_at", "_order_a", "_order_b")
+    rows = rows.withColumn("_copy", F.row_number().over(copies)).where(F.col("_copy") == 1).drop("_copy")
+    per_key = Window.partitionBy(*key)
+    ordered = per_key.orderBy("ingested_at", "_order_a", "_order_b", "source_ref")
+    rows = rows.select(
+        "*", F.row_number().over(ordered).alias("revision"), F.count(F.lit(1)).over(per_key).alias("deliveries")
+    )
+    return rows.withColumn("is_latest", F.col("revision") == F.col("deliveries"))
 
 
-def quality_frame(revised: DataFrame, dataset: MarketDataset) -> DataFrame:
-    """Gap and duplicate flags per series and market day, in `silver.quality__gaps` column order."""
-    known = revised.where(F.col("timezone").isNotNull())
-    group = ["zone", *dataset.series, "org_id", "market_date", "timezone"]
-    per_key = known.groupBy(*group, "ts_utc").agg(F.max("deliveries").alias("deliveries"))
+def _series_key() -> Column:
+    """`zone|series...` of each row's own dataset (`-` for a NULL series value)."""
+    key: Column | None = None
+    for dataset in SILVER_MARKET_TABLES.values():
+        parts = [F.col("zone")] + [F.coalesce(F.col(c).cast("string"), F.lit("-")) for c in dataset.series]
+        text = F.concat_ws("|", *parts)
+        key = F.when(F.col("dataset") == dataset.name, text) if key is None else key.when(
+            F.col("dataset") == dataset.name, text
+        )
+    assert key is not None
+    return key
+
+
+def window_frame(revised: DataFrame) -> DataFrame:
+    """Everything a build writes, one row per series and market day (per zone and day for an unknown zone):
+    `rows`, every delivery of every price key and the winning delivery of every other key (`ROW_COLUMNS`), and
+    `flags`, the day's gap, duplicate and unknown-zone flags (`QUALITY_COLUMNS`). One Spark job; the driver
+    splits it per table (`rows_of`, `price_revisions`, `quality_flags`).
+
+    A key's latest delivery stands for the key (it carries the key's number of deliveries); the rows of an
+    unknown zone are counted per zone, not per series.
+    """
+    known = F.col("timezone").isNotNull()
+    latest = known & F.col("is_latest")
+    kept = known & ((F.col("dataset") == F.lit("prices")) | F.col("is_latest"))
+    row = F.struct(
+        *[F.col(c).cast("int").alias(c) if c == "revision" else F.col(c) for c in ROW_COLUMNS]
+    )
+    # An unknown zone's rows form one group per zone, org and day: its series columns are left out of the key.
+    series = [F.when(known, F.col(c)).alias(c) for c in SERIES_TYPES]
+    group = [F.col("dataset"), F.col("zone"), *series, F.col("org_id"), F.col("market_date"), F.col("timezone")]
+    day = revised.groupBy(*group).agg(
+        F.collect_list(F.when(kept, row)).alias("rows"),
+        F.count(F.lit(1)).alias("deliveries"),
+        F.count_if(latest).alias("observed_points"),
+        F.sum(F.when(latest, F.col("deliveries") - 1)).alias("extra_deliveries"),
+        F.min(F.when(latest & (F.col("deliveries") > 1), F.col("ts_utc"))).alias("first_dup"),
+        F.max(F.when(latest & (F.col("deliveries") > 1), F.col("ts_utc"))).alias("last_dup"),
+        F.min("ts_utc").alias("first_ts"),
+        F.max("ts_utc").alias("last_ts"),
+        F.collect_list(F.when(latest, F.col("ts_utc"))).alias("observed"),
+    )
     day_start = F.to_utc_timestamp(F.col("market_date").cast("timestamp"), F.col("timezone"))
     day_end = F.to_utc_timestamp(F.date_add(F.col("market_date"), 1).cast("timestamp"), F.col("timezone"))
     interval_s = F.col("interval_minutes").cast("long") * 60
-    day = per_key.groupBy(*group).agg(
-        F.count(F.lit(1)).alias("observed_points"),
-        F.sum(F.col("deliveries") - 1).alias("extra_deliveries"),
-        F.min(F.when(F.col("deliveries") > 1, F.col("ts_utc"))).alias("first_dup"),
-        F.max(F.when(F.col("deliveries") > 1, F.col("ts_utc"))).alias("last_dup"),
-        F.min("ts_utc").alias("first_obs"),
-        F.collect_list("ts_utc").alias("observed"),
-    )
-    day = day.withColumn("day_start", day_start).withColumn("day_end", day_end)
-    day = day.withColumn(
-        "expected_points",
-        ((F.unix_timestamp("day_end") - F.unix_timestamp("day_start")) / interval_s).cast("int"),
-    )
-    series_key = _series_key(dataset)
-    common = [
-        F.lit(dataset.name).alias("dataset"),
-        F.col("zone"),
-        series_key.alias("series_key"),
-        F.col("org_id"),
-        F.col("market_date"),
-    ]
-    duplicates = day.where(F.col("extra_deliveries") > 0).select(
-        *common,
-        F.lit("duplicate").alias("issue"),
-        F.col("interval_minutes").cast("int").alias("interval_minutes"),
-        F.col("expected_points"),
-        F.col("observed_points").cast("int").alias("observed_points"),
-        F.col("extra_deliveries").cast("int").alias("affected_points"),
-        F.col("first_dup").alias("first_ts"),
-        F.col("last_dup").alias("last_ts"),
-    )
+    expected = ((F.unix_timestamp(day_end) - F.unix_timestamp(day_start)) / interval_s).cast("int")
     # The grid of expected timestamps is anchored on the series' own phase (an hourly UTC series in a
     # UTC+05:30 zone sits on :00 UTC, not on local midnight).
-    anchor_s = F.unix_timestamp("day_start") + F.pmod(
-        F.unix_timestamp("first_obs") - F.unix_timestamp("day_start"), interval_s
-    )
-    short = day.where(F.col("observed_points") < F.col("expected_points")).withColumn(
-        "grid",
-        F.sequence(anchor_s, F.unix_timestamp("day_end") - 1, interval_s),
-    )
+    start_s = F.unix_timestamp(day_start)
+    anchor_s = start_s + F.pmod(F.unix_timestamp("first_ts") - start_s, interval_s)
+    grid = F.sequence(anchor_s, F.unix_timestamp(day_end) - 1, interval_s)
     missing = F.filter(
-        F.transform(F.col("grid"), lambda s: F.timestamp_seconds(s)),
-        lambda ts: ~F.array_contains(F.col("observed"), ts),
+        F.transform(grid, lambda s: F.timestamp_seconds(s)), lambda ts: ~F.array_contains(F.col("observed"), ts)
     )
-    gaps = short.withColumn("missing", missing).select(
-        *common,
-        F.lit("gap").alias("issue"),
-        F.col("interval_minutes").cast("int").alias("interval_minutes"),
-        F.col("expected_points"),
-        F.col("observed_points").cast("int").alias("observed_points"),
-        (F.col("expected_points") - F.col("observed_points")).cast("int").alias("affected_points"),
-        F.array_min("missing").alias("first_ts"),
-        F.array_max("missing").alias("last_ts"),
+    observed_points = F.col("observed_points").cast("int")
+    interval = F.col("interval_minutes").cast("int")
+    unknown_n = F.col("deliveries").cast("int")
+    no_int = F.lit(None).cast("int")
+
+    def flag(when: Column, issue: str, *fields: Column) -> Column:
+        names = QUALITY_COLUMNS[6:]
+        values = [F.col(c) for c in QUALITY_COLUMNS[:2]] + [fields[0].alias("series_key")] + [
+            F.col(c) for c in QUALITY_COLUMNS[3:5]
+        ]
+        named = [f.alias(n) for f, n in zip(fields[1:], names, strict=True)]
+        return F.when(when, F.struct(*values, F.lit(issue).alias("issue"), *named))
+
+    flags = F.array(
+        flag(known & (F.col("extra_deliveries") > 0), "duplicate", _series_key(), interval, expected, observed_points,
+             F.col("extra_deliveries").cast("int"), F.col("first_dup"), F.col("last_dup")),
+        flag(known & (observed_points < expected), "gap", _series_key(), interval, expected, observed_points,
+             expected - observed_points, F.array_min(missing), F.array_max(missing)),
+        flag(~known, "unknown_zone", F.col("zone"), no_int, no_int, unknown_n, unknown_n, F.col("first_ts"),
+             F.col("last_ts")),
     )
-    unknown = (
-        revised.where(F.col("timezone").isNull())
-        .groupBy("zone", "org_id", "market_date")
-        .agg(F.count(F.lit(1)).alias("n"), F.min("ts_utc").alias("first_ts"), F.max("ts_utc").alias("last_ts"))
-        .select(
-            F.lit(dataset.name).alias("dataset"),
-            F.col("zone"),
-            F.col("zone").alias("series_key"),
-            F.col("org_id"),
-            F.col("market_date"),
-            F.lit("unknown_zone").alias("issue"),
-            F.lit(None).cast("int").alias("interval_minutes"),
-            F.lit(None).cast("int").alias("expected_points"),
-            F.col("n").cast("int").alias("observed_points"),
-            F.col("n").cast("int").alias("affected_points"),
-            "first_ts",
-            "last_ts",
-        )
-    )
-    return duplicates.unionByName(gaps).unionByName(unknown)
+    return day.select("rows", F.filter(flags, lambda f: f.isNotNull()).alias("flags"))
 
 
-def silver_frame(revised: DataFrame, dataset: MarketDataset) -> DataFrame:
-    """The winning delivery of every key, in `silver.market__<dataset>` column order."""
-    return revised.where(F.col("is_latest") & F.col("timezone").isNotNull()).select(
-        "ts_utc",
-        "market_date",
-        "zone",
-        *dataset.series,
-        *[c for c, _ in dataset.values],
-        "org_id",
-        F.col("revision").cast("int").alias("revision"),
-        F.lit(False).alias("is_gap_filled"),
-        "source",
-        "ingested_at",
-    )
+def _unnested(built: pa.Table, column: str) -> pa.Table:
+    """The structs of list column `column` of a `window_frame`'s Arrow rows, as a table."""
+    return pa.Table.from_struct_array(pc.list_flatten(built[column]))
 
 
-PRICES_COLUMNS = (
-    "ts_utc", "market_date", "zone", "node", "market", "interval_minutes", "price", "currency", "org_id", "revision",
-    "is_gap_filled", "source", "ingested_at",
-)
+def rows_of(built: pa.Table, dataset: str) -> pa.Table:
+    """The silver rows of `dataset` in a `window_frame`'s Arrow rows (every revision for prices, else the latest)."""
+    rows = _unnested(built, "rows")
+    return rows.filter(pc.equal(rows["dataset"], dataset))
 
 
-def price_revisions_frame(revised: DataFrame) -> DataFrame:
-    """Every delivery of every price key, in `silver.market__price_revisions` column order."""
-    return revised.where(F.col("timezone").isNotNull()).select(
-        "ts_utc", "market_date", "zone", "node", "market", "interval_minutes", "org_id",
-        F.col("revision").cast("int").alias("revision"), "price", "currency", "is_latest", "source",
-        "source_ref", "batch_id", "ingested_at",
-    )
+def _false(rows: int) -> pa.Array:
+    return pa.nulls(rows, pa.bool_()).fill_null(False)
+
+
+def silver_rows(dataset: MarketDataset) -> Callable[[pa.Table], pa.Table]:
+    """`silver.market__<dataset>` rows (column order included) from a `window_frame`'s rows."""
+
+    def project(built: pa.Table) -> pa.Table:
+        rows = rows_of(built, dataset.name)
+        columns = ["ts_utc", "market_date", "zone", *dataset.series, *[c for c, _ in dataset.values], "org_id",
+                   "revision"]
+        return rows.select(columns).append_column("is_gap_filled", _false(rows.num_rows)).append_column(
+            "source", rows["source"]
+        ).append_column("ingested_at", rows["ingested_at"])
+
+    return project
+
+
+def price_revisions(built: pa.Table) -> pa.Table:
+    """`silver.market__price_revisions` rows (column order included) from a `window_frame`'s rows."""
+    return rows_of(built, "prices").select(list(PRICE_REVISIONS_COLUMNS))
+
+
+def quality_flags(built: pa.Table) -> pa.Table:
+    """`silver.quality__gaps` rows (column order included) from a `window_frame`'s rows."""
+    return _unnested(built, "flags").select(list(QUALITY_COLUMNS))
 
 
 def latest_prices(revisions: pa.Table) -> pa.Table:
-    """`silver.market__prices` rows (column order included) from `price_revisions_frame` rows: the latest ones."""
+    """`silver.market__prices` rows (column order included) from `price_revisions` rows: the latest ones."""
     latest = revisions.filter(pc.field("is_latest"))
     columns = [c for c in PRICES_COLUMNS if c != "is_gap_filled"]
     return latest.select(columns).add_column(
-        PRICES_COLUMNS.index("is_gap_filled"), "is_gap_filled", pa.nulls(latest.num_rows, pa.bool_()).fill_null(False)
+        PRICES_COLUMNS.index("is_gap_filled"), "is_gap_filled", _false(latest.num_rows)
     )
 
 
-def _clearing_writes(dataset: MarketDataset, window: str, start: date, end: date) -> list[TableWrite]:
-    tables = [dataset.table] + (["silver.market__price_revisions"] if dataset.name == "prices" else [])
-    return [TableWrite(None, table, dataset.key, ReplaceWhere(window, (start, end))) for table in tables]
+def _tables(dataset: MarketDataset) -> list[str]:
+    return [dataset.table] + (["silver.market__price_revisions"] if dataset.name == "prices" else [])
 
 
 def build_market_window(
@@ -368,28 +469,27 @@ def build_market_window(
 ) -> MarketBuildResult:
     """Rebuild market days [start, end) of the silver market tables, price revisions and quality flags.
 
-    Everything is replaced in one transaction; a day with no bronze rows ends up empty.
+    One Spark job computes every table's rows; everything is replaced in one transaction; a day with no bronze
+    rows ends up empty.
     """
     if end <= start:
         raise ValueError(f"empty market-day window [{start}, {end})")
-    zones = zones_frame(spark, database_url)
+    observed, present = observations(spark, lake, datasets, read_zones(database_url), start, end)
+    built = None if observed is None else window_frame(revisions(observed))
     window = "market_date >= %s AND market_date < %s"
     writes: list[TableWrite] = []
-    quality: list[DataFrame] = []
-    cached: list[DataFrame] = []
     for name in datasets:
         dataset = SILVER_MARKET_TABLES[name]
-        sources = [f"files__{name}"] + (["ticks__prices"] if dataset.has_ticks else [])
-        if all(lake.table("bronze", source) is None for source in sources):
-            # Nothing in bronze: the window's silver rows are just cleared, with no Spark job at all.
-            writes.extend(_clearing_writes(dataset, window, start, end))
+        if built is None or name not in present:
+            # No bronze file can hold a row of the window: its silver rows are just cleared, with no Spark job.
+            writes.extend(
+                TableWrite(None, table, dataset.key, ReplaceWhere(window, (start, end))) for table in _tables(dataset)
+            )
             continue
-        revised = with_revisions(observations(spark, lake, dataset, zones, start, end), dataset).cache()
-        cached.append(revised)
         if name == "prices":
             writes.append(
                 TableWrite(
-                    price_revisions_frame(revised),
+                    Derived(built, price_revisions),
                     "silver.market__price_revisions",
                     (*dataset.key, "revision"),
                     ReplaceWhere(window, (start, end)),
@@ -398,33 +498,24 @@ def build_market_window(
             )
         writes.append(
             TableWrite(
-                # Prices are the latest revisions: projected from the revision rows on the driver.
                 Derived("silver.market__price_revisions", latest_prices) if name == "prices"
-                else silver_frame(revised, dataset),
+                else Derived(built, silver_rows(dataset)),
                 dataset.table,
                 dataset.key,
                 ReplaceWhere(window, (start, end)),
                 conflict_constraint=dataset.constraint,
             )
         )
-        quality.append(quality_frame(revised, dataset))
-    flags = None
-    for frame in quality:
-        flags = frame if flags is None else flags.unionByName(frame)
     writes.append(
         TableWrite(
-            flags,
+            None if built is None else Derived(built, quality_flags),
             "silver.quality__gaps",
             ("dataset", "series_key", "org_id", "market_date", "issue"),
             ReplaceWhere(window + " AND dataset = ANY(%s)", (start, end, list(datasets))),
             conflict_constraint="quality__gaps_key",
         )
     )
-    try:
-        written = merge_dataframes(database_url, writes)
-    finally:
-        for frame in cached:
-            frame.unpersist()
+    written = merge_dataframes(database_url, writes)
     return MarketBuildResult(
         start, end, dict(written.staged), dict(written.replaced), written.spark_wait_s, written.postgres_s
     )

@@ -47,15 +47,16 @@ class ReplaceKeys:
     columns: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Derived:
-    """Rows computed on the driver from an earlier write's Arrow rows (`source` is that write's target).
+    """Rows computed on the driver from Arrow rows: an earlier write's (`source` is that write's target) or a
+    DataFrame's that several writes share (collected once, by the first write that names it).
 
-    For a table that is a projection of another one (the winning rows of a revision trail): no second Spark
-    job over the same rows.
+    For a table that is a projection of another one (the winning rows of a revision trail), or for several small
+    tables computed by one Spark job: no second job over the same rows.
     """
 
-    source: str
+    source: str | DataFrame
     rows: Callable[[pa.Table], pa.Table]
 
 
@@ -213,10 +214,19 @@ def _apply_replace_where(
 
 
 def _collector(
-    executor: ThreadPoolExecutor, df: DataFrame | Derived | None, earlier: dict[str, Future[pa.Table | None]]
+    executor: ThreadPoolExecutor,
+    df: DataFrame | Derived | None,
+    earlier: dict[str, Future[pa.Table | None]],
+    shared: dict[int, Future[pa.Table | None]],
 ) -> Future[pa.Table | None]:
     if isinstance(df, Derived):
-        source = earlier[df.source]  # submitted first: the one worker thread has finished it by now
+        if isinstance(df.source, str):
+            source = earlier[df.source]  # submitted first: the one worker thread has finished it by now
+        else:
+            frame = df.source
+            if id(frame) not in shared:
+                shared[id(frame)] = executor.submit(frame.toArrow)
+            source = shared[id(frame)]
 
         def derive() -> pa.Table | None:
             rows = source.result()
@@ -239,9 +249,10 @@ def merge_dataframes(
     # One thread runs the Spark jobs in write order, so Spark computes write n+1 while write n is COPied.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-collect") as executor:
         collected: dict[str, Future[pa.Table | None]] = {}
+        shared: dict[int, Future[pa.Table | None]] = {}
         frames = []
         for write in writes:
-            frames.append(_collector(executor, write.df, collected))
+            frames.append(_collector(executor, write.df, collected, shared))
             collected[write.target] = frames[-1]
         keys: dict[tuple[int, tuple[str, ...]], Future[pa.Table | None]] = {}
         for write in writes:
@@ -250,7 +261,7 @@ def merge_dataframes(
                 reuse = (id(write.replace.keys), write.replace.columns)
                 if reuse not in keys:
                     keys[reuse] = _collector(
-                        executor, write.replace.keys.select(*write.replace.columns).distinct(), collected
+                        executor, write.replace.keys.select(*write.replace.columns).distinct(), collected, shared
                     )
         try:
             with connect(database_url) as conn:
@@ -298,6 +309,6 @@ def merge_dataframes(
                     finalize(conn)
             result.postgres_s["commit"] = time.perf_counter() - commit
         finally:
-            for future in [*frames, *keys.values()]:
+            for future in [*frames, *keys.values(), *shared.values()]:
                 future.cancel()
     return result
