@@ -3,11 +3,12 @@
 The storage URL is read by Dagster from the `OPTIBID_DATABASE_URL` variable at run time (never written to
 disk), so a password in the URL stays in the environment.
 
-Concurrency keeps the two-core default responsive: at most one run per core (two at least, four at most), and one run per pool at a
-time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the automation's runs
-queue instead of thrashing. Each queued run waits for its pool as a whole (run granularity): a backfill of
-30 days is one run holding one slot. Queued runs leave by priority (`dagster/priority`): the path from a
-landed file to gold first (`orchestration.automation_sensor`); what follows gold holds one slot at most.
+Concurrency keeps the two-core default responsive: at most one run per core (two at least, four at most), and
+one run per pool at a time (`spark` for the silver Spark jobs, `clickhouse_export` for the exports), so the
+automation's runs queue instead of thrashing. Each queued run waits for its pool as a whole (run granularity):
+a backfill of 30 days is one run holding one slot. Queued runs leave by priority (`dagster/priority`): the
+path from a landed file to gold first (`orchestration.automation_sensor`); what follows gold holds one slot at
+most.
 
 A busy machine or a restarting code server must not stall the automation: a run the code server could not
 start is launched again for five minutes (measured: a code server restart took 100 s at a load average of 20
