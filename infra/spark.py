@@ -52,6 +52,10 @@ def spark_session(
             builder.config("spark.sql.session.timeZone", "UTC")
             # Few cores locally: 200 shuffle partitions would be 200 tiny tasks per stage.
             .config("spark.sql.shuffle.partitions", "8")
+            # Bronze is read from delta-rs file lists: above this many paths Spark lists them with a Spark job
+            # of one task per file (seconds for a follow-mode table's day of small files), below it on the
+            # driver (a stat per file).
+            .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "10000")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .getOrCreate()
         )

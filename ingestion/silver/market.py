@@ -7,6 +7,10 @@ revision trail, and the gap/duplicate flags of `silver.quality__gaps`.
 A build of days [start, end) recomputes those days from every bronze row that falls on them and replaces them in
 one transaction, so re-running a day (or a backfill of many days) is idempotent. The latest ingested row of a key
 wins; every delivery of the key is a numbered revision.
+
+Every table of a build comes from one Spark job with one shuffle (all datasets in one row shape, partitioned by
+dataset, zone, org and day), read from the bronze files whose Delta statistics can hold the window: a small
+window costs one job, not one per table.
 """
 
 from __future__ import annotations
