@@ -111,10 +111,13 @@ def _parents_running(building_deps: dg.AssetSelection | None = None) -> dg.Autom
     return running.with_label("parent_run_in_progress")
 
 
-def _fill_missing(unpartitioned_deps: dg.AssetSelection | None = None) -> dg.AutomationCondition:
-    """Never built, its day-mapped parents hold the day (a day without data waits for it), and the last
-    attempt did not fail (no retry loops)."""
-    return (AC.missing() & _deps_present(unpartitioned_deps) & ~AC.execution_failed()).with_label("fill_missing")
+def _fill_missing(
+    unpartitioned_deps: dg.AssetSelection | None = None, building_deps: dg.AssetSelection | None = None
+) -> dg.AutomationCondition:
+    """Never built, its day-mapped parents hold the day (a day without data waits for it) or are under their
+    first build in `building_deps`, and the last attempt did not fail (no retry loops)."""
+    deps_present = _deps_present(unpartitioned_deps, building_deps)
+    return (AC.missing() & deps_present & ~AC.execution_failed()).with_label("fill_missing")
 
 
 def _optional_parent_arrived(optional_deps: dg.AssetSelection) -> dg.AutomationCondition:
@@ -147,10 +150,11 @@ def day_partitions(
     theirs that failed a blocking check waits until a correction passes: their children keep the last good
     state, and the models downstream (the KPIs beside the trading facts) keep following the market.
 
-    `building_deps` are unpartitioned parents built in a pool shared with this asset (the dbt models, `dbt`
-    pool at op granularity, `infra.dagster_instance`): a day may be requested while their first build is under
-    way, because the pool runs that build before this asset's. On a cold start the landed days then go in
-    one run with silver instead of waiting for the dimensions and following in a second one.
+    `building_deps` are parents built in a pool shared with this asset (the dbt models, `dbt` pool at op
+    granularity, `infra.dagster_instance`): a day may be requested while their first build (of the day, for a
+    partitioned parent) is under way in a run created before, because the pool gives that build's step its
+    slot first. On a cold start the landed days then go in one run with silver instead of waiting for the
+    dimensions and the trading facts that the KPIs join, and following in a second and third run.
     """
     same_day = AC.any_deps_updated()
     if unpartitioned_deps is not None:
@@ -165,7 +169,7 @@ def day_partitions(
         optional_deps = late_deps if optional_deps is None else optional_deps | late_deps
     changed = _since_handled(trigger)
     condition = (
-        (changed | _fill_missing(unpartitioned_deps))
+        (changed | _fill_missing(unpartitioned_deps, building_deps))
         & _deps_present(optional_deps, building_deps)
         & ~_parents_running(building_deps)
         & ~AC.in_progress()
