@@ -69,7 +69,8 @@ def _deps_present(
         required = required.ignore(optional_deps)
     if building_deps is None:
         return (~required).with_label("parents_exist")
-    not_being_built = (missing & ~AC.run_in_progress()).with_label("missing_not_being_built")
+    # A backfill too: the automation's multi-partition requests are backfills, whose runs come later.
+    not_being_built = (missing & ~AC.in_progress()).with_label("missing_not_being_built")
     building = AC.any_deps_match(not_being_built).allow(building_deps)
     if optional_deps is not None:
         building = building.ignore(optional_deps)
