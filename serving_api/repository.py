@@ -199,7 +199,11 @@ async def table_columns(state: ApiState, conn: AsyncConnection, dataset: Dataset
     """Column → data type of a dataset's table (cached); 503 while the table does not exist or lacks RLS."""
     now = time.monotonic()
     cached = state.table_catalog.get(dataset.table)
-    if cached is None or now - cached[0] > state.options.table_catalog_seconds:
+    if cached is not None:
+        found = cached[1] is not None
+        ttl = state.options.table_catalog_seconds if found else state.options.missing_table_recheck_seconds
+        cached = cached if now - cached[0] <= ttl else None
+    if cached is None:
         cur = await conn.execute(
             """SELECT a.attname, format_type(a.atttypid, a.atttypmod), c.relrowsecurity
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

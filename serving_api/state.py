@@ -64,6 +64,9 @@ class ApiOptions:
     api_key_cache_seconds: float = 30.0
     api_key_cache_max_entries: int = 10_000  # known and unknown prefixes together (LRU)
     table_catalog_seconds: float = 60.0
+    # A table not materialized yet is looked for again soon: the pipeline's first build must not wait out the
+    # catalog's minute before the API serves it.
+    missing_table_recheck_seconds: float = 1.0
     cache_max_bytes: int = 64 * 1024 * 1024
     max_body_bytes: int = 2 * 1024 * 1024  # JSON bodies (optimize, mapping, admin)
     max_auth_body_bytes: int = 16 * 1024
