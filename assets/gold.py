@@ -72,12 +72,10 @@ SILVER_TRADING = dg.AssetSelection.assets(
 UNPARTITIONED_MODELS = dg.AssetSelection.assets(
     *(dg.AssetKey(["gold", name]) for name, n in sorted(_MODELS.items()) if "partitioned" not in n["tags"])
 )
-# Every dbt model: one pool orders their builds (`DBT_POOL`).
-GOLD_MODELS = dg.AssetSelection.assets(*(dg.AssetKey(["gold", name]) for name in sorted(_MODELS)))
 # Parents of the partitioned models that carry no day: their updates rebuild only the recent days.
 UNPARTITIONED_PARENTS = dg.AssetSelection.groups("reference") | SILVER_TRADING | UNPARTITIONED_MODELS
 # Every dbt invocation takes this pool (one at a time, step by step: `infra.dagster_instance`), so a partition
-# run's models are built after the models that a run created before it is building for the first time
+# run's models are built after the dimensions that the reference run is building for the first time
 # (`automation.day_partitions`, `building_deps`). Two dbt builds side by side on two cores only share them.
 DBT_POOL = "dbt"
 # Models a partition run rewrites in the `gold` schema (staging views live in gold_staging, unread by the API).
@@ -120,7 +118,7 @@ class GoldDbtTranslator(DagsterDbtTranslator):
             return None
         if "partitioned" in dbt_resource_props.get("tags", []):
             return automation.day_partitions(
-                UNPARTITIONED_PARENTS, late_deps=SILVER_TRADING, building_deps=GOLD_MODELS
+                UNPARTITIONED_PARENTS, late_deps=SILVER_TRADING, building_deps=UNPARTITIONED_MODELS
             )
         return automation.unpartitioned()
 

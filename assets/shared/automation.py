@@ -69,8 +69,9 @@ def _deps_present(
         required = required.ignore(optional_deps)
     if building_deps is None:
         return (~required).with_label("parents_exist")
-    # A backfill too: the automation's multi-partition requests are backfills, whose runs come later.
-    not_being_built = (missing & ~AC.in_progress()).with_label("missing_not_being_built")
+    # A run only, not a backfill: a backfill's run is created later, possibly after this asset's own, and the
+    # pool orders steps in the order their runs asked.
+    not_being_built = (missing & ~AC.run_in_progress()).with_label("missing_not_being_built")
     building = AC.any_deps_match(not_being_built).allow(building_deps)
     if optional_deps is not None:
         building = building.ignore(optional_deps)
@@ -151,11 +152,13 @@ def day_partitions(
     theirs that failed a blocking check waits until a correction passes: their children keep the last good
     state, and the models downstream (the KPIs beside the trading facts) keep following the market.
 
-    `building_deps` are parents built in a pool shared with this asset (the dbt models, `dbt` pool at op
-    granularity, `infra.dagster_instance`): a day may be requested while their first build (of the day, for a
-    partitioned parent) is under way in a run created before, because the pool gives that build's step its
-    slot first. On a cold start the landed days then go in one run with silver instead of waiting for the
-    dimensions and the trading facts that the KPIs join, and following in a second and third run.
+    `building_deps` are unpartitioned parents built in a pool shared with this asset, by a run whose step in
+    that pool comes first (the dimensions: the reference run's dbt step, `dbt` pool at op granularity,
+    `infra.dagster_instance`): a day may be requested while their first build is under way, because the pool
+    gives that step its slot before this asset's, which follows a Spark step. On a cold start the landed days
+    then go in one run with silver instead of waiting for the dimensions and following in a second run. Not for
+    partitioned parents: their run may start with its dbt step after this one's (measured: a dimension built
+    before its staging view).
     """
     same_day = AC.any_deps_updated()
     if unpartitioned_deps is not None:
