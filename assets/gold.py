@@ -148,7 +148,7 @@ def gold_dbt_unpartitioned(
     A test with a parent outside this asset (the relationship tests of the partitioned facts on the
     dimensions, the KPI catalog's singular test on `kpi_values`) belongs to the partitioned run: on a fresh
     warehouse the facts do not exist yet. The whole asset excludes the partitioned models, and eager indirect
-    selection drops their tests with them; a subset selects models by name (`_build_args`).
+    selection drops their tests with them; a subset selects models by name (`_dbt_build`).
     """
     yield from _dbt_build(context, dbt, warehouse)
 

@@ -7,7 +7,8 @@ generate`). What does not: the dbt assets and their translator (`assets/gold.py`
 The dbt profile (`dbt_project/profiles.yml`) reads its connection fields from `OPTIBID_DBT_*` variables;
 `dbt_env` derives them from the warehouse URL so one setting (`OPTIBID_DATABASE_URL`, or the embedded
 server's URL) drives dbt too. Commands run here hand them to the dbt process; a pipeline run, whose dbt
-subprocess inherits its environment, sets them for the length of the invocation (`dbt_process_env`).
+subprocess inherits its environment, sets them in its own, with the partition window for the length of the
+invocation (`dbt_process_env`).
 """
 
 from __future__ import annotations
