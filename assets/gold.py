@@ -29,7 +29,7 @@ from dagster_dbt import (
 )
 
 from assets.shared import automation
-from assets.shared.expectation_checks import import_suites_in_background, partition_suite_check
+from assets.shared.expectation_checks import import_suites_for_run, partition_suite_check
 from assets.shared.partitions import daily_partitions, market_date_window
 from assets.shared.resources import WarehouseResource
 from infra.dbt import DBT_PROJECT_DIR, dbt_process_env, manifest_is_stale, run_target_path, save_parse_state
@@ -168,8 +168,7 @@ def _dbt_build(
     """
     # In a subset run `context.assets_def` is already the subset: only Dagster knows it is one.
     args = ["build", *(["--indirect-selection", "cautious"] if context.is_subset else [])]
-    if context.selected_asset_check_keys & _SUITE_CHECK_KEYS:
-        import_suites_in_background()
+    import_suites_for_run(context)
     # dagster-dbt gives dbt this process's environment, no other.
     with dbt_process_env(warehouse.url, window):
         target = run_target_path(f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}", warehouse.url)
@@ -233,12 +232,6 @@ def _kpi_codes(warehouse: WarehouseResource) -> list[str] | None:
 gold_fct_prices_hourly_expectations = partition_suite_check("gold.fct_prices_hourly")
 gold_fct_load_hourly_expectations = partition_suite_check("gold.fct_load_hourly")
 gold_kpi_values_expectations = partition_suite_check("gold.kpi_values", kpi_codes=_kpi_codes)
-
-_SUITE_CHECK_KEYS = {
-    key
-    for check in (gold_fct_prices_hourly_expectations, gold_fct_load_hourly_expectations, gold_kpi_values_expectations)
-    for key in check.check_keys
-}
 
 defs = dg.Definitions(
     assets=[gold_dbt_unpartitioned, gold_dbt_partitioned],

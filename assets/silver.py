@@ -20,7 +20,7 @@ from assets.bronze.files import MARKET_DAYS
 from assets.shared import automation
 from assets.shared.expectation_checks import (
     delivery_suite_check,
-    import_suites_in_background,
+    import_suites_for_run,
     partition_suite_check,
 )
 from assets.shared.partitions import daily_partitions, market_date_window
@@ -92,7 +92,7 @@ def silver_market(
     context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource, warehouse: WarehouseResource
 ):
     """Rebuild the market-local days of the run's partition window (one day, or a whole backfill)."""
-    import_suites_in_background()
+    import_suites_for_run(context)
     window = market_date_window(context)
     # build_market_window takes the half-open range [start, end).
     result = build_market_window(
@@ -113,10 +113,6 @@ class TradingBuildConfig(dg.Config):
     """Rebuild from every bronze event instead of only the keys changed since the last run."""
 
     full_refresh: bool = False
-
-
-# The trading tables with a suite (their checks are below).
-CHECKED_TRADING = ("bids", "trades")
 
 
 def _trading_asset(entity: str) -> dg.AssetsDefinition:
@@ -152,8 +148,7 @@ def _trading_asset(entity: str) -> dg.AssetsDefinition:
         lake: LakeResource,
         warehouse: WarehouseResource,
     ):
-        if entity in CHECKED_TRADING:
-            import_suites_in_background()
+        import_suites_for_run(context)
         result = build_trading_entity(
             spark.session(), lake.lake, warehouse.url, entity, full_refresh=config.full_refresh
         )

@@ -32,14 +32,31 @@ if TYPE_CHECKING:
 KpiCodes = Callable[[WarehouseResource], "list[str] | None"]
 
 
-@functools.cache
-def import_suites_in_background() -> None:
-    """Import the suites' library (Great Expectations: ~10 s of CPU) in a background thread, once per process.
+# The assets the factories below gave a suite check: a run that builds one of them also runs its suite.
+_ASSETS_WITH_SUITES: set[dg.AssetKey] = set()
 
-    Called by the steps of assets with checks as they hand their work to another process (a Spark job, a dbt
-    build): this process then sits waiting, and the checks that follow in the same run find the library
-    imported instead of adding its import to the run's critical path.
+
+def _suite_check(checks: dg.AssetChecksDefinition) -> dg.AssetChecksDefinition:
+    _ASSETS_WITH_SUITES.update(key.asset_key for key in checks.check_keys)
+    return checks
+
+
+def import_suites_for_run(context: dg.AssetExecutionContext) -> None:
+    """Import the suites' library (Great Expectations: ~10 s of CPU) in a background thread, once per process,
+    when the run builds an asset with a suite check.
+
+    Called by steps as they hand their work to another process (a Spark job, a dbt build): this process then sits
+    waiting, and the checks that follow in the same run find the library imported instead of adding its import
+    to the run's critical path. The run's selection decides, not the step's: the suite checks are steps of their
+    own, outside the asset's.
     """
+    selected = context.run.asset_selection
+    if selected is None or selected & _ASSETS_WITH_SUITES:
+        _import_suites_in_background()
+
+
+@functools.cache
+def _import_suites_in_background() -> None:
     threading.Thread(
         target=importlib.import_module, args=("expectations.runner",), name="import-suites", daemon=True
     ).start()
@@ -111,7 +128,7 @@ def partition_suite_check(table: str, kpi_codes: KpiCodes | None = None) -> dg.A
         context.log.info(outcome.summary())
         return suite_check_result(outcome)
 
-    return _check
+    return _suite_check(_check)
 
 
 def delivery_suite_check(table: str, days_back: int, days_ahead: int) -> dg.AssetChecksDefinition:
@@ -135,7 +152,7 @@ def delivery_suite_check(table: str, days_back: int, days_ahead: int) -> dg.Asse
         context.log.info(outcome.summary())
         return suite_check_result(outcome, deliveries=dg.MetadataValue.text(f"{first} .. {last}"))
 
-    return _check
+    return _suite_check(_check)
 
 
 # Metadata a bronze asset records on each materialization: the table's Delta version after the run, and
@@ -182,4 +199,4 @@ def appended_rows_check(table: str) -> dg.AssetChecksDefinition:
         context.log.info(outcome.summary())
         return suite_check_result(outcome, dg.AssetCheckSeverity.WARN, delta_versions=versions)
 
-    return _check
+    return _suite_check(_check)

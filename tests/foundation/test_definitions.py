@@ -108,3 +108,23 @@ def test_a_partition_window_reads_as_market_dates_with_both_ends_included() -> N
     ]
     assert seen[0].dates == [date(2024, 3, 30), date(2024, 3, 31), date(2024, 4, 1)]
 
+
+
+def test_runs_that_build_an_asset_with_a_suite_are_the_ones_that_import_it_early() -> None:
+    """The suite checks are steps of their own: whether a step imports the suites' library in the background
+    is decided by the run's assets, and every suite-checked asset counts (silver, gold, bronze), no other."""
+    import dagster as dg
+
+    import orchestration.definitions as definitions
+    from assets.shared.expectation_checks import _ASSETS_WITH_SUITES
+
+    suites = {
+        check.key.asset_key
+        for checks in definitions.defs.asset_checks or []
+        for check in checks.check_specs
+        if check.key.name.endswith("_expectations")
+    }
+    assert suites and suites == _ASSETS_WITH_SUITES
+    assert dg.AssetKey(["gold", "fct_prices_hourly"]) in _ASSETS_WITH_SUITES
+    assert dg.AssetKey(["silver", "trading__bids"]) in _ASSETS_WITH_SUITES
+    assert dg.AssetKey(["gold", "stg_trading__assets"]) not in _ASSETS_WITH_SUITES
