@@ -49,7 +49,7 @@ test-scale: install
 # The platform running itself (daemon, API, follow consumer) on the test services, bounded by the issue's
 # 5 minutes (OPTIBID_SOAK_SECONDS=300); not yet within it on two cores, so it is not part of `make test`.
 soak: install
-	$(BIN)/python -m pytest -m soak tests/platform --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
+	$(BIN)/python -m pytest -m soak -rP tests/platform --basetemp=$$(mktemp -d /tmp/optibid-pytest.XXXXXX)
 
 # Style, then the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: install

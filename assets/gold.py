@@ -101,7 +101,9 @@ class GoldDbtTranslator(DagsterDbtTranslator):
     """dbt models/seeds -> `["gold", name]` in group `gold`; dbt sources -> the silver assets' keys.
 
     Partitioned models follow their silver days (and rebuild recent days when trading state or dimensions
-    change); dimensions, reference staging and seeds follow their parents. dbt tests own no condition:
+    change), without waiting for the parents their dbt config lists in `meta.optional_parents` (the KPIs
+    beside the trading facts: `macros/optional_parents.sql`); dimensions, reference staging and seeds follow
+    their parents. dbt tests own no condition:
     they ride along in the runs of their model, where they block.
     """
 
@@ -117,8 +119,14 @@ class GoldDbtTranslator(DagsterDbtTranslator):
         if dbt_resource_props["resource_type"] == "source":
             return None
         if "partitioned" in dbt_resource_props.get("tags", []):
+            optional = dbt_resource_props.get("config", {}).get("meta", {}).get("optional_parents", [])
             return automation.day_partitions(
-                UNPARTITIONED_PARENTS, late_deps=SILVER_TRADING, building_deps=UNPARTITIONED_MODELS
+                UNPARTITIONED_PARENTS,
+                late_deps=SILVER_TRADING,
+                building_deps=UNPARTITIONED_MODELS,
+                optional_day_deps=dg.AssetSelection.assets(*(dg.AssetKey(["gold", n]) for n in optional))
+                if optional
+                else None,
             )
         return automation.unpartitioned()
 

@@ -48,6 +48,9 @@ class SuiteParameters:
     zones: pd.DataFrame | None = None  # silver.ref__zones: zone, price_floor, price_cap
     previous_row_count: int | None = None
     max_row_count_change: float = 0.5  # allowed relative change vs the previous partition
+    # The window holds a market day still under way (today's ticks): its rows keep arriving, so only growth
+    # beyond the previous partition's count is bounded.
+    day_in_progress: bool = False
     # A previous partition smaller than this (a first, partial day) says nothing about the next one.
     min_previous_rows: int = 100
     # Current-state tables (trading) may legitimately hold no row in a window; partitions may not.
@@ -116,8 +119,9 @@ def _row_count_expectation(params: SuiteParameters) -> gxe.Expectation:
     if params.previous_row_count is None or params.previous_row_count < params.min_previous_rows:
         return gxe.ExpectTableRowCountToBeBetween(min_value=params.min_rows)
     change = params.max_row_count_change
+    shrink = 1.0 if params.day_in_progress else change
     return gxe.ExpectTableRowCountToBeBetween(
-        min_value=max(params.min_rows, math.floor(params.previous_row_count * (1 - change))),
+        min_value=max(params.min_rows, math.floor(params.previous_row_count * (1 - shrink))),
         max_value=math.ceil(params.previous_row_count * (1 + change)),
     )
 

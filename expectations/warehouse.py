@@ -76,6 +76,12 @@ def previous_row_count(database_url: str, table: str, min_date: date, max_date: 
     return round(count / days_held * days) if days_held else None
 
 
+def last_complete_market_date(now: datetime) -> date:
+    """The last market date that is over in every timezone at `now`: a date ends at 12:00 UTC of the next
+    day in the westernmost zones (UTC-12)."""
+    return (now - timedelta(hours=12)).date() - timedelta(days=1)
+
+
 def validate_partition(
     database_url: str,
     table: str,
@@ -89,7 +95,9 @@ def validate_partition(
 ) -> SuiteOutcome:
     """Validate the [min_date, max_date] window of `table` (e.g. "silver.market__prices").
 
-    With `check_freshness`, a window that reaches today also expects its newest row within `MAX_AGE`.
+    With `check_freshness`, a window that reaches today also expects its newest row within `MAX_AGE`. A window
+    that holds a market day not yet over (`last_complete_market_date`) may hold fewer rows than the window
+    before it, not more than its growth bound.
     """
     table_suite = suite_for(table)
     now = now or datetime.now(UTC)
@@ -97,6 +105,7 @@ def validate_partition(
     params = SuiteParameters(
         zones=zone_bounds(database_url),
         previous_row_count=previous_row_count(database_url, table, min_date, max_date),
+        day_in_progress=max_date > last_complete_market_date(now),
         now=now if max_age else None,
         max_age=max_age,
         kpi_codes=kpi_codes,

@@ -123,8 +123,8 @@ def _fill_missing(
 
 
 def _optional_parent_arrived(optional_deps: dg.AssetSelection) -> dg.AutomationCondition:
-    """An optional parent without partitions was built for the first time: every day built before it read
-    its empty table. Not on a condition's first evaluation (a new deployment), where parents that exist
+    """An optional parent (partition) was built for the first time: every day built before it read its empty
+    table or stand-in. Not on a condition's first evaluation (a new deployment), where parents that exist
     already are no news."""
     built = (~AC.missing()).with_label("built")
     arrived = AC.any_deps_match(built.newly_true()).allow(optional_deps) & ~AC.initial_evaluation()
@@ -138,6 +138,7 @@ def day_partitions(
     optional_deps: dg.AssetSelection | None = None,
     late_deps: dg.AssetSelection | None = None,
     building_deps: dg.AssetSelection | None = None,
+    optional_day_deps: dg.AssetSelection | None = None,
 ) -> dg.AutomationCondition:
     """The condition of a daily-partitioned asset whose day-partitioned parents map day to day.
 
@@ -159,6 +160,12 @@ def day_partitions(
     then go in one run with silver instead of waiting for the dimensions and following in a second run. Not for
     partitioned parents: their run may start with its dbt step after this one's (measured: a dimension built
     before its staging view).
+
+    `optional_day_deps` are day-partitioned parents that a day is built without, and fills in without (the
+    trading facts of the KPIs: the model reads an empty relation in their place until they exist, dbt's
+    `optional_ref`). Their first build under way does not hold the day back either (measured on a cold start:
+    the KPIs otherwise waited a minute for the trading facts' run to end). Their day arriving later is an
+    update like any other, and the day is built again.
     """
     same_day = AC.any_deps_updated()
     if unpartitioned_deps is not None:
@@ -170,17 +177,33 @@ def day_partitions(
     )
     if late_deps is not None:
         trigger = trigger | _optional_parent_arrived(late_deps)
-        optional_deps = late_deps if optional_deps is None else optional_deps | late_deps
+    optional_deps = _union(optional_deps, late_deps, optional_day_deps)
     changed = _since_handled(trigger)
+    if optional_day_deps is not None:
+        # Kept until the day is next asked for, whatever the day did meanwhile: its run, started before the
+        # parent's first build ended, read the empty stand-in, and may well have ended before the parent's
+        # (measured: the parents' update was then taken as handled by the day's own).
+        arrival = _optional_parent_arrived(optional_day_deps).since(AC.newly_requested())
+        changed = changed | arrival.with_label("optional_parent_arrived_since_requested")
     condition = (
-        (changed | _fill_missing(unpartitioned_deps, building_deps))
+        (changed | _fill_missing(_union(unpartitioned_deps, optional_day_deps), building_deps))
         & _deps_present(optional_deps, building_deps)
-        & ~_parents_running(building_deps)
+        & ~_parents_running(_union(building_deps, optional_day_deps))
         & ~AC.in_progress()
     )
     if late_deps is not None:
         condition = condition & ~_late_parent_pending(late_deps) & ~_parent_checks_failed(late_deps)
     return condition.with_label("day_partitions")
+
+
+def _union(*selections: dg.AssetSelection | None) -> dg.AssetSelection | None:
+    given = [s for s in selections if s is not None]
+    if not given:
+        return None
+    union = given[0]
+    for selection in given[1:]:
+        union = union | selection
+    return union
 
 
 def _late_parent_pending(deps: dg.AssetSelection) -> dg.AutomationCondition:

@@ -20,12 +20,15 @@ For every batch, in ONE Postgres transaction:
 dbt's delete+insert: the two writers never interleave, so no minute is ever held twice. A dbt run whose
 silver snapshot predates a tick would drop that minute's newer value when it replaces the day; the writer
 notices dates bumped by someone else in `ops.table_versions` and re-asserts the staged minutes of those
-dates (`repair`), which equal what the next batch run will compute.
+dates (`repair`), which equal what the next batch run will compute. Before the first batch build of
+`gold.kpi_values` the ticks are staged only; once the table appears, every staged minute is written. Both
+checks run in a background thread every few seconds, so they do not wait for the next tick.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -111,6 +114,8 @@ class MinuteKpiWriter:
     Use it as the consumer's `row_sink` (`CdcConsumer(..., row_sink=writer)`); call `close()` when done.
     `database_url` may be a function, called at the first write (so a run that sees no tick never connects).
     Ticks older than `retention` (by their own time) are left to the batch path and pruned from staging.
+    From the first write on, a daemon thread checks every `repair_check_seconds` for dates that a batch
+    run rewrote (`repair`) and for the first build of the KPI table, while the consumer waits for ticks.
     """
 
     def __init__(
@@ -130,9 +135,12 @@ class MinuteKpiWriter:
         self._conn: psycopg.Connection | None = None
         self._versions: dict[date, int] = {}  # gold.kpi_values versions as last written or repaired here
         self._versions_loaded = False
-        self._next_repair_check = 0.0
         self._next_prune = 0.0
         self._warned_missing = False
+        self._awaiting_table = False  # ticks were staged while the KPI table did not exist
+        self._lock = threading.RLock()  # one connection, used by the consumer's thread and the upkeep thread
+        self._stopping = threading.Event()
+        self._upkeep: threading.Thread | None = None
 
     # --- the consumer's hook ----------------------------------------------------------------------
     def __call__(self, route: TopicRoute, rows: pa.Table) -> None:
@@ -140,9 +148,14 @@ class MinuteKpiWriter:
             self.apply(rows)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._stopping.set()
+        if self._upkeep is not None and self._upkeep is not threading.current_thread():
+            self._upkeep.join()
+        self._upkeep = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def __enter__(self) -> MinuteKpiWriter:
         return self
@@ -162,13 +175,16 @@ class MinuteKpiWriter:
         fresh = staged.filter(pc.greater_equal(staged["ts_utc"], horizon))
         update = self._with_retries(lambda conn: self._apply(conn, fresh))
         update.skipped_old = staged.num_rows - fresh.num_rows
-        self._maybe_repair_and_prune()
+        if self._upkeep is None and not self._stopping.is_set():
+            self._upkeep = threading.Thread(target=self._run_upkeep, name="kpi-writer-upkeep", daemon=True)
+            self._upkeep.start()
         return update
 
-    def repair(self, market_dates: Iterable[date]) -> MinuteKpiUpdate:
-        """Re-assert every staged minute of `market_dates` whose row in gold differs from its staged value."""
-        dates = sorted(set(market_dates))
-        if not dates:
+    def repair(self, market_dates: Iterable[date] | None) -> MinuteKpiUpdate:
+        """Re-assert every staged minute of `market_dates` (None: of every date) whose row in gold differs from
+        its staged value."""
+        dates = None if market_dates is None else sorted(set(market_dates))
+        if dates == []:
             return MinuteKpiUpdate()
         return self._with_retries(lambda conn: self._repair(conn, dates))
 
@@ -199,7 +215,16 @@ class MinuteKpiWriter:
         conn.execute("CREATE TEMP TABLE rt_keys ON COMMIT DROP AS SELECT DISTINCT zone, ts_utc FROM rt_batch")
         return self._rewrite(conn, update)
 
-    def _repair(self, conn: psycopg.Connection, dates: Sequence[date]) -> MinuteKpiUpdate:
+    def _repair(self, conn: psycopg.Connection, dates: Sequence[date] | None) -> MinuteKpiUpdate:
+        if dates is None:
+            conn.execute(
+                f"""CREATE TEMP TABLE rt_keys ON COMMIT DROP AS
+                    SELECT DISTINCT t.zone, t.ts_utc FROM {STAGING_TABLE} AS t"""
+            )
+            update = self._rewrite(conn, MinuteKpiUpdate())
+            if update.changed:
+                self.log.info("%s exists now: wrote %d staged minute KPI rows", KPI_TABLE, update.changed)
+            return update
         # Zones sit within UTC-12..UTC+14: one day either side holds every minute of those market dates.
         conn.execute(
             f"""CREATE TEMP TABLE rt_keys ON COMMIT DROP AS
@@ -220,10 +245,11 @@ class MinuteKpiWriter:
 
     def _rewrite(self, conn: psycopg.Connection, update: MinuteKpiUpdate) -> MinuteKpiUpdate:
         """Recompute the minutes in `rt_keys` and replace the changed ones in gold, with the signals."""
-        if conn.execute("SELECT to_regclass(%s)", (KPI_TABLE,)).fetchone()[0] is None:
+        if not _table_exists(conn, KPI_TABLE):
             if not self._warned_missing:
                 self.log.warning("%s does not exist yet (gold not built): ticks are staged only", KPI_TABLE)
                 self._warned_missing = True
+            self._awaiting_table = True
             return update
         conn.execute(f"LOCK TABLE {KPI_TABLE} IN SHARE ROW EXCLUSIVE MODE")
         params = {"code": KPI_CODE, "grain": GRAIN}
@@ -249,13 +275,25 @@ class MinuteKpiWriter:
         return update
 
     # --- upkeep -----------------------------------------------------------------------------------
-    def _maybe_repair_and_prune(self) -> None:
+    def _run_upkeep(self) -> None:
+        # The first round at once: it records the versions this writer starts from.
+        while not self._stopping.is_set():
+            try:
+                self._repair_and_prune()
+            except Exception:  # the next round retries; the consumer's own writes raise for themselves
+                self.log.warning("real-time KPI upkeep failed", exc_info=True)
+            self._stopping.wait(self.repair_check_seconds)
+
+    def _repair_and_prune(self) -> None:
+        if self._awaiting_table:
+            exists = self._with_retries(lambda conn: _table_exists(conn, KPI_TABLE))
+            if exists:
+                self._awaiting_table = False
+                self.repair(None)
+        foreign = self._with_retries(self._dates_written_elsewhere)
+        if foreign:
+            self.repair(foreign)
         now = time.monotonic()
-        if now >= self._next_repair_check:
-            self._next_repair_check = now + self.repair_check_seconds
-            foreign = self._with_retries(self._dates_written_elsewhere)
-            if foreign:
-                self.repair(foreign)
         if now >= self._next_prune:
             self._next_prune = now + 600
             self._with_retries(
@@ -281,20 +319,28 @@ class MinuteKpiWriter:
         delay = 0.5
         for attempt in range(1, self.attempts + 1):
             try:
-                if self._conn is None or self._conn.closed:
-                    if callable(self.database_url):
-                        self.database_url = self.database_url()
-                    self._conn = psycopg.connect(self.database_url, autocommit=True)
-                with self._conn.transaction():
-                    return work(self._conn)
+                with self._lock:
+                    if self._conn is None or self._conn.closed:
+                        if callable(self.database_url):
+                            self.database_url = self.database_url()
+                        self._conn = psycopg.connect(self.database_url, autocommit=True)
+                    with self._conn.transaction():
+                        return work(self._conn)
             except psycopg.OperationalError:
-                self.close()
+                with self._lock:
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
                 if attempt == self.attempts:
                     raise
                 self.log.warning("real-time KPI write failed (attempt %d), retrying", attempt, exc_info=True)
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+
+def _table_exists(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
 
 
 def _zone_ticks(rows: pa.Table) -> pa.Table:

@@ -17,7 +17,7 @@ import pytest
 from optibid_client import KpiStream, OptiBidClient, OptiBidError, StreamClosed
 from tests.api.analyst_fixtures import BID_HOURS, serve_api
 from tests.api.conftest import DAY0, DAY2, PASSWORD
-from tests.api.test_dashboard_ws import _ticks
+from tests.realtime.tick_rows import bronze_tick_rows
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_dashboard_subscription_receives_pushed_kpis(live, analyst, api_database
     while hub.client_count < 2 and datetime.now(UTC) < deadline:  # both streams subscribed
         threading.Event().wait(0.05)
     with MinuteKpiWriter(api_database) as writer:
-        writer.apply(_ticks({"PJM": [55.0], "NP": [21.0, 22.0]}, start, offset=1000))
+        writer.apply(bronze_tick_rows({"PJM": [55.0], "NP": [21.0, 22.0]}, start, offset=1000))
     messages = [received.get(timeout=10) for _ in range(2)]
     assert all(not isinstance(m, Exception) for m in messages), messages
     assert {m.key: [v["value"] for v in m.values] for m in messages} == {

@@ -9,40 +9,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-import pyarrow as pa
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from tests.api.conftest import DAY0
 from tests.api.test_ws import _publish, _Raw, _token
+from tests.realtime.tick_rows import bronze_tick_rows
 
 WS = "/api/v1/ws/dashboard"
-
-
-def _ticks(zone_prices: dict[str, list[float]], start: datetime, offset: int) -> pa.Table:
-    """Bronze tick rows as the CDC consumer hands them to its row sink: zone-level, five-minute."""
-    rows = [
-        (zone, start + timedelta(minutes=5 * i), price)
-        for zone, prices in zone_prices.items()
-        for i, price in enumerate(prices)
-    ]
-    n = len(rows)
-    ts = pa.timestamp("us", tz="UTC")
-    return pa.table(
-        {
-            "_topic": ["optibid.market.ticks"] * n,
-            "_partition": pa.array([0] * n, pa.int32()),
-            "_offset": pa.array(range(offset, offset + n), pa.int64()),
-            "_ingested_at": pa.array([datetime.now(UTC)] * n, ts),
-            "zone": [z for z, _, _ in rows],
-            "node": pa.array([None] * n, pa.string()),
-            "market": ["RT"] * n,
-            "ts_utc": pa.array([t for _, t, _ in rows], ts),
-            "interval_minutes": pa.array([5] * n, pa.int32()),
-            "price": [p for _, _, p in rows],
-            "currency": ["USD"] * n,
-        }
-    )
 
 
 def _url(token: str, *kpis: str, **extra: str) -> str:
@@ -75,7 +49,7 @@ def test_several_kpis_on_one_connection_pushed_resumed_and_org_scoped(client, au
         assert backlog["backlog"] is True and backlog["kpi_code"] == "pnl"
         assert [v["value"] for v in backlog["values"]] == [1000.0] * 4
         assert ws.receive_json()["type"] == "heartbeat"
-        update = writer.apply(_ticks({"PJM": [41.0, 42.0], "NP": [17.0]}, start, offset=0))
+        update = writer.apply(bronze_tick_rows({"PJM": [41.0, 42.0], "NP": [17.0]}, start, offset=0))
         assert update.changed == 3
         pushed = _values(ws, 2)
     assert [v["value"] for v in pushed[("price_avg", "PJM")]] == [41.0, 42.0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -69,11 +69,24 @@ def test_row_count_change_and_freshness(prices: pd.DataFrame) -> None:
     assert "expect_table_row_count_to_be_between()" in failing(validate_frame(prices, suite, vs_previous(3)))
     # a tiny previous partition (a first, partial day) is no yardstick
     assert validate_frame(prices, suite, vs_previous(3, min_previous_rows=100)).success
+    # a day under way (today's first ticks) is not short of rows, but may not grow past the bound either
+    in_progress = SuiteParameters(previous_row_count=24, min_previous_rows=1, day_in_progress=True)
+    assert validate_frame(prices, suite, in_progress).success
+    grown = SuiteParameters(previous_row_count=3, min_previous_rows=1, day_in_progress=True)
+    assert "expect_table_row_count_to_be_between()" in failing(validate_frame(prices, suite, grown))
     newest = prices["ts_utc"].max().to_pydatetime()
     fresh = SuiteParameters(now=newest + timedelta(hours=1), max_age=timedelta(hours=3))
     stale = SuiteParameters(now=newest + timedelta(hours=5), max_age=timedelta(hours=3))
     assert validate_frame(prices, suite, fresh).success
     assert "expect_column_max_to_be_between(ts_utc)" in failing(validate_frame(prices, suite, stale))
+
+
+def test_a_market_day_is_over_once_it_is_over_in_the_westernmost_zone() -> None:
+    from expectations.warehouse import last_complete_market_date
+
+    day = date(2024, 7, 10)
+    assert last_complete_market_date(datetime(2024, 7, 11, 11, 59, tzinfo=UTC)) == day - timedelta(days=1)
+    assert last_complete_market_date(datetime(2024, 7, 11, 12, 0, tzinfo=UTC)) == day
 
 
 def test_negative_load_fails() -> None:

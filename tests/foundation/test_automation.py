@@ -391,6 +391,47 @@ def test_gold_days_build_before_trading_arrives_and_every_day_again_once_it_does
         assert past not in updated.get_requested_partitions(stg_assets)
 
 
+def test_the_kpis_of_a_day_go_with_its_market_facts_and_again_with_its_trading_facts(defs) -> None:
+    """The real-time minute KPIs are written into `kpi_values` once the table exists, so a day's KPIs go with
+    its market facts and do not wait for the first build of the trading facts (on a cold start a chain of runs
+    behind the trading feed); the day is built again when the trading facts' day arrives."""
+    kpis = dg.AssetKey(["gold", "kpi_values"])
+    selection = dg.AssetSelection.assets(kpis)
+    [day] = _past_days(1)
+    market_days = ["fct_prices_hourly", "fct_prices_5min", "fct_load_hourly", "fct_generation_hourly"]
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        for name in ("dim_zone", "dim_calendar"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name])))
+        for name in market_days[:-1]:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name]), partition=day)
+            )
+        incomplete = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+        )
+        assert incomplete.get_requested_partitions(kpis) == set(), "a market fact of the day is still missing"
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", market_days[-1]]), partition=day)
+        )
+        market = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=incomplete.cursor
+        )
+        assert market.get_requested_partitions(kpis) == {day}
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=kpis, partition=day))
+        settled = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=market.cursor
+        )
+        assert settled.get_requested_partitions(kpis) == set()
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", "fct_bids"]), partition=day)
+        )
+        trading = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor
+        )
+        assert trading.get_requested_partitions(kpis) == {day}
+
+
 def test_a_trading_change_that_fails_its_blocking_check_stays_out_of_gold(defs) -> None:
     """Dagster's blocking checks stop the children of the same run only. A silver trading table whose latest
     check failed must not reach gold in a later run either: the staging days wait for the correction, and
@@ -599,3 +640,88 @@ def test_a_day_goes_with_its_silver_while_a_dimension_is_first_built_but_waits_f
         )
         # the first build asks for nothing more; the day held back by the rebuild is asked for now
         assert after.get_requested_partitions(fact.key) == (set() if first_build else {day})
+
+
+def test_a_day_goes_while_an_optional_parent_is_first_built_and_again_once_it_is() -> None:
+    """The KPIs beside the trading facts on a cold start: the trading facts' first build, queued or running,
+    does not hold the KPI day back (the real-time writer needs the table); its end asks for the day again,
+    even when the day's own run, started earlier, ended between the same two ticks. A rebuild of the optional
+    parent under way holds the day back as any parent does."""
+    import threading
+
+    from assets.shared.automation import day_partitions
+
+    days = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC")
+    day = (date.today() - timedelta(days=1)).isoformat()
+    releases = {"trading_fact": threading.Event(), "kpis": threading.Event()}
+
+    @dg.asset(partitions_def=days)
+    def market_fact() -> None: ...
+
+    @dg.asset(partitions_def=days)
+    def trading_fact() -> None:
+        assert releases["trading_fact"].wait(60)
+
+    @dg.asset(
+        partitions_def=days,
+        deps=[market_fact, trading_fact],
+        automation_condition=day_partitions(optional_day_deps=dg.AssetSelection.assets(trading_fact)),
+    )
+    def kpis() -> None:
+        assert releases["kpis"].wait(60)
+
+    defs = dg.Definitions(assets=[market_fact, trading_fact, kpis])
+    selection = dg.AssetSelection.assets(kpis)
+
+    def start(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> threading.Thread:
+        releases[asset.key.path[-1]].clear()
+        started = len(instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])))
+        thread = threading.Thread(
+            target=dg.materialize, args=([asset],), kwargs={"instance": instance, "partition_key": day}
+        )
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))) == started:
+            assert time.monotonic() < deadline, f"{asset.key} never started"
+            time.sleep(0.1)
+        return thread
+
+    def finish(asset: dg.AssetsDefinition, thread: threading.Thread) -> None:
+        releases[asset.key.path[-1]].set()
+        thread.join()
+
+    def evaluate(instance: dg.DagsterInstance, cursor) -> dg.EvaluateAutomationConditionsResult:
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection, cursor=cursor)
+
+    with dg.instance_for_test() as instance:
+        cursor = evaluate(instance, None).cursor
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=market_fact.key, partition=day))
+        trading_run = start(instance, trading_fact)
+        kpi_run = None
+        try:
+            first_build = evaluate(instance, cursor)
+            assert first_build.get_requested_partitions(kpis.key) == {day}
+            kpi_run = start(instance, kpis)
+            running = evaluate(instance, first_build.cursor)
+            assert running.get_requested_partitions(kpis.key) == set()
+            # between two ticks, the day's run ends, then the trading fact's first build
+            finish(kpis, kpi_run)
+            finish(trading_fact, trading_run)
+        finally:
+            for release in releases.values():
+                release.set()
+            trading_run.join()
+            if kpi_run is not None:
+                kpi_run.join()
+        arrived = evaluate(instance, running.cursor)
+        assert arrived.get_requested_partitions(kpis.key) == {day}
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=kpis.key, partition=day))
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=market_fact.key, partition=day))
+        rebuild = start(instance, trading_fact)
+        try:
+            during_rebuild = evaluate(instance, arrived.cursor)
+            assert during_rebuild.get_requested_partitions(kpis.key) == set()
+        finally:
+            finish(trading_fact, rebuild)
+        after = evaluate(instance, during_rebuild.cursor)
+        assert after.get_requested_partitions(kpis.key) == {day}

@@ -1,16 +1,22 @@
-"""Dagster wiring: silver check -> partitioned dbt models, and a broken silver batch that must not reach gold.
+"""Dagster wiring: silver check -> partitioned dbt models, a broken silver batch that must not reach gold, and
+the first build of the KPI table on a cold warehouse.
 
 The silver asset here stands in for the Spark writer (assets/silver.py, owned by the silver layer): it
 writes one partition of `silver.market__load` into the real warehouse, like the real asset does.
 """
 
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import psycopg
 
 from assets.shared.partitions import daily_partitions
 from assets.shared.resources import WarehouseResource, gold_dbt_resource
 from infra import db
+from infra.signals import KPI_CHANNEL
+from ingestion.cdc.realtime import MinuteKpiWriter
+from tests.realtime.tick_rows import bronze_tick_rows
 
 PARTITION = "2024-07-11"
 
@@ -121,7 +127,7 @@ def test_subset_runs_on_a_cold_warehouse_leave_other_runs_tests_out(database_url
     test on bids and trades) must wait for the run that builds that model, not fail this one."""
     from assets import gold
     from tests.conftest import private_database
-    from tests.gold.silver_fixture import load_fixture
+    from tests.gold.silver_fixture import DAY, load_fixture
 
     for url in private_database(database_url, "optibid_test_gold_cold"):
         load_fixture(url)
@@ -146,3 +152,70 @@ def test_subset_runs_on_a_cold_warehouse_leave_other_runs_tests_out(database_url
         assert _gold_materialized(bids) == {"gold/stg_trading__bids", "gold/fct_bids"}
         with db.connect(url) as conn:
             assert conn.execute("SELECT to_regclass('gold.fct_positions')").fetchone()[0] is None
+
+        # The KPIs of a day go with its market facts, without the positions that do not exist yet (an
+        # optional parent: the real-time minute KPIs need the table as soon as market data exists), and
+        # gain the trading KPIs when the automation rebuilds the day after the trading facts.
+        # A tick of today that arrives before the table exists is staged only; the first build of the table
+        # (for another day) is what makes the real-time writer write and announce it, with no further tick.
+        market = [["gold", n] for n in gold.GOLD_TABLES if n.startswith("fct_") and n not in TRADING_FACTS]
+        market += [["gold", f"stg_market__{t}"] for t in ("prices", "load", "generation", "weather")]
+        now = datetime.now(UTC)
+        tick_at = now.replace(minute=now.minute - now.minute % 5, second=0, microsecond=0)
+        with (
+            MinuteKpiWriter(url, repair_check_seconds=0.5) as writer,
+            psycopg.connect(url, autocommit=True) as listener,
+        ):
+            listener.execute(f"LISTEN {KPI_CHANNEL}")
+            assert writer.apply(bronze_tick_rows({"PJM": [61.5]}, tick_at, offset=1)).changed == 0
+            kpis = dg.materialize(
+                [gold.gold_dbt_partitioned],
+                selection=dg.AssetSelection.assets(*market, ["gold", "kpi_values"]),
+                partition_key=DAY.isoformat(),
+                resources=resources,
+                raise_on_error=False,
+            )
+            assert kpis.success
+            pushed = None
+            for note in listener.notifies(timeout=30):
+                payload = json.loads(note.payload)
+                if payload["zone"] == "PJM" and _covers(payload, tick_at):
+                    pushed = payload
+                    break
+        assert pushed is not None, "the staged tick was announced once the table existed"
+        assert pushed["grain"] == "minute"
+        with db.connect(url) as conn:
+            served = conn.execute(
+                """SELECT value FROM gold.kpi_values
+                   WHERE kpi_code = 'price_avg' AND grain = 'minute' AND zone = 'PJM' AND period_start = %s""",
+                (tick_at,),
+            ).fetchall()
+        assert served == [(61.5,)]
+        assert "price_avg" in _kpi_codes(url, DAY)
+        assert "revenue" not in _kpi_codes(url, DAY)
+        trading = dg.materialize(
+            [gold.gold_dbt_partitioned],
+            selection=dg.AssetSelection.assets(
+                *(["gold", f"stg_trading__{t}"] for t in ("bids", "trades")),
+                *(["gold", f] for f in TRADING_FACTS),
+                ["gold", "kpi_values"],
+            ),
+            partition_key=DAY.isoformat(),
+            resources=resources,
+            raise_on_error=False,
+        )
+        assert trading.success
+        assert {"price_avg", "bid_acceptance_rate", "revenue", "net_position"} <= _kpi_codes(url, DAY)
+
+
+TRADING_FACTS = {"fct_bids", "fct_trades", "fct_positions"}
+
+
+def _covers(payload: dict, ts: datetime) -> bool:
+    return datetime.fromisoformat(payload["period_from"]) <= ts <= datetime.fromisoformat(payload["period_to"])
+
+
+def _kpi_codes(url: str, day: date) -> set[str]:
+    with db.connect(url) as conn:
+        rows = conn.execute("SELECT DISTINCT kpi_code FROM gold.kpi_values WHERE market_date = %s", (day,))
+        return {r[0] for r in rows}

@@ -1,10 +1,13 @@
 {{ config(
     materialized='incremental', incremental_strategy='delete+insert', unique_key=['market_date'],
     tags=['partitioned'], on_schema_change='append_new_columns',
-    indexes=[{'columns': ['kpi_code', 'grain', 'zone', 'period_start']}, {'columns': ['market_date']}]
+    indexes=[{'columns': ['kpi_code', 'grain', 'zone', 'period_start']}, {'columns': ['market_date']}],
+    meta={'optional_parents': ['fct_bids', 'fct_positions']}
 ) }}
 -- Every KPI of gold.kpi_catalog in one long table. Zone KPIs carry the org_id of their input rows (NULL
 -- for public market data); org KPIs are per org and zone. Definitions live in seeds/kpi_catalog.csv.
+-- The trading facts are optional parents (macros/optional_parents.sql): until their first build the market
+-- KPIs are built without them, and the day is rebuilt with the org KPIs when they arrive.
 with da as (
     select
         p.zone, p.org_id, p.ts_utc, p.market_date, p.price_avg as price, z.market, z.currency,
@@ -74,7 +77,9 @@ bids_hour as (
         count(*) filter (where b.is_accepted) as n_accepted,
         count(*) filter (where b.is_decided)  as n_decided,
         sum(b.cleared_quantity_mw)            as cleared_mwh
-    from {{ ref('fct_bids') }} as b
+    from {{ optional_ref('fct_bids', {
+        'org_id': 'text', 'zone': 'text', 'delivery_start': 'timestamptz', 'market_date': 'date',
+        'is_accepted': 'boolean', 'is_decided': 'boolean', 'cleared_quantity_mw': 'double precision'}) }} as b
     join {{ ref('dim_zone') }} as z on z.zone = b.zone
     where {{ market_date_window('b.market_date') }}
     group by 1, 2, 3, 4
@@ -84,7 +89,9 @@ positions_hour as (
         p.org_id, p.zone, {{ local_hour_start('p.delivery_start', 'z.timezone') }} as ts_utc, p.market_date,
         sum(p.cash_flow)        as revenue,
         sum(p.net_position_mwh) as net_position
-    from {{ ref('fct_positions') }} as p
+    from {{ optional_ref('fct_positions', {
+        'org_id': 'text', 'zone': 'text', 'delivery_start': 'timestamptz', 'market_date': 'date',
+        'cash_flow': 'double precision', 'net_position_mwh': 'double precision'}) }} as p
     join {{ ref('dim_zone') }} as z on z.zone = p.zone
     where {{ market_date_window('p.market_date') }}
     group by 1, 2, 3, 4
