@@ -3,35 +3,57 @@
 The conditions themselves are built in `assets.shared.automation` and chosen by each domain; bronze is
 started by its own sensors and schedule (`assets.bronze`).
 
-Two sensors split the assets by what their runs are waiting for, and tag the runs with a queue priority
+The sensors split the assets by what their runs are waiting for, and tag the runs with a queue priority
 (`dagster/priority`): the warehouse path (reference data, silver, gold) is what "a file landed, the API serves
 it" waits on, so its runs leave the queue before the analyses that follow it (forecasts, optimizations, the
 weekly ML, the ClickHouse export). On two cores a cold start queues a dozen runs, and without priorities a landed
 day would wait behind backtests. Each sensor also evaluates only its own assets, so a tick of the warehouse path
 does not wait for the ML assets' conditions to be evaluated.
+
+The warehouse path has two sensors of the same priority, one per feed: the market (files and ticks: silver
+market, the market facts, the KPIs) and trading (CDC: silver trading, its staging, `dim_asset` and the trading
+facts). A sensor's tick turns its requests into one backfill, and a backfill holds a day back while another of
+its assets that the day reads is requested for a different set of days: with one sensor, a landed file's KPIs
+waited for the trading facts' run (measured: a minute on a cold start), although the KPIs need not wait for
+them (`assets.gold`, optional parents).
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
+from assets.gold import SILVER_TRADING
 from assets.shared.automation import DOWNSTREAM_RUN_TAGS, WAREHOUSE_RUN_TAGS
 from infra.settings import get_settings
 
 WAREHOUSE = dg.AssetSelection.groups("reference", "silver", "gold")
+# What reads the trading feed and nothing of the market's.
+TRADING = WAREHOUSE & (SILVER_TRADING.downstream() - (dg.AssetSelection.groups("silver") - SILVER_TRADING).downstream())
 AUTOMATED = dg.AssetSelection.all() - dg.AssetSelection.groups("bronze")
 DOWNSTREAM = AUTOMATED - WAREHOUSE
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
-    target=WAREHOUSE,
+    target=WAREHOUSE - TRADING,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=get_settings().sensor_interval_seconds,
     emit_backfills=True,
     run_tags=WAREHOUSE_RUN_TAGS,
-    description="Evaluates the automation conditions of reference data, silver and gold "
-    "(assets/shared/automation.py); several partitions of one asset in a tick become one backfill, run as a "
-    "single run. Its runs go first in the run queue.",
+    description="Evaluates the automation conditions of reference data, silver and gold but the trading "
+    "feed's (assets/shared/automation.py); several partitions of one asset in a tick become one backfill, run "
+    "as a single run. Its runs go first in the run queue.",
+)
+
+trading_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "trading_automation_sensor",
+    target=TRADING,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=get_settings().sensor_interval_seconds,
+    emit_backfills=True,
+    run_tags=WAREHOUSE_RUN_TAGS,
+    description="Evaluates the automation conditions of the trading feed's silver tables, staging, asset "
+    "dimension and facts (assets/shared/automation.py), apart from the market's: their backfills never hold "
+    "a landed day's KPIs back. Its runs go first in the run queue.",
 )
 
 downstream_automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -46,4 +68,4 @@ downstream_automation_sensor = dg.AutomationConditionSensorDefinition(
     "runs queue behind the warehouse path's and hold one run slot at most.",
 )
 
-AUTOMATION_SENSORS = [automation_sensor, downstream_automation_sensor]
+AUTOMATION_SENSORS = [automation_sensor, trading_automation_sensor, downstream_automation_sensor]

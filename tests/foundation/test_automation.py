@@ -72,13 +72,14 @@ def test_sensors_and_schedules_a_running_platform_needs_are_on_by_default(defs) 
     sensors = {s.name: s for s in repo.sensor_defs}
     for name in (
         "automation_sensor",
+        "trading_automation_sensor",
         "downstream_automation_sensor",
         "bronze_cdc_lag_sensor",
         "bronze_cdc_commits_sensor",
         "landing_folder_sensor",
     ):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING, name
-    for name in ("automation_sensor", "downstream_automation_sensor"):
+    for name in ("automation_sensor", "trading_automation_sensor", "downstream_automation_sensor"):
         automation = sensors[name]
         assert isinstance(automation, dg.AutomationConditionSensorDefinition)
         assert automation.emit_backfills
@@ -106,9 +107,19 @@ def test_the_path_from_a_landed_file_to_gold_leaves_the_run_queue_first(defs, as
 
     by_name = {s.name: s for s in sensors}
     warehouse, downstream = by_name["automation_sensor"], by_name["downstream_automation_sensor"]
-    groups = {asset_graph.get(k).group_name for k in warehouse.asset_selection.resolve(asset_graph)}
+    trading = by_name["trading_automation_sensor"]
+    groups = {
+        asset_graph.get(k).group_name
+        for sensor in (warehouse, trading)
+        for k in sensor.asset_selection.resolve(asset_graph)
+    }
     assert groups == {"reference", "silver", "gold"}
+    assert trading.run_tags == warehouse.run_tags
     assert priority(warehouse.run_tags) > priority(downstream.run_tags)
+    # the market's KPIs are never in a backfill with the trading facts they read (optional parents)
+    kpis, bids = dg.AssetKey(["gold", "kpi_values"]), dg.AssetKey(["gold", "fct_bids"])
+    assert kpis in warehouse.asset_selection.resolve(asset_graph)
+    assert bids in trading.asset_selection.resolve(asset_graph)
 
     # bronze runs come from jobs (sensors and a schedule): the jobs carry the tag, whatever starts them
     for job in ("landing_files_job", "bronze_cdc_job"):

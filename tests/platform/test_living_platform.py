@@ -356,8 +356,11 @@ def test_the_platform_follows_files_ticks_and_bad_data_by_itself(platform: Platf
     )
     assert table_version(platform.database_url, "gold.fct_prices_hourly", first) > version_before
     expected_second = simulated_prices(first, second, zone)
-    wait_for(platform, f"the new day {second} served", lambda: served_prices(platform, zone, second)[0])
-    assert matches(served_prices(platform, zone, second)[0], expected_second)
+    wait_for(
+        platform,
+        f"the new day {second} served",
+        lambda: matches(served_prices(platform, zone, second)[0], expected_second),
+    )
 
     # 4. The blocking bids check failed on the bad bid: its alert reached both channels, once.
     wait_for(platform, "the bids check alert at the webhook", lambda: platform.webhook.about("trading__bids"), 1)
