@@ -4,8 +4,10 @@ consumer as separate processes on the test services, and no manual materializati
 What a user drops or produces must reach the API and the WebSocket by itself: files in the landing folder
 (a new day, then a corrected past day, which must invalidate the API's cache), price ticks on Kafka (the
 minute KPI pushed to a subscriber), and a trading change that breaks a blocking check (an alert at the
-webhook and the SMTP receivers). Freshness must be recorded by the daemon. The whole test is bounded by
-`SOAK_SECONDS`; each wait names what it was waiting for when it gives up.
+webhook and the SMTP receivers). Freshness must be recorded by the daemon. Each stage is bounded by
+`SOAK_SECONDS`, the issue's five minutes: the first landed day is served within it of the platform's start, and
+the files landed later (and the alert and freshness that follow) within it of their landing. Each wait names
+what it was waiting for when it gives up.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytest
 from tests.alerting.conftest import SmtpInbox, WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
-# The issue's bound; a slower or shared machine may allow itself more (the waits then say what was late).
+# The issue's bound per stage; a slower or shared machine may allow itself more (the waits then say what was late).
 SOAK_SECONDS = int(os.environ.get("OPTIBID_SOAK_SECONDS", "300"))
 ZONES = ("PJM", "ERCOT")
 ORG = "acme"
@@ -57,10 +59,14 @@ class Platform:
     inbox: SmtpInbox
     first: date
     started: float
+    stage_started: float = 0.0  # when the current stage's bound started to count
     corrections: list[Callable[[], None]] = field(default_factory=list)  # run after the test
 
     def left(self) -> float:
-        return SOAK_SECONDS - (time.monotonic() - self.started)
+        return SOAK_SECONDS - (time.monotonic() - (self.stage_started or self.started))
+
+    def since_start(self) -> float:
+        return time.monotonic() - self.started
 
 
 @pytest.fixture(scope="module")
@@ -209,10 +215,10 @@ def wait_for(platform: Platform, what: str, probe: Callable[[], object], interva
     while True:
         value = probe()
         if value:
-            print(f"[soak {SOAK_SECONDS - platform.left():6.1f} s] {what}", flush=True)
+            print(f"[soak {platform.since_start():6.1f} s] {what}", flush=True)
             return value
         if platform.left() <= 0:
-            pytest.fail(f"not within the soak test's {SOAK_SECONDS} s: {what}")
+            pytest.fail(f"not within the stage's {SOAK_SECONDS} s: {what}")
         time.sleep(interval)
 
 
@@ -306,7 +312,7 @@ def correct_invalid_bid(bootstrap: str, bad: dict) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.timeout(SOAK_SECONDS + 300)  # the platform's start and stop come on top of the soak itself
+@pytest.mark.timeout(2 * SOAK_SECONDS + 300)  # two stages; the platform's start and stop come on top
 def test_the_platform_follows_files_ticks_and_bad_data_by_itself(platform: Platform) -> None:
     first, second = platform.first, platform.first + timedelta(days=1)
     zone = "PJM"
@@ -338,13 +344,15 @@ def test_the_platform_follows_files_ticks_and_bad_data_by_itself(platform: Platf
     write_corrected_prices(first, batch)
     for path in sorted(batch.iterdir()):
         os.replace(path, platform.landing / path.name)
+    platform.stage_started = time.monotonic()
+    print(f"[soak {platform.since_start():6.1f} s] a new day and a correction landed", flush=True)
     bad_bid = produce_invalid_bid(platform.bootstrap)
     platform.corrections.append(lambda: correct_invalid_bid(platform.bootstrap, bad_bid))
 
     # 3. Meanwhile, ticks produced now are pushed to a minute-KPI subscriber within the target: the hot path
     # does not wait for the batch runs that the files and the bad bid started.
     latency = asyncio.run(kpi_push_latency(platform, zone))
-    print(f"[soak {SOAK_SECONDS - platform.left():6.1f} s] minute KPI pushed {latency:.1f} s after its tick")
+    print(f"[soak {platform.since_start():6.1f} s] minute KPI pushed {latency:.1f} s after its tick")
     assert latency <= KPI_PUSH_TARGET_S, f"minute KPI pushed after {latency:.1f} s"
 
     # 2 (continued). The correction and the new day reach the API.
