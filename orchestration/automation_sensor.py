@@ -28,44 +28,50 @@ from infra.settings import get_settings
 
 WAREHOUSE = dg.AssetSelection.groups("reference", "silver", "gold")
 # What reads the trading feed and nothing of the market's.
-TRADING = WAREHOUSE & (SILVER_TRADING.downstream() - (dg.AssetSelection.groups("silver") - SILVER_TRADING).downstream())
+_MARKET_SILVER = dg.AssetSelection.groups("silver") - SILVER_TRADING
+TRADING = WAREHOUSE & (SILVER_TRADING.downstream() - _MARKET_SILVER.downstream())
 AUTOMATED = dg.AssetSelection.all() - dg.AssetSelection.groups("bronze")
 DOWNSTREAM = AUTOMATED - WAREHOUSE
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
+
+def _automation_sensor(
+    name: str, target: dg.AssetSelection, run_tags: dict[str, str], description: str
+) -> dg.AutomationConditionSensorDefinition:
+    """On by default; several partitions of one asset in a tick become one backfill, run as a single run."""
+    return dg.AutomationConditionSensorDefinition(
+        name,
+        target=target,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=get_settings().sensor_interval_seconds,
+        emit_backfills=True,
+        run_tags=run_tags,
+        description=description + " Several partitions of one asset in a tick become one backfill, run as a "
+        "single run (assets/shared/automation.py).",
+    )
+
+
+automation_sensor = _automation_sensor(
     "automation_sensor",
-    target=WAREHOUSE - TRADING,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    emit_backfills=True,
-    run_tags=WAREHOUSE_RUN_TAGS,
-    description="Evaluates the automation conditions of reference data, silver and gold but the trading "
-    "feed's (assets/shared/automation.py); several partitions of one asset in a tick become one backfill, run "
-    "as a single run. Its runs go first in the run queue.",
+    WAREHOUSE - TRADING,
+    WAREHOUSE_RUN_TAGS,
+    "Evaluates the automation conditions of reference data, silver and gold but the trading feed's. Its runs "
+    "go first in the run queue.",
 )
-
-trading_automation_sensor = dg.AutomationConditionSensorDefinition(
+trading_automation_sensor = _automation_sensor(
     "trading_automation_sensor",
-    target=TRADING,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    emit_backfills=True,
-    run_tags=WAREHOUSE_RUN_TAGS,
-    description="Evaluates the automation conditions of the trading feed's silver tables, staging, asset "
-    "dimension and facts (assets/shared/automation.py), apart from the market's: their backfills never hold "
-    "a landed day's KPIs back. Its runs go first in the run queue.",
+    TRADING,
+    WAREHOUSE_RUN_TAGS,
+    "Evaluates the automation conditions of the trading feed's silver tables, staging, asset dimension and "
+    "facts, apart from the market's: their backfills never hold a landed day's KPIs back. Its runs go first in "
+    "the run queue.",
 )
-
-downstream_automation_sensor = dg.AutomationConditionSensorDefinition(
+downstream_automation_sensor = _automation_sensor(
     "downstream_automation_sensor",
-    target=DOWNSTREAM,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    emit_backfills=True,
-    run_tags=DOWNSTREAM_RUN_TAGS,
-    description="Evaluates the automation conditions of what follows gold: forecasts, optimizations, the "
-    "weekly ML assets, the ClickHouse export and the nightly operations (assets/shared/automation.py). Its "
-    "runs queue behind the warehouse path's and hold one run slot at most.",
+    DOWNSTREAM,
+    DOWNSTREAM_RUN_TAGS,
+    "Evaluates the automation conditions of what follows gold: forecasts, optimizations, the weekly ML assets, "
+    "the ClickHouse export and the nightly operations. Its runs queue behind the warehouse path's and hold one "
+    "run slot at most.",
 )
 
 AUTOMATION_SENSORS = [automation_sensor, trading_automation_sensor, downstream_automation_sensor]

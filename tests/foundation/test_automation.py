@@ -402,45 +402,41 @@ def test_gold_days_build_before_trading_arrives_and_every_day_again_once_it_does
         assert past not in updated.get_requested_partitions(stg_assets)
 
 
+def _gold_built(instance: dg.DagsterInstance, name: str, partition: str | None = None) -> None:
+    event = dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name]), partition=partition)
+    instance.report_runless_asset_event(event)
+
+
 def test_the_kpis_of_a_day_go_with_its_market_facts_and_again_with_its_trading_facts(defs) -> None:
     """The real-time minute KPIs are written into `kpi_values` once the table exists, so a day's KPIs go with
     its market facts and do not wait for the first build of the trading facts (on a cold start a chain of runs
     behind the trading feed); the day is built again when the trading facts' day arrives."""
     kpis = dg.AssetKey(["gold", "kpi_values"])
-    selection = dg.AssetSelection.assets(kpis)
     [day] = _past_days(1)
-    market_days = ["fct_prices_hourly", "fct_prices_5min", "fct_load_hourly", "fct_generation_hourly"]
+    market_facts = ["fct_prices_hourly", "fct_prices_5min", "fct_load_hourly", "fct_generation_hourly"]
     with dg.instance_for_test() as instance:
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
-        for name in ("dim_zone", "dim_calendar"):
-            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name])))
-        for name in market_days[:-1]:
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name]), partition=day)
+        cursor = None
+
+        def requested() -> set[str]:
+            nonlocal cursor
+            result = dg.evaluate_automation_conditions(
+                defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(kpis), cursor=cursor
             )
-        incomplete = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
-        )
-        assert incomplete.get_requested_partitions(kpis) == set(), "a market fact of the day is still missing"
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", market_days[-1]]), partition=day)
-        )
-        market = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=incomplete.cursor
-        )
-        assert market.get_requested_partitions(kpis) == {day}
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=kpis, partition=day))
-        settled = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=market.cursor
-        )
-        assert settled.get_requested_partitions(kpis) == set()
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", "fct_bids"]), partition=day)
-        )
-        trading = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor
-        )
-        assert trading.get_requested_partitions(kpis) == {day}
+            cursor = result.cursor
+            return result.get_requested_partitions(kpis)
+
+        requested()
+        for name in ("dim_zone", "dim_calendar"):
+            _gold_built(instance, name)
+        for name in market_facts[:-1]:
+            _gold_built(instance, name, day)
+        assert requested() == set(), "a market fact of the day is still missing"
+        _gold_built(instance, market_facts[-1], day)
+        assert requested() == {day}
+        _gold_built(instance, "kpi_values", day)
+        assert requested() == set()
+        _gold_built(instance, "fct_bids", day)
+        assert requested() == {day}
 
 
 def test_a_trading_change_that_fails_its_blocking_check_stays_out_of_gold(defs) -> None:
@@ -495,9 +491,7 @@ def test_tomorrows_forecast_is_built_once_todays_facts_exist(defs) -> None:
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
         assert first.get_requested_partitions(forecasts) == set()  # no facts yet
         for name in ("fct_prices_hourly", "fct_load_hourly"):
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name]), partition=today.isoformat())
-            )
+            _gold_built(instance, name, today.isoformat())
         ready = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
         )

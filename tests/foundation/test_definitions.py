@@ -109,7 +109,6 @@ def test_a_partition_window_reads_as_market_dates_with_both_ends_included() -> N
     assert seen[0].dates == [date(2024, 3, 30), date(2024, 3, 31), date(2024, 4, 1)]
 
 
-
 def test_runs_that_build_an_asset_with_a_suite_are_the_ones_that_import_it_early() -> None:
     """The suite checks are steps of their own: whether a step imports the suites' library in the background
     is decided by the run's assets, and every suite-checked asset counts (silver, gold, bronze), no other."""
