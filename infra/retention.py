@@ -43,23 +43,41 @@ Action = Literal["archive", "prune"]
 @dataclass(frozen=True)
 class RetentionPolicy:
     """`table`'s rows whose day (`day_sql`, an expression over the row) is older than `hot_days` are archived
-    then deleted (`archive`) or deleted (`prune`, for rows nobody needs once old)."""
+    then deleted (`archive`) or deleted (`prune`, for rows nobody needs once old).
+
+    `rebuilt`: the table's days are rebuilt whole from upstream (silver from bronze, gold from silver), so hot
+    rows of an archived day are a newer build of the whole day and supersede the archive (reads take them
+    alone; the next pass archives them in its place). Otherwise rows are only ever appended (the audit log),
+    and hot rows of an archived day are additions: reads take both, and the next pass adds them to the archive.
+    """
 
     table: str
     day_sql: str
     hot_days: int
     action: Action
+    rebuilt: bool = False
 
 
 UTC_DAY_OF_AT = "(at AT TIME ZONE 'UTC')::date"
 # Sane defaults: market history stays hot for two years (backtests read 2 years), the audit log for its
 # compliance period (400 days: a year plus the audit's own quarter), login attempts for the throttle's and
 # an investigation's needs.
+MARKET_HOT_DAYS = 730
 RETENTION_POLICIES: tuple[RetentionPolicy, ...] = (
-    RetentionPolicy("silver.market__prices", "market_date", 730, "archive"),
-    RetentionPolicy("silver.market__load", "market_date", 730, "archive"),
-    RetentionPolicy("silver.market__generation", "market_date", 730, "archive"),
-    RetentionPolicy("silver.market__weather", "market_date", 730, "archive"),
+    *(
+        RetentionPolicy(table, "market_date", MARKET_HOT_DAYS, "archive", rebuilt=True)
+        for table in (
+            "silver.market__prices",
+            "silver.market__load",
+            "silver.market__generation",
+            "silver.market__weather",
+            "gold.fct_prices_hourly",
+            "gold.fct_prices_5min",
+            "gold.fct_load_hourly",
+            "gold.fct_generation_hourly",
+            "gold.kpi_values",
+        )
+    ),
     RetentionPolicy("ops.audit_log", UTC_DAY_OF_AT, 400, "archive"),
     RetentionPolicy("ops.login_attempts", UTC_DAY_OF_AT, 30, "prune"),
 )
@@ -81,8 +99,13 @@ def policies(settings: Settings) -> list[RetentionPolicy]:
         days = settings.retention_days.get(policy.table, policy.hot_days)
         if days < 1:
             raise RetentionError(f"OPTIBID_RETENTION_DAYS[{policy.table}] must be at least 1, not {days}")
-        out.append(RetentionPolicy(policy.table, policy.day_sql, days, policy.action))
+        out.append(RetentionPolicy(policy.table, policy.day_sql, days, policy.action, policy.rebuilt))
     return out
+
+
+def hot_rows_supersede(table: str) -> bool:
+    """Whether hot rows of an archived day of `table` are a newer build of the whole day (`RetentionPolicy.rebuilt`)."""
+    return any(p.table == table and p.rebuilt for p in RETENTION_POLICIES)
 
 
 def policy_for(settings: Settings, table: str) -> RetentionPolicy:
@@ -154,14 +177,20 @@ def _arrow_schema(columns: Sequence[Column]) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow_type) for c in columns])
 
 
-def _day_rows(conn: psycopg.Connection, table: str, columns: Sequence[Column], day_sql: str, day: date) -> pa.Table:
-    schema, name = _split(table)
-    query = sql.SQL("SELECT {cols} FROM {table} t WHERE {day} = %s ORDER BY t::text").format(
-        cols=_select_list(columns), table=sql.Identifier(schema, name), day=sql.SQL(day_sql)
+def _rows(
+    conn: psycopg.Connection, relation: sql.Composable, columns: Sequence[Column], where: sql.Composable, params: tuple
+) -> pa.Table:
+    query = sql.SQL("SELECT {cols} FROM {rel} t WHERE {where} ORDER BY t::text").format(
+        cols=_select_list(columns), rel=relation, where=where
     )
-    rows = conn.execute(query, (day,)).fetchall()
+    rows = conn.execute(query, params).fetchall()
     arrays = [pa.array([r[i] for r in rows], type=c.arrow_type) for i, c in enumerate(columns)]
     return pa.Table.from_arrays(arrays, schema=_arrow_schema(columns))
+
+
+def _day_rows(conn: psycopg.Connection, table: str, columns: Sequence[Column], day_sql: str, day: date) -> pa.Table:
+    where = sql.SQL("{} = %s").format(sql.SQL(day_sql))
+    return _rows(conn, sql.Identifier(*_split(table)), columns, where, (day,))
 
 
 def _checksum(
@@ -228,30 +257,39 @@ class DayOutcome:
 
 
 def archive_day(database_url: str, archive_uri: str, policy: RetentionPolicy, day: date) -> DayOutcome:
-    """Move `day` of `policy.table` to the archive, verified, in one transaction (see the module doc)."""
+    """Move `day` of `policy.table` to the archive, verified, in one transaction (see the module doc). A day
+    already archived is replaced by its newer build (`policy.rebuilt`) or extended by the hot rows."""
     schema, name = _split(policy.table)
     relation = sql.Identifier(schema, name)
     where = sql.SQL("{} = %s").format(sql.SQL(policy.day_sql))
     with psycopg.connect(database_url) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         columns = table_columns(conn, policy.table)
-        hot_rows, hot_sum = _checksum(conn, relation, where, (day,))
+        hot_rows, _ = _checksum(conn, relation, where, (day,))
         if hot_rows == 0:
             return DayOutcome(policy.table, day, policy.action, 0)
         if policy.action == "prune":
             deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(relation, where), (day,)).rowcount
             return DayOutcome(policy.table, day, "prune", deleted)
-        data = _day_rows(conn, policy.table, columns, policy.day_sql, day)
+        # What the archive must hold afterwards, in a temporary table so Postgres' own text form checks it.
+        conn.execute(sql.SQL("CREATE TEMP TABLE archive_expected (LIKE {}) ON COMMIT DROP").format(relation))
+        if not policy.rebuilt and (policy.table, day) in _archived_keys(conn, policy.table, day):
+            _insert(conn, sql.Identifier("archive_expected"), columns, read_archive(archive_uri, policy.table, day))
+        conn.execute(
+            sql.SQL("INSERT INTO archive_expected SELECT * FROM {} WHERE {}").format(relation, where), (day,)
+        )
+        expected = _checksum(conn, sql.Identifier("archive_expected"), sql.SQL("TRUE"), ())
+        data = _rows(conn, sql.Identifier("archive_expected"), columns, sql.SQL("TRUE"), ())
         uri, _ = _write_archive(archive_uri, policy.table, day, data)
-        # Read back what is on the cold tier and compare it with the hot rows through Postgres' own text form.
+        # Read back what is on the cold tier and compare it with the expected rows, value for value.
         archived = read_archive(archive_uri, policy.table, day)
         conn.execute(sql.SQL("CREATE TEMP TABLE archive_check (LIKE {}) ON COMMIT DROP").format(relation))
         _insert(conn, sql.Identifier("archive_check"), columns, archived)
-        cold_rows, cold_sum = _checksum(conn, sql.Identifier("archive_check"), sql.SQL("TRUE"), ())
-        if (cold_rows, cold_sum) != (hot_rows, hot_sum):
+        cold = _checksum(conn, sql.Identifier("archive_check"), sql.SQL("TRUE"), ())
+        if cold != expected:
             raise RetentionError(
-                f"{policy.table} {day}: archive holds {cold_rows} rows ({cold_sum}), hot {hot_rows} ({hot_sum}); "
-                "nothing deleted"
+                f"{policy.table} {day}: archive holds {cold[0]} rows ({cold[1]}), expected {expected[0]} "
+                f"({expected[1]}); nothing deleted"
             )
         deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(relation, where), (day,)).rowcount
         if deleted != hot_rows:
@@ -262,9 +300,18 @@ def archive_day(database_url: str, archive_uri: str, policy: RetentionPolicy, da
                ON CONFLICT (table_name, day) DO UPDATE SET row_count = EXCLUDED.row_count,
                    checksum = EXCLUDED.checksum, archive_uri = EXCLUDED.archive_uri, archived_at = now(),
                    restored_at = NULL""",
-            (policy.table, day, hot_rows, hot_sum, uri),
+            (policy.table, day, *expected, uri),
         )
     return DayOutcome(policy.table, day, "archive", hot_rows, uri)
+
+
+def _archived_keys(conn: psycopg.Connection, table: str, day: date) -> set[tuple[str, date]]:
+    rows = conn.execute(
+        """SELECT table_name, day FROM ops.archived_partitions
+           WHERE table_name = %s AND day = %s AND restored_at IS NULL""",
+        (table, day),
+    ).fetchall()
+    return {(t, d) for t, d in rows}
 
 
 def archived_days(conn: psycopg.Connection, table: str | None = None) -> list[tuple[str, date, int, str]]:
@@ -277,7 +324,8 @@ def archived_days(conn: psycopg.Connection, table: str | None = None) -> list[tu
 
 
 def restore_day(database_url: str, archive_uri: str, table: str, day: date) -> int:
-    """Bring an archived day back into its hot table (checked against the recorded checksum); rows restored."""
+    """Bring an archived day back into its hot table (checked against the recorded checksum); rows restored.
+    A rebuilt table's day that hot storage holds a newer build of only loses its archived mark (0 rows)."""
     schema, name = _split(table)
     relation = sql.Identifier(schema, name)
     with psycopg.connect(database_url) as conn:
@@ -294,11 +342,19 @@ def restore_day(database_url: str, archive_uri: str, table: str, day: date) -> i
         _insert(conn, sql.Identifier("archive_check"), columns, data)
         if _checksum(conn, sql.Identifier("archive_check"), sql.SQL("TRUE"), ()) != (record[0], record[1]):
             raise RetentionError(f"{table} {day}: the archive no longer matches its recorded checksum")
-        _insert(conn, relation, columns, data)
+        restored = data.num_rows
+        policy = next((p for p in RETENTION_POLICIES if p.table == table), None)
+        superseded = policy is not None and policy.rebuilt and _checksum(
+            conn, relation, sql.SQL("{} = %s").format(sql.SQL(policy.day_sql)), (day,)
+        )[0] > 0
+        if superseded:
+            restored = 0
+        else:
+            _insert(conn, relation, columns, data)
         conn.execute(
             "UPDATE ops.archived_partitions SET restored_at = now() WHERE table_name = %s AND day = %s", (table, day)
         )
-    return data.num_rows
+    return restored
 
 
 def read_days(database_url: str, archive_uri: str, table: str, start: date, end: date, day_sql: str) -> pa.Table:
@@ -309,10 +365,10 @@ def read_days(database_url: str, archive_uri: str, table: str, start: date, end:
         cold = {d for t, d, _, _ in archived_days(conn, table) if start <= d < end}
         day = start
         while day < end:
-            # An archived day may have received rows since (a late correction): those are hot.
-            if day in cold:
+            hot = _day_rows(conn, table, columns, day_sql, day)
+            if day in cold and not (hot.num_rows and hot_rows_supersede(table)):
                 parts.append(read_archive(archive_uri, table, day))
-            parts.append(_day_rows(conn, table, columns, day_sql, day))
+            parts.append(hot)
             day += timedelta(days=1)
     schema = _arrow_schema(columns)
     return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
@@ -329,6 +385,8 @@ def apply_retention(
         cutoff = today - timedelta(days=policy.hot_days)
         schema, name = _split(policy.table)
         with psycopg.connect(database_url) as conn:
+            if conn.execute("SELECT to_regclass(%s)", (policy.table,)).fetchone() == (None,):
+                continue  # a gold model before its first build
             days = [
                 r[0]
                 for r in conn.execute(

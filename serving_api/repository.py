@@ -8,19 +8,23 @@ checked against the table's catalogue, and every value is a bound parameter.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
+import heapq
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from infra.retention import RETENTION_POLICIES, hot_rows_supersede, read_archive
 from serving_api.errors import ApiError
 from serving_api.state import ApiState
 
@@ -331,14 +335,17 @@ def _order(dataset: Dataset, columns: dict[str, str]) -> list[str]:
 
 
 async def fetch_page(state: ApiState, conn: AsyncConnection, query: TableQuery) -> dict[str, Any]:
-    """One page: {"data": rows, "next_cursor": str | None, "count": n} (keyset pagination)."""
+    """One page: {"data": rows, "next_cursor": str | None, "count": n} (keyset pagination), archived days
+    included."""
     columns = await table_columns(state, conn, query.dataset)
     out_cols = selected_columns(columns, query.fields)
     order = _order(query.dataset, columns)
     stmt, params = _select(query, columns, out_cols, order, query.limit + 1)
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(stmt, params)
-    rows = await cur.fetchall()
+    hot = await cur.fetchall()
+    cold = await archived_rows(state, conn, query, columns, order)
+    rows = hot if cold is None else await _merged_page(hot, cold, order, query.limit + 1)
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[: query.limit]
@@ -350,27 +357,197 @@ async def fetch_page(state: ApiState, conn: AsyncConnection, query: TableQuery) 
 async def stream_rows(
     state: ApiState, conn: AsyncConnection, query: TableQuery
 ) -> tuple[list[str], dict[str, str], AsyncIterator[list[tuple]]]:
-    """(columns, column types, chunks of rows) read through a server-side cursor, for exports."""
+    """(columns, column types, chunks of rows) read through a server-side cursor, for exports; archived days
+    are merged in, in the same order."""
     columns = await table_columns(state, conn, query.dataset)
     out_cols = selected_columns(columns, query.fields)
     order = _order(query.dataset, columns)
     where, params = _where(query, columns, order)
+    read_cols = list(dict.fromkeys([*out_cols, *order]))
     stmt = sql.SQL("SELECT {} FROM {}{} ORDER BY {}").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in out_cols),
+        sql.SQL(", ").join(sql.Identifier(c) for c in read_cols),
         sql.Identifier(query.dataset.schema_name, query.dataset.table_name),
         where,
         sql.SQL(", ").join(sql.Identifier(c) for c in order),
     )
     chunk = state.options.export_chunk_rows
+    cold = await archived_rows(state, conn, query, columns, order)
 
-    async def chunks() -> AsyncIterator[list[tuple]]:
+    async def hot_chunks() -> AsyncIterator[list[tuple]]:
         async with conn.cursor(name="optibid_export") as cur:
             cur.itersize = chunk
             await cur.execute(stmt, params)
             while rows := await cur.fetchmany(chunk):
                 yield rows
 
+    async def chunks() -> AsyncIterator[list[tuple]]:
+        width = len(out_cols)  # read_cols starts with out_cols; the order columns after them only sort
+        if cold is None:
+            async for rows in hot_chunks():
+                yield rows if width == len(read_cols) else [r[:width] for r in rows]
+            return
+        key_at = [read_cols.index(c) for c in order]
+        block: list[tuple] = []
+        async for row in _merged(hot_chunks(), cold, lambda r: tuple(r[i] for i in key_at), read_cols):
+            block.append(row[:width])
+            if len(block) >= chunk:
+                yield block
+                block = []
+        if block:
+            yield block
+
     return out_cols, {c: columns[c] for c in out_cols}, chunks()
+
+
+# --- archived days -------------------------------------------------------------------------------------------
+# Days past their retention live in the cold tier (infra/retention.py). A read whose range reaches one merges
+# its archived rows into the hot rows in keyset order, so the caller sees the same rows, pages and cursors as
+# before the day was archived; only slower. The archived rows pass the same filters here as the hot rows do in
+# SQL, the organization rule of the tables' row-level security included.
+
+ARCHIVED_TABLES = frozenset(p.table for p in RETENTION_POLICIES if p.action == "archive")
+_ARCHIVED_DAY_CACHE_SIZE = 32
+
+
+@functools.lru_cache(maxsize=_ARCHIVED_DAY_CACHE_SIZE)
+def _archived_day(archive_uri: str, table: str, day: date, checksum: str) -> list[dict[str, Any]]:
+    """One archived day's rows (cached by its checksum: archiving the day again replaces the entry)."""
+    return read_archive(archive_uri, table, day).to_pylist()
+
+
+def _hot_typed(value: Any, pg_type: str, tz: tzinfo) -> Any:
+    """An archived value as psycopg returns the hot column's value (the archive keeps some types as text)."""
+    if value is None:
+        return None
+    if pg_type.startswith("numeric") and isinstance(value, str):
+        return Decimal(value)
+    if pg_type in ("json", "jsonb") and isinstance(value, str):
+        return json.loads(value)
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(tz)
+    return value
+
+
+async def _archived_days(conn: AsyncConnection, query: TableQuery) -> list[tuple[date, str]]:
+    """(day, checksum) of the dataset's archived days that the request's range can reach and hot storage
+    does not hold a newer build of, in day order."""
+    dataset = query.dataset
+    if dataset.date_col is None or dataset.table not in ARCHIVED_TABLES:
+        return []
+    # A market date is a zone-local day: its rows lie within a day either side of it in UTC.
+    low = query.t_from.date() - timedelta(days=1) if query.t_from else None
+    high = query.t_to.date() + timedelta(days=1) if query.t_to else None
+    cur = await conn.execute(
+        """SELECT day, checksum FROM ops.archived_partitions
+           WHERE table_name = %(t)s AND restored_at IS NULL
+             AND (%(low)s::date IS NULL OR day >= %(low)s) AND (%(high)s::date IS NULL OR day <= %(high)s)
+           ORDER BY day""",
+        {"t": dataset.table, "low": low, "high": high},
+    )
+    days = [(d, c) for d, c in await cur.fetchall()]
+    if not days or not hot_rows_supersede(dataset.table):
+        return days
+    time_col, date_col = sql.Identifier(dataset.time_col), sql.Identifier(dataset.date_col)
+    cur = await conn.execute(
+        sql.SQL(
+            """SELECT d FROM unnest(%s::date[]) AS d WHERE EXISTS (SELECT 1 FROM {table}
+                 WHERE {date_col} = d AND {time_col} >= d - 1 AND {time_col} < d + 2)"""
+        ).format(
+            table=sql.Identifier(dataset.schema_name, dataset.table_name), date_col=date_col, time_col=time_col
+        ),
+        ([d for d, _ in days],),
+    )
+    rebuilt = {r[0] for r in await cur.fetchall()}
+    return [(d, c) for d, c in days if d not in rebuilt]
+
+
+async def archived_rows(
+    state: ApiState, conn: AsyncConnection, query: TableQuery, columns: dict[str, str], order: list[str]
+) -> AsyncIterator[dict[str, Any]] | None:
+    """The request's archived rows in keyset order, read a day at a time as the consumer advances; None when
+    the range reaches no archived day (the common case, which then costs one indexed lookup)."""
+    days = await _archived_days(conn, query)
+    if not days:
+        return None
+    dataset = query.dataset
+    cur = await conn.execute("SELECT current_setting('optibid.org_id', true)")
+    scope = await cur.fetchone()
+    org_id = scope[0] if scope else None
+    after = decode_cursor(query.cursor, [columns[c] for c in order]) if query.cursor else None
+    tz = conn.info.timezone
+    archive_uri = state.settings.resolved_archive_uri
+    time_col = dataset.time_col
+    # Rows are released once no later day can hold a smaller key: valid when the keyset starts with the time.
+    streaming = order[0] == time_col
+    if streaming and after is not None:
+        first = after[0].date() - timedelta(days=1)
+        days = [(d, c) for d, c in days if d >= first]
+
+    def wanted(row: dict[str, Any]) -> bool:
+        if "org_id" in row and row["org_id"] is not None and row["org_id"] != org_id:
+            return False
+        for col, value in query.filters.items():
+            if value is not None and row.get(col) != value:
+                return False
+        at = row[time_col]
+        if (query.t_from is not None and at < query.t_from) or (query.t_to is not None and at >= query.t_to):
+            return False
+        return after is None or tuple(row[c] for c in order) > tuple(after)
+
+    async def rows() -> AsyncIterator[dict[str, Any]]:
+        pending: list[tuple[tuple, int, dict[str, Any]]] = []
+        seq = 0
+        for day, checksum in days:
+            if streaming:
+                bound = datetime.combine(day - timedelta(days=1), datetime.min.time(), UTC)
+                while pending and pending[0][0][0] < bound:
+                    yield heapq.heappop(pending)[2]
+            stored = await asyncio.to_thread(_archived_day, archive_uri, dataset.table, day, checksum)
+            for raw in stored:
+                row = {c: _hot_typed(raw.get(c), t, tz) for c, t in columns.items()}
+                if wanted(row):
+                    heapq.heappush(pending, (tuple(row[c] for c in order), seq, row))
+                    seq += 1
+        while pending:
+            yield heapq.heappop(pending)[2]
+
+    return rows()
+
+
+async def _merged_page(
+    hot: list[dict[str, Any]], cold: AsyncIterator[dict[str, Any]], order: list[str], size: int
+) -> list[dict[str, Any]]:
+    """The first `size` rows of the hot rows (already the first `size` in order) and the archived ones."""
+    out: list[dict[str, Any]] = []
+    i = 0
+    nxt = await anext(cold, None)
+    while len(out) < size and (i < len(hot) or nxt is not None):
+        if nxt is None or (i < len(hot) and tuple(hot[i][c] for c in order) <= tuple(nxt[c] for c in order)):
+            out.append(hot[i])
+            i += 1
+        else:
+            out.append(nxt)
+            nxt = await anext(cold, None)
+    return out
+
+
+async def _merged(
+    hot: AsyncIterator[list[tuple]],
+    cold: AsyncIterator[dict[str, Any]],
+    key: Callable[[tuple], tuple],
+    read_cols: list[str],
+) -> AsyncIterator[tuple]:
+    """Hot row tuples (in chunks) and archived rows (as dicts) as one stream of tuples in keyset order."""
+    nxt = await anext(cold, None)
+    async for rows in hot:
+        for row in rows:
+            while nxt is not None and key(cold_row := tuple(nxt[c] for c in read_cols)) < key(row):
+                yield cold_row
+                nxt = await anext(cold, None)
+            yield row
+    while nxt is not None:
+        yield tuple(nxt[c] for c in read_cols)
+        nxt = await anext(cold, None)
 
 
 async def rows_of(conn: AsyncConnection, stmt: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

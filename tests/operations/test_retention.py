@@ -150,6 +150,65 @@ def test_nothing_is_deleted_when_the_archive_cannot_be_written_or_verified(wareh
     assert _count(warehouse, "SELECT count(*) FROM ops.archived_partitions") == 0
 
 
+def test_a_rebuilt_day_supersedes_its_archive_and_is_archived_in_its_place(warehouse: str, tmp_path: Path) -> None:
+    _seed(warehouse)
+    settings = _settings(tmp_path)
+    policy = policy_for(settings, "silver.market__prices")
+    day = OLD[0]
+    archive_day(warehouse, settings.resolved_archive_uri, policy, day)
+    rebuilt = read_days(
+        warehouse, settings.resolved_archive_uri, "silver.market__prices", day, day + timedelta(1), "market_date"
+    )
+    with db.connect(warehouse) as conn:  # the day's next build from bronze: all of it, every price corrected
+        for row in rebuilt.to_pylist():
+            conn.execute(
+                """INSERT INTO silver.market__prices (ts_utc, market_date, zone, node, market, interval_minutes,
+                       price, currency, org_id, revision, source, ingested_at)
+                   VALUES (%(ts_utc)s, %(market_date)s, %(zone)s, %(node)s, %(market)s, %(interval_minutes)s,
+                       %(price)s + 1, %(currency)s, %(org_id)s, %(revision)s, %(source)s, %(ingested_at)s)""",
+                row,
+            )
+
+    def read() -> pa.Table:
+        return read_days(
+            warehouse, settings.resolved_archive_uri, "silver.market__prices", day, day + timedelta(1), "market_date"
+        )
+
+    served = read()
+    assert served.num_rows == 24  # the new build alone, not beside the archived one
+    assert served.column("price").to_pylist() == [p + 1 for p in rebuilt.column("price").to_pylist()]
+    assert archive_day(warehouse, settings.resolved_archive_uri, policy, day).rows == 24
+    assert read().equals(served)
+    assert _count(warehouse, f"SELECT count(*) FROM silver.market__prices WHERE market_date = '{day}'") == 0
+    with db.connect(warehouse) as conn:
+        assert conn.execute(
+            "SELECT row_count FROM ops.archived_partitions WHERE table_name = 'silver.market__prices' AND day = %s",
+            (day,),
+        ).fetchone() == (24,)
+
+
+def test_rows_appended_to_an_archived_audit_day_join_its_archive(warehouse: str, tmp_path: Path) -> None:
+    _seed(warehouse)
+    settings = _settings(tmp_path)
+    policy = policy_for(settings, "ops.audit_log")
+    day_sql = "(at AT TIME ZONE 'UTC')::date"
+    with db.connect(warehouse) as conn:
+        day = conn.execute(f"SELECT min({day_sql}) FROM ops.audit_log").fetchone()[0]
+    window = (day, day + timedelta(days=1))
+    archive_day(warehouse, settings.resolved_archive_uri, policy, day)
+    with db.connect(warehouse) as conn:
+        conn.execute(
+            "INSERT INTO ops.audit_log (at, org_id, actor, action) VALUES (%s, 'acme', 'late', 'user.deleted')",
+            (datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=23),),
+        )
+    both = read_days(warehouse, settings.resolved_archive_uri, "ops.audit_log", *window, day_sql)
+    assert sorted(both.column("actor").to_pylist()) == ["a", "late"]
+    assert archive_day(warehouse, settings.resolved_archive_uri, policy, day).rows == 1
+    assert _count(warehouse, "SELECT count(*) FROM ops.audit_log WHERE actor = 'late'") == 0
+    after = read_days(warehouse, settings.resolved_archive_uri, "ops.audit_log", *window, day_sql)
+    assert after.sort_by("id").equals(both.sort_by("id"))
+
+
 def test_retention_overrides_are_checked(tmp_path: Path) -> None:
     with pytest.raises(RetentionError, match=r"without a policy: silver\.nope"):
         policy_for(_settings(tmp_path, retention_days={"silver.nope": 3}), "silver.market__prices")
