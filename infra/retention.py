@@ -14,9 +14,9 @@ Rows written to that day by someone else meanwhile are not in the snapshot, so t
 deleted: they stay hot, and the day's next pass archives them.
 
 Cold reads: `read_days` returns a table's rows for a range of days from hot storage and the archive alike,
-value for value what the hot table held (the tests compare them). The API serves archived audit entries and
-dead letters as it served them hot; its generic market-data reads and the BI views read hot days only
-(docs/operations.md says how to bring a day back).
+value for value what the hot table held (the tests compare them). The API serves archived market days, audit
+entries and dead letters as it served them hot (`serving_api.repository`); the BI replica in ClickHouse keeps
+archived days; the Postgres `bi.*` views show hot days only (Postgres cannot read Parquet here).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """All reads of gold/silver/ops data the API serves, in one place.
 
 Every function takes a connection from `OrgSession.conn()` (already `SET LOCAL ROLE optibid_api` with the
-caller's organization), so row-level security decides which rows exist; nothing here filters by
-organization itself. Identifiers are never taken from the client: tables come from `SERVED_TABLES`, columns are
-checked against the table's catalogue, and every value is a bound parameter.
+caller's organization), so row-level security decides which rows exist. The one exception is rows of archived
+days, read from the cold tier: they pass the same organization rule here (see `archived_rows`). Identifiers are
+never taken from the client: tables come from `SERVED_TABLES`, columns are checked against the table's
+catalogue, and every value is a bound parameter.
 """
 
 from __future__ import annotations
