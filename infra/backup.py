@@ -7,12 +7,16 @@ the nightly asset call these; nothing here knows about Dagster.
 
 A backup is a folder `<OPTIBID_BACKUP_DIR>/<id>/` (the id is the UTC start time), written under a hidden name
 and renamed once it is complete and verified, so a listed backup is always whole:
-- `manifest.json`: what is inside (parts, their plaintext and ciphertext SHA-256 and sizes, the Delta version
-  of each table, the Postgres server and dump tool versions) and an HMAC of all that, so a manifest edited or
-  swapped in from another key's backup fails verification.
+- `manifest.json`: what is inside (parts, their plaintext and ciphertext SHA-256 and sizes, the lake's root and
+  kind, the Delta version of each table, the Postgres server and dump tool versions) and an HMAC of all that,
+  so a manifest edited or swapped in from another key's backup fails verification.
 - `postgres.dump.enc`: `pg_dump --format=custom` of the warehouse, one consistent snapshot.
 - `home.tar.enc`, `lake.tar.enc`: tar archives of the home's state and of every Delta table at the version
   read after the dump (for each table, its log up to that version and the data files that version reads).
+
+The lake, a local folder or `s3://bucket/prefix`, is read and written through a pyarrow filesystem (local, or
+S3 with the options delta-rs uses), file by file and streamed. Tables are archived relative to the lake root,
+so a backup restores into any empty lake: another folder, bucket or prefix, or from one kind to the other.
 
 Consistency: the lake is read after the database snapshot, so it is never behind it. Silver's watermarks then
 point at or before the restored bronze versions (silver catches up by itself), and the CDC consumer's Kafka
@@ -48,6 +52,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psycopg
+import pyarrow.fs as pafs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -250,50 +255,129 @@ def _libpq_env(database_url: str) -> tuple[str, dict[str, str]]:
 # --- lake ----------------------------------------------------------------------------------------------------
 
 
-def _lake_dir(lake: Lake) -> Path:
-    if not lake.is_local:
-        raise BackupError(
-            f"the lake at {lake.root} is in object storage: back it up with the bucket's versioning or replication "
-            "(the backup covers local lakes only)"
-        )
-    return Path(lake.root.removeprefix("file://"))
+@dataclass(frozen=True)
+class _LakeStore:
+    """A lake root as a path on a pyarrow filesystem: backups read and restores write local and S3 lakes the
+    same way, object by object and streamed."""
+
+    filesystem: pafs.FileSystem
+    root: str
+    kind: str
+
+    @classmethod
+    def of(cls, lake: Lake) -> _LakeStore:
+        if lake.is_local:
+            # resolved because delta-rs reports a local table's files under its canonical path
+            root = Path(lake.root.removeprefix("file://")).resolve()
+            return cls(pafs.LocalFileSystem(), str(root), "local")
+        scheme, _, path = lake.root.partition("://")
+        if scheme not in ("s3", "s3a"):
+            raise BackupError(f"the lake at {lake.root}: backups cover local and s3:// lakes only")
+        return cls(pafs.S3FileSystem(**lake.arrow_s3_options()), path.rstrip("/"), "s3")
+
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def path_of(self, uri: str) -> str:
+        """The filesystem path of a file URI as delta-rs gives it (`/abs/path`, `file://...`, `s3://...`)."""
+        return uri.removeprefix("file://") if self.kind == "local" else uri.partition("://")[2]
+
+    def tables(self) -> list[str]:
+        found = []
+        for layer in self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)):
+            if layer.type != pafs.FileType.Directory:
+                continue
+            for table in self.filesystem.get_file_info(pafs.FileSelector(layer.path)):
+                if (
+                    table.type == pafs.FileType.Directory
+                    and self.filesystem.get_file_info(f"{table.path}/_delta_log").type != pafs.FileType.NotFound
+                ):
+                    found.append(f"{layer.base_name}/{table.base_name}")
+        return sorted(found)
+
+    def refuse_restore_into(self, lake: Lake) -> None:
+        """Refuse a bucket that is not there (it is the operator's to create, with its region and policies) and a
+        lake that already holds tables."""
+        if self.kind == "s3":
+            bucket = self.root.split("/", 1)[0]
+            if self.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise BackupError(f"the bucket {bucket} of the lake at {lake.root} does not exist: create it first")
+        if self.tables():
+            raise BackupError(f"the lake at {lake.root} already holds tables: restore into an empty lake")
+
+    def write(self, relative: str, source: IO[bytes]) -> None:
+        path = self.path(relative)
+        if self.kind == "local":
+            # object stores have no folders; a local filesystem needs them
+            self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.filesystem.open_output_stream(path, compression=None) as out:
+            shutil.copyfileobj(source, out, CHUNK)
 
 
 def lake_tables(lake: Lake) -> list[str]:
     """`layer/name` of every Delta table under the lake root."""
-    root = _lake_dir(lake)
-    if not root.exists():
-        return []
-    return sorted(str(log.parent.relative_to(root)) for log in root.glob("*/*/_delta_log"))
+    return _LakeStore.of(lake).tables()
 
 
-def _log_files_up_to(log_dir: Path, version: int) -> list[Path]:
-    """The log entries a reader of `version` may need: commits and checkpoints up to it (not newer ones)."""
-    keep = []
-    for path in log_dir.iterdir():
-        stem = path.name.split(".", 1)[0]
-        if stem.isdigit() and int(stem) <= version:
-            keep.append(path)
-    return sorted(keep)
+def _is_log_entry_up_to(name: str, version: int) -> bool:
+    """Whether a `_delta_log` entry is one a reader of `version` may need: a commit or checkpoint up to it.
+    `_last_checkpoint` is not: it may name a checkpoint newer than `version`, and readers find the newest
+    checkpoint by listing the log when it is absent."""
+    stem = name.split(".", 1)[0]
+    return stem.isdigit() and int(stem) <= version
 
 
-def _add_lake(tar: tarfile.TarFile, lake: Lake) -> dict[str, int]:
-    root = _lake_dir(lake)
+def _add_lake(tar: tarfile.TarFile, lake: Lake) -> tuple[str, dict[str, int]]:
+    """Every table at its current version into `tar` as `<layer>/<name>/...`; the lake's kind and the versions."""
+    store = _LakeStore.of(lake)
     versions: dict[str, int] = {}
-    for name in lake_tables(lake):
+    for name in store.tables():
         layer, table_name = name.split("/", 1)
         table = lake.table(layer, table_name)
         if table is None:
             continue
         version = table.version()
         versions[name] = version
-        table_dir = root / name
-        for log in _log_files_up_to(table_dir / "_delta_log", version):
-            tar.add(log, arcname=f"{name}/_delta_log/{log.name}")
-        for uri in table.file_uris():
-            path = Path(uri.removeprefix("file://"))
-            tar.add(path, arcname=f"{name}/{path.relative_to(table_dir)}")
-    return versions
+        table_path = store.path(name)
+        # One listing gives tar the sizes of the log entries and data files alike (one request per 1,000 objects
+        # on S3, not one per file).
+        objects = {
+            info.path: info
+            for info in store.filesystem.get_file_info(pafs.FileSelector(table_path, recursive=True))
+            if info.type == pafs.FileType.File
+        }
+        log_dir = f"{table_path}/_delta_log"
+        log = sorted(
+            path
+            for path, info in objects.items()
+            if path.rpartition("/")[0] == log_dir and _is_log_entry_up_to(info.base_name, version)
+        )
+        data = sorted(store.path_of(uri) for uri in table.file_uris())
+        # Data before the log: a restore cut short leaves no table that reads files it lacks.
+        for path in data + log:
+            if not path.startswith(f"{table_path}/"):
+                raise BackupError(f"{name} version {version} reads {path}, outside the table's folder")
+            info = objects.get(path)
+            if info is None:
+                raise BackupError(f"{name} version {version} reads {path}, which is missing (vacuumed?)")
+            member = tarfile.TarInfo(path.removeprefix(f"{store.root}/"))
+            member.size = info.size
+            member.mtime = int(info.mtime.timestamp()) if info.mtime else 0
+            with store.filesystem.open_input_stream(path, compression=None, buffer_size=CHUNK) as source:
+                tar.addfile(member, source)
+    return store.kind, versions
+
+
+def _check_restored(lake: Lake, versions: dict[str, int]) -> dict[str, int]:
+    """Every backed-up table opens at its backed-up version; the versions."""
+    restored = {}
+    for name, version in versions.items():
+        layer, table_name = name.split("/", 1)
+        table = lake.table(layer, table_name)
+        if table is None or table.version() != version:
+            raise BackupError(f"lake table {name} did not restore to version {version}")
+        restored[name] = version
+    return restored
 
 
 # --- create ------------------------------------------------------------------------------------------------------
@@ -377,8 +461,8 @@ def create_backup(settings: Settings, database_url: str, lake: Lake) -> BackupIn
         writer, out = _encrypt_part(partial, LAKE_PART, keys)
         with out:
             # Parquet is compressed already: plain tar.
-            with tarfile.open(fileobj=writer, mode="w|") as tar:  # type: ignore[call-overload]
-                versions = _add_lake(tar, lake)
+            with tarfile.open(fileobj=writer, mode="w|", copybufsize=CHUNK) as tar:  # type: ignore[call-overload]
+                lake_kind, versions = _add_lake(tar, lake)
             parts[LAKE_PART] = writer.finish()
 
         manifest: dict[str, Any] = {
@@ -387,7 +471,7 @@ def create_backup(settings: Settings, database_url: str, lake: Lake) -> BackupIn
             "created_at": created_at.isoformat(),
             "seconds": 0.0,
             "postgres": {"server_major": major, "dump_tool_major": dump_major},
-            "lake": {"root": lake.root, "versions": versions},
+            "lake": {"root": lake.root, "kind": lake_kind, "versions": versions},
             "home_parts": [p for p in HOME_PARTS if (settings.home_dir / p).exists()],
             "parts": parts,
             "kdf": {"scrypt": [SCRYPT_N, SCRYPT_R, SCRYPT_P], "salt": base64.b64encode(keys.salt).decode()},
@@ -544,9 +628,8 @@ def restore_backup(settings: Settings, backup_id: str | None, database_url: str,
     backup = find_backup(settings, backup_id)
     manifest = verify_backup(settings, backup.path)
     keys = _keys_for(settings, manifest)
-    lake_root = _lake_dir(lake)
-    if lake_tables(lake):
-        raise BackupError(f"the lake at {lake_root} already holds tables: restore into an empty lake")
+    store = _LakeStore.of(lake)
+    store.refuse_restore_into(lake)
     existing = [
         p for p in manifest["home_parts"] if (settings.home_dir / p).exists() and any((settings.home_dir / p).iterdir())
     ]
@@ -585,18 +668,13 @@ def restore_backup(settings: Settings, backup_id: str | None, database_url: str,
     with tarfile.open(fileobj=reader, mode="r|gz") as tar:
         for member in _safe_members(tar):
             tar.extract(member, settings.home_dir, filter="data")
-    lake_root.mkdir(parents=True, exist_ok=True)
     reader = io.BufferedReader(_DecryptingReader(decrypt_chunks(backup.path / f"{LAKE_PART}.enc", keys, LAKE_PART)))
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in _safe_members(tar):
-            tar.extract(member, lake_root, filter="data")
-    restored = {}
-    for name, version in manifest["lake"]["versions"].items():
-        layer, table_name = name.split("/", 1)
-        table = lake.table(layer, table_name)
-        if table is None or table.version() != version:
-            raise BackupError(f"lake table {name} did not restore to version {version}")
-        restored[name] = version
+            source = tar.extractfile(member) if member.isfile() else None
+            if source is not None:
+                store.write(member.name, source)
+    restored = _check_restored(lake, manifest["lake"]["versions"])
     return RestoreReport(backup.backup_id, round(time.perf_counter() - started, 3), restored, applied)
 
 

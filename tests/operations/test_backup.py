@@ -1,6 +1,7 @@
-"""Backups on real Postgres servers (the embedded pgserver 16 and the system PostgreSQL 15) and a real lake:
-encrypted and checksummed, tampering and a wrong key refused, and a restore that gives back the same database
-contents, the home's state and every Delta table at the backed-up version with its Kafka offsets."""
+"""Backups on real Postgres servers (the embedded pgserver 16 and the system PostgreSQL 15) and a real lake, in a
+folder or on moto's S3 server: encrypted and checksummed, tampering and a wrong key refused, and a restore that
+gives back the same database contents, the home's state and every Delta table at the backed-up version with its
+Kafka offsets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
+from deltalake import write_deltalake
 from typer.testing import CliRunner
 
 from infra import db
@@ -28,6 +32,7 @@ from infra.backup import (
     verify_backup,
 )
 from infra.lake import Lake
+from infra.s3_server import S3Server, start_s3_server
 from infra.settings import Settings
 from ingestion.cdc.delta import BronzeTables
 from tests.operations.test_lake_maintenance import TOPIC, _batch
@@ -141,6 +146,105 @@ def test_backup_and_restore_on_the_system_postgresql_15(tmp_path: Path) -> None:
     finally:
         db.drop_database(SYSTEM_ADMIN_URL, source.rsplit("/", 1)[-1].split("?")[0])
         db.drop_database(SYSTEM_ADMIN_URL, target.rsplit("/", 1)[-1].split("?")[0])
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on a free port of 127.0.0.1, stopped after the module."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _append_prices(lake: Lake, start: int) -> None:
+    # partition values that must be escaped in object keys
+    prices = pa.table({"zone": ["IEX N", "FR/1", "IEX N"], "price": [float(start), start + 0.5, start + 1.0]})
+    write_deltalake(lake.table_uri("silver", "prices"), prices, mode="append", partition_by=["zone"],
+                    storage_options=lake.storage_options)
+
+
+def _sorted_rows(lake: Lake, layer: str, name: str, version: int | None = None) -> list[dict]:
+    table = lake.table(layer, name, version)
+    assert table is not None
+    return sorted(table.to_pyarrow_table().to_pylist(), key=repr)
+
+
+def _checkpoint(lake: Lake, name: str) -> None:
+    table = lake.table(*name.split("/"))
+    assert table is not None
+    table.create_checkpoint()
+
+
+def _log_entries(lake: Lake, name: str) -> list[str]:
+    filesystem = pafs.S3FileSystem(**lake.arrow_s3_options())
+    log = f"{lake.root.removeprefix('s3://')}/{name}/_delta_log"
+    return sorted(info.base_name for info in filesystem.get_file_info(pafs.FileSelector(log)))
+
+
+def test_backup_of_a_lake_on_s3_restores_into_another_bucket_and_into_a_folder(
+    tmp_path: Path, database_url: str, restore_database: str, s3_server: S3Server
+) -> None:
+    backups = tmp_path / "backups"
+    source = _settings(tmp_path, "home_a", backups)
+    lake = s3_server.lake("platform", "prod/lake")
+    writer = BronzeTables(lake)
+    for b in range(3):
+        writer.append(
+            "ticks__prices", _batch(b * 10, 10), topic_offsets={(TOPIC, 0): b * 10 + 8, (TOPIC, 1): b * 10 + 9}
+        )
+    _checkpoint(lake, "bronze/ticks__prices")
+    for start in (0, 10):
+        _append_prices(lake, start)
+    _seed(database_url)
+    expected = fingerprint(database_url)
+
+    backup = create_backup(source, database_url, lake)
+    versions = {"bronze/ticks__prices": 2, "silver/prices": 1}
+    assert backup.manifest["lake"] == {"root": "s3://platform/prod/lake", "kind": "s3", "versions": versions}
+    backed_up = {name: _sorted_rows(lake, *name.split("/"), version) for name, version in versions.items()}
+    # the platform goes on: new commits, and a checkpoint that `_last_checkpoint` now names
+    writer.append("ticks__prices", _batch(30, 10), topic_offsets={(TOPIC, 0): 38, (TOPIC, 1): 39})
+    _checkpoint(lake, "bronze/ticks__prices")
+    _append_prices(lake, 20)
+    assert "_last_checkpoint" in _log_entries(lake, "bronze/ticks__prices")
+
+    target = _settings(tmp_path, "home_b", backups)
+    with pytest.raises(BackupError, match=r"bucket missing-bucket .* does not exist"):
+        restore_backup(target, "latest", restore_database, Lake("s3://missing-bucket/lake", lake.storage_options))
+    target_lake = s3_server.lake("restored", "dr/lake")
+    report = restore_backup(target, "latest", restore_database, target_lake)
+
+    assert report.lake_versions == versions
+    assert fingerprint(restore_database) == expected
+    for name, version in versions.items():
+        table = target_lake.table(*name.split("/"))
+        assert table is not None and table.version() == version
+        assert len(table.history()) == version + 1  # the commits after the backup are not there
+        assert _sorted_rows(target_lake, *name.split("/")) == backed_up[name]
+    assert _log_entries(target_lake, "bronze/ticks__prices") == [
+        "00000000000000000000.json",
+        "00000000000000000001.json",
+        "00000000000000000002.checkpoint.parquet",
+        "00000000000000000002.json",
+    ]
+    restored = BronzeTables(target_lake)
+    assert restored.last_offset("ticks__prices", TOPIC, 0) == 28
+    assert restored.last_offset("ticks__prices", TOPIC, 1) == 29
+    with pytest.raises(BackupError, match="already holds tables"):
+        restore_backup(target, "latest", restore_database, target_lake)
+
+    # and out of the bucket into a folder
+    folder = _settings(tmp_path, "home_c", backups)
+    folder_lake = Lake(str(folder.home_dir / "lake"))
+    folder_db = db.create_database(database_url, f"optibid_restore_local_{os.getpid()}", drop_existing=True)
+    try:
+        assert restore_backup(folder, "latest", folder_db, folder_lake).lake_versions == versions
+    finally:
+        db.drop_database(database_url, f"optibid_restore_local_{os.getpid()}")
+    for name in versions:
+        assert _sorted_rows(folder_lake, *name.split("/")) == backed_up[name]
 
 
 def test_chunks_are_authenticated_in_order_and_to_the_end(tmp_path: Path) -> None:
