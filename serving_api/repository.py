@@ -22,6 +22,8 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
@@ -407,13 +409,34 @@ async def stream_rows(
 # SQL, the organization rule of the tables' row-level security included.
 
 ARCHIVED_TABLES = frozenset(p.table for p in RETENTION_POLICIES if p.action == "archive")
-_ARCHIVED_DAY_CACHE_SIZE = 32
+# Days kept in memory per API process, as Arrow tables (a 5-minute day of a thousand nodes is ~10 MB), so a
+# client paging through an archived range reads each day once.
+ARCHIVED_DAYS_CACHED = 16
 
 
-@functools.lru_cache(maxsize=_ARCHIVED_DAY_CACHE_SIZE)
-def _archived_day(archive_uri: str, table: str, day: date, checksum: str) -> list[dict[str, Any]]:
-    """One archived day's rows (cached by its checksum: archiving the day again replaces the entry)."""
-    return read_archive(archive_uri, table, day).to_pylist()
+@functools.lru_cache(maxsize=ARCHIVED_DAYS_CACHED)
+def _archived_day(archive_uri: str, table: str, day: date, checksum: str) -> pa.Table:
+    """One archived day (cached by its checksum: archiving the day again is a new entry)."""
+    return read_archive(archive_uri, table, day)
+
+
+def _matching(day: pa.Table, query: TableQuery, org_id: str | None) -> pa.Table:
+    """The rows of an archived day that the hot query's WHERE (and the row-level security) would keep."""
+    masks = []
+    if "org_id" in day.column_names:
+        owner = day["org_id"]
+        masks.append(pc.or_kleene(pc.is_null(owner), pc.equal(owner, org_id) if org_id else pc.is_null(owner)))
+    for col, value in query.filters.items():
+        if value is not None:
+            masks.append(pc.equal(day[col], value))
+    at = day[query.dataset.time_col]
+    if query.t_from is not None:
+        masks.append(pc.greater_equal(at, pa.scalar(query.t_from, at.type)))
+    if query.t_to is not None:
+        masks.append(pc.less(at, pa.scalar(query.t_to, at.type)))
+    if not masks:
+        return day
+    return day.filter(pc.fill_null(functools.reduce(pc.and_kleene, masks), False))
 
 
 def _hot_typed(value: Any, pg_type: str, tz: tzinfo) -> Any:
@@ -484,17 +507,6 @@ async def archived_rows(
         first = after[0].date() - timedelta(days=1)
         days = [(d, c) for d, c in days if d >= first]
 
-    def wanted(row: dict[str, Any]) -> bool:
-        if "org_id" in row and row["org_id"] is not None and row["org_id"] != org_id:
-            return False
-        for col, value in query.filters.items():
-            if value is not None and row.get(col) != value:
-                return False
-        at = row[time_col]
-        if (query.t_from is not None and at < query.t_from) or (query.t_to is not None and at >= query.t_to):
-            return False
-        return after is None or tuple(row[c] for c in order) > tuple(after)
-
     async def rows() -> AsyncIterator[dict[str, Any]]:
         pending: list[tuple[tuple, int, dict[str, Any]]] = []
         seq = 0
@@ -504,10 +516,11 @@ async def archived_rows(
                 while pending and pending[0][0][0] < bound:
                     yield heapq.heappop(pending)[2]
             stored = await asyncio.to_thread(_archived_day, archive_uri, dataset.table, day, checksum)
-            for raw in stored:
+            for raw in _matching(stored, query, org_id).to_pylist():
                 row = {c: _hot_typed(raw.get(c), t, tz) for c, t in columns.items()}
-                if wanted(row):
-                    heapq.heappush(pending, (tuple(row[c] for c in order), seq, row))
+                key = tuple(row[c] for c in order)
+                if after is None or key > tuple(after):
+                    heapq.heappush(pending, (key, seq, row))
                     seq += 1
         while pending:
             yield heapq.heappop(pending)[2]
