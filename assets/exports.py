@@ -3,7 +3,8 @@
 Thin wrappers over `ingestion.bi` (the replication, parity queries and BI roles belong there): one
 daily-partitioned asset `["clickhouse", <table>]` per table of the registry (`ingestion.bi.tables.TABLES`),
 downstream of the dbt asset `["gold", <table>]`, that replaces the day in ClickHouse (`replicate_partition`:
-idempotent, re-running a day never duplicates it), with a blocking check of row-count parity and grain
+idempotent, re-running a day never duplicates it; a day retention archived is replicated from the cold
+tier, `OPTIBID_ARCHIVE_URI`, so a backfill keeps it), with a blocking check of row-count parity and grain
 uniqueness; and `["bi", "access"]`, which re-creates the `bi.*` views, comments, grants and
 row-level-security policies that a dbt rebuild of the gold tables drops. Exports share the
 `clickhouse_export` pool so a backfill does not flood the server. Both follow gold by themselves: a day's
@@ -71,10 +72,14 @@ def _export_asset(spec: TableSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, clickhouse: ClickHouseResource
     ) -> dg.MaterializeResult:
         per_day = {}
+        archive_uri = get_settings().resolved_archive_uri  # where retention put the archived days
         with _clickhouse(clickhouse) as ch, warehouse.connect() as conn:
             for day in market_date_window(context).dates:
-                result = replicate_partition(conn, ch, spec, day)
-                context.log.info(f"{spec.qualified_pg_name} {day}: {result.rows_loaded} rows in {result.seconds:.2f}s")
+                result = replicate_partition(conn, ch, spec, day, archive_uri=archive_uri)
+                context.log.info(
+                    f"{spec.qualified_pg_name} {day}: {result.rows_loaded} rows from {result.source} "
+                    f"in {result.seconds:.2f}s"
+                )
                 per_day[day.isoformat()] = result
         if len(per_day) == 1:
             return dg.MaterializeResult(metadata=next(iter(per_day.values())).as_metadata())
@@ -97,7 +102,8 @@ def _parity_check(spec: TableSpec, asset: dg.AssetsDefinition) -> dg.AssetChecks
         blocking=True,
         partitions_def=daily_partitions,
         description=f"ClickHouse `{spec.ch_table}` holds as many rows of the day as "
-        f"{spec.qualified_pg_name} and no two rows share the grain ({', '.join(spec.grain_key)}).",
+        f"{spec.qualified_pg_name} (an archived day: as its archive) and no two rows share the grain "
+        f"({', '.join(spec.grain_key)}).",
     )
     def _check(
         context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, clickhouse: ClickHouseResource

@@ -4,6 +4,15 @@ What belongs here: ClickHouse DDL generated from the `ingestion.bi.tables` regis
 per-day replication (`replicate_partition`) and the parity/duplicate checks the Dagster asset checks call
 (`row_count_parity`, `duplicate_key_count`). No Dagster, no FastAPI.
 
+Archived days: ClickHouse keeps the whole history, archived days included (BI tools read full history here;
+Postgres' `bi.*` views see hot days only, they cannot read the Parquet cold tier). A gold day that retention
+moved to the cold tier (`infra.retention`, recorded in `ops.archived_partitions`) has no hot rows left, so
+re-replicating it from Postgres alone would empty it in ClickHouse. The day's source is therefore the same as
+the warehouse's own combined read (`infra.retention.read_days`): its hot rows, or its archive when the day is
+archived and hot storage holds no newer build of it (the gold tables are rebuilt whole: hot rows of an
+archived day supersede the archive, `hot_rows_supersede`). Archived rows go through the same conversions as
+the COPY path, and parity compares ClickHouse with that same source (the archive's recorded row count).
+
 Layout in ClickHouse (database = the client's current database):
 - base table per spec: `MergeTree`, `PARTITION BY toYYYYMM(<date column>)`, `ORDER BY` the spec's keys
   (zone, market, ts first: the common filters; Nullable columns such as `org_id`/`node` stay out of it);
@@ -47,12 +56,14 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from ingestion.bi.tables import TABLES, Rollup, TableSpec
+from infra.retention import hot_rows_supersede, read_archive
+from ingestion.bi.tables import TABLES, Column, Rollup, TableSpec
 
 if TYPE_CHECKING:
     from clickhouse_driver import Client
@@ -71,6 +82,44 @@ class ParityError(RuntimeError):
     """Postgres and ClickHouse disagree after a replication."""
 
 
+class ArchiveSourceError(RuntimeError):
+    """The day must be replicated from the cold tier and cannot be (no archive URI, or the archive does not
+    hold what `ops.archived_partitions` recorded); ClickHouse was left as it was."""
+
+
+@dataclass(frozen=True)
+class DaySource:
+    """Where a day of a replicated table comes from: hot rows, the archive, or both.
+
+    `archived_rows` is the row count `ops.archived_partitions` recorded for the day (None: not archived).
+    The archive is read when the day is archived and hot storage holds no newer build of it (`supersede`:
+    the table's days are rebuilt whole); for a table whose rows are only appended it would hold the older
+    rows and the hot ones be additions, so both are read (the rule of `infra.retention.read_days`).
+    """
+
+    hot_rows: int
+    archived_rows: int | None
+    supersede: bool
+
+    @property
+    def reads_archive(self) -> bool:
+        return self.archived_rows is not None and not (self.hot_rows and self.supersede)
+
+    @property
+    def reads_hot(self) -> bool:
+        return not self.reads_archive or not self.supersede
+
+    @property
+    def row_count(self) -> int:
+        """Rows the day has in its source, i.e. what ClickHouse must hold after a replication."""
+        hot = self.hot_rows if self.reads_hot else 0
+        return hot + ((self.archived_rows or 0) if self.reads_archive else 0)
+
+    @property
+    def name(self) -> str:
+        return "+".join(n for n, used in (("archive", self.reads_archive), ("hot", self.reads_hot)) if used)
+
+
 @dataclass(frozen=True)
 class ReplicationResult:
     """What `replicate_partition` did for one table and day."""
@@ -81,9 +130,10 @@ class ReplicationResult:
     month_partition: int
     rows_loaded: int
     rows_in_month: int
-    pg_count: int
+    pg_count: int  # rows of the day in its source (hot rows, or the archive's for an archived day)
     ch_count: int
     seconds: float
+    source: str = "hot"  # `DaySource.name`: hot, archive (or archive+hot for an append-only table)
 
     def as_metadata(self) -> dict[str, Any]:
         return {
@@ -96,6 +146,7 @@ class ReplicationResult:
             "pg_count": self.pg_count,
             "ch_count": self.ch_count,
             "seconds": round(self.seconds, 3),
+            "source": self.source,
         }
 
 
@@ -213,6 +264,67 @@ def pg_day_batches(
             yield columns
 
 
+# The archive keeps a column as its Postgres text form when its type has no plain Arrow equivalent
+# (`infra.retention.Column.as_text`: numeric, jsonb, ...), where the COPY path casts it to the registry's
+# `pg_type`; these parsers give the value that cast gives (Python's float() and Postgres' numeric -> float8
+# both round the decimal text to the nearest double).
+_FROM_TEXT: dict[str, Any] = {
+    "Float64": float,
+    "Int64": lambda text: int(Decimal(text).to_integral_value(ROUND_HALF_UP)),  # numeric -> int8 rounds away
+    "Date": dt.date.fromisoformat,
+    "DateTime('UTC')": dt.datetime.fromisoformat,  # Postgres' text form (`+00` offsets) parses since 3.11
+}
+
+
+def _archive_value(value: Any, column: Column) -> Any:
+    if isinstance(value, str) and column.ch_type != "String":
+        value = _FROM_TEXT[column.ch_type](value)
+    return _to_clickhouse_value(value, column.ch_type)
+
+
+def archive_day_batches(
+    archive_uri: str, spec: TableSpec, day: dt.date, batch_rows: int = INSERT_BATCH_ROWS
+) -> Iterable[list[list[Any]]]:
+    """The day's archived rows of `spec` (`infra.retention.read_archive`) as column lists of at most
+    `batch_rows` rows, with the values `pg_day_batches` gives for the same rows read hot."""
+    data = read_archive(archive_uri, spec.qualified_pg_name, day)
+    missing = [c for c in spec.column_names if c not in data.column_names]
+    if missing:
+        raise ArchiveSourceError(f"{spec.qualified_pg_name} {day}: the archive has no column(s) {missing}")
+    date_idx = spec.column_names.index(spec.date_column)
+    for batch in data.select(list(spec.column_names)).to_batches(max_chunksize=batch_rows):
+        columns = [
+            [_archive_value(v, col) for v in batch.column(i).to_pylist()] for i, col in enumerate(spec.columns)
+        ]
+        outside = [v for v in columns[date_idx] if v != day]
+        if outside:
+            raise ValueError(f"{spec.qualified_pg_name}: archived row outside day {day}: {outside[0]!r}")
+        if columns[0]:
+            yield columns
+
+
+def day_source(pg_conn: psycopg.Connection, spec: TableSpec, day: dt.date) -> DaySource:
+    """Where `day` of `spec` is replicated from (see `DaySource`): its hot row count and archive record."""
+    count = sql.SQL("SELECT count(*) FROM {}.{} WHERE {} = %s").format(
+        sql.Identifier(spec.pg_schema), sql.Identifier(spec.pg_table), sql.Identifier(spec.date_column)
+    )
+    with pg_conn.cursor() as cur:
+        cur.execute(count, (day,))
+        (hot_rows,) = cur.fetchone()  # type: ignore[misc]
+        archived_rows = None
+        # A warehouse without the retention migration (a bare test database) has archived nothing.
+        cur.execute("SELECT to_regclass('ops.archived_partitions') IS NOT NULL")
+        if cur.fetchone() == (True,):
+            cur.execute(
+                """SELECT row_count FROM ops.archived_partitions
+                   WHERE table_name = %s AND day = %s AND restored_at IS NULL""",
+                (spec.qualified_pg_name, day),
+            )
+            record = cur.fetchone()
+            archived_rows = int(record[0]) if record else None
+    return DaySource(int(hot_rows), archived_rows, hot_rows_supersede(spec.qualified_pg_name))
+
+
 def _stage_names(spec: TableSpec, day: dt.date) -> tuple[str, dict[str, tuple[str, str]]]:
     suffix = f"__stage_{day:%Y%m%d}_{uuid.uuid4().hex[:8]}"
     base = f"{spec.ch_table}{suffix}"
@@ -248,15 +360,13 @@ def _advisory_unlock(pg_conn: psycopg.Connection, key: int) -> None:
 def row_count_parity(
     pg_conn: psycopg.Connection, ch_client: Client, table_spec: TableSpec, day: dt.date
 ) -> tuple[int, int]:
-    """(Postgres row count, ClickHouse row count) of `table_spec` for `day`."""
-    query = sql.SQL("SELECT count(*) FROM {}.{} WHERE {} = %s").format(
-        sql.Identifier(table_spec.pg_schema),
-        sql.Identifier(table_spec.pg_table),
-        sql.Identifier(table_spec.date_column),
-    )
-    with pg_conn.cursor() as cur:
-        cur.execute(query, (day,))
-        (pg_count,) = cur.fetchone()  # type: ignore[misc]
+    """(warehouse row count, ClickHouse row count) of `table_spec` for `day`.
+
+    The warehouse count is the day's source's (`day_source`): an archived day without a newer hot build
+    counts the rows its archive holds (as recorded when it was archived and verified), so an archived day
+    missing from ClickHouse fails parity instead of passing as 0 == 0.
+    """
+    pg_count = day_source(pg_conn, table_spec, day).row_count
     ch_count = ch_client.execute(
         f"SELECT count() FROM {q(table_spec.ch_table)} WHERE {q(table_spec.date_column)} = %(day)s",
         {"day": day},
@@ -294,15 +404,20 @@ def replicate_partition(
     table_spec: TableSpec,
     day: dt.date,
     *,
+    archive_uri: str | None = None,
     check_parity: bool = True,
 ) -> ReplicationResult:
-    """Replace `day` of `table_spec` in ClickHouse (and its rollups) with the rows Postgres has now.
+    """Replace `day` of `table_spec` in ClickHouse (and its rollups) with the rows the warehouse has now: the
+    day's hot rows in Postgres, or its archive in the cold tier at `archive_uri` (`OPTIBID_ARCHIVE_URI`) when
+    retention archived it and no newer build is hot (`day_source`).
 
     Idempotent: running it again for the same day gives the same ClickHouse contents. Creates missing
     ClickHouse objects first and removes staging tables a crashed run of this table left behind.
     `pg_conn` may be in autocommit mode or not; nothing is written to Postgres (only a session advisory
     lock is taken and released). Raises `ParityError` when `check_parity` and the day's counts differ
-    afterwards (e.g. the day changed in Postgres during the copy: re-run it).
+    afterwards (e.g. the day changed in Postgres during the copy: re-run it). Raises `ArchiveSourceError`,
+    ClickHouse untouched, when the day must come from the archive and `archive_uri` is None (replicating
+    the empty hot day would delete it from ClickHouse) or the archive does not hold the recorded rows.
     """
     started = time.perf_counter()
     spec = table_spec
@@ -315,6 +430,11 @@ def replicate_partition(
         cur.execute("SELECT pg_advisory_lock(%s)", (lock_key,))
     try:
         _drop_quietly(ch_client, stale_staging_tables(ch_client, spec))  # left by a crashed earlier run
+        source = day_source(pg_conn, spec, day)
+        if source.reads_archive and archive_uri is None:
+            raise ArchiveSourceError(
+                f"{spec.qualified_pg_name} {day} is archived: pass archive_uri to replicate it from the cold tier"
+            )
         ch_client.execute(base_table_ddl(spec, stage))
         for rollup in spec.rollups:
             target, view = rollup_stages[rollup.name]
@@ -326,14 +446,26 @@ def replicate_partition(
             {"month": month, "day": day},
         )
         loaded = 0
-        for columns in pg_day_batches(pg_conn, spec, day):
-            ch_client.execute(f"INSERT INTO {q(stage)} ({cols}) VALUES", columns, columnar=True)
-            loaded += len(columns[0])
+        if source.reads_archive:
+            assert archive_uri is not None  # checked above, before ClickHouse was touched
+            for columns in archive_day_batches(archive_uri, spec, day):
+                ch_client.execute(f"INSERT INTO {q(stage)} ({cols}) VALUES", columns, columnar=True)
+                loaded += len(columns[0])
+            if loaded != source.archived_rows:
+                # Nothing swapped in yet: the replica keeps the day as it was rather than a partial archive.
+                raise ArchiveSourceError(
+                    f"{spec.qualified_pg_name} {day}: the archive holds {loaded} rows, "
+                    f"ops.archived_partitions recorded {source.archived_rows}"
+                )
+        if source.reads_hot:
+            for columns in pg_day_batches(pg_conn, spec, day):
+                ch_client.execute(f"INSERT INTO {q(stage)} ({cols}) VALUES", columns, columnar=True)
+                loaded += len(columns[0])
         rows_in_month = int(ch_client.execute(f"SELECT count() FROM {q(stage)}")[0][0])
         swaps = [(spec.ch_table, stage)] + [(r.name, rollup_stages[r.name][0]) for r in spec.rollups]
-        for target, source in swaps:
+        for target, staged in swaps:
             if rows_in_month:
-                ch_client.execute(f"ALTER TABLE {q(target)} REPLACE PARTITION {month} FROM {q(source)}")
+                ch_client.execute(f"ALTER TABLE {q(target)} REPLACE PARTITION {month} FROM {q(staged)}")
             else:
                 # REPLACE from an empty partition is not portable across versions; dropping is the same result
                 ch_client.execute(f"ALTER TABLE {q(target)} DROP PARTITION {month}")
@@ -344,8 +476,8 @@ def replicate_partition(
     pg_count, ch_count = row_count_parity(pg_conn, ch_client, spec, day)
     if check_parity and pg_count != ch_count:
         raise ParityError(
-            f"{spec.qualified_pg_name} {day}: Postgres has {pg_count} rows, ClickHouse {ch_count} "
-            f"(loaded {loaded}; rows changed in Postgres during the copy?)"
+            f"{spec.qualified_pg_name} {day}: the warehouse has {pg_count} rows, ClickHouse {ch_count} "
+            f"(loaded {loaded} from {source.name}; the day changed or was archived during the copy?)"
         )
     return ReplicationResult(
         pg_table=spec.qualified_pg_name,
@@ -357,4 +489,5 @@ def replicate_partition(
         pg_count=pg_count,
         ch_count=ch_count,
         seconds=time.perf_counter() - started,
+        source=source.name,
     )

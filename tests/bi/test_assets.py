@@ -171,6 +171,51 @@ def test_export_assets_replicate_the_dbt_gold_day_with_parity(gold_url, ch_url):
         ch.disconnect()
 
 
+def test_export_of_an_archived_day_replicates_it_from_the_cold_tier(gold_url, ch_url, settings):
+    """Retention archives the gold day and its exports are re-materialized (a backfill): ClickHouse keeps every
+    row as it was and the blocking parity check compares with the archive (not 0 == 0)."""
+    from clickhouse_driver import Client
+
+    from infra.retention import archive_day, policy_for, restore_day
+
+    def snapshot(ch) -> dict[str, list[tuple]]:
+        return {
+            s.ch_table: ch.execute(
+                f"SELECT {', '.join(s.column_names)} FROM {s.ch_table} WHERE market_date = %(d)s "
+                f"ORDER BY {', '.join(s.grain_key)}",
+                {"d": DAY},
+            )
+            for s in TABLES.values()
+        }
+
+    assert materialize_exports(gold_url, ch_url).success
+    ch = Client.from_url(ch_url)
+    archive_uri = settings.resolved_archive_uri  # the assets read get_settings(): the same location
+    archived = []
+    try:
+        before = snapshot(ch)
+        for spec in TABLES.values():
+            outcome = archive_day(gold_url, archive_uri, policy_for(settings, spec.qualified_pg_name), DAY)
+            assert outcome.rows == len(before[spec.ch_table]) > 0
+            archived.append(spec)
+        again = materialize_exports(gold_url, ch_url)
+        assert again.success
+        evaluations = again.get_asset_check_evaluations()
+        assert len(evaluations) == len(TABLES) and all(e.passed for e in evaluations)
+        assert all(e.metadata["pg_count"].value == e.metadata["ch_count"].value > 0 for e in evaluations)
+        sources = {
+            m.asset_key.path[-1]: m.metadata["source"].value
+            for asset in clickhouse_exports
+            for m in again.asset_materializations_for_node(asset.op.name)
+        }
+        assert sources == {s.ch_table: "archive" for s in TABLES.values()}
+        assert snapshot(ch) == before
+    finally:
+        ch.disconnect()
+        for spec in archived:  # the module's other tests read the day hot
+            restore_day(gold_url, archive_uri, spec.qualified_pg_name, DAY)
+
+
 def test_parity_check_fails_when_clickhouse_has_extra_rows(gold_url, ch_url):
     from clickhouse_driver import Client
 
