@@ -268,7 +268,9 @@ app.add_typer(serving_api_cli.users_app, name="users", help="Users and their rol
 app.add_typer(serving_api_cli.keys_app, name="apikeys", help="API keys.")
 app.add_typer(serving_api_cli.auth_app, name="auth", help="Access-token signing keys.")
 app.add_typer(operations_cli.backup_app, name="backup", help="Encrypted backups and restores.")
-app.add_typer(operations_cli.archive_app, name="archive", help="Archived days: list, restore to hot, run retention.")
+app.add_typer(
+    operations_cli.archive_app, name="archive", help="Cold tier: archived days and raw payloads, restore, retention."
+)
 
 
 if __name__ == "__main__":

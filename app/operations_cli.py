@@ -108,7 +108,9 @@ def backup_restore(
     )
 
 
-archive_app = typer.Typer(help="The cold tier: archived days of warehouse tables.", no_args_is_help=True)
+archive_app = typer.Typer(
+    help="The cold tier: archived days of warehouse tables, raw payloads of bronze CDC rows.", no_args_is_help=True
+)
 
 
 @archive_app.command("list")
@@ -140,6 +142,42 @@ def archive_restore(
     except (RetentionError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"{table} {day}: {rows} rows back in hot storage")
+
+
+@archive_app.command("restore-payloads")
+def archive_restore_payloads(table: Annotated[str, typer.Argument(help="e.g. cdc__bids or bronze.cdc__bids")]) -> None:
+    """Write a bronze CDC table's archived raw payloads back into its hot rows."""
+    from infra.lake import lake_from_settings
+    from infra.retention import RetentionError, restore_payloads
+
+    settings = get_settings()
+    name = table.removeprefix("bronze.")
+    try:
+        rows = restore_payloads(lake_from_settings(settings), settings.resolved_archive_uri, name)
+    except RetentionError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"bronze.{name}: {rows} raw payloads back in hot storage")
+
+
+@archive_app.command("payload")
+def archive_payload(
+    table: Annotated[str, typer.Argument(help="e.g. cdc__bids or bronze.cdc__bids")],
+    topic: Annotated[str, typer.Argument(help="the row's _topic")],
+    partition: Annotated[int, typer.Argument(help="the row's _partition")],
+    offset: Annotated[int, typer.Argument(help="the row's _offset")],
+    epoch: Annotated[int, typer.Option(help="the row's _offset_epoch")] = 0,
+) -> None:
+    """Print the raw Kafka value of one bronze CDC row, from hot storage or the cold tier."""
+    from infra.lake import lake_from_settings
+    from infra.retention import raw_payloads
+
+    settings = get_settings()
+    key = (topic, partition, epoch, offset)
+    lake = lake_from_settings(settings)
+    found = raw_payloads(lake, settings.resolved_archive_uri, table.removeprefix("bronze."), [key])
+    if key not in found:
+        raise _fail(f"no row {topic}/{partition}@{offset} (epoch {epoch}) in {table}")
+    typer.echo(found[key] if found[key] is not None else "null (no value: a tombstone)")
 
 
 @archive_app.command("run")

@@ -7,7 +7,8 @@
   home's state and the lake (`infra.backup`), then the older ones beyond `OPTIBID_BACKUP_KEEP` deleted. Its
   freshness is watched by `orchestration.alerting.alert_on_stale_backup`, which alerts through `ops.alerts`.
 - `ops/retention`: archives the warehouse days past their retention to the cold tier, verified before the hot
-  rows are deleted, and prunes the operational tables (`infra.retention`).
+  rows are deleted, moves the raw payloads of old bronze CDC rows there (the rows stay hot), and prunes the
+  operational tables (`infra.retention`).
 
 The work belongs to `infra`; this module only says which tables, when, and what to show.
 """
@@ -131,11 +132,12 @@ def backup(context: dg.AssetExecutionContext, warehouse: WarehouseResource, lake
 @dg.asset(
     key=RETENTION,
     group_name=GROUP,
-    kinds={"postgres", "parquet"},
+    kinds={"postgres", "parquet", "delta"},
     automation_condition=nightly(get_settings().retention_cron),
     description="Nightly retention: warehouse days past their retention (OPTIBID_RETENTION_DAYS, defaults in "
     "infra/retention.py) and CDC dead letters past theirs archived to OPTIBID_ARCHIVE_URI and verified before "
-    "deletion; login attempts pruned.",
+    "deletion; raw payloads of bronze CDC rows past theirs archived, verified, then cleared in the hot rows; "
+    "login attempts pruned.",
 )
 def retention(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, lake: LakeResource
@@ -158,6 +160,7 @@ def retention(
             "days_archived": sum(1 for o in outcomes if o.action == "archive" and o.rows),
             "rows_archived": sum(o.rows for o in outcomes if o.action == "archive"),
             "rows_pruned": sum(o.rows for o in outcomes if o.action == "prune"),
+            "payloads_archived": sum(o.rows for o in outcomes if o.action == "archive_payloads"),
             "duration_seconds": round((datetime.now(UTC) - started).total_seconds(), 3),
             "per_table": dg.MetadataValue.md("\n".join(lines)),
         }

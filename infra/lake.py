@@ -52,6 +52,29 @@ class Lake:
         table = self.table(layer, name, version)
         return table.file_uris() if table is not None else []
 
+    def table_names(self, layer: str) -> list[str]:
+        """Names of the Delta tables in `layer` (folders holding a `_delta_log`), sorted; empty when none."""
+        import pyarrow.fs as pafs
+
+        if self.is_local:
+            folder = Path(self.root.removeprefix("file://")) / layer
+            if not folder.is_dir():
+                return []
+            return sorted(p.name for p in folder.iterdir() if (p / "_delta_log").is_dir())
+        if self.root.startswith(("s3://", "s3a://")):
+            fs: pafs.FileSystem = pafs.S3FileSystem(**self.arrow_s3_options())  # type: ignore[arg-type]
+            base = self.table_uri(layer, "").split("://", 1)[1].rstrip("/")
+        else:
+            fs, base = pafs.FileSystem.from_uri(self.table_uri(layer, "").rstrip("/"))
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        folders = [f.path for f in found if f.type == pafs.FileType.Directory]
+        logs = fs.get_file_info([f"{folder}/_delta_log" for folder in folders])
+        return sorted(
+            folder.rsplit("/", 1)[-1]
+            for folder, log in zip(folders, logs, strict=True)
+            if log.type == pafs.FileType.Directory
+        )
+
     def arrow_s3_options(self) -> dict[str, object]:
         """Keyword arguments of `pyarrow.fs.S3FileSystem` that reach this lake as delta-rs does.
 

@@ -37,6 +37,9 @@ COMMIT_ATTEMPTS = 3
 # Operations that rewrite or clean a table without changing its rows: readers that follow new data can
 # ignore commits made of these alone.
 MAINTENANCE_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+# Commit-info key of other rewrites that add no rows (e.g. retention clearing archived raw payloads,
+# `infra.retention`): their operation is a plain MERGE, so the marker is what tells them apart.
+MAINTENANCE_MARKER = "optibid.maintenance"
 
 
 class MaintenanceError(RuntimeError):
@@ -172,13 +175,21 @@ def maintain_table(
     return result
 
 
+def maintenance_commit_metadata(kind: str) -> dict[str, str]:
+    """Commit metadata marking a rewrite that adds no rows as maintenance (`kind` says which)."""
+    return {MAINTENANCE_MARKER: kind}
+
+
 def only_maintenance_since(table: DeltaTable, version: int) -> bool:
-    """True when every commit after `version` up to the table's current one is maintenance (no new rows)."""
+    """True when every commit after `version` up to the table's current one is maintenance (no new rows):
+    compaction and vacuum, or a commit carrying `maintenance_commit_metadata`."""
     newer = table.version() - version
     if newer <= 0:
         return False
     history = table.history(newer)
-    return len(history) == newer and all(h.get("operation") in MAINTENANCE_OPERATIONS for h in history)
+    return len(history) == newer and all(
+        h.get("operation") in MAINTENANCE_OPERATIONS or MAINTENANCE_MARKER in h for h in history
+    )
 
 
 def summary_json(results: Sequence[TableMaintenance]) -> str:

@@ -17,15 +17,27 @@ Cold reads: `read_days` returns a table's rows for a range of days from hot stor
 value for value what the hot table held (the tests compare them). The API serves archived market days, audit
 entries and dead letters as it served them hot (`serving_api.repository`); the BI replica in ClickHouse keeps
 archived days; the Postgres `bi.*` views show hot days only (Postgres cannot read Parquet here).
+
+The lake (bronze Delta tables) has two kinds of policy, both by `_ingested_at`:
+- Dead letters move to the cold tier whole (`LakeRetentionPolicy`): nothing rebuilds from them.
+- The other CDC tables keep every row hot, because silver rebuilds its SCD-2 history from every event's
+  decoded columns; only the raw Kafka value (`payload_raw`, the widest column, kept for lineage and
+  debugging) moves (`PayloadRetentionPolicy`, 90 days by default). It is appended with the row's lineage key
+  to a zstd Delta table in the cold tier, read back and compared by count and SHA-256 of (key, payload), and
+  only then cleared in exactly those hot rows (an update on the snapshot they were read from). That commit is
+  marked as maintenance (silver's change detection skips it), keeps the Kafka offsets kept as app
+  transactions, and does not conflict with the consumer's appends. `raw_payloads` reads a row's payload from
+  hot or cold alike; `restore_payloads` writes the archived payloads back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 import pyarrow as pa
@@ -37,7 +49,11 @@ from psycopg import sql
 from infra.lake import Lake
 from infra.settings import Settings
 
-Action = Literal["archive", "prune"]
+if TYPE_CHECKING:
+    from deltalake import DeltaTable, WriterProperties
+
+# `archive_payloads`: the raw Kafka values of bronze CDC rows moved to the cold tier, the rows staying hot.
+Action = Literal["archive", "prune", "archive_payloads"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +107,10 @@ def policies(settings: Settings) -> list[RetentionPolicy]:
     """The default policies with `OPTIBID_RETENTION_DAYS` overrides applied (unknown table names refused)."""
     known = {p.table: p for p in RETENTION_POLICIES}
     lake_known = {f"bronze.{p.table}" for p in LAKE_RETENTION_POLICIES}
-    unknown = sorted(set(settings.retention_days) - set(known) - lake_known)
+    # CDC tables are found in the lake, which may not hold them yet: any `bronze.cdc__<name>` is accepted.
+    unknown = sorted(
+        t for t in set(settings.retention_days) - set(known) - lake_known if not _CDC_SETTING.fullmatch(t)
+    )
     if unknown:
         raise RetentionError(f"OPTIBID_RETENTION_DAYS names tables without a policy: {', '.join(unknown)}")
     out = []
@@ -379,7 +398,8 @@ def apply_retention(
 ) -> list[DayOutcome]:
     """Archive or prune every day past its table's retention (oldest first, at most `max_days_per_table` per
     table and pass, so a first run on years of history is spread over nights), then, given the `lake`, the
-    bronze rows past theirs (`LAKE_RETENTION_POLICIES`)."""
+    bronze rows past theirs (`LAKE_RETENTION_POLICIES`) and the raw payloads of the CDC tables' rows past
+    theirs (`payload_policies`)."""
     outcomes = []
     for policy in policies(settings):
         cutoff = today - timedelta(days=policy.hot_days)
@@ -402,6 +422,10 @@ def apply_retention(
         now = datetime(today.year, today.month, today.day, tzinfo=UTC)
         for lake_policy in lake_policies(settings):
             outcome = archive_lake_rows(lake, settings.resolved_archive_uri, lake_policy, now)
+            if outcome.rows:
+                outcomes.append(outcome)
+        for payload_policy in payload_policies(lake, settings):
+            outcome = archive_payloads(lake, settings.resolved_archive_uri, payload_policy, now)
             if outcome.rows:
                 outcomes.append(outcome)
     return outcomes
@@ -432,7 +456,8 @@ def archived_audit_entries(archive_uri: str, days: Sequence[date], org_id: str, 
 class LakeRetentionPolicy:
     """Rows of bronze table `table` ingested (`_ingested_at`) more than `hot_days` ago are archived to the cold
     tier's Delta table of the same name, verified, then deleted from the hot table. Only for tables nothing
-    rebuilds from: silver reads every CDC event and every market row, so those stay whole (and compacted)."""
+    rebuilds from: silver reads every CDC event and every market row, so those rows stay (the CDC events lose
+    only their raw payload, `PayloadRetentionPolicy`)."""
 
     table: str
     hot_days: int
@@ -524,3 +549,289 @@ def read_archived_lake_rows(lake: Lake, archive_uri: str, table: str) -> pa.Tabl
     except TableNotFoundError:
         return None
     return archived.to_pyarrow_table().drop_columns([ARCHIVE_VERSION_COLUMN])
+
+
+# --- raw CDC payloads --------------------------------------------------------------------------------------
+
+PAYLOAD_COLUMN = "payload_raw"
+INGESTED_AT = "_ingested_at"
+# What identifies one Kafka record in a bronze table: its partition's offset within an offset epoch.
+LINEAGE_KEY = ("_topic", "_partition", "_offset_epoch", "_offset")
+LineageKey = tuple[str, int, int, int]
+_KEY_TYPES = (pa.string(), pa.int32(), pa.int32(), pa.int64())  # as the consumer writes them (LINEAGE_FIELDS)
+PAYLOAD_HOT_DAYS = 90
+ALL_CDC_TABLES = "bronze.cdc__*"
+_CDC_SETTING = re.compile(r"bronze\.cdc__(\*|\w+)")
+PAYLOAD_COMMIT_ATTEMPTS = 5
+_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class PayloadRetentionPolicy:
+    """The raw Kafka values (`payload_raw`) of `bronze.<table>` rows ingested (`_ingested_at`) more than
+    `hot_days` ago move to the cold tier's Delta table `<table>__payloads`, verified, then are cleared (NULL) in
+    the hot rows. The rows themselves stay: silver rebuilds from every CDC event's decoded columns, never from
+    the raw value."""
+
+    table: str
+    hot_days: int
+
+
+def cdc_payload_tables(lake: Lake) -> list[str]:
+    """The bronze CDC tables of the lake that carry raw payloads (`cdc__*` with `payload_raw`, dead letters
+    excepted: their rows move to the cold tier whole, `LAKE_RETENTION_POLICIES`)."""
+    whole = {p.table for p in LAKE_RETENTION_POLICIES}
+    out = []
+    for name in lake.table_names("bronze"):
+        if not name.startswith("cdc__") or name in whole:
+            continue
+        table = lake.table("bronze", name)
+        if table is not None and PAYLOAD_COLUMN in table.schema().to_arrow().names:
+            out.append(name)
+    return out
+
+
+def payload_policies(lake: Lake, settings: Settings) -> list[PayloadRetentionPolicy]:
+    """A policy per CDC table of the lake: `OPTIBID_RETENTION_DAYS["bronze.<table>"]`, else
+    `["bronze.cdc__*"]`, else `PAYLOAD_HOT_DAYS`."""
+    default = settings.retention_days.get(ALL_CDC_TABLES, PAYLOAD_HOT_DAYS)
+    out = []
+    for table in cdc_payload_tables(lake):
+        days = settings.retention_days.get(f"bronze.{table}", default)
+        if days < 1:
+            raise RetentionError(f"OPTIBID_RETENTION_DAYS for bronze.{table} must be at least 1, not {days}")
+        out.append(PayloadRetentionPolicy(table, days))
+    return out
+
+
+def payload_archive_uri(archive_uri: str, table: str) -> str:
+    return f"{archive_lake_uri(archive_uri, table)}__payloads"
+
+
+def _payload_archive(lake: Lake, archive_uri: str, table: str) -> DeltaTable | None:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(payload_archive_uri(archive_uri, table), storage_options=lake.storage_options or None)
+    except TableNotFoundError:
+        return None
+
+
+def _payload_digest(data: pa.Table) -> str:
+    """SHA-256 of (lineage key, payload) of every row, in key order: equal for equal contents however stored."""
+    ordered = data.select([*LINEAGE_KEY, PAYLOAD_COLUMN]).sort_by([(c, "ascending") for c in LINEAGE_KEY])
+    digest = hashlib.sha256()
+    for batch in ordered.to_batches(max_chunksize=64 * 1024):
+        parts = [pc.cast(batch.column(c), pa.string()) for c in LINEAGE_KEY] + [batch.column(PAYLOAD_COLUMN)]
+        lines = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\\N")
+        digest.update("".join(f"{line}\x1e" for line in lines.to_pylist()).encode())
+    return digest.hexdigest()
+
+
+def _key_predicate(target: str, source: str) -> str:
+    return " AND ".join(f"{target}.{c} = {source}.{c}" for c in LINEAGE_KEY)
+
+
+def _restore_merge(lake: Lake, table: str, source: pa.Table, window: tuple[datetime, datetime]) -> int:
+    """Fill the cleared payloads of `source`'s rows (by lineage key, ingested within `window`) from `source`;
+    the rows changed. Marked as maintenance like the clearing; the `_ingested_at` window lets delta-rs see
+    that a concurrent consumer append (rows ingested now) cannot match, and a conflict it still reports is
+    retried on the new snapshot."""
+    from deltalake import CommitProperties
+    from deltalake.exceptions import CommitFailedError
+
+    from infra.lake_maintenance import maintenance_commit_metadata
+
+    since, until = window
+    predicate = (
+        f"{_key_predicate('t', 's')} AND t.{INGESTED_AT} >= '{since.isoformat()}' "
+        f"AND t.{INGESTED_AT} < '{until.isoformat()}'"
+    )
+    commit = CommitProperties(custom_metadata=maintenance_commit_metadata("payload-restore"))
+    for attempt in range(1, PAYLOAD_COMMIT_ATTEMPTS + 1):
+        hot = lake.table("bronze", table)
+        if hot is None:
+            raise RetentionError(f"bronze.{table} does not exist")
+        try:
+            metrics = (
+                hot.merge(
+                    source,
+                    predicate,
+                    source_alias="s",
+                    target_alias="t",
+                    writer_properties=_hot_writer(),
+                    commit_properties=commit,
+                )
+                .when_matched_update({PAYLOAD_COLUMN: f"s.{PAYLOAD_COLUMN}"}, predicate=f"t.{PAYLOAD_COLUMN} IS NULL")
+                .execute()
+            )
+            return int(metrics.get("num_target_rows_updated", 0))
+        except CommitFailedError:
+            if attempt == PAYLOAD_COMMIT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _archived_payload_rows(lake: Lake, archive_uri: str, table: str, flt: pc.Expression | None) -> pa.Table | None:
+    archived = _payload_archive(lake, archive_uri, table)
+    if archived is None:
+        return None
+    columns = [*LINEAGE_KEY, INGESTED_AT, PAYLOAD_COLUMN]
+    return archived.to_pyarrow_dataset().to_table(columns=columns, filter=flt)
+
+
+def archive_payloads(lake: Lake, archive_uri: str, policy: PayloadRetentionPolicy, now: datetime) -> DayOutcome:
+    """Move the raw payloads of `bronze.<policy.table>` rows older than the retention to the cold tier (see
+    `PayloadRetentionPolicy`); the outcome's rows are the payloads cleared in the hot table.
+
+    Steps, on one snapshot of the hot table: read the old rows' lineage key, `_ingested_at` and payload; append
+    to the archive those whose key it does not hold yet (so a pass that died before clearing, or payloads
+    restored to hot, are not archived twice); read back every archived row of those keys and require the same
+    row count and SHA-256 of (key, payload) as the hot rows; only then clear the payloads of exactly those rows
+    (`_clear_payloads`). A mismatch raises `RetentionError` and leaves the hot table as it was. A commit
+    conflict delta-rs cannot resolve (compaction committed meanwhile) runs the steps again on a new snapshot.
+    """
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(1, PAYLOAD_COMMIT_ATTEMPTS + 1):
+        try:
+            return _archive_payloads_once(lake, archive_uri, policy, now)
+        except CommitFailedError:
+            if attempt == PAYLOAD_COMMIT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _archive_payloads_once(
+    lake: Lake, archive_uri: str, policy: PayloadRetentionPolicy, now: datetime
+) -> DayOutcome:
+    from deltalake import WriterProperties, write_deltalake
+
+    cutoff = now - timedelta(days=policy.hot_days)
+    name = f"bronze.{policy.table}"
+    table = lake.table("bronze", policy.table)
+    if table is None:
+        return DayOutcome(name, cutoff.date(), "archive_payloads", 0)
+    version = table.version()
+    is_old = (pc.field(INGESTED_AT) < pa.scalar(cutoff, _TS)) & pc.field(PAYLOAD_COLUMN).is_valid()
+    old = table.to_pyarrow_dataset().to_table(columns=[*LINEAGE_KEY, INGESTED_AT, PAYLOAD_COLUMN], filter=is_old)
+    if old.num_rows == 0:
+        return DayOutcome(name, cutoff.date(), "archive_payloads", 0)
+    since = pc.min(old.column(INGESTED_AT)).as_py()
+    until = pc.max(old.column(INGESTED_AT)).as_py()
+    # Every archived copy of these rows was ingested at the same instant as its hot row: the window prunes the
+    # archive's files by their statistics.
+    in_window = (pc.field(INGESTED_AT) >= pa.scalar(since, _TS)) & (pc.field(INGESTED_AT) <= pa.scalar(until, _TS))
+    uri = payload_archive_uri(archive_uri, policy.table)
+    archived = _archived_payload_rows(lake, archive_uri, policy.table, in_window)
+    keys = list(LINEAGE_KEY)
+    pending = old if archived is None else old.join(archived.select(keys), keys, join_type="left anti")
+    if pending.num_rows:
+        batch = pending.select([*LINEAGE_KEY, INGESTED_AT, PAYLOAD_COLUMN]).append_column(
+            ARCHIVE_VERSION_COLUMN, pa.array([version] * pending.num_rows, pa.int64())
+        )
+        write_deltalake(
+            uri,
+            batch,
+            mode="append",
+            storage_options=lake.storage_options or None,
+            writer_properties=WriterProperties(compression="ZSTD"),
+        )
+    readback = _archived_payload_rows(lake, archive_uri, policy.table, in_window)
+    assert readback is not None
+    mine = old.select(keys).join(readback, keys, join_type="inner")
+    if mine.num_rows != old.num_rows or _payload_digest(mine) != _payload_digest(old):
+        raise RetentionError(
+            f"{name}: the archive holds {mine.num_rows} copies of {old.num_rows} payloads past retention, or "
+            "different bytes; no payload cleared"
+        )
+    cleared = _clear_payloads(table, since, until)
+    if cleared != old.num_rows:
+        raise RetentionError(f"{name}: cleared {cleared} payloads, {old.num_rows} were archived and verified")
+    return DayOutcome(name, cutoff.date(), "archive_payloads", cleared, uri)
+
+
+def _hot_writer() -> WriterProperties:
+    """How rewritten hot files are compressed: as compaction writes them (zstd), not as delta-rs' update and
+    merge would by default (snappy, which took a compacted CDC table from 4.9 to 10.2 MB)."""
+    from deltalake import WriterProperties
+
+    return WriterProperties(compression="ZSTD")
+
+
+def _clear_payloads(table: DeltaTable, since: datetime, until: datetime) -> int:
+    """Set the payloads of `table`'s rows ingested within [since, until] to NULL; the rows changed.
+
+    `table` is the snapshot the archived rows were read from, and every row of it with a payload ingested
+    within the bounds is one of them (they are all the rows with a payload ingested before the cut-off): the
+    update clears exactly what was archived. Rows a consumer appended since are in files this snapshot does
+    not hold, so the update neither touches nor conflicts with them. An update, unlike a merge, rewrites the
+    files in their row order, which keeps the hot table as compressible as before.
+
+    The commit is marked as maintenance (no new rows: silver's change detection skips it) and leaves the
+    table's app transactions, the Kafka offsets, as they were.
+    """
+    from deltalake import CommitProperties
+
+    from infra.lake_maintenance import maintenance_commit_metadata
+
+    predicate = (
+        f"{INGESTED_AT} >= '{since.isoformat()}' AND {INGESTED_AT} <= '{until.isoformat()}' "
+        f"AND {PAYLOAD_COLUMN} IS NOT NULL"
+    )
+    metrics = table.update(
+        updates={PAYLOAD_COLUMN: "NULL"},
+        predicate=predicate,
+        writer_properties=_hot_writer(),
+        commit_properties=CommitProperties(custom_metadata=maintenance_commit_metadata("payload-archive")),
+    )
+    return int(metrics.get("num_updated_rows", 0))
+
+
+def restore_payloads(lake: Lake, archive_uri: str, table: str) -> int:
+    """Write the archived raw payloads of `bronze.<table>` back into their hot rows (those still cleared);
+    the rows restored. The archive keeps its copy, so the next retention pass clears them again without
+    archiving twice: raise the table's retention first if they must stay hot."""
+    archived = _archived_payload_rows(lake, archive_uri, table, None)
+    if archived is None or archived.num_rows == 0:
+        raise RetentionError(f"bronze.{table} has no archived payloads")
+    times = archived.column(INGESTED_AT)
+    window = (pc.min(times).as_py(), pc.max(times).as_py() + timedelta(microseconds=1))
+    # One source row per key: a merge refuses a target row matched twice.
+    first = archived.group_by(list(LINEAGE_KEY), use_threads=False).aggregate([(PAYLOAD_COLUMN, "first")])
+    source = first.rename_columns([c.removesuffix("_first") for c in first.column_names])
+    return _restore_merge(lake, table, source, window)
+
+
+def _row_key(row: dict[str, Any]) -> LineageKey:
+    return (row["_topic"], row["_partition"], row["_offset_epoch"], row["_offset"])
+
+
+def raw_payloads(lake: Lake, archive_uri: str, table: str, keys: Sequence[LineageKey]) -> dict[LineageKey, str | None]:
+    """The raw Kafka value of each row of `bronze.<table>` given by its lineage key (topic, partition, offset
+    epoch, offset), from the hot table or, once archived, the cold tier; None for a row without one (a
+    tombstone). Keys of rows the table does not hold are left out."""
+    if not keys:
+        return {}
+    wanted = pa.table(
+        [pa.array(list(column), t) for column, t in zip(zip(*keys, strict=True), _KEY_TYPES, strict=True)],
+        names=list(LINEAGE_KEY),
+    )
+    narrow = pc.field("_topic").isin(wanted.column("_topic").unique()) & pc.field("_offset").isin(
+        wanted.column("_offset").unique()
+    )
+    out: dict[LineageKey, str | None] = {}
+    hot = lake.table("bronze", table)
+    if hot is not None:
+        rows = hot.to_pyarrow_dataset().to_table(columns=[*LINEAGE_KEY, PAYLOAD_COLUMN], filter=narrow)
+        for row in rows.join(wanted, list(LINEAGE_KEY), join_type="inner").to_pylist():
+            out[_row_key(row)] = row[PAYLOAD_COLUMN]
+    if all(out.get(k) is not None for k in keys):
+        return out
+    cold = _archived_payload_rows(lake, archive_uri, table, narrow)
+    if cold is not None:
+        for row in cold.join(wanted, list(LINEAGE_KEY), join_type="inner").to_pylist():
+            out[_row_key(row)] = row[PAYLOAD_COLUMN]
+    return out
+

@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -225,6 +227,7 @@ def test_the_retention_asset_records_what_it_archived_and_pruned(
     from infra.settings import get_settings
 
     _seed(warehouse)
+    _cdc_events(Lake(str(tmp_path / "lake")), datetime.now(UTC))
     monkeypatch.setenv("OPTIBID_ARCHIVE_URI", str(tmp_path / "cold"))
     get_settings.cache_clear()
     try:
@@ -239,6 +242,8 @@ def test_the_retention_asset_records_what_it_archived_and_pruned(
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert (meta["days_archived"], meta["rows_archived"], meta["rows_pruned"]) == (5, 74, 2)
     assert "archive silver.market__prices | 3 | 72" in meta["per_table"]
+    assert meta["payloads_archived"] == 5
+    assert "archive_payloads bronze.cdc__bids | 1 | 5" in meta["per_table"]
 
 
 def test_the_api_serves_archived_audit_entries_as_it_served_them_hot(
@@ -332,3 +337,217 @@ def test_old_dead_letters_move_to_the_cold_lake_and_the_offsets_stay(tmp_path: P
     # a second pass finds nothing more to move, and does not archive twice
     assert archive_lake_rows(lake, archive, policy, now).rows == 0
     assert read_archived_lake_rows(lake, archive, "cdc__dead_letters").num_rows == 2
+
+
+BIDS_TOPIC = "optibid.public.bids"
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
+
+
+def _cdc_events(lake: Lake, now: datetime, table: str = "cdc__bids", topic: str = BIDS_TOPIC) -> None:
+    """Bid change events through the consumer's writer, ingested 120, 100 and 95 days before `now` (old: the
+    95-day batch holds a tombstone, which has no value) and 10 days and 1 day before (recent; the last batch
+    after an offset reset, epoch 1, so its offsets repeat old ones)."""
+    from ingestion.cdc.decode import CDC_SCHEMA
+    from ingestion.cdc.delta import BronzeTables
+
+    writer = BronzeTables(lake)
+    schema = CDC_SCHEMA.append(pa.field("price", pa.float64()))
+    batches = [(120, 0, 0, [0, 1]), (100, 1, 0, [0, 1]), (95, 0, 0, [2, 3]), (10, 0, 0, [4]), (1, 0, 1, [0, 1])]
+    for age, partition, epoch, offsets in batches:
+        rows = []
+        for offset in offsets:
+            tombstone = age == 95 and offset == 2
+            after = None if tombstone else json.dumps({"bid_id": f"b{partition}{offset}", "price": 40.0 + offset})
+            envelope = {"payload": {"op": "u", "after": None if tombstone else json.loads(after)}, "epoch": epoch}
+            payload = None if tombstone else json.dumps(envelope)
+            row = {f.name: None for f in schema}
+            row |= {"op": "t" if tombstone else "u", "key": json.dumps({"bid_id": f"b{partition}{offset}"})}
+            row |= {"after_json": after, "payload_raw": payload, "price": None if tombstone else 40.0 + offset}
+            row |= {"source_ts_ms": 1_700_000_000_000 + offset, "source_lsn": 100 + offset, "source_table": "bids"}
+            row |= {"_topic": topic, "_partition": partition, "_offset": offset, "_offset_epoch": epoch}
+            row |= {"_ingested_at": now - timedelta(days=age, minutes=offset), "_batch_id": f"b{age}"}
+            rows.append(row)
+        writer.append(
+            table,
+            pa.Table.from_pylist(rows, schema=schema),
+            topic_offsets={(topic, partition): max(offsets)},
+            epochs={(topic, partition): epoch},
+        )
+
+
+LINEAGE = [(c, "ascending") for c in ("_topic", "_partition", "_offset_epoch", "_offset")]
+
+
+def _hot(lake: Lake, table: str = "cdc__bids") -> pa.Table:
+    return lake.table("bronze", table).to_pyarrow_table().sort_by(LINEAGE)
+
+
+def _offsets(lake: Lake, table: str = "cdc__bids") -> dict[str, int | None]:
+    hot = lake.table("bronze", table)
+    apps = [f"{BIDS_TOPIC}-{p}{suffix}" for p in (0, 1) for suffix in ("", ".epoch")]
+    return {app: hot.transaction_version(app) for app in apps}
+
+
+def _key(row: dict) -> tuple[str, int, int, int]:
+    return (row["_topic"], row["_partition"], row["_offset_epoch"], row["_offset"])
+
+
+def test_old_raw_cdc_payloads_move_to_the_cold_tier_and_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deltalake import DeltaTable
+
+    from infra.lake_maintenance import only_maintenance_since
+    from infra.retention import PayloadRetentionPolicy, archive_payloads, payload_archive_uri, raw_payloads
+
+    lake = Lake(str(tmp_path / "lake"))
+    archive = str(tmp_path / "cold")
+    _cdc_events(lake, NOW)
+    before = _hot(lake)
+    offsets = _offsets(lake)
+    version = lake.table("bronze", "cdc__bids").version()
+    cutoff = pa.scalar(NOW - timedelta(days=90), pa.timestamp("us", tz="UTC"))
+    is_old = pc.less(before["_ingested_at"], cutoff)
+    old_payloads = before.filter(is_old).filter(before.filter(is_old)["payload_raw"].is_valid())
+    assert old_payloads.num_rows == 5  # six old events, one of them a tombstone
+
+    outcome = archive_payloads(lake, archive, PayloadRetentionPolicy("cdc__bids", 90), NOW)
+    assert outcome.rows == 5 and outcome.action == "archive_payloads"
+    after = _hot(lake)
+    originals = zip(is_old.to_pylist(), before["payload_raw"].to_pylist(), strict=True)
+    assert after.column("payload_raw").to_pylist() == [None if old else payload for old, payload in originals]
+    # every other column of every row, and the consumer's position, exactly as they were
+    assert after.drop_columns(["payload_raw"]).equals(before.drop_columns(["payload_raw"]))
+    assert _offsets(lake) == offsets and offsets[f"{BIDS_TOPIC}-0.epoch"] == 1
+    # the rewrite is maintenance to silver's change detection
+    assert only_maintenance_since(lake.table("bronze", "cdc__bids"), version)
+
+    cold = DeltaTable(payload_archive_uri(archive, "cdc__bids")).to_pyarrow_table()
+    columns = ["_topic", "_partition", "_offset_epoch", "_offset", "_ingested_at", "payload_raw"]
+    assert cold.select(columns).sort_by(LINEAGE).equals(old_payloads.select(columns))
+    for path in DeltaTable(payload_archive_uri(archive, "cdc__bids")).file_uris():
+        assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+    # reads are transparent: every row's original value, old (cold) or recent (hot), epochs told apart
+    keys = [_key(r) for r in before.to_pylist()]
+    assert raw_payloads(lake, archive, "cdc__bids", keys) == {_key(r): r["payload_raw"] for r in before.to_pylist()}
+    assert raw_payloads(lake, archive, "cdc__bids", [(BIDS_TOPIC, 0, 9, 0)]) == {}
+
+    # a second pass has nothing left to move and archives nothing twice
+    again = lake.table("bronze", "cdc__bids").version()
+    assert archive_payloads(lake, archive, PayloadRetentionPolicy("cdc__bids", 90), NOW).rows == 0
+    assert lake.table("bronze", "cdc__bids").version() == again
+    assert DeltaTable(payload_archive_uri(archive, "cdc__bids")).to_pyarrow_table().num_rows == 5
+
+    # one command brings the payloads back: the table reads as it did before
+    from app.cli import app
+    from infra.settings import get_settings
+
+    monkeypatch.setenv("OPTIBID_LAKE_URI", lake.root)
+    monkeypatch.setenv("OPTIBID_ARCHIVE_URI", archive)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["archive", "restore-payloads", "bronze.cdc__bids"])
+        shown = CliRunner().invoke(app, ["archive", "payload", "cdc__bids", BIDS_TOPIC, "1", "0"])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "5 raw payloads back" in result.output
+    assert _hot(lake).equals(before)
+    assert _offsets(lake) == offsets
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.strip() == before.filter(pc.equal(before["_partition"], 1))["payload_raw"][0].as_py()
+    # restored payloads are cleared again by the next pass without a second copy in the archive
+    assert archive_payloads(lake, archive, PayloadRetentionPolicy("cdc__bids", 90), NOW).rows == 5
+    assert _hot(lake).equals(after)
+    assert DeltaTable(payload_archive_uri(archive, "cdc__bids")).to_pyarrow_table().num_rows == 5
+
+
+def test_a_payload_archive_that_does_not_match_clears_nothing(tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+
+    from infra.retention import (
+        ARCHIVE_VERSION_COLUMN,
+        PayloadRetentionPolicy,
+        archive_payloads,
+        payload_archive_uri,
+    )
+
+    lake = Lake(str(tmp_path / "lake"))
+    archive = str(tmp_path / "cold")
+    _cdc_events(lake, NOW)
+    before = _hot(lake)
+    version = lake.table("bronze", "cdc__bids").version()
+    # the cold tier already holds one of the old payloads, but not the bytes the hot row holds
+    oldest = before.slice(0, 1).select(["_topic", "_partition", "_offset_epoch", "_offset", "_ingested_at"])
+    damaged = oldest.append_column("payload_raw", pa.array(["{}"])).append_column(
+        ARCHIVE_VERSION_COLUMN, pa.array([0], pa.int64())
+    )
+    write_deltalake(payload_archive_uri(archive, "cdc__bids"), damaged)
+
+    with pytest.raises(RetentionError, match="no payload cleared"):
+        archive_payloads(lake, archive, PayloadRetentionPolicy("cdc__bids", 90), NOW)
+    assert lake.table("bronze", "cdc__bids").version() == version
+    assert _hot(lake).equals(before)
+
+
+def test_a_consumer_append_during_the_payload_rewrite_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deltalake import DeltaTable
+
+    from infra.retention import PayloadRetentionPolicy, archive_payloads
+    from ingestion.cdc.delta import BronzeTables
+
+    lake = Lake(str(tmp_path / "lake"))
+    _cdc_events(lake, NOW)
+    before = _hot(lake)
+    update = DeltaTable.update
+    appended = []
+
+    def update_while_the_consumer_commits(self: DeltaTable, *args, **kwargs):
+        # The retention pass holds this snapshot; the consumer commits the next offset of partition 0 on top.
+        if not appended:
+            row = before.filter(pc.equal(before["_offset_epoch"], 1)).slice(1, 1).to_pylist()[0]
+            row |= {"_offset": 2, "payload_raw": '{"new": true}', "_ingested_at": NOW}
+            BronzeTables(lake).append(
+                "cdc__bids", pa.Table.from_pylist([row], schema=before.schema), topic_offsets={(BIDS_TOPIC, 0): 2}
+            )
+            appended.append(row)
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "update", update_while_the_consumer_commits)
+    assert archive_payloads(lake, str(tmp_path / "cold"), PayloadRetentionPolicy("cdc__bids", 90), NOW).rows == 5
+    after = _hot(lake)
+    assert after.num_rows == before.num_rows + 1
+    assert [r["payload_raw"] for r in after.to_pylist() if r["_offset"] == 2 and r["_offset_epoch"] == 1] == [
+        '{"new": true}'
+    ]
+    assert lake.table("bronze", "cdc__bids").transaction_version(f"{BIDS_TOPIC}-0") == 2
+    assert sum(v is None for v in after["payload_raw"].to_pylist()) == 6  # five archived, one tombstone
+    # the rewrite committed on top of the append it had not read (no conflict to retry)
+    cleared, consumer = lake.table("bronze", "cdc__bids").history(2)
+    assert (cleared["operation"], consumer["operation"]) == ("UPDATE", "WRITE")
+    assert cleared["readVersion"] < consumer["version"]
+
+
+def test_payload_retention_covers_every_cdc_table_with_overrides(tmp_path: Path) -> None:
+    from infra.retention import PAYLOAD_HOT_DAYS, payload_policies
+
+    lake = Lake(str(tmp_path / "lake"))
+    _cdc_events(lake, NOW)
+    _cdc_events(lake, NOW, table="cdc__trades", topic="optibid.public.trades")
+    _dead_letters(lake, NOW)
+    assert [(p.table, p.hot_days) for p in payload_policies(lake, _settings(tmp_path))] == [
+        ("cdc__bids", PAYLOAD_HOT_DAYS),
+        ("cdc__trades", PAYLOAD_HOT_DAYS),
+    ]
+    settings = _settings(tmp_path, retention_days={"bronze.cdc__*": 30, "bronze.cdc__trades": 200})
+    assert [(p.table, p.hot_days) for p in payload_policies(lake, settings)] == [
+        ("cdc__bids", 30),
+        ("cdc__trades", 200),
+    ]
+    policy_for(settings, "ops.audit_log")  # the CDC keys are accepted by the warehouse policies' check
+    with pytest.raises(RetentionError, match="at least 1"):
+        payload_policies(lake, _settings(tmp_path, retention_days={"bronze.cdc__bids": 0}))
