@@ -425,7 +425,9 @@ def apply_retention(
             if outcome.rows:
                 outcomes.append(outcome)
         for payload_policy in payload_policies(lake, settings):
-            outcome = archive_payloads(lake, settings.resolved_archive_uri, payload_policy, now)
+            outcome = archive_payloads(
+                lake, settings.resolved_archive_uri, payload_policy, now, max_days_per_pass=max_days_per_table
+            )
             if outcome.rows:
                 outcomes.append(outcome)
     return outcomes
@@ -681,9 +683,13 @@ def _archived_payload_rows(lake: Lake, archive_uri: str, table: str, flt: pc.Exp
     return archived.to_pyarrow_dataset().to_table(columns=columns, filter=flt)
 
 
-def archive_payloads(lake: Lake, archive_uri: str, policy: PayloadRetentionPolicy, now: datetime) -> DayOutcome:
+def archive_payloads(
+    lake: Lake, archive_uri: str, policy: PayloadRetentionPolicy, now: datetime, max_days_per_pass: int = 31
+) -> DayOutcome:
     """Move the raw payloads of `bronze.<policy.table>` rows older than the retention to the cold tier (see
-    `PayloadRetentionPolicy`); the outcome's rows are the payloads cleared in the hot table.
+    `PayloadRetentionPolicy`); the outcome's rows are the payloads cleared in the hot table. One pass takes
+    the payloads of at most `max_days_per_pass` days of ingestion, the oldest, so a first pass over years of
+    history is spread over nights and its memory stays bounded.
 
     Steps, on one snapshot of the hot table: read the old rows' lineage key, `_ingested_at` and payload; append
     to the archive those whose key it does not hold yet (so a pass that died before clearing, or payloads
@@ -696,7 +702,7 @@ def archive_payloads(lake: Lake, archive_uri: str, policy: PayloadRetentionPolic
 
     for attempt in range(1, PAYLOAD_COMMIT_ATTEMPTS + 1):
         try:
-            return _archive_payloads_once(lake, archive_uri, policy, now)
+            return _archive_payloads_once(lake, archive_uri, policy, now, max_days_per_pass)
         except CommitFailedError:
             if attempt == PAYLOAD_COMMIT_ATTEMPTS:
                 raise
@@ -704,7 +710,7 @@ def archive_payloads(lake: Lake, archive_uri: str, policy: PayloadRetentionPolic
 
 
 def _archive_payloads_once(
-    lake: Lake, archive_uri: str, policy: PayloadRetentionPolicy, now: datetime
+    lake: Lake, archive_uri: str, policy: PayloadRetentionPolicy, now: datetime, max_days_per_pass: int
 ) -> DayOutcome:
     from deltalake import WriterProperties, write_deltalake
 
@@ -714,8 +720,17 @@ def _archive_payloads_once(
     if table is None:
         return DayOutcome(name, cutoff.date(), "archive_payloads", 0)
     version = table.version()
-    is_old = (pc.field(INGESTED_AT) < pa.scalar(cutoff, _TS)) & pc.field(PAYLOAD_COLUMN).is_valid()
-    old = table.to_pyarrow_dataset().to_table(columns=[*LINEAGE_KEY, INGESTED_AT, PAYLOAD_COLUMN], filter=is_old)
+    dataset = table.to_pyarrow_dataset()
+    has_payload = pc.field(PAYLOAD_COLUMN).is_valid()
+    first = pc.min(
+        dataset.to_table(columns=[INGESTED_AT], filter=(pc.field(INGESTED_AT) < pa.scalar(cutoff, _TS)) & has_payload)
+        .column(INGESTED_AT)
+    ).as_py()
+    if first is None:
+        return DayOutcome(name, cutoff.date(), "archive_payloads", 0)
+    horizon = min(cutoff, first + timedelta(days=max_days_per_pass))
+    is_old = (pc.field(INGESTED_AT) < pa.scalar(horizon, _TS)) & has_payload
+    old = dataset.to_table(columns=[*LINEAGE_KEY, INGESTED_AT, PAYLOAD_COLUMN], filter=is_old)
     if old.num_rows == 0:
         return DayOutcome(name, cutoff.date(), "archive_payloads", 0)
     since = pc.min(old.column(INGESTED_AT)).as_py()

@@ -551,3 +551,14 @@ def test_payload_retention_covers_every_cdc_table_with_overrides(tmp_path: Path)
     policy_for(settings, "ops.audit_log")  # the CDC keys are accepted by the warehouse policies' check
     with pytest.raises(RetentionError, match="at least 1"):
         payload_policies(lake, _settings(tmp_path, retention_days={"bronze.cdc__bids": 0}))
+
+
+def test_a_payload_pass_takes_the_oldest_days_first_and_no_more(tmp_path: Path) -> None:
+    from infra.retention import PayloadRetentionPolicy, archive_payloads
+
+    lake = Lake(str(tmp_path / "lake"))
+    archive = str(tmp_path / "cold")
+    _cdc_events(lake, NOW)
+    policy = PayloadRetentionPolicy("cdc__bids", 90)
+    passes = [archive_payloads(lake, archive, policy, NOW, max_days_per_pass=10).rows for _ in range(3)]
+    assert passes == [2, 3, 0]  # ingested 120 days ago; then 100 and 95 days ago (one a tombstone); nothing
