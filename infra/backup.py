@@ -240,7 +240,7 @@ def postgres_tool(name: str, major: int) -> tuple[Path, int]:
     return binary, version
 
 
-def _libpq_env(database_url: str) -> tuple[str, dict[str, str]]:
+def libpq_env(database_url: str) -> tuple[str, dict[str, str]]:
     """The URL without its password, and an environment carrying the password (not on the command line)."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -431,7 +431,7 @@ def create_backup(settings: Settings, database_url: str, lake: Lake) -> BackupIn
         parts: dict[str, Any] = {}
         major = server_major(database_url)
         pg_dump, dump_major = postgres_tool("pg_dump", major)
-        conninfo, env = _libpq_env(database_url)
+        conninfo, env = libpq_env(database_url)
         writer, out = _encrypt_part(partial, DUMP_PART, keys)
         with (
             out,
@@ -644,7 +644,7 @@ def restore_backup(settings: Settings, backup_id: str | None, database_url: str,
     pg_restore, _ = postgres_tool(
         "pg_restore", max(manifest["postgres"]["dump_tool_major"], server_major(database_url))
     )
-    conninfo, env = _libpq_env(database_url)
+    conninfo, env = libpq_env(database_url)
     with subprocess.Popen(
         [str(pg_restore), "--exit-on-error", "--single-transaction", "--dbname", conninfo],
         stdin=subprocess.PIPE,
