@@ -56,6 +56,7 @@ import pyarrow.fs as pafs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from psycopg import sql
 
 from infra.lake import Lake
 from infra.settings import Settings
@@ -430,6 +431,7 @@ def create_backup(settings: Settings, database_url: str, lake: Lake) -> BackupIn
     try:
         parts: dict[str, Any] = {}
         major = server_major(database_url)
+        roles = database_roles(database_url)
         pg_dump, dump_major = postgres_tool("pg_dump", major)
         conninfo, env = libpq_env(database_url)
         writer, out = _encrypt_part(partial, DUMP_PART, keys)
@@ -470,7 +472,7 @@ def create_backup(settings: Settings, database_url: str, lake: Lake) -> BackupIn
             "backup_id": backup_id,
             "created_at": created_at.isoformat(),
             "seconds": 0.0,
-            "postgres": {"server_major": major, "dump_tool_major": dump_major},
+            "postgres": {"server_major": major, "dump_tool_major": dump_major, "roles": roles},
             "lake": {"root": lake.root, "kind": lake_kind, "versions": versions},
             "home_parts": [p for p in HOME_PARTS if (settings.home_dir / p).exists()],
             "parts": parts,
@@ -588,6 +590,72 @@ def _platform_roles() -> set[str]:
     return {m.lower() for path in db.migration_files() for m in re.findall(r"CREATE ROLE (\w+)", path.read_text())}
 
 
+_ROLES_NAMED_BY_THE_DATABASE = """
+WITH named AS (
+    SELECT relowner AS oid FROM pg_class
+    UNION SELECT (aclexplode(relacl)).grantee FROM pg_class WHERE relacl IS NOT NULL
+    UNION SELECT nspowner FROM pg_namespace
+    UNION SELECT (aclexplode(nspacl)).grantee FROM pg_namespace WHERE nspacl IS NOT NULL
+    UNION SELECT unnest(polroles) FROM pg_policy
+    UNION SELECT proowner FROM pg_proc
+    UNION SELECT (aclexplode(proacl)).grantee FROM pg_proc WHERE proacl IS NOT NULL
+    UNION SELECT typowner FROM pg_type
+    UNION SELECT defaclrole FROM pg_default_acl
+    UNION SELECT (aclexplode(defaclacl)).grantee FROM pg_default_acl
+    UNION SELECT (aclexplode(datacl)).grantee FROM pg_database WHERE datname = current_database() AND datacl IS NOT NULL
+), wanted AS (
+    SELECT oid FROM named
+    UNION SELECT member FROM pg_auth_members WHERE roleid IN (SELECT oid FROM named)
+)
+SELECT r.rolname, r.rolcanlogin, r.rolinherit, coalesce(r.rolconfig, '{}'),
+       ARRAY(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+             WHERE m.member = r.oid AND NOT g.rolsuper ORDER BY 1)
+FROM pg_roles r
+WHERE r.oid IN (SELECT oid FROM wanted) AND NOT r.rolsuper AND r.rolname !~ '^pg_'
+ORDER BY r.rolname
+"""
+
+
+def database_roles(database_url: str) -> list[dict[str, Any]]:
+    """The roles the database's owners, grants and policies name (and their members), with what pg_dump leaves
+    out because roles are cluster-wide: login, inherit, role-wide settings and memberships. A restore into a
+    fresh server creates them first: pg_restore stops at the first grant to a role that does not exist (the
+    BI roles `ensure_bi_roles` creates, for one). Passwords are not kept: set them again after a restore."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(_ROLES_NAMED_BY_THE_DATABASE).fetchall()
+    return [
+        {"name": name, "login": login, "inherit": inherit, "settings": list(settings), "member_of": list(groups)}
+        for name, login, inherit, settings, groups in rows
+    ]
+
+
+def _create_roles(database_url: str, roles: list[dict[str, Any]]) -> list[str]:
+    """Create the backed-up roles the server lacks, with their settings and memberships; their names."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        present = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
+        created = [r for r in roles if r["name"] not in present]
+        for role in created:
+            ident = sql.Identifier(role["name"])
+            conn.execute(
+                sql.SQL("CREATE ROLE {} {} {}").format(
+                    ident,
+                    sql.SQL("LOGIN" if role["login"] else "NOLOGIN"),
+                    sql.SQL("INHERIT" if role["inherit"] else "NOINHERIT"),
+                )
+            )
+            for setting in role["settings"]:
+                key, value = setting.split("=", 1)
+                name = sql.SQL(".").join(sql.Identifier(part) for part in key.split("."))
+                conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(ident, name, sql.Literal(value)))
+        present |= {r["name"] for r in created}
+        for role in created:
+            for group in role["member_of"]:
+                if group in present:
+                    grant = sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role["name"]))
+                    conn.execute(grant)
+    return [r["name"] for r in created]
+
+
 def _ensure_roles(database_url: str) -> None:
     """Create the platform's cluster-wide roles the dump's grants name (when missing), by migrating a scratch
     database: the migrations are what creates them, with their memberships."""
@@ -641,6 +709,7 @@ def restore_backup(settings: Settings, backup_id: str | None, database_url: str,
         raise BackupError("the target database is not empty: restore into a new database (createdb) or a fresh home")
 
     _ensure_roles(database_url)
+    _create_roles(database_url, manifest["postgres"].get("roles", []))
     pg_restore, _ = postgres_tool(
         "pg_restore", max(manifest["postgres"]["dump_tool_major"], server_major(database_url))
     )

@@ -142,7 +142,8 @@ def test_backup_and_restore_on_the_system_postgresql_15(tmp_path: Path) -> None:
         db.migrate(source)
         _roundtrip(tmp_path, source, target)
         manifest = list_backups(_settings(tmp_path, "home_a", tmp_path / "backups"))[0].manifest
-        assert manifest["postgres"] == {"server_major": 15, "dump_tool_major": 15}
+        assert (manifest["postgres"]["server_major"], manifest["postgres"]["dump_tool_major"]) == (15, 15)
+        assert {"optibid_api", "optibid_auth"} <= {r["name"] for r in manifest["postgres"]["roles"]}
     finally:
         db.drop_database(SYSTEM_ADMIN_URL, source.rsplit("/", 1)[-1].split("?")[0])
         db.drop_database(SYSTEM_ADMIN_URL, target.rsplit("/", 1)[-1].split("?")[0])
@@ -245,6 +246,62 @@ def test_backup_of_a_lake_on_s3_restores_into_another_bucket_and_into_a_folder(
         db.drop_database(database_url, f"optibid_restore_local_{os.getpid()}")
     for name in versions:
         assert _sorted_rows(folder_lake, *name.split("/")) == backed_up[name]
+
+
+def test_roles_the_database_names_are_created_on_a_server_without_them(
+    tmp_path: Path, database_url: str, restore_database: str
+) -> None:
+    """What `ensure_bi_roles` sets up (a read-only role, a login role bound to an organization, member of it,
+    grants and a policy naming them) survives a restore onto a server that never had those roles."""
+    tag = f"{os.getpid()}_{tmp_path.name[-6:]}".lower()
+    reader, member = f"bkp_reader_{tag}", f"bkp_org_{tag}"
+    source_name = f"optibid_roles_{tag}"
+    source_url = db.create_database(database_url, source_name, drop_existing=True)
+    try:
+        with psycopg.connect(source_url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {reader} NOLOGIN")
+            conn.execute(f"ALTER ROLE {reader} SET default_transaction_read_only = on")
+            conn.execute(f"CREATE ROLE {member} LOGIN NOINHERIT")
+            conn.execute(f"ALTER ROLE {member} SET optibid.org_id = 'acme'")
+            conn.execute(f"GRANT {reader} TO {member}")
+            conn.execute("CREATE TABLE public.prices (zone text, org_id text, price float8)")
+            conn.execute("INSERT INTO public.prices VALUES ('PJM', NULL, 31.5), ('PJM', 'acme', 40)")
+            conn.execute(f"GRANT SELECT ON public.prices TO {reader}, {member}")
+            conn.execute("ALTER TABLE public.prices ENABLE ROW LEVEL SECURITY")
+            conn.execute(f"CREATE POLICY reader_all ON public.prices FOR SELECT TO {reader} USING (true)")
+        source = _settings(tmp_path, "home_a", tmp_path / "backups")
+        backup = create_backup(source, source_url, Lake(str(source.home_dir / "lake")))
+        recorded = {r["name"]: r for r in backup.manifest["postgres"]["roles"]}
+        assert recorded[member] == {
+            "name": member, "login": True, "inherit": False, "settings": ["optibid.org_id=acme"],
+            "member_of": [reader],
+        }
+        assert recorded[reader]["settings"] == ["default_transaction_read_only=on"]
+
+        # the server loses the roles: what a fresh server is like
+        db.drop_database(database_url, source_name)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {member}")
+            conn.execute(f"DROP ROLE {reader}")
+
+        target = _settings(tmp_path, "home_b", tmp_path / "backups")
+        restore_backup(target, "latest", restore_database, Lake(str(target.home_dir / "lake")))
+        with psycopg.connect(restore_database, autocommit=True) as conn:
+            assert conn.execute(
+                "SELECT rolcanlogin, rolinherit, rolconfig FROM pg_roles WHERE rolname = %s", (member,)
+            ).fetchone() == (True, False, ["optibid.org_id=acme"])
+            assert conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (member, reader)).fetchone() == (True,)
+            assert conn.execute(
+                "SELECT has_table_privilege(%s, 'public.prices', 'SELECT')", (member,)
+            ).fetchone() == (True,)
+            assert conn.execute("SELECT count(*) FROM public.prices").fetchone() == (2,)
+    finally:
+        db.drop_database(database_url, source_name)
+        with psycopg.connect(restore_database, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS public.prices")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {member}")
+            conn.execute(f"DROP ROLE IF EXISTS {reader}")
 
 
 def test_chunks_are_authenticated_in_order_and_to_the_end(tmp_path: Path) -> None:
