@@ -50,7 +50,7 @@ from infra.lake import Lake
 from infra.settings import Settings
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable, WriterProperties
+    from deltalake import CommitProperties, DeltaTable, WriterProperties
 
 # `archive_payloads`: the raw Kafka values of bronze CDC rows moved to the cold tier, the rows staying hot.
 Action = Literal["archive", "prune", "archive_payloads"]
@@ -490,6 +490,25 @@ def _rows_digest(data: pa.Table) -> str:
     return hashlib.sha256(repr(ordered.to_pylist()).encode()).hexdigest()
 
 
+def _append_cold(lake: Lake, uri: str, batch: pa.Table, commit: CommitProperties | None = None) -> None:
+    """Append `batch` to the cold tier's Delta table at `uri`, zstd compressed."""
+    from deltalake import WriterProperties, write_deltalake
+
+    write_deltalake(
+        uri,
+        batch,
+        mode="append",
+        storage_options=lake.storage_options or None,
+        writer_properties=WriterProperties(compression="ZSTD"),
+        commit_properties=commit,
+    )
+
+
+def _hot_lake_table(lake: Lake, table: str, hot_days: int, now: datetime) -> tuple[str, datetime, DeltaTable | None]:
+    """(qualified name, retention cut-off, the hot table or None before its first write) of a bronze table."""
+    return f"bronze.{table}", now - timedelta(days=hot_days), lake.table("bronze", table)
+
+
 def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy, now: datetime) -> DayOutcome:
     """Move the rows of `bronze.<policy.table>` older than its retention to the cold tier (see the class doc).
 
@@ -497,12 +516,10 @@ def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy,
     between archiving and deleting does not archive the same rows twice the next night. The Kafka offsets kept
     in the hot table's log are untouched: deleting rows changes no app transaction.
     """
-    from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+    from deltalake import CommitProperties, DeltaTable, Transaction
     from deltalake.exceptions import TableNotFoundError
 
-    cutoff = now - timedelta(days=policy.hot_days)
-    name = f"bronze.{policy.table}"
-    table = lake.table("bronze", policy.table)
+    name, cutoff, table = _hot_lake_table(lake, policy.table, policy.hot_days, now)
     if table is None:
         return DayOutcome(name, cutoff.date(), "archive", 0)
     version = table.version()
@@ -519,14 +536,7 @@ def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy,
         done = None
     batch = old.append_column(ARCHIVE_VERSION_COLUMN, pa.array([version] * old.num_rows, pa.int64()))
     if done != version:
-        write_deltalake(
-            uri,
-            batch,
-            mode="append",
-            storage_options=lake.storage_options or None,
-            writer_properties=WriterProperties(compression="ZSTD"),
-            commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
-        )
+        _append_cold(lake, uri, batch, CommitProperties(app_transactions=[Transaction(app_id, version)]))
     readback = DeltaTable(uri, storage_options=lake.storage_options or None).to_pyarrow_dataset()
     mine = readback.to_table(filter=pc.field(ARCHIVE_VERSION_COLUMN) == version).drop_columns([ARCHIVE_VERSION_COLUMN])
     if mine.num_rows != old.num_rows or _rows_digest(mine.select(old.column_names)) != _rows_digest(old):
@@ -712,11 +722,8 @@ def archive_payloads(
 def _archive_payloads_once(
     lake: Lake, archive_uri: str, policy: PayloadRetentionPolicy, now: datetime, max_days_per_pass: int
 ) -> DayOutcome:
-    from deltalake import WriterProperties, write_deltalake
 
-    cutoff = now - timedelta(days=policy.hot_days)
-    name = f"bronze.{policy.table}"
-    table = lake.table("bronze", policy.table)
+    name, cutoff, table = _hot_lake_table(lake, policy.table, policy.hot_days, now)
     if table is None:
         return DayOutcome(name, cutoff.date(), "archive_payloads", 0)
     version = table.version()
@@ -746,13 +753,7 @@ def _archive_payloads_once(
         batch = pending.select([*LINEAGE_KEY, INGESTED_AT, PAYLOAD_COLUMN]).append_column(
             ARCHIVE_VERSION_COLUMN, pa.array([version] * pending.num_rows, pa.int64())
         )
-        write_deltalake(
-            uri,
-            batch,
-            mode="append",
-            storage_options=lake.storage_options or None,
-            writer_properties=WriterProperties(compression="ZSTD"),
-        )
+        _append_cold(lake, uri, batch)
     readback = _archived_payload_rows(lake, archive_uri, policy.table, in_window)
     assert readback is not None
     mine = old.select(keys).join(readback, keys, join_type="inner")
