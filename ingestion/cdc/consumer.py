@@ -50,6 +50,7 @@ from typing import Literal
 import pyarrow as pa
 
 from infra.lake import Lake
+from ingestion.cdc.clients import CLIENTS, TP, Client, Probe, Reader, cut_at, open_probe, open_reader
 from ingestion.cdc.decode import TS_TYPE, BatchContext, Decoded, RawRecords, decode_records
 from ingestion.cdc.delta import BronzeTables, filter_new
 from ingestion.cdc.fetch import COLUMN_TYPES_FILE, DrainStalledError
@@ -168,9 +169,8 @@ class CdcConsumer:
         leases: PartitionLeases | None = None,
         row_sink: Callable[[TopicRoute, pa.Table], None] | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
+        client: Client | None = None,
     ) -> None:
-        from kafka import KafkaConsumer
-
         self.lake = lake
         self.routes = {t: route_for(t) for t in topics}
         self.batch_max_events = batch_max_events
@@ -187,37 +187,45 @@ class CdcConsumer:
         self.log = log or _log
         self.tables = BronzeTables(lake)
         self._client_config = client_config
-        self._probe_consumer = None
-        self.consumer = KafkaConsumer(
-            **client_config,
-            group_id=None,  # assigned partitions: no group join, no broker-side offsets
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_bytes=fetch_max_bytes,
-            max_partition_fetch_bytes=max_partition_fetch_bytes,
-            fetch_max_wait_ms=100,
-            max_poll_records=batch_max_events,
-            allow_auto_create_topics=False,  # reading must never create a topic
-        )
+        if client is None:
+            from infra.settings import get_settings
+
+            client = get_settings().cdc_client
+        if client not in CLIENTS:
+            raise ValueError(f"unknown Kafka client {client!r}; one of {', '.join(CLIENTS)}")
+        self.client: Client = client
+        # Both clients connect lazily: a drain with fetch processes never reads in this process.
+        self._reader: Reader | None = None
+        self._reader_follow = False
+        self._probe_client: Probe | None = None
         self._epochs: dict[tuple[str, int], int] = {}
         self._seq = 0
         self._run_id = uuid.uuid4().hex[:12]
 
     def close(self) -> None:
-        self.consumer.close()
-        if self._probe_consumer is not None:
-            self._probe_consumer.close()
+        if self._reader is not None:
+            self._reader.close()
+        if self._probe_client is not None:
+            self._probe_client.close()
 
-    def _probe(self):
-        """A second, unassigned-by-default client for watermarks, so probing never moves the reader."""
-        if self._probe_consumer is None:
-            from kafka import KafkaConsumer
+    def _probe(self) -> Probe:
+        """A second client for metadata and watermarks, so probing never moves the reader."""
+        if self._probe_client is None:
+            self._probe_client = open_probe(self.client, self._client_config)
+        return self._probe_client
 
-            self._probe_consumer = KafkaConsumer(
-                **self._client_config, group_id=None, enable_auto_commit=False, allow_auto_create_topics=False,
-                fetch_max_wait_ms=100, max_partition_fetch_bytes=1024 * 1024,
+    def _open_reader(self, *, follow: bool) -> Reader:
+        """The reader, tuned for latency (follow) or for throughput (drain)."""
+        if self._reader is not None and self._reader_follow != follow:
+            self._reader.close()
+            self._reader = None
+        if self._reader is None:
+            self._reader = open_reader(
+                self.client, self._client_config, max_records=self.batch_max_events, latency=follow,
+                **self._fetch_options,
             )
-        return self._probe_consumer
+            self._reader_follow = follow
+        return self._reader
 
     def __enter__(self) -> CdcConsumer:
         return self
@@ -227,16 +235,8 @@ class CdcConsumer:
 
     # --- positions --------------------------------------------------------------------------------
 
-    def _partitions(self) -> list:
-        from kafka import TopicPartition
-
-        tps = []
-        for topic in self.routes:
-            parts = self._probe().partitions_for_topic(topic)
-            if not parts:
-                continue
-            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
-        return tps
+    def _partitions(self) -> list[TP]:
+        return [(topic, p) for topic in self.routes for p in self._probe().partitions(topic)]
 
     def lag(self) -> list[PartitionLag]:
         """Current lag of every partition of the consumer's topics (committed offsets read from Delta)."""
@@ -244,38 +244,22 @@ class CdcConsumer:
         tps = self._partitions()
         if not tps:
             return []
-        low = self._probe().beginning_offsets(tps)
-        high = self._high_watermarks(tps)
+        low = self._probe().low_watermarks(tps)
+        # Confirmed by a fetch (`clients.Probe.high_watermarks`): tansu 0.6's ListOffsets(latest) is the base
+        # offset of the last record batch, which would hide a partition's tail and fake "offsets restarted".
+        high = self._probe().high_watermarks(tps)
         out = []
         for tp in tps:
-            table = self.routes[tp.topic].table
-            last = tables.last_offset(table, tp.topic, tp.partition)
+            topic, partition = tp
+            table = self.routes[topic].table
+            last = tables.last_offset(table, topic, partition)
             out.append(
                 PartitionLag(
-                    tp.topic, tp.partition, 0 if last is None else last + 1, low[tp], high[tp],
-                    tables.epoch(table, tp.topic, tp.partition),
+                    topic, partition, 0 if last is None else last + 1, low[tp], high[tp],
+                    tables.epoch(table, topic, partition),
                 )
             )
         return out
-
-    def _high_watermarks(self, tps: list) -> dict:
-        """High-water mark per partition, confirmed by a fetch.
-
-        ListOffsets(latest) alone is not trusted: tansu 0.6 answers with the base offset of the last record
-        batch, which would hide the tail of a partition and fake an "offsets restarted" event. A fetch
-        response carries the true high-water mark, so each partition is read once at its listed end.
-        """
-        probe = self._probe()
-        listed = probe.end_offsets(tps)
-        probe.assign(tps)
-        for tp in tps:
-            probe.seek(tp, listed[tp])
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and any(probe.highwater(tp) is None for tp in tps):
-            probe.poll(timeout_ms=100, max_records=1)
-        high = {tp: max(listed[tp], probe.highwater(tp) or 0) for tp in tps}
-        probe.unsubscribe()
-        return high
 
     def _start_positions(self, stats: IngestStats, only: set | None = None) -> dict:
         """Next offset per partition, after handling restarted or truncated broker offsets."""
@@ -336,9 +320,8 @@ class CdcConsumer:
             self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
         targets = {self._tp(p): p.high_watermark for p in stats.lag_before}
         active = [tp for tp in positions if follow or positions[tp] < targets[tp]]
-        self.consumer.assign(active)
-        for tp in active:
-            self.consumer.seek(tp, positions[tp])
+        reader = self._open_reader(follow=follow)
+        reader.assign({tp: positions[tp] for tp in active})
         # With leases, partitions freed by a dead member are looked for every second.
         discovery_seconds = 5.0 if self.leases is None else 1.0
         next_discovery = time.monotonic() + discovery_seconds
@@ -369,35 +352,33 @@ class CdcConsumer:
                 remaining |= self._assign_new_partitions(stats, remaining, finish_commit)
                 next_discovery = time.monotonic() + discovery_seconds
             if remaining and not stopping:
-                wait_ms = 50 if follow else 200
-                polled = self.consumer.poll(timeout_ms=wait_ms, max_records=self.batch_max_events - count)
+                polled = reader.poll(self.batch_max_events - count, 0.05 if follow else 0.2)
             else:
                 polled = {}
                 if follow and not stopping and not count:
                     stop.wait(0.2)  # no partitions yet: wait for topics to appear
-            for tp, records in polled.items():
-                if not follow and records[-1].offset >= targets[tp]:
-                    records = [r for r in records if r.offset < targets[tp]]
-                if records:
-                    raw = pending.setdefault(tp.topic, RawRecords(tp.topic))
-                    raw.partitions.extend([tp.partition] * len(records))
-                    raw.offsets.extend([r.offset for r in records])
-                    raw.timestamps.extend([r.timestamp for r in records])
-                    raw.keys.extend([r.key for r in records])
-                    raw.values.extend([r.value for r in records])
-                    last_offsets[(tp.topic, tp.partition)] = records[-1].offset
-                    count += len(records)
+            for tp, columns in polled.items():
+                offsets, timestamps, keys, values = columns if follow else cut_at(columns, targets[tp])
+                if offsets:
+                    raw = pending.setdefault(tp[0], RawRecords(tp[0]))
+                    raw.partitions.extend([tp[1]] * len(offsets))
+                    raw.offsets.extend(offsets)
+                    raw.timestamps.extend(timestamps)
+                    raw.keys.extend(keys)
+                    raw.values.extend(values)
+                    last_offsets[tp] = offsets[-1]
+                    count += len(offsets)
                     batch_started = batch_started or time.monotonic()
                     last_progress = time.monotonic()
             if not follow:
                 for tp in list(remaining):
-                    if self.consumer.position(tp) >= targets[tp]:
+                    if reader.position(tp) >= targets[tp]:
                         remaining.discard(tp)
-                        self.consumer.pause(tp)
+                        reader.pause(tp)
                 if remaining and not polled and time.monotonic() - last_progress > self.stall_timeout_seconds:
                     raise DrainStalledError(
                         f"no records for {self.stall_timeout_seconds:.0f}s before the high-water mark of "
-                        f"{sorted(f'{tp.topic}[{tp.partition}]' for tp in remaining)}"
+                        f"{sorted(f'{topic}[{partition}]' for topic, partition in remaining)}"
                     )
             full = count >= self.batch_max_events
             # Age only bounds latency when following; a drain batches by size (fewer, larger commits).
@@ -440,7 +421,7 @@ class CdcConsumer:
         load = [0] * len(plans)
         for tp, start, end in work:
             i = load.index(min(load))
-            plans[i].append((tp.topic, tp.partition, start, end))
+            plans[i].append((*tp, start, end))
             load[i] += end - start
         spool = tempfile.mkdtemp(prefix="cdc-drain-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         types_path = os.path.join(spool, COLUMN_TYPES_FILE)
@@ -465,6 +446,7 @@ class CdcConsumer:
                     "client_config": self._client_config, "plan": plan, "max_records": self.batch_max_events,
                     "fetch_options": self._fetch_options, "stall_timeout_seconds": self.stall_timeout_seconds,
                     "spool": spool, "epochs": epochs, "decode": self.decode_in_fetch_processes,
+                    "client": self.client,
                 }
                 child.stdin.write(json.dumps(job))
                 child.stdin.close()
@@ -547,8 +529,8 @@ class CdcConsumer:
         """`positions` restricted to the partitions this member leases (all of them without leases)."""
         if self.leases is None:
             return positions
-        self.leases.claim([(tp.topic, tp.partition) for tp in positions], take_over=take_over)
-        return {tp: offset for tp, offset in positions.items() if (tp.topic, tp.partition) in self.leases.held}
+        self.leases.claim(list(positions), take_over=take_over)
+        return {tp: offset for tp, offset in positions.items() if tp in self.leases.held}
 
     def _owned_lag(self) -> list[PartitionLag]:
         lags = self.lag()
@@ -563,8 +545,8 @@ class CdcConsumer:
             self.leases.check()
         found = [tp for tp in self._partitions() if tp not in assigned]
         if self.leases is not None and found:
-            claimed = self.leases.claim([(tp.topic, tp.partition) for tp in found])
-            found = [tp for tp in found if (tp.topic, tp.partition) in claimed]
+            claimed = self.leases.claim(found)
+            found = [tp for tp in found if tp in claimed]
         if not found:
             return set()
         # The previous owner's commits are read from fresh snapshots: the side tables' replay filter must see
@@ -575,18 +557,15 @@ class CdcConsumer:
         new = self._start_positions(probe, only=set(found))
         stats.warnings.extend(probe.warnings)
         # Records already handed out sit in the pending batch: carry on right after them.
-        current = {tp: self.consumer.position(tp) for tp in assigned}
-        self.consumer.assign(sorted(assigned | set(new), key=lambda tp: (tp.topic, tp.partition)))
-        for tp, offset in {**current, **new}.items():
-            self.consumer.seek(tp, offset)
-        self.log.info("now also consuming %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in new))
+        reader = self._open_reader(follow=True)
+        current = {tp: reader.position(tp) for tp in assigned}
+        reader.assign(dict(sorted({**current, **new}.items())))
+        self.log.info("now also consuming %s", ", ".join(f"{topic}[{partition}]" for topic, partition in new))
         return set(new)
 
     @staticmethod
-    def _tp(p: PartitionLag):
-        from kafka import TopicPartition
-
-        return TopicPartition(p.topic, p.partition)
+    def _tp(p: PartitionLag) -> TP:
+        return (p.topic, p.partition)
 
     # --- commit -------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ingestion.cdc.clients import Client, cut_at, open_reader
 from ingestion.cdc.decode import BatchContext, RawRecords, decode_records
 from ingestion.cdc.topics import route_for
 
@@ -51,43 +52,38 @@ def fetch_partitions(
     announce,
     epochs: dict[tuple[str, int], int] | None = None,
     decode: bool = True,
+    client: Client = "kafka-python",
 ) -> None:
     """Fetch each (topic, partition, start, end) range up to `end` (exclusive) and decode it with the column
     types of `<spool>/column_types.json` and the partitions' offset `epochs`; `announce(dict)` per poll.
     `decode=False` ships every poll raw for the parent to decode (the layout before decoding moved here,
-    kept as the benchmark's peer)."""
-    from kafka import KafkaConsumer, TopicPartition
-
+    kept as the benchmark's peer). `client` is the Kafka client to read with (`ingestion.cdc.clients`)."""
     decoder = _Decoder(os.path.join(spool, COLUMN_TYPES_FILE), epochs or {})
-
-    consumer = KafkaConsumer(
-        **client_config, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        fetch_max_wait_ms=100, max_poll_records=max_records, allow_auto_create_topics=False, **fetch_options,
-    )
+    reader = open_reader(client, client_config, max_records=max_records, **fetch_options)
     try:
-        targets = {TopicPartition(topic, partition): end for topic, partition, _, end in plan}
-        consumer.assign(list(targets))
-        for topic, partition, start, _ in plan:
-            consumer.seek(TopicPartition(topic, partition), start)
+        targets = {(topic, partition): end for topic, partition, _, end in plan}
+        reader.assign({(topic, partition): start for topic, partition, start, _ in plan})
         remaining = set(targets)
         sequence = 0
         last_progress = time.monotonic()
         while remaining:
-            polled = consumer.poll(timeout_ms=200, max_records=max_records)
+            polled = reader.poll(max_records, 0.2)
             batch: dict[str, tuple[list, list, list, list, list]] = {}
             last: list[tuple[str, int, int]] = []
-            for tp, records in polled.items():
-                if records[-1].offset >= targets[tp]:
-                    records = [r for r in records if r.offset < targets[tp]]
-                if not records:
+            for tp, columns in polled.items():
+                # The client may have fetched beyond the range (librdkafka prefetches): not this drain's.
+                offsets, timestamps, keys, values = cut_at(columns, targets[tp])
+                if not offsets:
                     continue
-                partitions, offsets, timestamps, keys, values = batch.setdefault(tp.topic, ([], [], [], [], []))
-                partitions.extend([tp.partition] * len(records))
-                offsets.extend([r.offset for r in records])
-                timestamps.extend([r.timestamp for r in records])
-                keys.extend([r.key for r in records])
-                values.extend([r.value for r in records])
-                last.append((tp.topic, tp.partition, records[-1].offset))
+                partitions, all_offsets, all_timestamps, all_keys, all_values = batch.setdefault(
+                    tp[0], ([], [], [], [], [])
+                )
+                partitions.extend([tp[1]] * len(offsets))
+                all_offsets.extend(offsets)
+                all_timestamps.extend(timestamps)
+                all_keys.extend(keys)
+                all_values.extend(values)
+                last.append((*tp, offsets[-1]))
             if batch:
                 sequence += 1
                 path = os.path.join(spool, f"{os.getpid()}-{sequence}.pickle")
@@ -97,16 +93,16 @@ def fetch_partitions(
                 announce({"kind": "records", "path": path, "last": last})
                 last_progress = time.monotonic()
             for tp in list(remaining):
-                if consumer.position(tp) >= targets[tp]:
+                if reader.position(tp) >= targets[tp]:
                     remaining.discard(tp)
-                    consumer.pause(tp)
+                    reader.pause(tp)
             if remaining and not polled and time.monotonic() - last_progress > stall_timeout_seconds:
                 raise DrainStalledError(
                     f"no records for {stall_timeout_seconds:.0f}s before the high-water mark of "
-                    f"{sorted(f'{tp.topic}[{tp.partition}]' for tp in remaining)}"
+                    f"{sorted(f'{topic}[{partition}]' for topic, partition in remaining)}"
                 )
     finally:
-        consumer.close()
+        reader.close()
 
 
 class _Decoder:
@@ -162,6 +158,7 @@ def main() -> None:
             job["client_config"], [tuple(p) for p in job["plan"]], job["max_records"], job["fetch_options"],
             job["stall_timeout_seconds"], job["spool"], announce,
             {(topic, partition): epoch for topic, partition, epoch in job["epochs"]}, job["decode"],
+            job.get("client", "kafka-python"),
         )
     except Exception as exc:  # reported to the parent, which raises it and commits nothing further
         announce({"kind": "error", "type": type(exc).__name__, "message": str(exc)})
