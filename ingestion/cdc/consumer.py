@@ -55,7 +55,7 @@ from ingestion.cdc.decode import TS_TYPE, BatchContext, Decoded, RawRecords, dec
 from ingestion.cdc.delta import BronzeTables, filter_new
 from ingestion.cdc.fetch import COLUMN_TYPES_FILE, DrainStalledError
 from ingestion.cdc.leases import PartitionLeases
-from ingestion.cdc.topics import DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TopicRoute, route_for
+from ingestion.cdc.topics import BRONZE_LAYER, DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TopicRoute, route_for
 
 _log = logging.getLogger(__name__)
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # children run `python -m ingestion.cdc.fetch` from here
@@ -436,6 +436,14 @@ class CdcConsumer:
         count = 0
         try:
             self._publish_column_types(types_path)
+            # Fetch processes may write Parquet files straight into the tables of a local lake: the commit
+            # is then all that is left here. Not with a row sink, which needs the rows in this process.
+            table_dirs = (
+                {route.table: self.lake.table_uri(BRONZE_LAYER, route.table).removeprefix("file://")
+                 for route in self.routes.values()}
+                if self.lake.is_local and self.row_sink is None and self.decode_in_fetch_processes
+                else {}
+            )
             epochs = [[topic, partition, epoch] for (topic, partition), epoch in self._epochs.items()]
             for i, plan in enumerate(plans):
                 child = subprocess.Popen(
@@ -446,7 +454,7 @@ class CdcConsumer:
                     "client_config": self._client_config, "plan": plan, "max_records": self.batch_max_events,
                     "fetch_options": self._fetch_options, "stall_timeout_seconds": self.stall_timeout_seconds,
                     "spool": spool, "epochs": epochs, "decode": self.decode_in_fetch_processes,
-                    "client": self.client,
+                    "client": self.client, "table_dirs": table_dirs, "run_id": self._run_id,
                 }
                 child.stdin.write(json.dumps(job))
                 child.stdin.close()
@@ -471,7 +479,27 @@ class CdcConsumer:
                         with open(message["path"], "rb") as spooled:
                             polled = pickle.load(spooled)  # written by our own child process
                         os.unlink(message["path"])
-                        for topic, (rows_path, *piece) in polled["decoded"].items():
+                        if polled.get("files"):
+                            # Written into the tables already: committed on its own, after whatever came
+                            # before it (the same partitions' earlier offsets may be in the pending batch).
+                            if count:
+                                if in_flight is not None:
+                                    in_flight.result()
+                                    stats.batches += 1
+                                in_flight = committer.submit(
+                                    self._commit, pending, last_offsets, stats, predecoded, types_path
+                                )
+                                pending, predecoded, last_offsets, count = {}, {}, {}, 0
+                            if in_flight is not None:
+                                in_flight.result()
+                                stats.batches += 1
+                            piece_offsets = {(topic, partition): offset for topic, partition, offset in message["last"]}
+                            in_flight = committer.submit(
+                                self._commit_files, polled["piece_id"], polled["files"], piece_offsets, stats
+                            )
+                            stats.events_decoded_in_fetch += sum(f[6] for f in polled["files"].values())
+                            continue
+                        for topic, (rows_path, *piece) in polled.get("decoded", {}).items():
                             # Mapped, not read: the pages stay valid after the unlink, until the batch is gone.
                             with pa.memory_map(rows_path) as source:
                                 rows = pa.ipc.open_file(source).read_all()
@@ -480,7 +508,7 @@ class CdcConsumer:
                             predecoded.setdefault(topic, []).append(decoded_piece)
                             count += decoded_piece.events
                             stats.events_decoded_in_fetch += decoded_piece.events
-                        for topic, (partitions, offs, timestamps, keys, values) in polled["raw"].items():
+                        for topic, (partitions, offs, timestamps, keys, values) in polled.get("raw", {}).items():
                             into = pending.setdefault(topic, RawRecords(topic))
                             into.partitions.extend(partitions)
                             into.offsets.extend(offs)
@@ -614,22 +642,10 @@ class CdcConsumer:
             for topic, d in decoded.items():
                 if d.rows.num_rows:
                     self.row_sink(self.routes[topic], d.rows)
-        # Bookkeeping tables first: a crash before the rows' commit replays the batch, and filter_new
-        # drops what these tables already cover, so they never hold an event twice.
-        for side_table, part in ((SCHEMA_CHANGES_TABLE, "schema_changes"), (DEAD_LETTERS_TABLE, "dead_letters")):
-            parts = [getattr(d, part) for d in decoded.values() if getattr(d, part).num_rows]
-            if not parts:
-                continue
-            data = filter_new(pa.concat_tables(parts), self._covered(side_table, last_offsets))
-            if data.num_rows:
-                self.tables.append(side_table, data, topic_offsets=last_offsets, epochs=epochs, metadata=meta)
-            for topic, d in decoded.items():
-                n = getattr(d, part).num_rows
-                ts = stats.table(self.routes[topic].table)
-                if part == "dead_letters":
-                    ts.dead_lettered += n
-                else:
-                    ts.schema_changes += n
+        self._commit_side_tables(
+            {topic: (d.schema_changes, d.dead_letters) for topic, d in decoded.items()}, last_offsets, epochs, meta,
+            stats,
+        )
         for topic, d in decoded.items():
             route: TopicRoute = self.routes[topic]
             offsets = {tp: off for tp, off in last_offsets.items() if tp[0] == topic}
@@ -647,9 +663,65 @@ class CdcConsumer:
             ts.new_columns.extend(d.new_columns)
             if d.new_columns:
                 self.log.info("bronze.%s: added nullable column(s) %s", route.table, ", ".join(d.new_columns))
-        if types_path is not None and any(d.new_columns for d in decoded.values()):
+        # Republished after any batch that came raw, even without a new column (another batch may have added
+        # it first): fetch processes that shipped raw records wait for this file to change.
+        if types_path is not None and (pending or any(d.new_columns for d in decoded.values())):
             self._publish_column_types(types_path)
         return BatchReport(batch_id, events, time.time(), max_ts)
+
+    def _commit_side_tables(
+        self,
+        sides: dict[str, tuple[pa.Table, pa.Table]],
+        last_offsets: dict[tuple[str, int], int],
+        epochs: dict[tuple[str, int], int],
+        meta: dict[str, object],
+        stats: IngestStats,
+    ) -> None:
+        """Each topic's (schema changes, dead letters) of a batch, committed before the batch's rows.
+
+        Bookkeeping tables go first: a crash before the rows' commit replays the batch, and filter_new drops
+        what these tables already cover, so they never hold an event twice."""
+        for side_table, index in ((SCHEMA_CHANGES_TABLE, 0), (DEAD_LETTERS_TABLE, 1)):
+            parts = [side[index] for side in sides.values() if side[index].num_rows]
+            if not parts:
+                continue
+            data = filter_new(pa.concat_tables(parts), self._covered(side_table, last_offsets))
+            if data.num_rows:
+                self.tables.append(side_table, data, topic_offsets=last_offsets, epochs=epochs, metadata=meta)
+            for topic, side in sides.items():
+                ts = stats.table(self.routes[topic].table)
+                if index == 1:
+                    ts.dead_lettered += side[index].num_rows
+                else:
+                    ts.schema_changes += side[index].num_rows
+
+    def _commit_files(
+        self, piece_id: str, files: dict[str, tuple], last_offsets: dict[tuple[str, int], int], stats: IngestStats
+    ) -> BatchReport:
+        """Commit one batch a fetch process wrote as Parquet files into the tables (`fetch.write_parquet`):
+        side tables first, as in `_commit`, then each table's file with its partitions' offsets. Nothing is
+        encoded here; the batch id is the one the fetch process stamped on the rows."""
+        epochs = {tp: self._epochs.get(tp, 0) for tp in last_offsets}
+        meta = {"optibid.batch_id": piece_id}
+        self._commit_side_tables(
+            {topic: (f[5], f[4]) for topic, f in files.items()}, last_offsets, epochs, meta, stats
+        )
+        events, max_ts = 0, 0
+        for topic, (name, size, file_stats, rows, _, _, n, topic_max_ts) in files.items():
+            table = self.routes[topic].table
+            self.tables.append_file(
+                table, name, size, file_stats,
+                topic_offsets={tp: off for tp, off in last_offsets.items() if tp[0] == topic},
+                epochs={tp: e for tp, e in epochs.items() if tp[0] == topic},
+                metadata=meta,
+            )
+            ts = stats.table(table)
+            ts.events_read += n
+            ts.rows_written += rows
+            ts.commits += 1
+            events += n
+            max_ts = max(max_ts, topic_max_ts)
+        return BatchReport(piece_id, events, time.time(), max_ts)
 
     def _covered(self, table: str, last_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """Offsets per partition that `table` already holds in the current epoch (replays skip them)."""

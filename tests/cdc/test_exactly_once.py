@@ -104,6 +104,12 @@ def test_drain_with_fetch_processes_writes_each_event_once_with_dead_letters(
     assert sorted(coordinates(bronze(lake, "cdc__bids")) + sorted(bad)) == sorted(
         delivered + [(t, p, o) for t, p, o, _ in more]
     )
+    # Batches after the table existed came as Parquet files the fetch processes wrote: every row still
+    # carries the batch id of the commit that added it.
+    table = lake.table("bronze", "cdc__bids")
+    committed = {h["optibid.batch_id"] for h in table.history() if "optibid.batch_id" in h}
+    batch_ids = set(bronze(lake, "cdc__bids")["_batch_id"].to_pylist())
+    assert batch_ids <= committed and any(".0" in b for b in batch_ids)  # "<run>-f<pid>.<n>": a fetch process's
 
 
 def test_crash_between_dead_letter_and_row_commits_neither_loses_nor_duplicates(
