@@ -287,7 +287,8 @@ def follow_p99(bootstrap: str, security: dict, rate: int, seconds: int, lake: La
     latency = (committed - kafka_ms) / 1000.0
     p99 = float(np.percentile(latency, 99))
     print(
-        f"follow: {sent:,} events at {rate:,}/s for {seconds}s -> {len(latency):,} of them in bronze, "
+        f"follow ({get_settings().cdc_client}): {sent:,} events at {rate:,}/s for {seconds}s -> {len(latency):,} of "
+        "them in bronze, "
         f"{len(commit_ms)} commits; latency p50 {np.percentile(latency, 50):.3f}s, "
         f"p99 {p99:.3f}s (p99 / {FOLLOW_P99_TARGET_S:.0f} s = {p99 / FOLLOW_P99_TARGET_S:.2f}), "
         f"max {latency.max():.3f}s; load average {load:.2f} -> {os.getloadavg()[0]:.2f}"

@@ -6,12 +6,13 @@ the partition's bronze table, and commits micro-batches (by size or by age) wher
 carries the new offsets. `drain` stops at the high-water marks seen when it started; `follow` runs until
 asked to stop and always finishes the batch in hand first.
 
-kafka-python decodes every record in pure Python, which is most of a drain's CPU time. With
-`fetch_processes=N` a drain splits the partitions over N fetch processes (each its own kafka-python
-consumer on assigned partitions) that also decode their records into bronze Arrow tables
-(`ingestion.cdc.fetch`); this process stays the only writer of the drain and only stamps and commits them,
-with the offsets in the same commit. Records whose decode would add a column come raw and are decoded here,
-so schema evolution is decided in commit order, as in the in-process path.
+The Kafka client is `client` (default: the `OPTIBID_CDC_CLIENT` setting): librdkafka (confluent-kafka)
+or kafka-python, both behind `ingestion.cdc.clients`. With `fetch_processes=N` a drain splits the
+partitions over N fetch processes (each its own client on assigned partitions) that also decode their
+records and, into existing tables of a local lake, write them as Parquet data files (`ingestion.cdc.fetch`);
+this process stays the only committer of the drain: it commits each file with its partitions' offsets in
+the same commit (or stamps and writes what came as Arrow). Records whose decode would add a column come raw
+and are decoded here, so schema evolution is decided in commit order, as in the in-process path.
 
 With `leases` (`ingestion.cdc.leases`) the consumer is one member of a group of processes writing the same
 tables: it reads only the partitions it leases and, in follow mode, takes over a dead member's partitions
@@ -58,7 +59,7 @@ from ingestion.cdc.leases import PartitionLeases
 from ingestion.cdc.topics import BRONZE_LAYER, DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TopicRoute, route_for
 
 _log = logging.getLogger(__name__)
-_REPO_ROOT = Path(__file__).resolve().parents[2]  # children run `python -m ingestion.cdc.fetch` from here
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # children run `python -m ingestion.cdc.fetch_process` here
 
 
 class OffsetResetError(RuntimeError):
@@ -400,9 +401,9 @@ class CdcConsumer:
         return stats
 
     def _drain_with_fetch_processes(self) -> IngestStats:
-        """`drain` with kafka-python fetching in `fetch_processes` child processes (see module docstring).
+        """`drain` with the client fetching in `fetch_processes` child processes (see module docstring).
 
-        Each child (`python -m ingestion.cdc.fetch`) owns a disjoint set of partitions and announces its
+        Each child (`python -m ingestion.cdc.fetch_process`) owns a disjoint set of partitions and announces its
         polls in offset order; batches are formed and committed here exactly as in `_run`, one at a time.
         """
         stats = IngestStats()
@@ -447,8 +448,8 @@ class CdcConsumer:
             epochs = [[topic, partition, epoch] for (topic, partition), epoch in self._epochs.items()]
             for i, plan in enumerate(plans):
                 child = subprocess.Popen(
-                    [sys.executable, "-m", "ingestion.cdc.fetch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    cwd=_REPO_ROOT, text=True,
+                    [sys.executable, "-m", "ingestion.cdc.fetch_process"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_REPO_ROOT, text=True,
                 )
                 job = {
                     "client_config": self._client_config, "plan": plan, "max_records": self.batch_max_events,

@@ -1,24 +1,29 @@
-"""The fetch side of a parallel drain: a child process that reads and decodes assigned partition ranges.
+"""The fetch side of a parallel drain: a child process that reads, decodes and writes assigned partition ranges.
 
-Run as `python -m ingestion.cdc.fetch` by `consumer.CdcConsumer` (never by hand). Each poll is decoded here
-(`ingestion.cdc.decode`) into the Arrow tables the parent commits, so the parent's one writing process only
-stamps the batch id and commits. Decoding needs the bronze column types: the parent keeps them in a JSON
-file in the spool directory, rewritten after every commit that added a column, and the child re-reads it
-when it changes. A poll whose decode would add a column is shipped raw instead and decoded by the parent
-against the table's current types, so schema evolution is decided in one place, in commit order (once the
-parent has committed the column, the children decode those records themselves). The child imports
-kafka-python, pyarrow, msgspec and orjson, never deltalake or pandas, and is a plain subprocess rather than
-a `multiprocessing` spawn (which re-runs the caller's `__main__`: ~15 s of start-up on a loaded 2-core box).
-Nothing here touches bronze.
+Run as `python -m ingestion.cdc.fetch_process` by `consumer.CdcConsumer` (never by hand), reading with the client the
+parent chose (`ingestion.cdc.clients`: librdkafka or kafka-python). Polls are gathered into batches of up to
+`max_records` and decoded here (`ingestion.cdc.decode`). When the batch's tables exist and the lake is local,
+the rows are written here as Parquet data files into the tables' directories, stamped with this batch's own
+id; the parent's one writing process then only commits each file with the partitions' offsets (a file it
+never commits is never read). Otherwise the rows go to the parent as Arrow (it stamps and writes them).
 
-Protocol: the plan comes as one JSON object on stdin. Each poll is pickled into a file in the spool
-directory (a RAM disk when there is one) as `{"decoded": {topic: (rows_path, dead_letters, schema_changes,
-events, max_timestamp_ms)}, "raw": {topic: (partitions, offsets, timestamps, keys, values)}}`, where
-`rows_path` is an Arrow IPC file the parent memory-maps, and one JSON line announces it on stdout; tens of
-MB through a pipe would cost hundreds of 64 KiB round trips, each waiting for the reader to be scheduled.
-The last line is `{"kind": "done"}` or `{"kind": "error", ...}`.
+Decoding needs the bronze column types: the parent keeps them in a JSON file in the spool directory,
+rewritten after every commit that added a column or took raw records, and the child re-reads it when it
+changes. A batch whose decode would add a column is shipped raw instead and decoded by the parent against the
+table's current types, so schema evolution is decided in one place, in commit order; the child then waits
+for the types file to change, so that it decodes the following batches itself. Until a table exists its
+batches are small (1,000 records) for the same reason. The child imports its Kafka client, pyarrow, msgspec
+and orjson, never deltalake or pandas, and is a plain subprocess rather than a `multiprocessing` spawn (which
+re-runs the caller's `__main__`: ~15 s of start-up on a loaded 2-core box).
+
+Protocol: the plan comes as one JSON object on stdin. Each batch is pickled into a file in the spool
+directory (a RAM disk when there is one) as `{"files": {topic: (file, size, stats, rows, dead_letters,
+schema_changes, events, max_timestamp_ms)}, "piece_id": id}` or as `{"decoded": {topic: (rows_path,
+dead_letters, schema_changes, events, max_timestamp_ms)}, "raw": {topic: (partitions, offsets, timestamps,
+keys, values)}}`, where `rows_path` is an Arrow IPC file the parent memory-maps, and one JSON line announces
+it on stdout; tens of MB through a pipe would cost hundreds of 64 KiB round trips, each waiting for the
+reader to be scheduled. The last line is `{"kind": "done"}` or `{"kind": "error", ...}`.
 """
-
 from __future__ import annotations
 
 import json
