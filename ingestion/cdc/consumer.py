@@ -520,9 +520,11 @@ class CdcConsumer:
                         for topic, partition, offset in message["last"]:
                             last_offsets[(topic, partition)] = offset
                 # Raw records mean new columns: commit them as soon as the writer is free, so that the fetch
-                # processes learn the new column types early and decode the rest themselves.
+                # processes learn the new column types early and decode the rest themselves. (Not in the old
+                # layout, where everything comes raw: there batches are formed by size.)
                 idle = in_flight is None or in_flight.done()
-                if count and (count >= self.batch_max_events or not running or (pending and idle)):
+                early = pending and idle and self.decode_in_fetch_processes
+                if count and (count >= self.batch_max_events or not running or early):
                     if in_flight is not None:
                         in_flight.result()
                         stats.batches += 1

@@ -41,6 +41,7 @@ from ingestion.cdc.clients import Client, cut_at, open_reader
 from ingestion.cdc.decode import BatchContext, RawRecords, decode_records
 from ingestion.cdc.topics import route_for
 
+BATCH_MAX_SECONDS = 3.0  # a drain's batch ships at this age even when not full
 COLUMN_TYPES_FILE = "column_types.json"  # in the spool: bronze table -> column -> Delta type, kept by the parent
 
 
@@ -78,7 +79,7 @@ def fetch_partitions(
         last_progress = time.monotonic()
         batch: dict[str, tuple[list, list, list, list, list]] = {}
         last: dict[tuple[str, int], int] = {}
-        count = 0
+        count, batch_started = 0, 0.0
         tables = {route_for(topic).table for topic, *_ in plan}
         while remaining or batch:
             # Until the parent has created every table (and published its column types) records can only go
@@ -99,14 +100,18 @@ def fetch_partitions(
                 all_keys.extend(keys)
                 all_values.extend(values)
                 last[tp] = offsets[-1]
+                batch_started = batch_started or time.monotonic()
                 count += len(offsets)
             for tp in list(remaining):
                 if reader.position(tp) >= targets[tp]:
                     remaining.discard(tp)
                     reader.pause(tp)
-            # Polls are gathered up to `max_records` (one commit each when written as Parquet below: fewer,
-            # larger commits); a poll that came back empty ships what is there rather than holding it.
-            if batch and (count >= limit or not remaining or not polled):
+            # Polls are gathered up to `max_records`: each batch is one commit when written as Parquet below,
+            # and a commit costs the writer tens of ms whatever its size. A batch older than
+            # BATCH_MAX_SECONDS ships anyway (a slow broker), as does a first small batch that a poll could
+            # not fill (the parent is waiting for it to create the table).
+            aged = time.monotonic() - batch_started >= BATCH_MAX_SECONDS
+            if batch and (count >= limit or not remaining or aged or (limit < max_records and not polled)):
                 sequence += 1
                 path = os.path.join(spool, f"{os.getpid()}-{sequence}.pickle")
                 piece_id = f"{run_id}-f{os.getpid()}.{sequence:06d}"
@@ -116,7 +121,7 @@ def fetch_partitions(
                 announce({"kind": "records", "path": path, "last": [(*tp, offset) for tp, offset in last.items()]})
                 if shipped.get("raw") and decode:
                     decoder.wait_for_new_types()
-                batch, last, count = {}, {}, 0
+                batch, last, count, batch_started = {}, {}, 0, 0.0
                 last_progress = time.monotonic()
             if remaining and not polled and time.monotonic() - last_progress > stall_timeout_seconds:
                 raise DrainStalledError(
