@@ -354,8 +354,10 @@ def main() -> None:
     parser.add_argument("--skip-drain", action="store_true")
     parser.add_argument("--skip-follow", action="store_true")
     args = parser.parse_args()
-    # SIGTERM unwinds like Ctrl-C does, so the services this run started are still stopped.
+    # SIGTERM unwinds like Ctrl-C does, so the services this run started are still stopped; SIGINT raises
+    # KeyboardInterrupt even when the run was started in the background (which inherits SIGINT ignored).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     settings = get_settings()
     with stopping_started_services(settings), tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
