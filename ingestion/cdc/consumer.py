@@ -408,8 +408,23 @@ class CdcConsumer:
         """
         stats = IngestStats()
         started = time.monotonic()
-        self.tables.refresh()
-        positions = self._owned(self._start_positions(stats), take_over=False)
+        # The processes start first: their imports (~1 s) overlap the probing below; each waits for its plan
+        # on stdin, and the ones without work are stopped unused.
+        spawned = [
+            subprocess.Popen(
+                [sys.executable, "-m", "ingestion.cdc.fetch_process"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_REPO_ROOT, text=True,
+            )
+            for _ in range(self.fetch_processes)
+        ]
+        try:
+            self.tables.refresh()
+            positions = self._owned(self._start_positions(stats), take_over=False)
+        except BaseException:
+            for child in spawned:
+                child.kill()
+                child.wait()
+            raise
         stats.missing_topics = [t for t in self.routes if not any(p.topic == t for p in stats.lag_before)]
         for topic in stats.missing_topics:
             self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
@@ -424,10 +439,13 @@ class CdcConsumer:
             i = load.index(min(load))
             plans[i].append((*tp, start, end))
             load[i] += end - start
+        for child in spawned[len(plans):]:
+            child.kill()
+            child.wait()
         spool = tempfile.mkdtemp(prefix="cdc-drain-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         types_path = os.path.join(spool, COLUMN_TYPES_FILE)
         inbox: queue.Queue[tuple[int, dict | None]] = queue.Queue(maxsize=2 * max(1, len(plans)))
-        children: list[subprocess.Popen] = []
+        children: list[subprocess.Popen] = spawned[: len(plans)]
         readers: list[threading.Thread] = []
         committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-commit")
         in_flight: Future[BatchReport] | None = None
@@ -447,10 +465,7 @@ class CdcConsumer:
             )
             epochs = [[topic, partition, epoch] for (topic, partition), epoch in self._epochs.items()]
             for i, plan in enumerate(plans):
-                child = subprocess.Popen(
-                    [sys.executable, "-m", "ingestion.cdc.fetch_process"],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_REPO_ROOT, text=True,
-                )
+                child = spawned[i]
                 job = {
                     "client_config": self._client_config, "plan": plan, "max_records": self.batch_max_events,
                     "fetch_options": self._fetch_options, "stall_timeout_seconds": self.stall_timeout_seconds,
@@ -459,7 +474,6 @@ class CdcConsumer:
                 }
                 child.stdin.write(json.dumps(job))
                 child.stdin.close()
-                children.append(child)
                 reader = threading.Thread(target=_relay, args=(i, child, inbox), daemon=True)
                 reader.start()
                 readers.append(reader)
