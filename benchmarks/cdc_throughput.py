@@ -4,13 +4,14 @@
                                         [--fetch-processes 2] [--consumer-events 300000] [--consumer-processes 1,2,3]
 
 1. Produces `--events` simulated Debezium bid changes (realistic ~720-byte envelopes) over `--partitions`
-   partitions of a fresh topic, then times `CdcConsumer.drain()` into an empty lake (events/s), with
-   kafka-python fetching in `--fetch-processes` child processes. Also prints the CPU
-   seconds the drain used (this process, its threads and its fetch processes): on a shared machine the wall
-   rate depends on the load, CPU microseconds per event do not.
-   The drain runs twice on the same topic: with raw records handed to the writing process (which decodes
-   them: the peer) and with Arrow batches decoded in the fetch processes; ratios are printed between the
-   two and to kafka-python's single-process bare fetch rate measured on the same topic just before.
+   partitions of a fresh topic, measures the bare fetch rate of kafka-python and of librdkafka (one
+   process, no processing), then times `CdcConsumer.drain()` into an empty lake (events/s) with
+   `--fetch-processes` child processes, three times on the same topic: the old layout (kafka-python, raw
+   records handed to the writing process, which decodes them: the writer-CPU peer), then decode in the
+   fetch processes with kafka-python and with librdkafka. Prints the CPU microseconds per event of the
+   fetch processes and of the writing process separately (on a shared machine the wall rate depends on the
+   load, CPU per event much less), ratios to kafka-python's single-process bare fetch rate of the same run
+   and to the old layout, and the load average beside every figure.
 2. Starts `python -m ingestion.cdc.cli --follow` as a separate process on a second topic, produces at a
    steady `--rate` for `--seconds`, and measures each event's latency as the time of the Delta commit
    that holds it minus its Kafka timestamp (p50 / p99 / max). When the p99 misses 2 s, lower rates are
@@ -18,8 +19,9 @@
 3. Drains a 12-partition topic (`--consumer-events`) with 1, 2 and 3 consumer processes (`--member i/N`,
    leases in Postgres: OPTIBID_DATABASE_URL or the embedded one), all writing the same bronze table.
 
-Uses KAFKA_BOOTSTRAP_SERVERS or the embedded broker; produces with confluent-kafka when installed (dev
-dependency), else kafka-python. Every embedded service it started is stopped at the end, also on error.
+Uses KAFKA_BOOTSTRAP_SERVERS or the embedded broker; produces with confluent-kafka. The follow and
+consumer-process runs read with OPTIBID_CDC_CLIENT's client. Every embedded service it started is stopped
+at the end, also on error (and on Ctrl-C).
 Targets (issue 20): drain >= 1.5x the bare fetch rate, writer CPU per event 4x lower, p99 < 2 s at 20,000/s.
 """
 
@@ -110,50 +112,60 @@ def cpu_seconds(which: int | None = None) -> float:
 def bench_drain(
     bootstrap: str, security: dict, events: int, partitions: int, tmp: str, fetch_processes: int, existing_table: bool
 ) -> None:
-    """Bare fetch, then the drain with raw records handed to the writer (the peer: decoding in the writer, the
-    layout before), then with Arrow batches decoded in the fetch processes; all on one topic, in this run.
-    With `existing_table` each drain starts with the bronze table (and its columns) already there, as every
-    drain after a topic's first does."""
+    """Bare fetch with each client, then three drains of one topic in this run: the old layout (kafka-python,
+    raw records handed to the writer, which decodes them: the writer-CPU peer), and decode in the fetch
+    processes with kafka-python and with librdkafka. With `existing_table` each drain starts with the bronze
+    table (and its columns) already there, as every drain after a topic's first does."""
     topic = f"bench{uuid.uuid4().hex[:6]}.public.bids"
     ensure_topics(bootstrap, [topic], partitions, security)
     t0 = time.perf_counter()
     sent = produce(bootstrap, topic, bid_events(events, seed=1))
     print(f"produced {sent:,} events to {topic} ({partitions} partitions) in {time.perf_counter() - t0:.1f}s")
     fetch_rate = raw_fetch_rate(bootstrap, security, topic, sent)
+    raw_fetch_rate_librdkafka(bootstrap, security, topic, sent, fetch_rate)
     config = {"bootstrap_servers": bootstrap, **security}
     results = {}
-    for decode_in_fetch in (False, True):
-        lake = Lake(f"{tmp}/drain-{int(decode_in_fetch)}")
+    for name, client, decode_in_fetch in (
+        ("old layout", "kafka-python", False),
+        ("kafka-python", "kafka-python", True),
+        ("librdkafka", "librdkafka", True),
+    ):
+        lake = Lake(f"{tmp}/drain-{name.replace(' ', '-')}")
         if existing_table:
             create_bronze_table(lake, topic)
         with CdcConsumer(
-            lake, config, [topic], fetch_processes=fetch_processes, decode_in_fetch_processes=decode_in_fetch
+            lake, config, [topic], fetch_processes=fetch_processes, decode_in_fetch_processes=decode_in_fetch,
+            client=client,
         ) as consumer:
             load = os.getloadavg()[0]
-            t0, cpu0, own0 = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_SELF)
+            t0 = time.perf_counter()
+            own0, children0 = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
             stats = consumer.drain()
-            wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+            wall = time.perf_counter() - t0
             own = cpu_seconds(resource.RUSAGE_SELF) - own0
+            children = cpu_seconds(resource.RUSAGE_CHILDREN) - children0  # the fetch processes, waited for
         rows = lake.table("bronze", "cdc__bids").to_pyarrow_dataset().count_rows()
         n = max(1, stats.events_read)
-        rate, cpu_us, writer_us = stats.events_read / wall, 1e6 * cpu / n, 1e6 * own / n
-        results[decode_in_fetch] = (rate, writer_us)
-        where = "in the fetch processes (Arrow handed over)" if decode_in_fetch else "in the writer (raw handed over)"
+        rate, fetch_us, writer_us = stats.events_read / wall, 1e6 * children / n, 1e6 * own / n
+        results[name] = (rate, writer_us)
+        where = "in the fetch processes" if decode_in_fetch else "in the writer (raw handed over)"
         print(
-            f"drain, {fetch_processes} fetch processes, decode {where}: {stats.events_read:,} events read, "
-            f"{rows:,} bronze rows ({stats.events_decoded_in_fetch / n:.0%} decoded in the fetch processes), "
-            f"{stats.dead_lettered} dead letters, {stats.batches} batches, {wall:.1f}s wall "
-            f"-> {rate:,.0f} events/s = {rate / fetch_rate:.2f}x the single-process bare fetch rate; "
-            f"{cpu:.1f} CPU s = {cpu_us:.1f} CPU us per event, {writer_us:.1f} of them in the writing process "
+            f"drain [{name}] {client}, {fetch_processes} fetch processes, decode {where}: {stats.events_read:,} "
+            f"events read, {rows:,} bronze rows ({stats.events_decoded_in_fetch / n:.0%} decoded in the fetch "
+            f"processes), {stats.dead_lettered} dead letters, {stats.batches} batches, {wall:.1f}s wall "
+            f"-> {rate:,.0f} events/s = {rate / fetch_rate:.2f}x kafka-python's single-process bare fetch; "
+            f"CPU us per event: fetch processes {fetch_us:.1f}, writer {writer_us:.1f} "
             f"(its one core bounds the rate at ~{1e6 / writer_us:,.0f}/s); "
             f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}"
         )
-    (old_rate, old_writer), (new_rate, new_writer) = results[False], results[True]
-    print(
-        f"decode in the fetch processes vs in the writer, same run: drain rate {new_rate / old_rate:.2f}x, "
-        f"writer CPU per event {old_writer / new_writer:.1f}x lower ({old_writer:.1f} -> {new_writer:.1f} us); "
-        f"drain / bare fetch {new_rate / fetch_rate:.2f} (target >= 1.5); {load_average()}"
-    )
+    old_rate, old_writer = results["old layout"]
+    for name in ("kafka-python", "librdkafka"):
+        rate, writer = results[name]
+        print(
+            f"{name} vs the old layout, same run: drain rate {rate / old_rate:.2f}x, writer CPU per event "
+            f"{old_writer / writer:.1f}x lower ({old_writer:.1f} -> {writer:.1f} us; target >= 4x); drain / "
+            f"kafka-python bare fetch {rate / fetch_rate:.2f} (target >= 1.5); {load_average()}"
+        )
 
 
 def create_bronze_table(lake: Lake, topic: str) -> None:
@@ -187,6 +199,29 @@ def raw_fetch_rate(bootstrap: str, security: dict, topic: str, expected: int) ->
     print(
         f"bare fetch (kafka-python, one process, no processing): {n / wall:,.0f} events/s, "
         f"{1e6 * cpu / n:.1f} CPU us per event; {load_average()}"
+    )
+    return n / wall
+
+
+def raw_fetch_rate_librdkafka(bootstrap: str, security: dict, topic: str, expected: int, baseline: float) -> float:
+    """The same bare fetch with librdkafka (confluent-kafka), for the record; the targets use kafka-python's."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from ingestion.cdc.clients import librdkafka_config
+
+    config = librdkafka_config({"bootstrap_servers": bootstrap, **security})
+    consumer = Consumer({**config, "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
+                         "queued.max.messages.kbytes": 32 << 10})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in sorted(partitions)])
+    n, t0, cpu0 = 0, time.perf_counter(), cpu_seconds()
+    while n < expected:
+        n += len(consumer.consume(num_messages=50_000, timeout=1.0))
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    consumer.close()
+    print(
+        f"bare fetch (librdkafka, one process, no processing): {n / wall:,.0f} events/s "
+        f"({n / wall / baseline:.2f}x kafka-python), {1e6 * cpu / n:.1f} CPU us per event; {load_average()}"
     )
     return n / wall
 
@@ -252,7 +287,8 @@ def follow_p99(bootstrap: str, security: dict, rate: int, seconds: int, lake: La
     latency = (committed - kafka_ms) / 1000.0
     p99 = float(np.percentile(latency, 99))
     print(
-        f"follow: {sent:,} events at {rate:,}/s for {seconds}s -> {len(latency):,} of them in bronze, "
+        f"follow ({get_settings().cdc_client}): {sent:,} events at {rate:,}/s for {seconds}s -> {len(latency):,} of "
+        "them in bronze, "
         f"{len(commit_ms)} commits; latency p50 {np.percentile(latency, 50):.3f}s, "
         f"p99 {p99:.3f}s (p99 / {FOLLOW_P99_TARGET_S:.0f} s = {p99 / FOLLOW_P99_TARGET_S:.2f}), "
         f"max {latency.max():.3f}s; load average {load:.2f} -> {os.getloadavg()[0]:.2f}"
@@ -310,7 +346,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--rate", type=int, default=20_000, help="events/s produced during the follow test")
     parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--fetch-processes", type=int, default=2, help="kafka-python fetch processes (drain)")
+    parser.add_argument("--fetch-processes", type=int, default=2, help="fetch processes of each drain")
     parser.add_argument("--consumer-events", type=int, default=300_000, help="events for the consumer-process runs")
     parser.add_argument("--consumer-processes", default="1,2,3", help="consumer process counts to compare ('' = skip)")
     parser.add_argument("--existing-table", action="store_true",
@@ -318,6 +354,10 @@ def main() -> None:
     parser.add_argument("--skip-drain", action="store_true")
     parser.add_argument("--skip-follow", action="store_true")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C does, so the services this run started are still stopped; SIGINT raises
+    # KeyboardInterrupt even when the run was started in the background (which inherits SIGINT ignored).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     settings = get_settings()
     with stopping_started_services(settings), tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, AliasPath, Field, SecretStr
@@ -221,6 +221,12 @@ class Settings(BaseSettings):
         default=10_000,
         validation_alias="OPTIBID_CDC_LAG_THRESHOLD",
         description="Kafka events not yet in bronze above which the CDC sensor starts an ingestion run.",
+    )
+    cdc_client: Literal["kafka-python", "librdkafka"] = Field(
+        default="librdkafka",
+        validation_alias="OPTIBID_CDC_CLIENT",
+        description="Kafka client the CDC consumer reads with: 'librdkafka' (confluent-kafka, C record parsing) "
+        "or 'kafka-python' (pure Python).",
     )
     cdc_dead_letter_max_rate: float = Field(
         default=0.01,

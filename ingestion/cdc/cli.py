@@ -68,7 +68,7 @@ def ingest(
     ] = "earliest",
     fetch_processes: Annotated[
         int,
-        typer.Option(min=0, help="Drain only: kafka-python fetch processes (0 = fetch in this process)."),
+        typer.Option(min=0, help="Drain only: fetch processes, each decoding its records (0 = fetch in this process)."),
     ] = 0,
     member: Annotated[
         str | None,

@@ -6,12 +6,13 @@ the partition's bronze table, and commits micro-batches (by size or by age) wher
 carries the new offsets. `drain` stops at the high-water marks seen when it started; `follow` runs until
 asked to stop and always finishes the batch in hand first.
 
-kafka-python decodes every record in pure Python, which is most of a drain's CPU time. With
-`fetch_processes=N` a drain splits the partitions over N fetch processes (each its own kafka-python
-consumer on assigned partitions) that also decode their records into bronze Arrow tables
-(`ingestion.cdc.fetch`); this process stays the only writer of the drain and only stamps and commits them,
-with the offsets in the same commit. Records whose decode would add a column come raw and are decoded here,
-so schema evolution is decided in commit order, as in the in-process path.
+The Kafka client is `client` (default: the `OPTIBID_CDC_CLIENT` setting): librdkafka (confluent-kafka)
+or kafka-python, both behind `ingestion.cdc.clients`. With `fetch_processes=N` a drain splits the
+partitions over N fetch processes (each its own client on assigned partitions) that also decode their
+records and, into existing tables of a local lake, write them as Parquet data files (`ingestion.cdc.fetch`);
+this process stays the only committer of the drain: it commits each file with its partitions' offsets in
+the same commit (or stamps and writes what came as Arrow). Records whose decode would add a column come raw
+and are decoded here, so schema evolution is decided in commit order, as in the in-process path.
 
 With `leases` (`ingestion.cdc.leases`) the consumer is one member of a group of processes writing the same
 tables: it reads only the partitions it leases and, in follow mode, takes over a dead member's partitions
@@ -50,14 +51,15 @@ from typing import Literal
 import pyarrow as pa
 
 from infra.lake import Lake
+from ingestion.cdc.clients import CLIENTS, TP, Client, Probe, Reader, cut_at, open_probe, open_reader
 from ingestion.cdc.decode import TS_TYPE, BatchContext, Decoded, RawRecords, decode_records
 from ingestion.cdc.delta import BronzeTables, filter_new
 from ingestion.cdc.fetch import COLUMN_TYPES_FILE, DrainStalledError
 from ingestion.cdc.leases import PartitionLeases
-from ingestion.cdc.topics import DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TopicRoute, route_for
+from ingestion.cdc.topics import BRONZE_LAYER, DEAD_LETTERS_TABLE, SCHEMA_CHANGES_TABLE, TopicRoute, route_for
 
 _log = logging.getLogger(__name__)
-_REPO_ROOT = Path(__file__).resolve().parents[2]  # children run `python -m ingestion.cdc.fetch` from here
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # children run `python -m ingestion.cdc.fetch_process` here
 
 
 class OffsetResetError(RuntimeError):
@@ -168,9 +170,8 @@ class CdcConsumer:
         leases: PartitionLeases | None = None,
         row_sink: Callable[[TopicRoute, pa.Table], None] | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
+        client: Client | None = None,
     ) -> None:
-        from kafka import KafkaConsumer
-
         self.lake = lake
         self.routes = {t: route_for(t) for t in topics}
         self.batch_max_events = batch_max_events
@@ -187,37 +188,45 @@ class CdcConsumer:
         self.log = log or _log
         self.tables = BronzeTables(lake)
         self._client_config = client_config
-        self._probe_consumer = None
-        self.consumer = KafkaConsumer(
-            **client_config,
-            group_id=None,  # assigned partitions: no group join, no broker-side offsets
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_bytes=fetch_max_bytes,
-            max_partition_fetch_bytes=max_partition_fetch_bytes,
-            fetch_max_wait_ms=100,
-            max_poll_records=batch_max_events,
-            allow_auto_create_topics=False,  # reading must never create a topic
-        )
+        if client is None:
+            from infra.settings import get_settings
+
+            client = get_settings().cdc_client
+        if client not in CLIENTS:
+            raise ValueError(f"unknown Kafka client {client!r}; one of {', '.join(CLIENTS)}")
+        self.client: Client = client
+        # Both clients connect lazily: a drain with fetch processes never reads in this process.
+        self._reader: Reader | None = None
+        self._reader_follow = False
+        self._probe_client: Probe | None = None
         self._epochs: dict[tuple[str, int], int] = {}
         self._seq = 0
         self._run_id = uuid.uuid4().hex[:12]
 
     def close(self) -> None:
-        self.consumer.close()
-        if self._probe_consumer is not None:
-            self._probe_consumer.close()
+        if self._reader is not None:
+            self._reader.close()
+        if self._probe_client is not None:
+            self._probe_client.close()
 
-    def _probe(self):
-        """A second, unassigned-by-default client for watermarks, so probing never moves the reader."""
-        if self._probe_consumer is None:
-            from kafka import KafkaConsumer
+    def _probe(self) -> Probe:
+        """A second client for metadata and watermarks, so probing never moves the reader."""
+        if self._probe_client is None:
+            self._probe_client = open_probe(self.client, self._client_config)
+        return self._probe_client
 
-            self._probe_consumer = KafkaConsumer(
-                **self._client_config, group_id=None, enable_auto_commit=False, allow_auto_create_topics=False,
-                fetch_max_wait_ms=100, max_partition_fetch_bytes=1024 * 1024,
+    def _open_reader(self, *, follow: bool) -> Reader:
+        """The reader, tuned for latency (follow) or for throughput (drain)."""
+        if self._reader is not None and self._reader_follow != follow:
+            self._reader.close()
+            self._reader = None
+        if self._reader is None:
+            self._reader = open_reader(
+                self.client, self._client_config, max_records=self.batch_max_events, latency=follow,
+                **self._fetch_options,
             )
-        return self._probe_consumer
+            self._reader_follow = follow
+        return self._reader
 
     def __enter__(self) -> CdcConsumer:
         return self
@@ -227,16 +236,8 @@ class CdcConsumer:
 
     # --- positions --------------------------------------------------------------------------------
 
-    def _partitions(self) -> list:
-        from kafka import TopicPartition
-
-        tps = []
-        for topic in self.routes:
-            parts = self._probe().partitions_for_topic(topic)
-            if not parts:
-                continue
-            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
-        return tps
+    def _partitions(self) -> list[TP]:
+        return [(topic, p) for topic in self.routes for p in self._probe().partitions(topic)]
 
     def lag(self) -> list[PartitionLag]:
         """Current lag of every partition of the consumer's topics (committed offsets read from Delta)."""
@@ -244,38 +245,22 @@ class CdcConsumer:
         tps = self._partitions()
         if not tps:
             return []
-        low = self._probe().beginning_offsets(tps)
-        high = self._high_watermarks(tps)
+        low = self._probe().low_watermarks(tps)
+        # Confirmed by a fetch (`clients.Probe.high_watermarks`): tansu 0.6's ListOffsets(latest) is the base
+        # offset of the last record batch, which would hide a partition's tail and fake "offsets restarted".
+        high = self._probe().high_watermarks(tps)
         out = []
         for tp in tps:
-            table = self.routes[tp.topic].table
-            last = tables.last_offset(table, tp.topic, tp.partition)
+            topic, partition = tp
+            table = self.routes[topic].table
+            last = tables.last_offset(table, topic, partition)
             out.append(
                 PartitionLag(
-                    tp.topic, tp.partition, 0 if last is None else last + 1, low[tp], high[tp],
-                    tables.epoch(table, tp.topic, tp.partition),
+                    topic, partition, 0 if last is None else last + 1, low[tp], high[tp],
+                    tables.epoch(table, topic, partition),
                 )
             )
         return out
-
-    def _high_watermarks(self, tps: list) -> dict:
-        """High-water mark per partition, confirmed by a fetch.
-
-        ListOffsets(latest) alone is not trusted: tansu 0.6 answers with the base offset of the last record
-        batch, which would hide the tail of a partition and fake an "offsets restarted" event. A fetch
-        response carries the true high-water mark, so each partition is read once at its listed end.
-        """
-        probe = self._probe()
-        listed = probe.end_offsets(tps)
-        probe.assign(tps)
-        for tp in tps:
-            probe.seek(tp, listed[tp])
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and any(probe.highwater(tp) is None for tp in tps):
-            probe.poll(timeout_ms=100, max_records=1)
-        high = {tp: max(listed[tp], probe.highwater(tp) or 0) for tp in tps}
-        probe.unsubscribe()
-        return high
 
     def _start_positions(self, stats: IngestStats, only: set | None = None) -> dict:
         """Next offset per partition, after handling restarted or truncated broker offsets."""
@@ -336,9 +321,8 @@ class CdcConsumer:
             self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
         targets = {self._tp(p): p.high_watermark for p in stats.lag_before}
         active = [tp for tp in positions if follow or positions[tp] < targets[tp]]
-        self.consumer.assign(active)
-        for tp in active:
-            self.consumer.seek(tp, positions[tp])
+        reader = self._open_reader(follow=follow)
+        reader.assign({tp: positions[tp] for tp in active})
         # With leases, partitions freed by a dead member are looked for every second.
         discovery_seconds = 5.0 if self.leases is None else 1.0
         next_discovery = time.monotonic() + discovery_seconds
@@ -369,35 +353,33 @@ class CdcConsumer:
                 remaining |= self._assign_new_partitions(stats, remaining, finish_commit)
                 next_discovery = time.monotonic() + discovery_seconds
             if remaining and not stopping:
-                wait_ms = 50 if follow else 200
-                polled = self.consumer.poll(timeout_ms=wait_ms, max_records=self.batch_max_events - count)
+                polled = reader.poll(self.batch_max_events - count, 0.05 if follow else 0.2)
             else:
                 polled = {}
                 if follow and not stopping and not count:
                     stop.wait(0.2)  # no partitions yet: wait for topics to appear
-            for tp, records in polled.items():
-                if not follow and records[-1].offset >= targets[tp]:
-                    records = [r for r in records if r.offset < targets[tp]]
-                if records:
-                    raw = pending.setdefault(tp.topic, RawRecords(tp.topic))
-                    raw.partitions.extend([tp.partition] * len(records))
-                    raw.offsets.extend([r.offset for r in records])
-                    raw.timestamps.extend([r.timestamp for r in records])
-                    raw.keys.extend([r.key for r in records])
-                    raw.values.extend([r.value for r in records])
-                    last_offsets[(tp.topic, tp.partition)] = records[-1].offset
-                    count += len(records)
+            for tp, columns in polled.items():
+                offsets, timestamps, keys, values = columns if follow else cut_at(columns, targets[tp])
+                if offsets:
+                    raw = pending.setdefault(tp[0], RawRecords(tp[0]))
+                    raw.partitions.extend([tp[1]] * len(offsets))
+                    raw.offsets.extend(offsets)
+                    raw.timestamps.extend(timestamps)
+                    raw.keys.extend(keys)
+                    raw.values.extend(values)
+                    last_offsets[tp] = offsets[-1]
+                    count += len(offsets)
                     batch_started = batch_started or time.monotonic()
                     last_progress = time.monotonic()
             if not follow:
                 for tp in list(remaining):
-                    if self.consumer.position(tp) >= targets[tp]:
+                    if reader.position(tp) >= targets[tp]:
                         remaining.discard(tp)
-                        self.consumer.pause(tp)
+                        reader.pause(tp)
                 if remaining and not polled and time.monotonic() - last_progress > self.stall_timeout_seconds:
                     raise DrainStalledError(
                         f"no records for {self.stall_timeout_seconds:.0f}s before the high-water mark of "
-                        f"{sorted(f'{tp.topic}[{tp.partition}]' for tp in remaining)}"
+                        f"{sorted(f'{topic}[{partition}]' for topic, partition in remaining)}"
                     )
             full = count >= self.batch_max_events
             # Age only bounds latency when following; a drain batches by size (fewer, larger commits).
@@ -419,15 +401,30 @@ class CdcConsumer:
         return stats
 
     def _drain_with_fetch_processes(self) -> IngestStats:
-        """`drain` with kafka-python fetching in `fetch_processes` child processes (see module docstring).
+        """`drain` with the client fetching in `fetch_processes` child processes (see module docstring).
 
-        Each child (`python -m ingestion.cdc.fetch`) owns a disjoint set of partitions and announces its
+        Each child (`python -m ingestion.cdc.fetch_process`) owns a disjoint set of partitions and announces its
         polls in offset order; batches are formed and committed here exactly as in `_run`, one at a time.
         """
         stats = IngestStats()
         started = time.monotonic()
-        self.tables.refresh()
-        positions = self._owned(self._start_positions(stats), take_over=False)
+        # The processes start first: their imports (~1 s) overlap the probing below; each waits for its plan
+        # on stdin, and the ones without work are stopped unused.
+        spawned = [
+            subprocess.Popen(
+                [sys.executable, "-m", "ingestion.cdc.fetch_process"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_REPO_ROOT, text=True,
+            )
+            for _ in range(self.fetch_processes)
+        ]
+        try:
+            self.tables.refresh()
+            positions = self._owned(self._start_positions(stats), take_over=False)
+        except BaseException:
+            for child in spawned:
+                child.kill()
+                child.wait()
+            raise
         stats.missing_topics = [t for t in self.routes if not any(p.topic == t for p in stats.lag_before)]
         for topic in stats.missing_topics:
             self.log.warning("topic %s does not exist on the broker (yet); nothing to ingest from it", topic)
@@ -440,12 +437,15 @@ class CdcConsumer:
         load = [0] * len(plans)
         for tp, start, end in work:
             i = load.index(min(load))
-            plans[i].append((tp.topic, tp.partition, start, end))
+            plans[i].append((*tp, start, end))
             load[i] += end - start
+        for child in spawned[len(plans):]:
+            child.kill()
+            child.wait()
         spool = tempfile.mkdtemp(prefix="cdc-drain-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         types_path = os.path.join(spool, COLUMN_TYPES_FILE)
         inbox: queue.Queue[tuple[int, dict | None]] = queue.Queue(maxsize=2 * max(1, len(plans)))
-        children: list[subprocess.Popen] = []
+        children: list[subprocess.Popen] = spawned[: len(plans)]
         readers: list[threading.Thread] = []
         committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-commit")
         in_flight: Future[BatchReport] | None = None
@@ -455,20 +455,25 @@ class CdcConsumer:
         count = 0
         try:
             self._publish_column_types(types_path)
+            # Fetch processes may write Parquet files straight into the tables of a local lake: the commit
+            # is then all that is left here. Not with a row sink, which needs the rows in this process.
+            table_dirs = (
+                {route.table: self.lake.table_uri(BRONZE_LAYER, route.table).removeprefix("file://")
+                 for route in self.routes.values()}
+                if self.lake.is_local and self.row_sink is None and self.decode_in_fetch_processes
+                else {}
+            )
             epochs = [[topic, partition, epoch] for (topic, partition), epoch in self._epochs.items()]
             for i, plan in enumerate(plans):
-                child = subprocess.Popen(
-                    [sys.executable, "-m", "ingestion.cdc.fetch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    cwd=_REPO_ROOT, text=True,
-                )
+                child = spawned[i]
                 job = {
                     "client_config": self._client_config, "plan": plan, "max_records": self.batch_max_events,
                     "fetch_options": self._fetch_options, "stall_timeout_seconds": self.stall_timeout_seconds,
                     "spool": spool, "epochs": epochs, "decode": self.decode_in_fetch_processes,
+                    "client": self.client, "table_dirs": table_dirs, "run_id": self._run_id,
                 }
                 child.stdin.write(json.dumps(job))
                 child.stdin.close()
-                children.append(child)
                 reader = threading.Thread(target=_relay, args=(i, child, inbox), daemon=True)
                 reader.start()
                 readers.append(reader)
@@ -489,7 +494,27 @@ class CdcConsumer:
                         with open(message["path"], "rb") as spooled:
                             polled = pickle.load(spooled)  # written by our own child process
                         os.unlink(message["path"])
-                        for topic, (rows_path, *piece) in polled["decoded"].items():
+                        if polled.get("files"):
+                            # Written into the tables already: committed on its own, after whatever came
+                            # before it (the same partitions' earlier offsets may be in the pending batch).
+                            if count:
+                                if in_flight is not None:
+                                    in_flight.result()
+                                    stats.batches += 1
+                                in_flight = committer.submit(
+                                    self._commit, pending, last_offsets, stats, predecoded, types_path
+                                )
+                                pending, predecoded, last_offsets, count = {}, {}, {}, 0
+                            if in_flight is not None:
+                                in_flight.result()
+                                stats.batches += 1
+                            piece_offsets = {(topic, partition): offset for topic, partition, offset in message["last"]}
+                            in_flight = committer.submit(
+                                self._commit_files, polled["piece_id"], polled["files"], piece_offsets, stats
+                            )
+                            stats.events_decoded_in_fetch += sum(f[6] for f in polled["files"].values())
+                            continue
+                        for topic, (rows_path, *piece) in polled.get("decoded", {}).items():
                             # Mapped, not read: the pages stay valid after the unlink, until the batch is gone.
                             with pa.memory_map(rows_path) as source:
                                 rows = pa.ipc.open_file(source).read_all()
@@ -498,7 +523,7 @@ class CdcConsumer:
                             predecoded.setdefault(topic, []).append(decoded_piece)
                             count += decoded_piece.events
                             stats.events_decoded_in_fetch += decoded_piece.events
-                        for topic, (partitions, offs, timestamps, keys, values) in polled["raw"].items():
+                        for topic, (partitions, offs, timestamps, keys, values) in polled.get("raw", {}).items():
                             into = pending.setdefault(topic, RawRecords(topic))
                             into.partitions.extend(partitions)
                             into.offsets.extend(offs)
@@ -509,9 +534,11 @@ class CdcConsumer:
                         for topic, partition, offset in message["last"]:
                             last_offsets[(topic, partition)] = offset
                 # Raw records mean new columns: commit them as soon as the writer is free, so that the fetch
-                # processes learn the new column types early and decode the rest themselves.
+                # processes learn the new column types early and decode the rest themselves. (Not in the old
+                # layout, where everything comes raw: there batches are formed by size.)
                 idle = in_flight is None or in_flight.done()
-                if count and (count >= self.batch_max_events or not running or (pending and idle)):
+                early = pending and idle and self.decode_in_fetch_processes
+                if count and (count >= self.batch_max_events or not running or early):
                     if in_flight is not None:
                         in_flight.result()
                         stats.batches += 1
@@ -547,8 +574,8 @@ class CdcConsumer:
         """`positions` restricted to the partitions this member leases (all of them without leases)."""
         if self.leases is None:
             return positions
-        self.leases.claim([(tp.topic, tp.partition) for tp in positions], take_over=take_over)
-        return {tp: offset for tp, offset in positions.items() if (tp.topic, tp.partition) in self.leases.held}
+        self.leases.claim(list(positions), take_over=take_over)
+        return {tp: offset for tp, offset in positions.items() if tp in self.leases.held}
 
     def _owned_lag(self) -> list[PartitionLag]:
         lags = self.lag()
@@ -563,8 +590,8 @@ class CdcConsumer:
             self.leases.check()
         found = [tp for tp in self._partitions() if tp not in assigned]
         if self.leases is not None and found:
-            claimed = self.leases.claim([(tp.topic, tp.partition) for tp in found])
-            found = [tp for tp in found if (tp.topic, tp.partition) in claimed]
+            claimed = self.leases.claim(found)
+            found = [tp for tp in found if tp in claimed]
         if not found:
             return set()
         # The previous owner's commits are read from fresh snapshots: the side tables' replay filter must see
@@ -575,18 +602,15 @@ class CdcConsumer:
         new = self._start_positions(probe, only=set(found))
         stats.warnings.extend(probe.warnings)
         # Records already handed out sit in the pending batch: carry on right after them.
-        current = {tp: self.consumer.position(tp) for tp in assigned}
-        self.consumer.assign(sorted(assigned | set(new), key=lambda tp: (tp.topic, tp.partition)))
-        for tp, offset in {**current, **new}.items():
-            self.consumer.seek(tp, offset)
-        self.log.info("now also consuming %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in new))
+        reader = self._open_reader(follow=True)
+        current = {tp: reader.position(tp) for tp in assigned}
+        reader.assign(dict(sorted({**current, **new}.items())))
+        self.log.info("now also consuming %s", ", ".join(f"{topic}[{partition}]" for topic, partition in new))
         return set(new)
 
     @staticmethod
-    def _tp(p: PartitionLag):
-        from kafka import TopicPartition
-
-        return TopicPartition(p.topic, p.partition)
+    def _tp(p: PartitionLag) -> TP:
+        return (p.topic, p.partition)
 
     # --- commit -------------------------------------------------------------------------------------
 
@@ -635,22 +659,10 @@ class CdcConsumer:
             for topic, d in decoded.items():
                 if d.rows.num_rows:
                     self.row_sink(self.routes[topic], d.rows)
-        # Bookkeeping tables first: a crash before the rows' commit replays the batch, and filter_new
-        # drops what these tables already cover, so they never hold an event twice.
-        for side_table, part in ((SCHEMA_CHANGES_TABLE, "schema_changes"), (DEAD_LETTERS_TABLE, "dead_letters")):
-            parts = [getattr(d, part) for d in decoded.values() if getattr(d, part).num_rows]
-            if not parts:
-                continue
-            data = filter_new(pa.concat_tables(parts), self._covered(side_table, last_offsets))
-            if data.num_rows:
-                self.tables.append(side_table, data, topic_offsets=last_offsets, epochs=epochs, metadata=meta)
-            for topic, d in decoded.items():
-                n = getattr(d, part).num_rows
-                ts = stats.table(self.routes[topic].table)
-                if part == "dead_letters":
-                    ts.dead_lettered += n
-                else:
-                    ts.schema_changes += n
+        self._commit_side_tables(
+            {topic: (d.schema_changes, d.dead_letters) for topic, d in decoded.items()}, last_offsets, epochs, meta,
+            stats,
+        )
         for topic, d in decoded.items():
             route: TopicRoute = self.routes[topic]
             offsets = {tp: off for tp, off in last_offsets.items() if tp[0] == topic}
@@ -668,9 +680,65 @@ class CdcConsumer:
             ts.new_columns.extend(d.new_columns)
             if d.new_columns:
                 self.log.info("bronze.%s: added nullable column(s) %s", route.table, ", ".join(d.new_columns))
-        if types_path is not None and any(d.new_columns for d in decoded.values()):
+        # Republished after any batch that came raw, even without a new column (another batch may have added
+        # it first): fetch processes that shipped raw records wait for this file to change.
+        if types_path is not None and (pending or any(d.new_columns for d in decoded.values())):
             self._publish_column_types(types_path)
         return BatchReport(batch_id, events, time.time(), max_ts)
+
+    def _commit_side_tables(
+        self,
+        sides: dict[str, tuple[pa.Table, pa.Table]],
+        last_offsets: dict[tuple[str, int], int],
+        epochs: dict[tuple[str, int], int],
+        meta: dict[str, object],
+        stats: IngestStats,
+    ) -> None:
+        """Each topic's (schema changes, dead letters) of a batch, committed before the batch's rows.
+
+        Bookkeeping tables go first: a crash before the rows' commit replays the batch, and filter_new drops
+        what these tables already cover, so they never hold an event twice."""
+        for side_table, index in ((SCHEMA_CHANGES_TABLE, 0), (DEAD_LETTERS_TABLE, 1)):
+            parts = [side[index] for side in sides.values() if side[index].num_rows]
+            if not parts:
+                continue
+            data = filter_new(pa.concat_tables(parts), self._covered(side_table, last_offsets))
+            if data.num_rows:
+                self.tables.append(side_table, data, topic_offsets=last_offsets, epochs=epochs, metadata=meta)
+            for topic, side in sides.items():
+                ts = stats.table(self.routes[topic].table)
+                if index == 1:
+                    ts.dead_lettered += side[index].num_rows
+                else:
+                    ts.schema_changes += side[index].num_rows
+
+    def _commit_files(
+        self, piece_id: str, files: dict[str, tuple], last_offsets: dict[tuple[str, int], int], stats: IngestStats
+    ) -> BatchReport:
+        """Commit one batch a fetch process wrote as Parquet files into the tables (`fetch.write_parquet`):
+        side tables first, as in `_commit`, then each table's file with its partitions' offsets. Nothing is
+        encoded here; the batch id is the one the fetch process stamped on the rows."""
+        epochs = {tp: self._epochs.get(tp, 0) for tp in last_offsets}
+        meta = {"optibid.batch_id": piece_id}
+        self._commit_side_tables(
+            {topic: (f[5], f[4]) for topic, f in files.items()}, last_offsets, epochs, meta, stats
+        )
+        events, max_ts = 0, 0
+        for topic, (name, size, file_stats, rows, _, _, n, topic_max_ts) in files.items():
+            table = self.routes[topic].table
+            self.tables.append_file(
+                table, name, size, file_stats,
+                topic_offsets={tp: off for tp, off in last_offsets.items() if tp[0] == topic},
+                epochs={tp: e for tp, e in epochs.items() if tp[0] == topic},
+                metadata=meta,
+            )
+            ts = stats.table(table)
+            ts.events_read += n
+            ts.rows_written += rows
+            ts.commits += 1
+            events += n
+            max_ts = max(max_ts, topic_max_ts)
+        return BatchReport(piece_id, events, time.time(), max_ts)
 
     def _covered(self, table: str, last_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """Offsets per partition that `table` already holds in the current epoch (replays skip them)."""

@@ -16,11 +16,13 @@ fresh snapshot. A writer committing app ids that another process has already adv
 from __future__ import annotations
 
 import logging
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
+from deltalake.transaction import AddAction
 
 from infra.lake import Lake
 from ingestion.cdc.topics import BRONZE_LAYER
@@ -120,6 +122,46 @@ class BronzeTables:
                 _log.info("bronze.%s: commit conflict (%s), appending again on version %d", name, exc, fresh.version())
         table = self.table(name)
         assert table is not None
+        return table.version()
+
+
+    def append_file(
+        self,
+        name: str,
+        path: str,
+        size: int,
+        stats: str,
+        *,
+        topic_offsets: dict[tuple[str, int], int],
+        epochs: dict[tuple[str, int], int] | None = None,
+        metadata: dict[str, object] | None = None,
+    ) -> int:
+        """Commit a Parquet file already written into the table's directory (`path` relative to it, rows in the
+        table's column types; columns it lacks read as null), with the partitions' last offsets, in one
+        commit; the new table version. Conflicts are handled as in `append`."""
+        txns = [Transaction(offset_app_id(t, p), off) for (t, p), off in sorted(topic_offsets.items())]
+        txns += [Transaction(epoch_app_id(t, p), e) for (t, p), e in sorted((epochs or {}).items()) if e]
+        props = CommitProperties(app_transactions=txns, custom_metadata=metadata, max_commit_retries=COMMIT_RETRIES)
+        action = AddAction(path, size, {}, int(time.time() * 1000), True, stats)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            table = self.table(name)
+            if table is None:
+                raise LookupError(f"bronze.{name} does not exist: a data file can only be added to a table")
+            try:
+                # The table's own schema: the commit adds a file and changes no metadata.
+                table.create_write_transaction([action], mode="append", schema=table.schema(), commit_properties=props)
+                break
+            except (CommitFailedError, DeltaError) as exc:
+                self._tables.pop(name, None)
+                fresh = self.table(name)
+                stale_owner = fresh is not None and any(
+                    (fresh.transaction_version(offset_app_id(t, p)) or -1) >= offset
+                    for (t, p), offset in topic_offsets.items()
+                )
+                if attempt == COMMIT_ATTEMPTS or fresh is None or stale_owner or not isinstance(exc, CommitFailedError):
+                    raise
+                _log.info("bronze.%s: commit conflict (%s), committing again on version %d", name, exc, fresh.version())
+        table.update_incremental()  # unlike write_deltalake, the transaction leaves the handle where it was
         return table.version()
 
 

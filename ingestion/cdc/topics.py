@@ -7,13 +7,13 @@ tick topic lands in `bronze/ticks__prices`. Bookkeeping tables shared by every t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from infra.db import TRADING_TABLES
+if TYPE_CHECKING:
+    CDC_SOURCE_TABLES: tuple[str, ...]
 
 CDC_TOPIC_PREFIX = "optibid.public"
 TICKS_TOPIC = "optibid.market.ticks"
-CDC_SOURCE_TABLES = TRADING_TABLES  # Debezium captures every trading table
 
 BRONZE_LAYER = "bronze"
 DEAD_LETTERS_TABLE = "cdc__dead_letters"
@@ -35,9 +35,22 @@ class TopicRoute:
         return self.topic.rsplit(".", 1)[-1]
 
 
+def __getattr__(name: str) -> Any:
+    # CDC_SOURCE_TABLES (Debezium captures every trading table) is `infra.db.TRADING_TABLES`, read on first
+    # use: infra.db imports pandas and psycopg, seconds of start-up CPU for every fetch process of a drain,
+    # which only needs `route_for`.
+    if name == "CDC_SOURCE_TABLES":
+        from infra.db import TRADING_TABLES
+
+        return TRADING_TABLES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def default_topics(prefix: str = CDC_TOPIC_PREFIX, ticks_topic: str = TICKS_TOPIC) -> list[str]:
     """The topics OptiBid ingests by default: the four trading tables and the market ticks."""
-    return [f"{prefix}.{table}" for table in CDC_SOURCE_TABLES] + [ticks_topic]
+    from infra.db import TRADING_TABLES
+
+    return [f"{prefix}.{table}" for table in TRADING_TABLES] + [ticks_topic]
 
 
 def route_for(topic: str, ticks_topics: tuple[str, ...] = (TICKS_TOPIC,)) -> TopicRoute:

@@ -1,4 +1,7 @@
-"""CDC test helpers: produce with confluent-kafka (a client that is not ours) and read bronze back."""
+"""CDC test helpers: produce with confluent-kafka's producer (not the consumer under test) and read bronze back.
+
+`cdc_client` runs a test once per Kafka client the consumer can read with (`ingestion.cdc.clients`).
+"""
 
 from __future__ import annotations
 
@@ -82,6 +85,14 @@ def coordinates(data: pa.Table) -> list[tuple[str, int, int]]:
         return []
     return sorted(zip(data["_topic"].to_pylist(), data["_partition"].to_pylist(), data["_offset"].to_pylist(),
                       strict=True))
+
+
+@pytest.fixture(params=["kafka-python", "librdkafka"])
+def cdc_client(request, monkeypatch) -> str:
+    """Each Kafka client in turn: passed to `CdcConsumer(client=...)` by the test and, through
+    OPTIBID_CDC_CLIENT, to the consumer processes it starts."""
+    monkeypatch.setenv("OPTIBID_CDC_CLIENT", request.param)
+    return request.param
 
 
 @pytest.fixture

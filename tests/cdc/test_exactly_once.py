@@ -44,9 +44,9 @@ def bronze_coordinates(lake: Lake, topics: list[str]) -> list[tuple[str, int, in
     return sorted(out)
 
 
-def test_back_to_back_and_replayed_runs_write_each_event_once(producer, client_config, lake):
+def test_back_to_back_and_replayed_runs_write_each_event_once(cdc_client, producer, client_config, lake):
     topics, delivered = produce_simulated(producer, 1500, seed=11)
-    with CdcConsumer(lake, client_config, topics, batch_max_events=400) as consumer:
+    with CdcConsumer(lake, client_config, topics, batch_max_events=400, client=cdc_client) as consumer:
         first = consumer.drain()
     assert first.events_read == len(delivered)
     assert first.dead_lettered == 0
@@ -54,23 +54,25 @@ def test_back_to_back_and_replayed_runs_write_each_event_once(producer, client_c
     assert sum(p.lag for p in first.lag_after) == 0
 
     # A second run right after reads nothing; a fresh consumer (a "replay" of the topics) neither.
-    with CdcConsumer(lake, client_config, topics) as consumer:
+    with CdcConsumer(lake, client_config, topics, client=cdc_client) as consumer:
         assert consumer.drain().events_read == 0
-    with CdcConsumer(lake, client_config, topics, batch_max_events=97) as consumer:
+    with CdcConsumer(lake, client_config, topics, batch_max_events=97, client=cdc_client) as consumer:
         assert consumer.drain().events_read == 0
 
     # New events after that land once as well, and only those are read.
     more = []
     for topic in topics:
         more += producer(topic, [(b'{"id":"x"}', None)], partitions=3)  # tombstones are events too
-    with CdcConsumer(lake, client_config, topics) as consumer:
+    with CdcConsumer(lake, client_config, topics, client=cdc_client) as consumer:
         again = consumer.drain()
     assert again.events_read == len(more)
     assert bronze_coordinates(lake, topics) == sorted(delivered + more)
 
 
-def test_drain_with_fetch_processes_writes_each_event_once_with_dead_letters(broker_bootstrap, client_config, lake):
-    """Parallel fetch (kafka-python in child processes): same rows, offsets and dead letters as in-process."""
+def test_drain_with_fetch_processes_writes_each_event_once_with_dead_letters(
+    cdc_client, broker_bootstrap, client_config, lake
+):
+    """Parallel fetch (each client in child processes): same rows, offsets and dead letters as in-process."""
     topic = f"t{uuid.uuid4().hex[:10]}.public.bids"
     events = [e for e in trading_events(600, seed=5) if e.topic.endswith(".bids")]
     messages = []
@@ -81,7 +83,9 @@ def test_drain_with_fetch_processes_writes_each_event_once_with_dead_letters(bro
     detailed = produce_with_values(broker_bootstrap, topic, messages, partitions=5)
     delivered = [(t, p, o) for t, p, o, _ in detailed]
     bad = {(t, p, o) for t, p, o, v in detailed if v == b"{not json"}
-    with CdcConsumer(lake, client_config, [topic], batch_max_events=70, fetch_processes=2) as consumer:
+    with CdcConsumer(
+        lake, client_config, [topic], batch_max_events=70, fetch_processes=2, client=cdc_client
+    ) as consumer:
         stats = consumer.drain()
     assert stats.events_read == len(delivered)
     assert stats.dead_lettered == len(bad) > 0
@@ -91,18 +95,26 @@ def test_drain_with_fetch_processes_writes_each_event_once_with_dead_letters(bro
     assert sorted(rows + sorted(bad)) == sorted(delivered)
     # Offsets were committed with the rows: an in-process run and another parallel run read nothing.
     more = produce_with_values(broker_bootstrap, topic, [(b"k2", None)] * 4, partitions=5)
-    with CdcConsumer(lake, client_config, [topic], fetch_processes=2) as consumer:
+    with CdcConsumer(lake, client_config, [topic], fetch_processes=2, client=cdc_client) as consumer:
         again = consumer.drain()
     assert again.events_read == len(more)
     assert again.events_decoded_in_fetch == len(more)  # no new column: all of it reached the writer as Arrow
-    with CdcConsumer(lake, client_config, [topic]) as consumer:
+    with CdcConsumer(lake, client_config, [topic], client=cdc_client) as consumer:
         assert consumer.drain().events_read == 0
     assert sorted(coordinates(bronze(lake, "cdc__bids")) + sorted(bad)) == sorted(
         delivered + [(t, p, o) for t, p, o, _ in more]
     )
+    # Batches after the table existed came as Parquet files the fetch processes wrote: every row still
+    # carries the batch id of the commit that added it.
+    table = lake.table("bronze", "cdc__bids")
+    committed = {h["optibid.batch_id"] for h in table.history() if "optibid.batch_id" in h}
+    batch_ids = set(bronze(lake, "cdc__bids")["_batch_id"].to_pylist())
+    assert batch_ids <= committed and any(".0" in b for b in batch_ids)  # "<run>-f<pid>.<n>": a fetch process's
 
 
-def test_crash_between_dead_letter_and_row_commits_neither_loses_nor_duplicates(broker_bootstrap, client_config, lake):
+def test_crash_between_dead_letter_and_row_commits_neither_loses_nor_duplicates(
+    cdc_client, broker_bootstrap, client_config, lake
+):
     """Deterministic crash point: the process dies after a batch's dead letters are committed."""
     topic = f"t{uuid.uuid4().hex[:10]}.public.bids"
     events = [e for e in trading_events(400, seed=3) if e.topic.endswith(".bids")]
@@ -131,14 +143,16 @@ def test_crash_between_dead_letter_and_row_commits_neither_loses_nor_duplicates(
 
     BronzeTables.append = dying_append
     try:
-        with pytest.raises(Crash), CdcConsumer(lake, client_config, [topic], batch_max_events=60) as consumer:
+        with pytest.raises(Crash), CdcConsumer(
+            lake, client_config, [topic], batch_max_events=60, client=cdc_client
+        ) as consumer:
             consumer.drain()
     finally:
         BronzeTables.append = real_append
     dead_before = bronze(lake, "cdc__dead_letters").num_rows
     assert dead_before > 0
     # The dead-letter table is ahead of the rows now; the restart replays the batch.
-    with CdcConsumer(lake, client_config, [topic], batch_max_events=45) as consumer:
+    with CdcConsumer(lake, client_config, [topic], batch_max_events=45, client=cdc_client) as consumer:
         consumer.drain()
     rows = coordinates(bronze(lake, "cdc__bids"))
     dead = coordinates(bronze(lake, "cdc__dead_letters"))
@@ -171,7 +185,12 @@ def _wait_for_commits(lake: Lake, table: str, version: int, proc: subprocess.Pop
 
 
 def test_sigkill_mid_batch_then_restart_is_exactly_once(
-    producer, broker_bootstrap, client_config, lake, database_url  # follow mode takes its lock in the warehouse
+    cdc_client,
+    producer,
+    broker_bootstrap,
+    client_config,
+    lake,
+    database_url,  # follow mode takes its lock in the warehouse
 ):
     topic = f"t{uuid.uuid4().hex[:10]}.public.trades"
     events = [e for e in trading_events(15000, seed=5) if e.topic.endswith(".trades")]
@@ -194,7 +213,7 @@ def test_sigkill_mid_batch_then_restart_is_exactly_once(
         assert len(rows) == len(set(rows)), "a killed consumer left duplicates"
         assert len(rows) < len(events), "the consumer finished before it was killed"
 
-    with CdcConsumer(lake, client_config, [topic]) as consumer:
+    with CdcConsumer(lake, client_config, [topic], client=cdc_client) as consumer:
         consumer.drain()
     rows = coordinates(bronze(lake, "cdc__trades"))
     dead_table = bronze(lake, "cdc__dead_letters")
@@ -205,7 +224,7 @@ def test_sigkill_mid_batch_then_restart_is_exactly_once(
     assert base64.b64decode(dead_table["value_b64"][0].as_py()) == b"\xff\xfe not utf-8"
 
 
-def test_sigterm_in_follow_mode_commits_and_exits_cleanly(producer, broker_bootstrap, lake, database_url):
+def test_sigterm_in_follow_mode_commits_and_exits_cleanly(cdc_client, producer, broker_bootstrap, lake, database_url):
     topic = f"t{uuid.uuid4().hex[:10]}.public.assets"
     events = [e for e in trading_events(3000, seed=8) if e.topic.endswith(".assets")]
     first = producer(topic, [(e.key, e.value) for e in events[:40]], partitions=2)
@@ -226,18 +245,18 @@ def test_sigterm_in_follow_mode_commits_and_exits_cleanly(producer, broker_boots
     assert coordinates(bronze(lake, "cdc__assets")) == sorted(first + rest)
 
 
-def test_lag_is_reported_before_and_after(producer, client_config, lake):
+def test_lag_is_reported_before_and_after(cdc_client, producer, client_config, lake):
     topic = f"t{uuid.uuid4().hex[:10]}.public.market_orders"
     events = [e for e in trading_events(600, seed=9) if e.topic.endswith(".market_orders")]
     delivered = producer(topic, [(e.key, e.value) for e in events], partitions=2)
-    with CdcConsumer(lake, client_config, [topic]) as consumer:
+    with CdcConsumer(lake, client_config, [topic], client=cdc_client) as consumer:
         assert sum(p.lag for p in consumer.lag()) == len(delivered)
         stats = consumer.drain()
     assert sum(p.lag for p in stats.lag_before) == len(delivered)
     assert sum(p.lag for p in stats.lag_after) == 0
 
 
-def test_follow_picks_up_a_topic_created_after_it_started(producer, client_config, lake):
+def test_follow_picks_up_a_topic_created_after_it_started(cdc_client, producer, client_config, lake):
     import threading
 
     first_topic = f"t{uuid.uuid4().hex[:10]}.public.bids"
@@ -245,7 +264,7 @@ def test_follow_picks_up_a_topic_created_after_it_started(producer, client_confi
     events = list(trading_events(400, seed=12))
     first = producer(first_topic, [(e.key, e.value) for e in events if e.topic.endswith(".bids")][:100])
     stop = threading.Event()
-    consumer = CdcConsumer(lake, client_config, [first_topic, late_topic], batch_max_seconds=0.1)
+    consumer = CdcConsumer(lake, client_config, [first_topic, late_topic], batch_max_seconds=0.1, client=cdc_client)
     thread = threading.Thread(target=lambda: setattr(consumer, "result", consumer.follow(stop)))
     thread.start()
     try:
@@ -266,15 +285,15 @@ def test_follow_picks_up_a_topic_created_after_it_started(producer, client_confi
     assert consumer.result.missing_topics == [late_topic]
 
 
-def test_a_failing_fetch_process_fails_the_drain_and_commits_nothing(producer, client_config, lake):
+def test_a_failing_fetch_process_fails_the_drain_and_commits_nothing(cdc_client, producer, client_config, lake):
     topic = f"t{uuid.uuid4().hex[:10]}.public.bids"
     events = [e for e in trading_events(200, seed=8) if e.topic.endswith(".bids")]
     producer(topic, [(e.key, e.value) for e in events], partitions=2)
-    with CdcConsumer(lake, client_config, [topic], fetch_processes=2) as consumer:
+    with CdcConsumer(lake, client_config, [topic], fetch_processes=2, client=cdc_client) as consumer:
         consumer.lag()  # the parent's own clients are connected; only the children get the dead address
         consumer._client_config = {**client_config, "bootstrap_servers": "127.0.0.1:1", "bootstrap_timeout_ms": 1000}
         with pytest.raises(RuntimeError, match="fetch process"):
             consumer.drain()
     assert lake.table("bronze", "cdc__bids") is None
-    with CdcConsumer(lake, client_config, [topic], fetch_processes=2) as consumer:
+    with CdcConsumer(lake, client_config, [topic], fetch_processes=2, client=cdc_client) as consumer:
         assert consumer.drain().events_read == len(events)

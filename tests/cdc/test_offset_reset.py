@@ -23,21 +23,23 @@ def _recreate(bootstrap: str, topic: str) -> None:
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=10)
 
 
-def test_restarted_offsets_are_reread_under_a_new_epoch_with_a_warning(broker_bootstrap, client_config, lake):
+def test_restarted_offsets_are_reread_under_a_new_epoch_with_a_warning(
+    cdc_client, broker_bootstrap, client_config, lake
+):
     topic = unique_topic("bids")
     produce(broker_bootstrap, topic, [(b"k", envelope("c", bid(i))) for i in range(20)], partitions=1)
-    with CdcConsumer(lake, client_config, [topic]) as consumer:
+    with CdcConsumer(lake, client_config, [topic], client=cdc_client) as consumer:
         assert consumer.drain().rows_written == 20
 
     _recreate(broker_bootstrap, topic)
     produce(broker_bootstrap, topic, [(b"k", envelope("c", bid(100 + i))) for i in range(5)], partitions=1)
 
-    with CdcConsumer(lake, client_config, [topic], reset_policy="fail") as consumer, pytest.raises(
+    with CdcConsumer(lake, client_config, [topic], reset_policy="fail", client=cdc_client) as consumer, pytest.raises(
         OffsetResetError, match="offsets restarted"
     ):
         consumer.drain()
 
-    with CdcConsumer(lake, client_config, [topic]) as consumer:
+    with CdcConsumer(lake, client_config, [topic], client=cdc_client) as consumer:
         stats = consumer.drain()
     assert stats.rows_written == 5
     assert len(stats.warnings) == 1 and "offsets restarted" in stats.warnings[0]
@@ -47,6 +49,6 @@ def test_restarted_offsets_are_reread_under_a_new_epoch_with_a_warning(broker_bo
     assert rows["_offset"].to_pylist() == list(range(20)) + list(range(5))
 
     # The new epoch is remembered: the next run neither warns again nor re-reads.
-    with CdcConsumer(lake, client_config, [topic]) as consumer:
+    with CdcConsumer(lake, client_config, [topic], client=cdc_client) as consumer:
         again = consumer.drain()
     assert again.events_read == 0 and again.warnings == []
