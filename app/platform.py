@@ -37,6 +37,7 @@ import httpx
 
 from infra.dbt import DBT_MANIFEST, manifest_is_stale, prepare_manifest
 from infra.processes import free_port, port_open, signal_process_group
+from infra.spark import connect_server_command
 from orchestration.dagster_services import (
     code_server_argv,
     daemon_argv,
@@ -171,35 +172,15 @@ class PlatformProcesses:
     def _start_spark_connect(self) -> None:
         if not self.spark_connect or self.env.get("SPARK_REMOTE") or self.env.get("SPARK_MASTER"):
             return
-        import pyspark
-
-        spark_home = Path(pyspark.__file__).parent
         self._spark_port = free_port()
-        self._add(
-            "spark_connect",
-            [
-                str(spark_home / "sbin" / "start-connect-server.sh"),
-                "--wait",  # stay in the foreground, a child like the others
-                "--master",
-                "local[*]",
-                "--driver-memory",
-                self.spark_driver_memory,
-                "--conf",
-                "spark.connect.grpc.binding.address=127.0.0.1",
-                "--conf",
-                f"spark.connect.grpc.binding.port={self._spark_port}",
-                "--conf",
-                "spark.ui.enabled=false",
-                "--conf",
-                f"spark.sql.warehouse.dir={self.log_dir.parent / 'spark-warehouse'}",
-            ],
+        argv, env = connect_server_command(
+            self._spark_port,
+            self.spark_driver_memory,
+            str(self.log_dir.parent / "spark-warehouse"),
+            self.env.get("PYSPARK_PYTHON", self.python),
         )
-        self.processes["spark_connect"].env = {
-            **self.env,
-            # The server's Python workers run the silver code: this environment's interpreter.
-            "PYSPARK_PYTHON": self.env.get("PYSPARK_PYTHON", self.python),
-            "SPARK_HOME": str(spark_home),
-        }
+        self._add("spark_connect", argv)
+        self.processes["spark_connect"].env = {**self.env, **env}
         self._start("spark_connect")
         # Every other child (the code server, hence every run) opens its sessions on this server.
         self.env = {**self.env, "SPARK_REMOTE": self.spark_remote}

@@ -105,6 +105,8 @@ def silver_market(
                 "rows": dg.MetadataValue.int(rows),
                 "rows_replaced": dg.MetadataValue.int(result.replaced.get(table, 0)),
                 "market_dates": dg.MetadataValue.text(str(window)),
+                # A backfill runs as slices of bounded bronze rows, one Spark job each.
+                "spark_slices": dg.MetadataValue.int(len(result.slices)),
             },
         )
 

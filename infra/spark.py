@@ -1,9 +1,10 @@
 """The one shared SparkSession.
 
 What belongs here: building the process's session, local by default or on a cluster (`SPARK_MASTER`, or Spark
-Connect through `SPARK_REMOTE`), with settings sized for a laptop. What does not: Spark jobs
-(`ingestion/silver/`), the Dagster resource that hands the session to assets (`assets/shared/resources.py`)
-and the Spark Connect server process (`app/platform.py`).
+Connect through `SPARK_REMOTE`), with settings sized for a laptop, and the command and environment of a local
+Spark Connect server. What does not: Spark jobs (`ingestion/silver/`), the Dagster resource that hands the
+session to assets (`assets/shared/resources.py`) and the lifetime of the platform's server process
+(`app/platform.py`).
 
 Starting Spark costs ~15 s, so a process builds at most one session and every silver asset reuses it.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -65,3 +67,30 @@ def spark_session(
             # stays as the settings read it.
             session.sparkContext.pythonExec = python
         return session
+
+
+def connect_server_command(
+    port: int, driver_memory: str = "2g", warehouse_dir: str | None = None, python: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and extra environment of a Spark Connect server on 127.0.0.1:`port` (`local[*]`), run in the
+    foreground (`--wait`) so that it is a child process its starter can stop.
+
+    A long-lived server keeps its JVM warm: a process that connects to it skips the ~15 s start of a session and
+    the first query's planning and code generation on a cold JVM.
+    """
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    argv = [
+        str(spark_home / "sbin" / "start-connect-server.sh"),
+        "--wait",
+        "--master", "local[*]",
+        "--driver-memory", driver_memory,
+        "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+        "--conf", f"spark.connect.grpc.binding.port={port}",
+        "--conf", "spark.ui.enabled=false",
+    ]
+    if warehouse_dir is not None:
+        argv += ["--conf", f"spark.sql.warehouse.dir={warehouse_dir}"]
+    # The server's Python workers run the silver code: an interpreter with this environment's packages.
+    return argv, {"PYSPARK_PYTHON": python or sys.executable, "SPARK_HOME": str(spark_home)}

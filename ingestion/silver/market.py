@@ -10,7 +10,8 @@ wins; every delivery of the key is a numbered revision.
 
 Every table of a build comes from one Spark job with one shuffle (all datasets in one row shape, partitioned by
 dataset, zone, org and day), read from the bronze files whose Delta statistics can hold the window: a small
-window costs one job, not one per table.
+window costs one job, not one per table. A long window (a backfill) runs as slices of days of bounded bronze
+rows, one job each, since each job's rows come back to the driver whole.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -27,7 +29,7 @@ from pyspark.sql import functions as F
 from infra.db import connect
 from infra.lake import Lake
 from ingestion.reference import MARKET_FEED_ORG
-from ingestion.silver.bronze import delta_schema, files_overlapping, read_bronze
+from ingestion.silver.bronze import daily_rows, delta_schema, files_overlapping, read_bronze
 from ingestion.silver.pg_writer import Derived, ReplaceWhere, TableWrite, merge_dataframes
 
 LINEAGE_FILES = (
@@ -100,6 +102,9 @@ TICKS_SCHEMA = (
     "currency string, " + LINEAGE_TICKS
 )
 WEATHER_INTERVAL_MINUTES = 60  # weather bronze has no interval column; feeds are hourly
+# Bronze rows one Spark job of a build may read: its result comes back to the driver whole (Arrow), so a backfill
+# of years runs as slices of days in bounded memory, the next slice computed while the previous one is COPied.
+SLICE_BRONZE_ROWS = 1_500_000
 
 
 @dataclass
@@ -114,6 +119,8 @@ class MarketBuildResult:
     # seconds waiting for Spark's rows / applying them in Postgres, per table (see pg_writer.WriteResult)
     spark_wait_s: dict[str, float] = field(default_factory=dict)
     postgres_s: dict[str, float] = field(default_factory=dict)
+    # the windows of days built by one Spark job each (`market_slices`)
+    slices: list[tuple[date, date]] = field(default_factory=list)
 
 
 # Every dataset's rows share one shape, so that one Spark query builds the whole window: the series columns of
@@ -154,9 +161,10 @@ def _normalised_currency(currency: Column) -> tuple[Column, Column]:
     text = F.upper(F.trim(currency))
     per_kwh = text.rlike(r"/\s*KWH$")
     code = F.trim(F.regexp_replace(text, r"\s*/\s*[KM]WH$", ""))
-    for alias, iso in CURRENCY_ALIASES.items():
-        code = F.when(code == alias, F.lit(iso)).otherwise(code)
-    return code, F.when(per_kwh, F.lit(1000.0)).otherwise(F.lit(1.0))
+    # One lookup that names `code` once: a when/otherwise chain nesting `code` in both branches grows the
+    # expression (and the regex evaluations per row) exponentially with the number of aliases.
+    aliases = F.create_map(*[F.lit(v) for item in sorted(CURRENCY_ALIASES.items()) for v in item])
+    return F.coalesce(F.try_element_at(aliases, code), code), F.when(per_kwh, F.lit(1000.0)).otherwise(F.lit(1.0))
 
 
 def _files_rows(df: DataFrame, columns: Sequence[str], dataset: MarketDataset) -> DataFrame:
@@ -463,22 +471,35 @@ def _tables(dataset: MarketDataset) -> list[str]:
     return [dataset.table] + (["silver.market__price_revisions"] if dataset.name == "prices" else [])
 
 
-def build_market_window(
-    spark: SparkSession,
-    lake: Lake,
-    database_url: str,
-    start: date,
-    end: date,
-    datasets: Sequence[str] = tuple(SILVER_MARKET_TABLES),
-) -> MarketBuildResult:
-    """Rebuild market days [start, end) of the silver market tables, price revisions and quality flags.
+def market_slices(
+    lake: Lake, datasets: Sequence[str], start: date, end: date, max_rows: int = SLICE_BRONZE_ROWS
+) -> list[tuple[date, date]]:
+    """Market days [start, end) as consecutive windows of whole days, each holding about `max_rows` bronze rows
+    at most (by the Delta log's statistics; a day above it is a window of its own)."""
+    days = (end - start).days
+    per_day = np.zeros(days)
+    for name in datasets:
+        sources = [f"files__{name}"] + (["ticks__prices"] if SILVER_MARKET_TABLES[name].has_ticks else [])
+        for source in sources:
+            table = lake.table("bronze", source)
+            if table is not None:
+                per_day += daily_rows(table, "ts_utc", start, days)
+    slices: list[tuple[date, date]] = []
+    first, held = 0, 0.0
+    for day, rows in enumerate(per_day):
+        if day > first and held + rows > max_rows:
+            slices.append((start + timedelta(days=first), start + timedelta(days=day)))
+            first, held = day, 0.0
+        held += rows
+    slices.append((start + timedelta(days=first), end))
+    return slices
 
-    One Spark job computes every table's rows; everything is replaced in one transaction; a day with no bronze
-    rows ends up empty.
-    """
-    if end <= start:
-        raise ValueError(f"empty market-day window [{start}, {end})")
-    observed, present = observations(spark, lake, datasets, read_zones(database_url), start, end)
+
+def _slice_writes(
+    spark: SparkSession, lake: Lake, zones: Zones, datasets: Sequence[str], start: date, end: date
+) -> list[TableWrite]:
+    """The writes that replace market days [start, end): one Spark job for all of them."""
+    observed, present = observations(spark, lake, datasets, zones, start, end)
     built = None if observed is None else window_frame(revisions(observed))
     window = "market_date >= %s AND market_date < %s"
     writes: list[TableWrite] = []
@@ -519,7 +540,31 @@ def build_market_window(
             conflict_constraint="quality__gaps_key",
         )
     )
+    return writes
+
+
+def build_market_window(
+    spark: SparkSession,
+    lake: Lake,
+    database_url: str,
+    start: date,
+    end: date,
+    datasets: Sequence[str] = tuple(SILVER_MARKET_TABLES),
+    slice_rows: int = SLICE_BRONZE_ROWS,
+) -> MarketBuildResult:
+    """Rebuild market days [start, end) of the silver market tables, price revisions and quality flags.
+
+    One Spark job per slice of days of about `slice_rows` bronze rows (`market_slices`: one for a day or a few
+    weeks, a handful for a year) computes every table's rows; everything is replaced in one transaction; a day
+    with no bronze rows ends up empty.
+    """
+    if end <= start:
+        raise ValueError(f"empty market-day window [{start}, {end})")
+    zones = read_zones(database_url)
+    slices = market_slices(lake, datasets, start, end, slice_rows)
+    # A generator: a slice's frames are planned when the writer reaches it, not all before the first job.
+    writes = (write for first, last in slices for write in _slice_writes(spark, lake, zones, datasets, first, last))
     written = merge_dataframes(database_url, writes)
     return MarketBuildResult(
-        start, end, dict(written.staged), dict(written.replaced), written.spark_wait_s, written.postgres_s
+        start, end, dict(written.staged), dict(written.replaced), written.spark_wait_s, written.postgres_s, slices
     )

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -191,124 +192,186 @@ def _apply_replace_where(
     where = sql.SQL(write.replace.predicate)  # type: ignore[arg-type]  # predicates are code constants
     params = write.replace.params
     before = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ").format(target) + where, params).fetchone()[0]
-    result.replaced[write.target] = int(before)
+    _add(result.replaced, write.target, int(before))
     if data is None or data.num_rows == 0:
         delete = sql.SQL("DELETE FROM {} WHERE ").format(target) + where
-        result.deleted[write.target] = conn.execute(delete, params).rowcount
+        _add(result.deleted, write.target, conn.execute(delete, params).rowcount)
         return
     if before == 0:
         # Nothing to merge with: the rows go straight in (a key outside the window is a unique violation).
-        result.inserted[write.target] = copy_arrow(conn, target, data)
+        _add(result.inserted, write.target, copy_arrow(conn, target, data))
         return
     staging = _temp_like(conn, write.target, data.column_names)
     copy_arrow(conn, staging, data)
     conn.execute(sql.SQL("ANALYZE {}").format(staging))
     match = _key_match(write.key_columns, _nullable(conn, write.target), "s", "t")
-    result.deleted[write.target] = conn.execute(
+    deleted = conn.execute(
         sql.SQL("DELETE FROM {} AS t WHERE (").format(target)
         + where
         + sql.SQL(") AND NOT EXISTS (SELECT 1 FROM {} AS s WHERE {})").format(staging, match),
         params,
     ).rowcount
-    result.inserted[write.target], result.updated[write.target] = _upsert(conn, write, staging, data.column_names)
+    inserted, updated = _upsert(conn, write, staging, data.column_names)
+    _add(result.deleted, write.target, deleted)
+    _add(result.inserted, write.target, inserted)
+    _add(result.updated, write.target, updated)
 
 
-def _collector(
-    executor: ThreadPoolExecutor,
-    df: DataFrame | Derived | None,
-    earlier: dict[str, Future[pa.Table | None]],
-    shared: dict[int, Future[pa.Table | None]],
-) -> Future[pa.Table | None]:
-    if isinstance(df, Derived):
+def _spark_job(write: TableWrite) -> int | None:
+    """Identity of the Spark job a write's rows come from; None when they need none of their own (no rows, or
+    rows derived from an earlier write's)."""
+    if isinstance(write.df, Derived):
+        return None if isinstance(write.df.source, str) else id(write.df.source)
+    return None if write.df is None else id(write.df)
+
+
+class _Collector:
+    """Submits writes' Spark jobs, in write order, to one worker thread, at most one job ahead of the writer.
+
+    Spark computes the next job while the writer applies the current one, and the driver holds the rows of those
+    two jobs only: a build of many slices runs in the memory of two.
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor, writes: Iterable[TableWrite]) -> None:
+        self._executor = executor
+        self._writes = iter(writes)
+        self._next: TableWrite | None = next(self._writes, None)
+        self.pending: deque[tuple[TableWrite, Future[pa.Table | None], Future[pa.Table | None] | None]] = deque()
+        self._latest: dict[str, Future[pa.Table | None]] = {}  # per target, its last submitted write's rows
+        # Memos hold their frame, so its id is not reused while the memo lives.
+        self._shared: dict[int, tuple[DataFrame, Future[pa.Table | None]]] = {}
+        self._keys: dict[tuple[int, tuple[str, ...]], tuple[DataFrame, Future[pa.Table | None]]] = {}
+
+    def _jobs(self) -> set[int]:
+        return {job for write, _, _ in self.pending if (job := _spark_job(write)) is not None}
+
+    def top_up(self) -> None:
+        """Submit writes until a further one would start a third Spark job beside the current and the next."""
+        while self._next is not None:
+            job, jobs = _spark_job(self._next), self._jobs()
+            if job is not None and job not in jobs and len(jobs) >= 2:
+                return
+            write, self._next = self._next, next(self._writes, None)
+            rows = self._submit(write.df)
+            self._latest[write.target] = rows
+            self.pending.append((write, rows, self._submit_keys(write.replace)))
+
+    def release(self) -> None:
+        """Forget the rows of jobs no pending write still needs."""
+        jobs = self._jobs()
+        self._shared = {job: memo for job, memo in self._shared.items() if job in jobs}
+
+    def _submit(self, df: DataFrame | Derived | None) -> Future[pa.Table | None]:
+        if not isinstance(df, Derived):
+            return self._executor.submit(lambda: None if df is None else df.toArrow())
         if isinstance(df.source, str):
-            source = earlier[df.source]  # submitted first: the one worker thread has finished it by now
+            source = self._latest[df.source]  # submitted earlier: the one worker thread has finished it first
         else:
             frame = df.source
-            if id(frame) not in shared:
-                shared[id(frame)] = executor.submit(frame.toArrow)
-            source = shared[id(frame)]
+            if id(frame) not in self._shared:
+                self._shared[id(frame)] = (frame, self._executor.submit(frame.toArrow))
+            source = self._shared[id(frame)][1]
 
         def derive() -> pa.Table | None:
             rows = source.result()
             return None if rows is None else df.rows(rows)
 
-        return executor.submit(derive)
-    return executor.submit(lambda: None if df is None else df.toArrow())
+        return self._executor.submit(derive)
+
+    def _submit_keys(self, replace: ReplaceWhere | ReplaceKeys | None) -> Future[pa.Table | None] | None:
+        if not isinstance(replace, ReplaceKeys):
+            return None
+        # Writes replacing the same keys (a history and its current table) share one key set.
+        reuse = (id(replace.keys), replace.columns)
+        if reuse not in self._keys:
+            keys = replace.keys.select(*replace.columns).distinct()
+            self._keys[reuse] = (replace.keys, self._executor.submit(keys.toArrow))
+        return self._keys[reuse][1]
+
+    def cancel(self) -> None:
+        for _, rows, keys in self.pending:
+            rows.cancel()
+            if keys is not None:
+                keys.cancel()
+        for _, future in [*self._shared.values(), *self._keys.values()]:
+            future.cancel()
+
+
+def _add(counts: dict[str, int] | dict[str, float], target: str, value: float) -> None:
+    counts[target] = counts.get(target, 0) + value  # type: ignore[assignment]
 
 
 def merge_dataframes(
     database_url: str,
-    writes: Sequence[TableWrite],
+    writes: Iterable[TableWrite],
     finalize: Callable[[psycopg.Connection], None] | None = None,
 ) -> WriteResult:
     """Collect every write from Spark as Arrow, stage and apply all of them (and `finalize`) in one transaction.
 
     Replacements make a re-run of the same window or keys idempotent; rows that did not change are not written.
+    `writes` may be a generator (a backfill's slices, planned as the writer reaches them); a target written more
+    than once (one write per slice) reports its figures summed.
     """
     result = WriteResult()
-    # One thread runs the Spark jobs in write order, so Spark computes write n+1 while write n is COPied.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-collect") as executor:
-        collected: dict[str, Future[pa.Table | None]] = {}
-        shared: dict[int, Future[pa.Table | None]] = {}
-        frames = []
-        for write in writes:
-            frames.append(_collector(executor, write.df, collected, shared))
-            collected[write.target] = frames[-1]
-        keys: dict[tuple[int, tuple[str, ...]], Future[pa.Table | None]] = {}
-        for write in writes:
-            if isinstance(write.replace, ReplaceKeys):
-                # Writes replacing the same keys (a history and its current table) share one key set.
-                reuse = (id(write.replace.keys), write.replace.columns)
-                if reuse not in keys:
-                    keys[reuse] = _collector(
-                        executor, write.replace.keys.select(*write.replace.columns).distinct(), collected, shared
-                    )
+        collector = _Collector(executor, writes)
         try:
             with connect(database_url) as conn:
-                staged_keys: dict[tuple[int, tuple[str, ...]], tuple[sql.Identifier, int]] = {}
-                for write, frame in zip(writes, frames, strict=True):
+                staged_keys: dict[int, tuple[sql.Identifier, int]] = {}
+                collector.top_up()
+                while collector.pending:
+                    write, frame, key_frame = collector.pending[0]
                     waited = time.perf_counter()
                     data = frame.result()
                     applied = time.perf_counter()
-                    result.spark_wait_s[write.target] = applied - waited
-                    result.staged[write.target] = 0 if data is None else data.num_rows
-                    result.deleted.setdefault(write.target, 0)
-                    result.inserted.setdefault(write.target, 0)
-                    result.updated.setdefault(write.target, 0)
+                    _add(result.spark_wait_s, write.target, applied - waited)
+                    _add(result.staged, write.target, 0 if data is None else data.num_rows)
+                    for counts in (result.deleted, result.inserted, result.updated):
+                        counts.setdefault(write.target, 0)
                     if isinstance(write.replace, ReplaceWhere):
                         _apply_replace_where(conn, write, data, result)
-                        result.postgres_s[write.target] = time.perf_counter() - applied
-                        continue
-                    if isinstance(write.replace, ReplaceKeys):
-                        reuse = (id(write.replace.keys), write.replace.columns)
-                        if reuse not in staged_keys:
-                            key_data = keys[reuse].result()
-                            assert key_data is not None
-                            table = _temp_like(conn, write.target, list(write.replace.columns))
-                            staged_keys[reuse] = (table, copy_arrow(conn, table, key_data))
-                        key_table, result.staged_keys[write.target] = staged_keys[reuse]
-                        match = sql.SQL(" AND ").join(
-                            sql.SQL("t.{0} = k.{0}").format(sql.Identifier(c)) for c in write.replace.columns
-                        )
-                        deleted = conn.execute(
-                            sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(
-                                _qualified(write.target), key_table, match
-                            )
-                        ).rowcount
-                        result.deleted[write.target] = deleted
-                        result.replaced[write.target] = deleted
-                    if data is not None and data.num_rows:
-                        staging = _temp_like(conn, write.target, data.column_names)
-                        copy_arrow(conn, staging, data)
-                        result.inserted[write.target], result.updated[write.target] = _upsert(
-                            conn, write, staging, data.column_names
-                        )
-                    result.postgres_s[write.target] = time.perf_counter() - applied
+                    else:
+                        if isinstance(write.replace, ReplaceKeys):
+                            assert key_frame is not None
+                            _delete_keys(conn, write, write.replace, key_frame, staged_keys, result)
+                        if data is not None and data.num_rows:
+                            staging = _temp_like(conn, write.target, data.column_names)
+                            copy_arrow(conn, staging, data)
+                            inserted, updated = _upsert(conn, write, staging, data.column_names)
+                            _add(result.inserted, write.target, inserted)
+                            _add(result.updated, write.target, updated)
+                    _add(result.postgres_s, write.target, time.perf_counter() - applied)
+                    del data
+                    collector.pending.popleft()
+                    collector.release()
+                    collector.top_up()
                 commit = time.perf_counter()
                 if finalize is not None:
                     finalize(conn)
             result.postgres_s["commit"] = time.perf_counter() - commit
         finally:
-            for future in [*frames, *keys.values(), *shared.values()]:
-                future.cancel()
+            collector.cancel()
     return result
+
+
+def _delete_keys(
+    conn: psycopg.Connection,
+    write: TableWrite,
+    replace: ReplaceKeys,
+    key_frame: Future[pa.Table | None],
+    staged_keys: dict[int, tuple[sql.Identifier, int]],
+    result: WriteResult,
+) -> None:
+    """Delete `write.target`'s rows whose key is in the write's key set (staged once per key frame)."""
+    if id(key_frame) not in staged_keys:
+        key_data = key_frame.result()
+        assert key_data is not None
+        table = _temp_like(conn, write.target, list(replace.columns))
+        staged_keys[id(key_frame)] = (table, copy_arrow(conn, table, key_data))
+    key_table, result.staged_keys[write.target] = staged_keys[id(key_frame)]
+    match = sql.SQL(" AND ").join(sql.SQL("t.{0} = k.{0}").format(sql.Identifier(c)) for c in replace.columns)
+    deleted = conn.execute(
+        sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(_qualified(write.target), key_table, match)
+    ).rowcount
+    _add(result.deleted, write.target, deleted)
+    _add(result.replaced, write.target, deleted)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from benchmarks.peers.duckdb_silver import build_market_window_duckdb
-from ingestion.silver.market import build_market_window
+from ingestion.silver.market import build_market_window, market_slices
 from tests.silver.conftest import FILES_LOAD_SCHEMA, FILES_PRICES_SCHEMA, TICKS_SCHEMA, append_bronze, file_row, query
 from tests.silver.test_market import GAP, REVISED, UPLOADED, hourly_pjm_prices
 
@@ -72,3 +72,21 @@ def test_duckdb_peer_builds_the_same_rows_as_spark(spark, lake, silver_db):
     peer = build_market_window_duckdb(lake, silver_db, start, end, threads=1)
     assert peer.rows["silver.market__prices"] == len(optibid["market__prices"])
     assert _snapshot(silver_db) == optibid
+
+
+def test_a_build_sliced_by_day_writes_the_rows_of_a_whole_window_build(spark, lake, silver_db):
+    """A backfill runs as slices of bounded bronze rows (one Spark job each): slicing changes no row."""
+    _bronze(lake)
+    start, end = date(2024, 3, 9), date(2024, 3, 12)
+    # The fixture's 72 hourly prices, 70 loads and 4 ticks, a day each way of every file's range, by Delta stats.
+    assert market_slices(lake, ("prices", "load"), start, end, max_rows=10_000) == [(start, end)]
+    assert market_slices(lake, ("prices", "load"), start, end, max_rows=60) == [
+        (start, date(2024, 3, 10)), (date(2024, 3, 10), date(2024, 3, 11)), (date(2024, 3, 11), end)
+    ]
+    whole = build_market_window(spark, lake, silver_db, start, end)
+    expected = _snapshot(silver_db)
+    sliced = build_market_window(spark, lake, silver_db, start, end, slice_rows=1)
+    assert _snapshot(silver_db) == expected
+    assert (len(whole.slices), len(sliced.slices)) == (1, 3)
+    assert sliced.rows == whole.rows
+    assert sliced.replaced["silver.market__prices"] == len(expected["market__prices"])
