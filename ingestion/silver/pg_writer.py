@@ -1,10 +1,11 @@
 """Spark DataFrame -> Postgres: Arrow batches from Spark, COPY in one transaction, merges that touch only what changed.
 
 Belongs here: the reusable write path of every silver table. Each write's DataFrame comes back from the JVM as
-Arrow record batches (`DataFrame.toArrow`: no Python workers, no per-partition connections) and is COPied as CSV
-through psycopg 3 into a TEMP staging table of the one connection that then applies, in ONE transaction, each
-write's replacement, its merge and an optional `finalize` step (e.g. a watermark), so readers see either the old
-or the new state of every table in the write. Spark computes the next write while the previous one is COPied.
+Arrow record batches (`DataFrame.toArrow`: no Python workers, no per-partition connections) and is COPied
+through psycopg 3 (Postgres's binary format, encoded by pgpq, where the column types allow; else CSV) into a TEMP
+staging table of the one connection that then applies, in ONE transaction, each write's replacement, its merge
+and an optional `finalize` step (e.g. a watermark), so readers see either the old or the new state of every table
+in the write. Spark computes the next write while the previous one is COPied.
 
 Merges change only what differs: a window replacement whose window is still empty COPies straight into the
 target; otherwise rows of the window whose key is no longer produced are deleted, new keys inserted, and rows
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg import sql
 from pyspark.sql import DataFrame
 
@@ -106,18 +108,62 @@ def _columns(columns: Sequence[str]) -> sql.Composed:
     return sql.SQL(", ").join(map(sql.Identifier, columns))
 
 
+# Arrow types whose Postgres binary form pgpq writes, and the column types that read that form.
+BINARY_COPY_TYPES: dict[pa.DataType, frozenset[str]] = {
+    pa.int16(): frozenset({"smallint"}),
+    pa.int32(): frozenset({"integer"}),
+    pa.int64(): frozenset({"bigint"}),
+    pa.float32(): frozenset({"real"}),
+    pa.float64(): frozenset({"double precision"}),
+    pa.bool_(): frozenset({"boolean"}),
+    pa.string(): frozenset({"text", "character varying"}),
+    pa.large_string(): frozenset({"text", "character varying"}),
+    pa.date32(): frozenset({"date"}),
+    pa.timestamp("us", tz="UTC"): frozenset({"timestamp with time zone"}),
+    pa.timestamp("us"): frozenset({"timestamp without time zone"}),
+}
+
+
+def _column_types(conn: psycopg.Connection, table: sql.Composable) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (table.as_string(conn),),
+    ).fetchall()
+    return {name: kind for name, kind in rows}
+
+
+def binary_copyable(schema: pa.Schema, column_types: dict[str, str]) -> bool:
+    """Whether every column of `schema` can be COPied in Postgres's binary format into the same-named column."""
+    return all(column_types.get(f.name) in BINARY_COPY_TYPES.get(f.type, ()) for f in schema)
+
+
 def copy_arrow(conn: psycopg.Connection, table: sql.Composable, data: pa.Table) -> int:
-    """COPY `data` into `table` (its columns, by name) on `conn`; the rows written."""
+    """COPY `data` into `table` (its columns, by name) on `conn`; the rows written.
+
+    In Postgres's binary format when every column's type allows (about twice the rows per second of CSV: the
+    server parses no text, timestamps least of all), else as CSV.
+    """
     if data.num_rows == 0:
         return 0
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, _columns(data.column_names))
-    # Strings are always quoted and NULLs are bare empty fields, so '' and NULL stay distinct.
-    options = pacsv.WriteOptions(include_header=False)
-    with conn.cursor() as cursor, cursor.copy(statement) as copy:
-        for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
-            buffer = pa.BufferOutputStream()
-            pacsv.write_csv(batch, buffer, write_options=options)
-            copy.write(buffer.getvalue())
+    columns = _columns(data.column_names)
+    with conn.cursor() as cursor:
+        if binary_copyable(data.schema, _column_types(conn, table)):
+            encoder = ArrowToPostgresBinaryEncoder(data.schema)
+            statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table, columns)
+            with cursor.copy(statement) as copy:
+                copy.write(encoder.write_header())
+                for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+                    copy.write(encoder.write_batch(batch))
+                copy.write(encoder.finish())
+            return data.num_rows
+        # Strings are always quoted and NULLs are bare empty fields, so '' and NULL stay distinct.
+        options = pacsv.WriteOptions(include_header=False)
+        with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, columns)) as copy:
+            for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+                buffer = pa.BufferOutputStream()
+                pacsv.write_csv(batch, buffer, write_options=options)
+                copy.write(buffer.getvalue())
     return data.num_rows
 
 
