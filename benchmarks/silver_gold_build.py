@@ -101,15 +101,15 @@ def zone_tables(zones: list[str], start: datetime, days: int, upload_id: int, in
 
 
 def tick_table(nodes: list[tuple[str, str]], start: datetime, days: int, ingested_at: datetime) -> pa.Table:
-    """ticks__prices rows: 5-minute RT prices for every node."""
+    """ticks__prices rows: 5-minute RT prices for every node, in time order (a feed's delivery order)."""
     ts = _grid(start, days, 5)
     n = len(ts) * len(nodes)
     rng = np.random.default_rng(7)
     return pa.table(
         {
-            "zone": pa.array(np.repeat([z for z, _ in nodes], len(ts))),
-            "node": pa.array(np.repeat([node for _, node in nodes], len(ts))),
-            "ts_utc": pa.array(np.tile(ts, len(nodes))).cast(TS),
+            "zone": pa.array(np.tile([z for z, _ in nodes], len(ts))),
+            "node": pa.array(np.tile([node for _, node in nodes], len(ts))),
+            "ts_utc": pa.array(np.repeat(ts, len(nodes))).cast(TS),
             "market": pa.array(["RT"] * n),
             "interval_minutes": pa.array(np.full(n, 5, dtype=np.int64)),
             "price": pa.array(rng.normal(55, 30, n)),
