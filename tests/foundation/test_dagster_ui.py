@@ -184,11 +184,14 @@ def test_check_history_links_a_failed_check_to_its_data_docs(
 
     page = browser.new_page()
     page.open(f"{dagster_ui}/assets/silver/market__prices?view=checks")
-    # Every check the platform declares on the asset, and the failed evaluation with its evidence link.
-    text = page.wait_for_text("market__prices_expectations", "Failed", timeout=120)
+    # Every check the platform declares on the asset, the failed evaluation with its evidence link, and the
+    # check's description as the platform declares it (assets/shared/expectation_checks.py), which the UI can
+    # render a moment after the evaluation under load.
+    text = page.wait_for_text(
+        "market__prices_expectations", "Failed", "Great Expectations suite of silver.market__prices", timeout=120
+    )
     dismiss_welcome(page)
     page.screenshot(tmp_path / "dagster_checks.png")
-    # The check's description as the platform declares it (assets/shared/expectation_checks.py).
     assert "Great Expectations suite of silver.market__prices" in text, text[:3000]
     page.evaluate(
         "[...document.querySelectorAll('a,button,div')].find(e => e.innerText.trim() === "
