@@ -124,7 +124,8 @@ BINARY_COPY_TYPES: dict[pa.DataType, frozenset[str]] = {
 }
 
 
-def _column_types(conn: psycopg.Connection, table: sql.Composable) -> dict[str, str]:
+def column_types(conn: psycopg.Connection, table: sql.Composable) -> dict[str, str]:
+    """`table`'s columns and their Postgres types (`format_type`, e.g. 'timestamp with time zone')."""
     rows = conn.execute(
         "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
         "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
@@ -133,9 +134,9 @@ def _column_types(conn: psycopg.Connection, table: sql.Composable) -> dict[str, 
     return {name: kind for name, kind in rows}
 
 
-def binary_copyable(schema: pa.Schema, column_types: dict[str, str]) -> bool:
+def binary_copyable(schema: pa.Schema, types: dict[str, str]) -> bool:
     """Whether every column of `schema` can be COPied in Postgres's binary format into the same-named column."""
-    return all(column_types.get(f.name) in BINARY_COPY_TYPES.get(f.type, ()) for f in schema)
+    return all(types.get(f.name) in BINARY_COPY_TYPES.get(f.type, ()) for f in schema)
 
 
 def copy_arrow(conn: psycopg.Connection, table: sql.Composable, data: pa.Table) -> int:
@@ -148,7 +149,7 @@ def copy_arrow(conn: psycopg.Connection, table: sql.Composable, data: pa.Table) 
         return 0
     columns = _columns(data.column_names)
     with conn.cursor() as cursor:
-        if binary_copyable(data.schema, _column_types(conn, table)):
+        if binary_copyable(data.schema, column_types(conn, table)):
             encoder = ArrowToPostgresBinaryEncoder(data.schema)
             statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table, columns)
             with cursor.copy(statement) as copy:
@@ -274,8 +275,9 @@ def _spark_job(write: TableWrite) -> int | None:
 class _Collector:
     """Submits writes' Spark jobs, in write order, to one worker thread, at most one job ahead of the writer.
 
-    Spark computes the next job while the writer applies the current one, and the driver holds the rows of those
-    two jobs only: a build of many slices runs in the memory of two.
+    Spark computes the next job while the writer applies the current one. The driver holds the rows of those two
+    jobs and, per target, the rows its last submitted write derived from them: a build of many slices runs in the
+    memory of about three.
     """
 
     def __init__(self, executor: ThreadPoolExecutor, writes: Iterable[TableWrite]) -> None:

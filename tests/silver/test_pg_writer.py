@@ -9,7 +9,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from infra.db import connect
-from ingestion.silver.pg_writer import BINARY_COPY_TYPES, binary_copyable, copy_arrow
+from ingestion.silver.pg_writer import BINARY_COPY_TYPES, binary_copyable, column_types, copy_arrow
 
 ROWS = pa.table(
     {
@@ -37,10 +37,8 @@ def _copied(database_url: str, columns: str, data: pa.Table) -> list[tuple]:
 def test_binary_copy_keeps_every_value_null_and_empty_string(silver_db):
     with connect(silver_db) as conn:
         conn.execute(f"CREATE TEMP TABLE probe ({COLUMNS})")
-        types = {r[0]: r[1] for r in conn.execute(
-            "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
-            "WHERE attrelid = 'probe'::regclass AND attnum > 0").fetchall()}
-    assert binary_copyable(ROWS.schema, types)
+        types = column_types(conn, sql.Identifier("probe"))
+    assert binary_copyable(ROWS.schema, types)  # so copy_arrow takes the binary path below
     assert _copied(silver_db, COLUMNS, ROWS) == [tuple(r.values()) for r in ROWS.to_pylist()]
 
 
