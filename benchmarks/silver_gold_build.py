@@ -222,6 +222,7 @@ def _profile(result) -> None:
     table's COPY) and Postgres applying them."""
     parts = [
         f"{t.removeprefix('silver.')}: spark {result.spark_wait_s.get(t, 0):.2f} s, postgres {s:.2f} s"
+        + (f" (of which index builds {result.index_build_s[t]:.2f} s)" if t in result.index_build_s else "")
         for t, s in result.postgres_s.items()
     ]
     print("  profile: " + "; ".join(parts))

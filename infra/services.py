@@ -171,8 +171,11 @@ def check_broker(bootstrap: str, settings: Settings) -> None:
     from kafka.errors import KafkaError
 
     try:
+        # kafka-python waits 30 s for a bootstrap answer by default; a broker that is up answers in milliseconds,
+        # and one that is down should be named without making the user wait that long.
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=5000, **kafka_security_config(settings)
+            bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=10_000,
+            **kafka_security_config(settings),
         )
         admin.list_topics()
         admin.close()

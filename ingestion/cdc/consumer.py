@@ -453,6 +453,21 @@ class CdcConsumer:
         predecoded: dict[str, list[_Predecoded]] = {}
         last_offsets: dict[tuple[str, int], int] = {}
         count = 0
+
+        def await_in_flight() -> None:
+            """Batches commit one at a time and in order: the next is submitted once this one is done."""
+            nonlocal in_flight
+            if in_flight is not None:
+                in_flight.result()
+                stats.batches += 1
+                in_flight = None
+
+        def commit_pending() -> None:
+            nonlocal in_flight, pending, predecoded, last_offsets, count
+            await_in_flight()
+            in_flight = committer.submit(self._commit, pending, last_offsets, stats, predecoded, types_path)
+            pending, predecoded, last_offsets, count = {}, {}, {}, 0
+
         try:
             self._publish_column_types(types_path)
             # Fetch processes may write Parquet files straight into the tables of a local lake: the commit
@@ -498,16 +513,8 @@ class CdcConsumer:
                             # Written into the tables already: committed on its own, after whatever came
                             # before it (the same partitions' earlier offsets may be in the pending batch).
                             if count:
-                                if in_flight is not None:
-                                    in_flight.result()
-                                    stats.batches += 1
-                                in_flight = committer.submit(
-                                    self._commit, pending, last_offsets, stats, predecoded, types_path
-                                )
-                                pending, predecoded, last_offsets, count = {}, {}, {}, 0
-                            if in_flight is not None:
-                                in_flight.result()
-                                stats.batches += 1
+                                commit_pending()
+                            await_in_flight()
                             piece_offsets = {(topic, partition): offset for topic, partition, offset in message["last"]}
                             in_flight = committer.submit(
                                 self._commit_files, polled["piece_id"], polled["files"], piece_offsets, stats
@@ -539,16 +546,8 @@ class CdcConsumer:
                 idle = in_flight is None or in_flight.done()
                 early = pending and idle and self.decode_in_fetch_processes
                 if count and (count >= self.batch_max_events or not running or early):
-                    if in_flight is not None:
-                        in_flight.result()
-                        stats.batches += 1
-                    in_flight = committer.submit(
-                        self._commit, pending, last_offsets, stats, predecoded, types_path
-                    )
-                    pending, predecoded, last_offsets, count = {}, {}, {}, 0
-            if in_flight is not None:
-                in_flight.result()
-                stats.batches += 1
+                    commit_pending()
+            await_in_flight()
         finally:
             committer.shutdown(wait=True)
             for child in children:

@@ -121,6 +121,8 @@ class MarketBuildResult:
     postgres_s: dict[str, float] = field(default_factory=dict)
     # the windows of days built by one Spark job each (`market_slices`)
     slices: list[tuple[date, date]] = field(default_factory=list)
+    # of postgres_s: building the indexes of tables first loaded into a bare heap
+    index_build_s: dict[str, float] = field(default_factory=dict)
 
 
 # Every dataset's rows share one shape, so that one Spark query builds the whole window: the series columns of
@@ -569,5 +571,6 @@ def build_market_window(
     writes = (write for first, last in slices for write in _slice_writes(spark, lake, zones, datasets, first, last))
     written = merge_dataframes(database_url, writes)
     return MarketBuildResult(
-        start, end, dict(written.staged), dict(written.replaced), written.spark_wait_s, written.postgres_s, slices
+        start, end, dict(written.staged), dict(written.replaced), written.spark_wait_s, written.postgres_s, slices,
+        written.index_build_s,
     )

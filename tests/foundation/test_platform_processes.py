@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.platform import STOP_ORDER, TOOL_PROCESSES, PlatformProcesses
 from infra.processes import free_port
@@ -31,6 +32,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# The platform's services as separate processes (Dagster webserver and daemon, the API, Spark Connect, the follow
+# consumer): over a minute of two cores, so with the other multi-process paths in `make test-scale`.
+@pytest.mark.scale
 def test_platform_processes_start_restart_and_stop(database_url: str, broker_bootstrap: str, tmp_path: Path) -> None:
     from infra.settings import Settings
     from tests.conftest import private_database
