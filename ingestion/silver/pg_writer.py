@@ -276,10 +276,10 @@ class _BulkLoads:
     rows one by one into it (2 M price revisions: 15.5 s with the key and date indexes in place; 3.4 s into the
     bare table plus 3.9 s building both). So the first write of at least `BULK_LOAD_ROWS` rows into an empty table
     drops the table's indexes, constraints' included, every later write of the transaction COPies into the bare
-    heap, and the indexes are rebuilt once before commit, as pg_restore does. A write that must merge with rows
-    already there rebuilds them first. The table stays locked (ACCESS EXCLUSIVE) until commit: a reader of a table
-    being first loaded waits for its rows instead of seeing none. Tables this role does not own, partitioned
-    tables and tables whose keys are referenced by foreign keys load row by row as before.
+    heap, and the indexes are rebuilt once before commit, as pg_restore does, and the table analyzed. A write
+    that must merge with rows already there rebuilds them first. The table stays locked (ACCESS EXCLUSIVE) until
+    commit: a reader of a table being first loaded waits for its rows instead of seeing none. Tables this role
+    does not own, partitioned tables and tables whose keys are referenced by foreign keys load row by row.
     """
 
     def __init__(self) -> None:
@@ -347,6 +347,9 @@ class _BulkLoads:
             for statement in statements:
                 conn.execute(statement)  # a duplicate key fails here, and the whole transaction with it
             conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
+            # From empty to millions of rows in one transaction: the next query (often the gold build, at once)
+            # should not plan on an empty table's statistics while autovacuum gets round to it.
+            conn.execute(sql.SQL("ANALYZE {}").format(_qualified(name)))
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
