@@ -34,7 +34,7 @@ from infra.db import connect
 # Rows per CSV chunk handed to COPY: large enough to amortise the Python call, small enough to stay cache-warm.
 COPY_CHUNK_ROWS = 65_536
 # A first load of at least this many rows into an empty table drops its indexes and builds them after the rows.
-# Below it, maintaining them row by row costs less than a second and the table is not locked against readers.
+# Below it, maintaining them row by row costs a second or so, and the table is not locked against its readers.
 BULK_LOAD_ROWS = 200_000
 # Sort memory of those index builds (Postgres's default, 64 MB, sorts a year of price revisions on disk).
 BULK_INDEX_MEMORY_MB = 512
