@@ -153,3 +153,18 @@ def test_a_table_a_reader_is_using_loads_row_by_row_without_waiting_for_the_read
     assert result.inserted[PROBE] == 10
     assert result.index_build_s == {}  # the lock was not granted: indexes kept and maintained row by row
     assert len(_rows(probe)) == 10
+
+
+def test_an_identical_re_run_of_a_window_neither_writes_nor_locks_its_rows(spark, probe):
+    merge_dataframes(probe, [_day_write(spark, 0, 2, 1.0)])
+
+    def row_versions() -> list[tuple]:
+        with connect(probe) as conn:
+            versions = "SELECT ctid::text, xmin::text, xmax::text FROM public.bulk_probe ORDER BY k"
+            return conn.execute(versions).fetchall()
+
+    before = row_versions()
+    result = merge_dataframes(probe, [_day_write(spark, 0, 2, 1.0)])
+    assert (result.deleted[PROBE], result.inserted[PROBE], result.updated[PROBE]) == (0, 0, 0)
+    # ON CONFLICT DO UPDATE locks every row it compares, even where its WHERE leaves the row as it is (xmax set).
+    assert row_versions() == before
