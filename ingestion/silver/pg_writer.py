@@ -216,44 +216,26 @@ def _conflict(write: TableWrite) -> sql.Composable:
     return sql.SQL("({})").format(_columns(write.key_columns))
 
 
+def _aliased(alias: str, columns: Sequence[str]) -> sql.Composed:
+    """`alias.c1, alias.c2, ...`"""
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in columns)
+
+
 def _upsert(
     conn: psycopg.Connection,
     write: TableWrite,
-    staging: sql.Composable,
+    source: sql.Composable,
     columns: Sequence[str],
-    window: ReplaceWhere | None = None,
+    params: Sequence[object] | None = None,
 ) -> tuple[int, int]:
-    """Insert new keys and update rows whose values differ; (inserted, updated).
-
-    With the `window` the staged rows replace, rows identical to one of the window's are left out before the
-    upsert, by one hash anti-join over the window: ON CONFLICT would otherwise look up and lock every row of a
-    re-run day (a revised upload of 1,200 prices beside 144,000 unchanged ticks).
-    """
+    """Insert the rows of query `source` (its columns are `columns`) whose key is new, and update the rows whose
+    values differ; (inserted, updated)."""
     updates = [c for c in columns if c not in write.key_columns]
-    target = sql.Identifier("t")
-    rows = sql.SQL("SELECT {} FROM {}").format(_columns(columns), staging)
-    params: tuple[object, ...] = ()
-    if window is not None:
-        same_key = _key_match(write.key_columns, _nullable(conn, write.target), "s", "t")
-        same_values = sql.SQL("({}) IS NOT DISTINCT FROM ({})").format(
-            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in updates),
-            sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in updates),
-        ) if updates else sql.SQL("TRUE")
-        rows = (
-            sql.SQL("SELECT {} FROM {} AS s WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE (").format(
-                sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns),
-                staging,
-                _qualified(write.target),
-            )
-            + sql.SQL(window.predicate)  # type: ignore[arg-type]  # predicates are code constants
-            + sql.SQL(") AND {} AND {})").format(same_key, same_values)
-        )
-        params = window.params
     if updates:
         action = sql.SQL("DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates),
-            sql.SQL(", ").join(sql.SQL("{}.{}").format(target, sql.Identifier(c)) for c in updates),
-            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in updates),
+            _aliased("t", updates),
+            _aliased("excluded", updates),
         )
     else:
         action = sql.SQL("DO NOTHING")
@@ -263,8 +245,8 @@ def _upsert(
             "WITH changed AS (INSERT INTO {} AS t ({}) {} ON CONFLICT {} {} "
             "RETURNING (t.xmax = 0) AS ins) "
             "SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM changed"
-        ).format(_qualified(write.target), _columns(columns), rows, _conflict(write), action),
-        params or None,
+        ).format(_qualified(write.target), _columns(columns), source, _conflict(write), action),
+        params,
     ).fetchone()
     return int(row[0]), int(row[1])
 
@@ -293,19 +275,17 @@ class _BulkLoads:
         table = _qualified(target)
         if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()[0]:
             return
+        # Every index of the table, each with whether this role may drop it and rebuild it from its definition.
         indexes = conn.execute(
             "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), con.conname, "
-            "pg_get_constraintdef(con.oid) "
+            "pg_get_constraintdef(con.oid), c.relkind = 'r' AND pg_has_role(c.relowner, 'USAGE') "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.conindid = i.indexrelid AND f.contype = 'f') "
             "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
             "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid "
-            "WHERE i.indrelid = %s::regclass AND c.relkind = 'r' AND pg_has_role(c.relowner, 'USAGE') "
-            "AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.conindid = i.indexrelid AND f.contype = 'f')",
+            "WHERE i.indrelid = %s::regclass",
             (table.as_string(conn),),
         ).fetchall()
-        total = conn.execute(
-            "SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass", (table.as_string(conn),)
-        ).fetchone()[0]
-        if not indexes or len(indexes) < total:
+        if not indexes or not all(droppable for *_, droppable in indexes):
             return
         try:
             with conn.transaction():  # a savepoint: a lock that cannot be had leaves the transaction as it was
@@ -319,7 +299,7 @@ class _BulkLoads:
         if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()[0]:
             return
         rebuild: list[sql.Composable] = []
-        for index, definition, constraint, constraint_definition in indexes:
+        for index, definition, constraint, constraint_definition, _ in indexes:
             if constraint is None:
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))  # regclass text: quoted as needed
                 rebuild.append(sql.SQL(definition))
@@ -331,8 +311,9 @@ class _BulkLoads:
                 )
         self._indexes[target] = rebuild
 
-    def finish(self, conn: psycopg.Connection, target: str | None = None) -> None:
-        """Build the dropped indexes of `target` (every bulk-loaded target when None)."""
+    def finish(self, conn: psycopg.Connection, target: str | None = None) -> dict[str, float]:
+        """Build the dropped indexes of `target` (every bulk-loaded target when None); the seconds per target."""
+        spent: dict[str, float] = {}
         for name in [target] if target is not None else list(self._indexes):
             statements = self._indexes.pop(name, None)
             if not statements:
@@ -350,7 +331,9 @@ class _BulkLoads:
             # From empty to millions of rows in one transaction: the next query (often the gold build, at once)
             # should not plan on an empty table's statistics while autovacuum gets round to it.
             conn.execute(sql.SQL("ANALYZE {}").format(_qualified(name)))
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            spent[name] = time.perf_counter() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + spent[name]
+        return spent
 
 
 def _apply_replace_where(
@@ -363,8 +346,6 @@ def _apply_replace_where(
     before = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ").format(target) + where, params).fetchone()[0]
     _add(result.replaced, write.target, int(before))
     if data is None or data.num_rows == 0:
-        if before:
-            bulk.finish(conn, write.target)
         delete = sql.SQL("DELETE FROM {} WHERE ").format(target) + where
         _add(result.deleted, write.target, conn.execute(delete, params).rowcount)
         return
@@ -384,7 +365,21 @@ def _apply_replace_where(
         + sql.SQL(") AND NOT EXISTS (SELECT 1 FROM {} AS s WHERE {})").format(staging, match),
         params,
     ).rowcount
-    inserted, updated = _upsert(conn, write, staging, data.column_names, write.replace)
+    # Rows identical to one of the window's are left out by one hash anti-join: ON CONFLICT would otherwise look up
+    # and lock every row of a re-run day (a revised upload of 1,200 prices beside 144,000 unchanged ticks).
+    values = [c for c in data.column_names if c not in write.key_columns]
+    same_values = (
+        sql.SQL(" AND ({}) IS NOT DISTINCT FROM ({})").format(_aliased("t", values), _aliased("s", values))
+        if values else sql.SQL("")
+    )
+    changed = (
+        sql.SQL("SELECT {} FROM {} AS s WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE (").format(
+            _aliased("s", data.column_names), staging, target
+        )
+        + where
+        + sql.SQL(") AND {}{})").format(match, same_values)
+    )
+    inserted, updated = _upsert(conn, write, changed, data.column_names, params)
     _add(result.deleted, write.target, deleted)
     _add(result.inserted, write.target, inserted)
     _add(result.updated, write.target, updated)
@@ -513,7 +508,8 @@ def merge_dataframes(
                         if data is not None and data.num_rows:
                             staging = _temp_like(conn, write.target, data.column_names)
                             copy_arrow(conn, staging, data)
-                            inserted, updated = _upsert(conn, write, staging, data.column_names)
+                            staged = sql.SQL("SELECT {} FROM {}").format(_columns(data.column_names), staging)
+                            inserted, updated = _upsert(conn, write, staged, data.column_names)
                             _add(result.inserted, write.target, inserted)
                             _add(result.updated, write.target, updated)
                     _add(result.postgres_s, write.target, time.perf_counter() - applied)
@@ -521,11 +517,9 @@ def merge_dataframes(
                     collector.pending.popleft()
                     collector.release()
                     collector.top_up()
-                during_writes = dict(bulk.seconds)  # already in those writes' postgres_s
-                bulk.finish(conn)
-                for target, seconds in bulk.seconds.items():
-                    _add(result.postgres_s, target, seconds - during_writes.get(target, 0.0))
-                    result.index_build_s[target] = seconds
+                for target, seconds in bulk.finish(conn).items():
+                    _add(result.postgres_s, target, seconds)
+                result.index_build_s.update(bulk.seconds)
                 commit = time.perf_counter()
                 if finalize is not None:
                     finalize(conn)
