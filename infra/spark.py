@@ -59,6 +59,9 @@ def spark_session(
             # driver (a stat per file).
             .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "10000")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            # On, every pyspark function call (thousands to plan one silver build) makes several more Py4J round
+            # trips to record its Python call site for error messages: about a second per build.
+            .config("spark.python.sql.dataFrameDebugging.enabled", "false")
             .getOrCreate()
         )
         if not remote:

@@ -143,3 +143,32 @@ def test_fall_back_day_and_load_partition_rerun(spark, lake, silver_db):
         (25, 3 * 2000.0 + sum(1000.0 + i for i in range(3, 25)), 2)
     ]
     assert query(silver_db, "SELECT issue, affected_points FROM silver.quality__gaps") == [("duplicate", 3)]
+
+
+def test_a_replayed_delivery_after_a_revision_stays_an_earlier_revision(spark, lake, silver_db):
+    # Offset 7 is delivered, revised by offset 9, then offset 7's batch is replayed (read again, ingested later):
+    # the replay is the same delivery, so offset 9 stays the latest price and the key has two revisions.
+    tick = {"zone": "FR", "node": "FR_N1", "market": "RT", "interval_minutes": 5, "_topic": "optibid.market.ticks",
+            "_partition": 0, "currency": "EUR", "ts_utc": datetime(2024, 3, 10, 11, 0, tzinfo=UTC)}
+    append_bronze(
+        lake,
+        "ticks__prices",
+        [
+            {**tick, "price": 40.0, "_offset": 7, "_ingested_at": UPLOADED, "_batch_id": "b1"},
+            {**tick, "price": 41.0, "_offset": 9, "_ingested_at": UPLOADED + timedelta(minutes=5), "_batch_id": "b2"},
+            {**tick, "price": 40.0, "_offset": 7, "_ingested_at": REVISED, "_batch_id": "b1-replayed"},
+        ],
+        TICKS_SCHEMA,
+    )
+    build_market_window(spark, lake, silver_db, date(2024, 3, 10), date(2024, 3, 11), datasets=("prices",))
+    assert query(
+        silver_db,
+        "SELECT revision, price, is_latest, source_ref, batch_id FROM silver.market__price_revisions ORDER BY revision",
+    ) == [
+        (1, 40.0, False, "optibid.market.ticks/0@7", "b1"),
+        (2, 41.0, True, "optibid.market.ticks/0@9", "b2"),
+    ]
+    assert query(silver_db, "SELECT price, revision FROM silver.market__prices") == [(41.0, 2)]
+    assert query(silver_db, "SELECT issue, affected_points FROM silver.quality__gaps WHERE issue = 'duplicate'") == [
+        ("duplicate", 1)
+    ]
