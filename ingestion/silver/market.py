@@ -170,8 +170,9 @@ def _normalised_currency(currency: Column) -> tuple[Column, Column]:
 
 
 def _text(*parts: str | Column) -> Column:
-    """`parts` (literal text and columns) as one string, a NULL column written `null`: format_string's text,
-    without its per-row Java formatter (a fifth of the time of typing a slice's observations)."""
+    """`parts` (literal text and columns) as one string, a NULL column written `null`: format_string's text
+    without its per-row Java formatter (the `source_ref` column was a sixth of the time of a slice's
+    `observations`)."""
     return F.concat(
         *[F.lit(p) if isinstance(p, str) else F.coalesce(p.cast("string"), F.lit("null")) for p in parts]
     )
