@@ -3,7 +3,10 @@ same rows, the same Kafka offsets, time travel within the window, and a stale wr
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -12,6 +15,7 @@ import pytest
 from infra.lake import Lake
 from infra.lake_maintenance import maintain_table, only_maintenance_since
 from ingestion.cdc.delta import BronzeTables, offset_app_id
+from ingestion.cdc.fetch import write_parquet
 
 TOPIC = "optibid.market.ticks"
 
@@ -93,6 +97,24 @@ def test_vacuum_beyond_the_window_removes_only_unreferenced_files(lake: Lake) ->
     # a version older than the window has lost its files: that is what the window means
     with pytest.raises(Exception, match="not found"):
         _rows(lake, 0)
+
+
+def test_a_fetch_file_never_committed_is_never_read_and_vacuumed_only_past_the_window(lake: Lake) -> None:
+    # A fetch process writes its Parquet file into the table, then the consumer dies before committing it.
+    _follow_batches(lake, 3)
+    current = _rows(lake)
+    name, _, _ = write_parquet(lake.table_uri("bronze", "ticks__prices"), _batch(1000, 10))
+    orphan = Path(lake.table_uri("bronze", "ticks__prices")) / name
+    assert _rows(lake) == current
+    # Within the window the file may still be a live consumer's next commit: vacuum leaves it.
+    maintain_table(lake, "bronze", "ticks__prices", retention_hours=24)
+    assert orphan.exists()
+    past_window = time.time() - 25 * 3600
+    os.utime(orphan, (past_window, past_window))
+    result = maintain_table(lake, "bronze", "ticks__prices", retention_hours=24)
+    assert result is not None and result.files_vacuumed == 1
+    assert not orphan.exists()
+    assert _rows(lake) == current
 
 
 def test_maintenance_commits_are_recognised_as_adding_no_rows(lake: Lake) -> None:
