@@ -820,6 +820,27 @@ def restore_payloads(lake: Lake, archive_uri: str, table: str) -> int:
     return _restore_merge(lake, table, source, window)
 
 
+def archived_payload_days(lake: Lake, archive_uri: str, table: str | None = None) -> list[tuple[str, date, int, str]]:
+    """(bronze table, UTC day of ingestion, payloads, archive URI) of the raw CDC payloads in the cold tier, of
+    `table` (`cdc__bids` or `bronze.cdc__bids`) or of every CDC table. The archive keeps its copies after
+    `restore_payloads`, so a restored day is still listed."""
+    out = []
+    for name in cdc_payload_tables(lake):
+        if table is not None and table.removeprefix("bronze.") != name:
+            continue
+        archived = _payload_archive(lake, archive_uri, name)
+        if archived is None:
+            continue
+        ingested = archived.to_pyarrow_dataset().to_table(columns=[INGESTED_AT]).column(INGESTED_AT)
+        # The stored instants are UTC: without the zone, the date is the UTC date.
+        days = pc.cast(pc.cast(ingested, pa.timestamp("us")), pa.date32())
+        counts = pa.table({"day": days}).group_by("day").aggregate([("day", "count")]).sort_by("day")
+        uri = payload_archive_uri(archive_uri, name)
+        for day, rows in zip(counts["day"].to_pylist(), counts["day_count"].to_pylist(), strict=True):
+            out.append((f"bronze.{name}", day, rows, uri))
+    return out
+
+
 def _row_key(row: dict[str, Any]) -> LineageKey:
     return (row["_topic"], row["_partition"], row["_offset_epoch"], row["_offset"])
 

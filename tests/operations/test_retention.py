@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -398,7 +399,13 @@ def test_old_raw_cdc_payloads_move_to_the_cold_tier_and_come_back(
     from deltalake import DeltaTable
 
     from infra.lake_maintenance import only_maintenance_since
-    from infra.retention import PayloadRetentionPolicy, archive_payloads, payload_archive_uri, raw_payloads
+    from infra.retention import (
+        PayloadRetentionPolicy,
+        archive_payloads,
+        archived_payload_days,
+        payload_archive_uri,
+        raw_payloads,
+    )
 
     lake = Lake(str(tmp_path / "lake"))
     archive = str(tmp_path / "cold")
@@ -425,6 +432,11 @@ def test_old_raw_cdc_payloads_move_to_the_cold_tier_and_come_back(
     cold = DeltaTable(payload_archive_uri(archive, "cdc__bids")).to_pyarrow_table()
     columns = ["_topic", "_partition", "_offset_epoch", "_offset", "_ingested_at", "payload_raw"]
     assert cold.select(columns).sort_by(LINEAGE).equals(old_payloads.select(columns))
+    # listed by the UTC day each payload was ingested
+    per_day = Counter(t.astimezone(UTC).date() for t in old_payloads["_ingested_at"].to_pylist())
+    uri = payload_archive_uri(archive, "cdc__bids")
+    assert archived_payload_days(lake, archive) == [("bronze.cdc__bids", d, n, uri) for d, n in sorted(per_day.items())]
+    assert archived_payload_days(lake, archive, "cdc__other") == []
     for path in DeltaTable(payload_archive_uri(archive, "cdc__bids")).file_uris():
         assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
 
@@ -447,11 +459,14 @@ def test_old_raw_cdc_payloads_move_to_the_cold_tier_and_come_back(
     monkeypatch.setenv("OPTIBID_ARCHIVE_URI", archive)
     get_settings.cache_clear()
     try:
+        listed = CliRunner().invoke(app, ["archive", "list", "bronze.cdc__bids"])
         result = CliRunner().invoke(app, ["archive", "restore-payloads", "bronze.cdc__bids"])
         shown = CliRunner().invoke(app, ["archive", "payload", "cdc__bids", BIDS_TOPIC, "1", "0"])
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+    assert listed.exit_code == 0, listed.output
+    assert "payloads" in listed.output and min(per_day).isoformat() in listed.output
     assert result.exit_code == 0, result.output
     assert "5 raw payloads back" in result.output
     assert _hot(lake).equals(before)
