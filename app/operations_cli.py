@@ -117,25 +117,24 @@ archive_app = typer.Typer(
 def archive_list(
     table: Annotated[str | None, typer.Argument(help="e.g. silver.market__prices or bronze.cdc__bids")] = None,
 ) -> None:
-    """Days currently in the cold tier: warehouse tables' days, and bronze CDC tables' raw payloads by the UTC
-    day they were ingested (their rows stay hot)."""
+    """Days currently in the cold tier: warehouse tables' days, archived dead letters, and bronze CDC tables' raw
+    payloads by the UTC day they were ingested (their rows stay hot)."""
     from infra.lake import lake_from_settings
-    from infra.retention import archived_days, archived_payload_days
+    from infra.retention import archived_days, archived_lake_days
 
     out = Table("table", "day", "rows", "archive")
-    payloads_only = table is not None and table.removeprefix("bronze.").startswith("cdc__")
-    if not payloads_only:
+    lake_only = table is not None and table.removeprefix("bronze.").startswith("cdc__")
+    if not lake_only:
         from infra import db
 
         with db.connect(_warehouse_url()) as conn:
             for name, day, rows, uri in archived_days(conn, table):
                 out.add_row(name, day.isoformat(), str(rows), uri)
-    if table is None or payloads_only:
+    if table is None or lake_only:
         settings = get_settings()
-        for name, day, rows, uri in archived_payload_days(
-            lake_from_settings(settings), settings.resolved_archive_uri, table
-        ):
-            out.add_row(f"{name} (raw payloads)", day.isoformat(), str(rows), uri)
+        lake = lake_from_settings(settings)
+        for name, day, rows, uri in archived_lake_days(lake, settings.resolved_archive_uri, table):
+            out.add_row(name, day.isoformat(), str(rows), uri)
     console.print(out)
 
 

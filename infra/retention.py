@@ -820,24 +820,41 @@ def restore_payloads(lake: Lake, archive_uri: str, table: str) -> int:
     return _restore_merge(lake, table, source, window)
 
 
-def archived_payload_days(lake: Lake, archive_uri: str, table: str | None = None) -> list[tuple[str, date, int, str]]:
-    """(bronze table, UTC day of ingestion, payloads, archive URI) of the raw CDC payloads in the cold tier, of
-    `table` (`cdc__bids` or `bronze.cdc__bids`) or of every CDC table. The archive keeps its copies after
-    `restore_payloads`, so a restored day is still listed."""
+def _rows_per_day(archived: DeltaTable, column: str) -> list[tuple[date, int]]:
+    """(UTC day, rows) of a cold-tier table by its timestamp `column`, in day order."""
+    instants = archived.to_pyarrow_dataset().to_table(columns=[column]).column(column)
+    # The stored instants are UTC: without the zone, the date is the UTC date.
+    days = pc.cast(pc.cast(instants, pa.timestamp("us")), pa.date32())
+    counts = pa.table({"day": days}).group_by("day").aggregate([("day", "count")]).sort_by("day")
+    return list(zip(counts["day"].to_pylist(), counts["day_count"].to_pylist(), strict=True))
+
+
+def archived_lake_days(lake: Lake, archive_uri: str, table: str | None = None) -> list[tuple[str, date, int, str]]:
+    """(what, UTC day, rows, archive URI) of the lake's data in the cold tier, of bronze `table` (`cdc__bids` or
+    `bronze.cdc__bids`) or of every table: the rows of tables archived whole (`bronze.cdc__dead_letters`, by
+    their policy's column) and the raw payloads of CDC tables (`bronze.cdc__bids (raw payloads)`, by day
+    ingested; the rows stay hot). The archive keeps its payload copies after `restore_payloads`, so a restored
+    day is still listed."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    wanted = None if table is None else table.removeprefix("bronze.")
     out = []
+    for policy in LAKE_RETENTION_POLICIES:
+        if wanted not in (None, policy.table):
+            continue
+        uri = archive_lake_uri(archive_uri, policy.table)
+        try:
+            archived = DeltaTable(uri, storage_options=lake.storage_options or None)
+        except TableNotFoundError:
+            continue
+        out += [(f"bronze.{policy.table}", day, rows, uri) for day, rows in _rows_per_day(archived, policy.column)]
     for name in cdc_payload_tables(lake):
-        if table is not None and table.removeprefix("bronze.") != name:
-            continue
-        archived = _payload_archive(lake, archive_uri, name)
-        if archived is None:
-            continue
-        ingested = archived.to_pyarrow_dataset().to_table(columns=[INGESTED_AT]).column(INGESTED_AT)
-        # The stored instants are UTC: without the zone, the date is the UTC date.
-        days = pc.cast(pc.cast(ingested, pa.timestamp("us")), pa.date32())
-        counts = pa.table({"day": days}).group_by("day").aggregate([("day", "count")]).sort_by("day")
-        uri = payload_archive_uri(archive_uri, name)
-        for day, rows in zip(counts["day"].to_pylist(), counts["day_count"].to_pylist(), strict=True):
-            out.append((f"bronze.{name}", day, rows, uri))
+        payloads = _payload_archive(lake, archive_uri, name) if wanted in (None, name) else None
+        if payloads is not None:
+            uri = payload_archive_uri(archive_uri, name)
+            what = f"bronze.{name} (raw payloads)"
+            out += [(what, day, rows, uri) for day, rows in _rows_per_day(payloads, INGESTED_AT)]
     return out
 
 

@@ -318,7 +318,13 @@ def _dead_letters(lake: Lake, now: datetime, topic: str = "optibid.market.ticks"
 
 
 def test_old_dead_letters_move_to_the_cold_lake_and_the_offsets_stay(tmp_path: Path) -> None:
-    from infra.retention import LakeRetentionPolicy, archive_lake_rows, read_archived_lake_rows
+    from infra.retention import (
+        LakeRetentionPolicy,
+        archive_lake_rows,
+        archive_lake_uri,
+        archived_lake_days,
+        read_archived_lake_rows,
+    )
 
     lake = Lake(str(tmp_path / "lake"))
     now = datetime(2026, 12, 6, tzinfo=UTC)
@@ -338,6 +344,12 @@ def test_old_dead_letters_move_to_the_cold_lake_and_the_offsets_stay(tmp_path: P
     # a second pass finds nothing more to move, and does not archive twice
     assert archive_lake_rows(lake, archive, policy, now).rows == 0
     assert read_archived_lake_rows(lake, archive, "cdc__dead_letters").num_rows == 2
+    # listed by the UTC day of the policy's column
+    per_day = Counter(t.astimezone(UTC).date() for t in cold["_ingested_at"].to_pylist())
+    uri = archive_lake_uri(archive, "cdc__dead_letters")
+    assert archived_lake_days(lake, archive, "cdc__dead_letters") == [
+        ("bronze.cdc__dead_letters", d, n, uri) for d, n in sorted(per_day.items())
+    ]
 
 
 BIDS_TOPIC = "optibid.public.bids"
@@ -402,7 +414,7 @@ def test_old_raw_cdc_payloads_move_to_the_cold_tier_and_come_back(
     from infra.retention import (
         PayloadRetentionPolicy,
         archive_payloads,
-        archived_payload_days,
+        archived_lake_days,
         payload_archive_uri,
         raw_payloads,
     )
@@ -435,8 +447,9 @@ def test_old_raw_cdc_payloads_move_to_the_cold_tier_and_come_back(
     # listed by the UTC day each payload was ingested
     per_day = Counter(t.astimezone(UTC).date() for t in old_payloads["_ingested_at"].to_pylist())
     uri = payload_archive_uri(archive, "cdc__bids")
-    assert archived_payload_days(lake, archive) == [("bronze.cdc__bids", d, n, uri) for d, n in sorted(per_day.items())]
-    assert archived_payload_days(lake, archive, "cdc__other") == []
+    listed = [("bronze.cdc__bids (raw payloads)", d, n, uri) for d, n in sorted(per_day.items())]
+    assert archived_lake_days(lake, archive) == archived_lake_days(lake, archive, "bronze.cdc__bids") == listed
+    assert archived_lake_days(lake, archive, "cdc__other") == []
     for path in DeltaTable(payload_archive_uri(archive, "cdc__bids")).file_uris():
         assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
 
