@@ -484,6 +484,17 @@ def archive_lake_uri(archive_uri: str, table: str) -> str:
     return f"{archive_uri.rstrip('/')}/lake/bronze/{table}"
 
 
+def _cold_table(lake: Lake, uri: str) -> DeltaTable | None:
+    """The cold tier's Delta table at `uri`; None before anything was archived to it."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(uri, storage_options=lake.storage_options or None)
+    except TableNotFoundError:
+        return None
+
+
 def _rows_digest(data: pa.Table) -> str:
     keys = [(c, "ascending") for c in ("_topic", "_partition", "_offset_epoch", "_offset") if c in data.column_names]
     ordered = data.sort_by(keys) if keys else data
@@ -517,7 +528,6 @@ def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy,
     in the hot table's log are untouched: deleting rows changes no app transaction.
     """
     from deltalake import CommitProperties, DeltaTable, Transaction
-    from deltalake.exceptions import TableNotFoundError
 
     name, cutoff, table = _hot_lake_table(lake, policy.table, policy.hot_days, now)
     if table is None:
@@ -529,11 +539,8 @@ def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy,
         return DayOutcome(name, cutoff.date(), "archive", 0)
     uri = archive_lake_uri(archive_uri, policy.table)
     app_id = f"retention-{policy.table}"
-    try:
-        archived = DeltaTable(uri, storage_options=lake.storage_options or None)
-        done = archived.transaction_version(app_id)
-    except TableNotFoundError:
-        done = None
+    archived = _cold_table(lake, uri)
+    done = None if archived is None else archived.transaction_version(app_id)
     batch = old.append_column(ARCHIVE_VERSION_COLUMN, pa.array([version] * old.num_rows, pa.int64()))
     if done != version:
         _append_cold(lake, uri, batch, CommitProperties(app_transactions=[Transaction(app_id, version)]))
@@ -553,14 +560,8 @@ def archive_lake_rows(lake: Lake, archive_uri: str, policy: LakeRetentionPolicy,
 
 def read_archived_lake_rows(lake: Lake, archive_uri: str, table: str) -> pa.Table | None:
     """Every archived row of `bronze.<table>` (without the archive's bookkeeping column); None when none."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        archived = DeltaTable(archive_lake_uri(archive_uri, table), storage_options=lake.storage_options or None)
-    except TableNotFoundError:
-        return None
-    return archived.to_pyarrow_table().drop_columns([ARCHIVE_VERSION_COLUMN])
+    archived = _cold_table(lake, archive_lake_uri(archive_uri, table))
+    return None if archived is None else archived.to_pyarrow_table().drop_columns([ARCHIVE_VERSION_COLUMN])
 
 
 # --- raw CDC payloads --------------------------------------------------------------------------------------
@@ -621,13 +622,7 @@ def payload_archive_uri(archive_uri: str, table: str) -> str:
 
 
 def _payload_archive(lake: Lake, archive_uri: str, table: str) -> DeltaTable | None:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        return DeltaTable(payload_archive_uri(archive_uri, table), storage_options=lake.storage_options or None)
-    except TableNotFoundError:
-        return None
+    return _cold_table(lake, payload_archive_uri(archive_uri, table))
 
 
 def _payload_digest(data: pa.Table) -> str:
@@ -835,26 +830,20 @@ def archived_lake_days(lake: Lake, archive_uri: str, table: str | None = None) -
     their policy's column) and the raw payloads of CDC tables (`bronze.cdc__bids (raw payloads)`, by day
     ingested; the rows stay hot). The archive keeps its payload copies after `restore_payloads`, so a restored
     day is still listed."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     wanted = None if table is None else table.removeprefix("bronze.")
+    # (what, cold table URI, its timestamp column, bronze table) of everything of the lake the cold tier can hold
+    sources = [
+        (f"bronze.{p.table}", archive_lake_uri(archive_uri, p.table), p.column, p.table)
+        for p in LAKE_RETENTION_POLICIES
+    ] + [
+        (f"bronze.{t} (raw payloads)", payload_archive_uri(archive_uri, t), INGESTED_AT, t)
+        for t in cdc_payload_tables(lake)
+    ]
     out = []
-    for policy in LAKE_RETENTION_POLICIES:
-        if wanted not in (None, policy.table):
-            continue
-        uri = archive_lake_uri(archive_uri, policy.table)
-        try:
-            archived = DeltaTable(uri, storage_options=lake.storage_options or None)
-        except TableNotFoundError:
-            continue
-        out += [(f"bronze.{policy.table}", day, rows, uri) for day, rows in _rows_per_day(archived, policy.column)]
-    for name in cdc_payload_tables(lake):
-        payloads = _payload_archive(lake, archive_uri, name) if wanted in (None, name) else None
-        if payloads is not None:
-            uri = payload_archive_uri(archive_uri, name)
-            what = f"bronze.{name} (raw payloads)"
-            out += [(what, day, rows, uri) for day, rows in _rows_per_day(payloads, INGESTED_AT)]
+    for what, uri, column, name in sources:
+        archived = _cold_table(lake, uri) if wanted in (None, name) else None
+        if archived is not None:
+            out += [(what, day, rows, uri) for day, rows in _rows_per_day(archived, column)]
     return out
 
 

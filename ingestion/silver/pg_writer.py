@@ -491,8 +491,8 @@ def merge_dataframes(
         collector = _Collector(executor, writes)
         try:
             with connect(database_url) as conn:
-                for name, value in MERGE_SETTINGS.items():
-                    conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+                settings = sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in MERGE_SETTINGS)
+                conn.execute(sql.SQL("SELECT ") + settings, [v for item in MERGE_SETTINGS.items() for v in item])
                 staged_keys: dict[int, tuple[sql.Identifier, int]] = {}
                 bulk = _BulkLoads()
                 collector.top_up()
