@@ -249,6 +249,10 @@ class LibrdkafkaReader:
             # network, bounded so that a many-partition assignment does not hold gigabytes.
             "queued.max.messages.kbytes": 32 * 1024,
             "queued.min.messages": 200_000,
+            # Once the queue is over those bounds, librdkafka waits this long before fetching again (1 s by
+            # default): a fetch process decoding a 50,000-record batch drained the queue meanwhile and then
+            # sat idle on an empty one.
+            "fetch.queue.backoff.ms": 10,
         })
         _check_reachable(self._consumer, client_config)
         self._positions: dict[TP, int] = {}

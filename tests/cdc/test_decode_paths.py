@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
-from ingestion.cdc.decode import BatchContext, RawRecords, decode_records
+from ingestion.cdc.decode import BatchContext, RawRecords, _parse_envelopes_fast, decode_records
 from ingestion.cdc.topics import route_for
 from ingestion.simulator.trading import trading_events
 
@@ -36,3 +37,53 @@ def test_fast_and_exact_paths_agree_on_every_column():
     assert fast.rows.to_pylist() == exact.rows.to_pylist()
     assert sorted(fast.new_columns) == sorted(exact.new_columns)
     assert sorted(fast.schema_changes.to_pylist(), key=str) == sorted(exact.schema_changes.to_pylist(), key=str)
+
+
+def test_a_batch_with_deletes_and_no_tombstones_takes_the_fast_path_and_agrees():
+    events = [e for e in trading_events(3000, seed=22) if e.topic.endswith(".bids") and e.value is not None]
+    route = route_for("optibid.public.bids")
+    raw = _raw(events, route.topic)
+    parsed = _parse_envelopes_fast(raw.values, route)
+    assert parsed is not None, "well-formed envelopes are read by the batch path"
+    assert "d" in parsed.ops and "c" in parsed.ops, "the sample should hold creates and deletes"
+    ctx = BatchContext("b1", datetime(2025, 1, 1, tzinfo=UTC), {0: 0})
+    fast = decode_records(raw, route, {}, ctx)
+    bad = type(events[0])(route.topic, b"k", b"{broken")
+    exact = decode_records(_raw([*events, bad], route.topic), route, {}, ctx)
+    assert fast.rows.to_pylist() == exact.rows.to_pylist()
+    deleted = [row for row in fast.rows.to_pylist() if row["op"] == "d"]
+    assert deleted and all(row["after_json"] is None and row["before_json"].startswith("{") for row in deleted)
+
+
+def test_a_type_conflict_in_a_fast_batch_dead_letters_its_record_and_keeps_the_others_as_sent():
+    events = [e for e in trading_events(3000, seed=23) if e.topic.endswith(".bids") and e.value is not None]
+    route = route_for("optibid.public.bids")
+    head, after = events[5].value.split(b'"after":', 1)
+    conflicting = head + b'"after":' + after.replace(b'"quantity_mw":', b'"quantity_mw":"lots","was":', 1)
+    raw = _raw([*events[:5], type(events[5])(route.topic, events[5].key, conflicting), *events[6:]], route.topic)
+    assert _parse_envelopes_fast(raw.values, route) is not None
+    ctx = BatchContext("b1", datetime(2025, 1, 1, tzinfo=UTC), {0: 0})
+    out = decode_records(raw, route, {"quantity_mw": "double"}, ctx)
+    assert out.dead_letters.column("reason_code").to_pylist() == ["type_conflict"]
+    assert out.dead_letters.column("_offset").to_pylist() == [5]
+    assert out.rows.column("_offset").to_pylist() == [i for i in range(len(events)) if i != 5]
+    sent = [e.value for i, e in enumerate(events) if i != 5]
+    assert out.rows.column("payload_raw").to_pylist() == [v.decode() for v in sent]
+    kept = [json.loads(v) for v in sent]
+    after_texts = out.rows.column("after_json").to_pylist()
+    assert [None if t is None else json.loads(t) for t in after_texts] == [doc["after"] for doc in kept]
+
+
+def test_a_create_without_after_in_an_otherwise_clean_batch_is_dead_lettered_by_the_exact_path():
+    events = [e for e in trading_events(3000, seed=24) if e.topic.endswith(".bids") and e.value is not None]
+    route = route_for("optibid.public.bids")
+    create = next(i for i, e in enumerate(events) if json.loads(e.value)["op"] == "c")
+    doc = json.loads(events[create].value)
+    doc["after"] = None
+    emptied = type(events[create])(route.topic, events[create].key, json.dumps(doc).encode())
+    raw = _raw([*events[:create], emptied, *events[create + 1:]], route.topic)
+    assert _parse_envelopes_fast(raw.values, route) is None, "the batch path leaves it to the exact path"
+    out = decode_records(raw, route, {}, BatchContext("b1", datetime(2025, 1, 1, tzinfo=UTC), {0: 0}))
+    assert out.dead_letters.column("reason_code").to_pylist() == ["missing_field"]
+    assert out.dead_letters.column("_offset").to_pylist() == [create]
+    assert out.rows.num_rows == len(events) - 1
