@@ -71,8 +71,27 @@ def as_strings(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
         arr = arr.combine_chunks()
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
         arr = pc.cast(arr, pa.string())
+    if _edges_trimmed(arr):
+        return arr  # the usual column, and one trimmed before: no copy of every value
     # ASCII trimming is twice as fast on big columns; NBSPs inside numbers are handled by the number parser.
     return pc.ascii_trim_whitespace(arr)
+
+
+def _edges_trimmed(arr: pa.Array) -> bool:
+    """Whether no value of a string array starts or ends with ASCII whitespace, read from two bytes per value in
+    the array's own buffers. Any byte up to 0x20 counts: a control character, an empty value (its neighbour's
+    byte is read) or a value under a null can only make it answer False, which costs a trim, never a miss."""
+    if len(arr) == 0:
+        return True
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    _, offsets_buffer, data_buffer = arr.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+    if data_buffer is None or offsets[-1] == offsets[0]:
+        return True  # every value is empty
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[: offsets[-1]]
+    first = data[np.minimum(offsets[:-1], len(data) - 1)]
+    last = data[offsets[1:] - 1]  # an empty first value reads index -1: the last byte, at worst a needless trim
+    return not (np.any(first <= 0x20) or np.any(last <= 0x20))
 
 
 _MISSING_VARIANTS = pa.array(

@@ -14,8 +14,10 @@ import contextlib
 import csv
 import hashlib
 import json
+import queue
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from ingestion.reference import MARKET_FEED_ORG
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
+_READ_AHEAD_BATCHES = 4  # built batches waiting for the Delta writer (a chunk is ~200,000 rows: a few MB each)
 # Advisory-lock key space of upload processing ("OBFI" in the high bytes, upload id in the low ones).
 _ADVISORY_BASE = 0x4F42_4649_0000_0000
 
@@ -300,10 +303,11 @@ def _land(
 
         if already is None:
             # One commit per upload, tagged with the upload's app transaction: all rows or none, once.
+            ahead = _read_ahead(batches(), _READ_AHEAD_BATCHES)
             try:
                 write_deltalake(
                     uri,
-                    pa.RecordBatchReader.from_batches(ds.bronze_schema, batches()),
+                    pa.RecordBatchReader.from_batches(ds.bronze_schema, ahead),
                     mode="append",
                     storage_options=lake.storage_options or None,
                     commit_properties=CommitProperties(
@@ -315,6 +319,8 @@ def _land(
                 if failures:  # delta-rs wraps it in a generic error with a traceback: surface the cause
                     raise failures[0] from None
                 raise
+            finally:
+                ahead.close()  # the building thread is done (or stopped) before the quarantine is read
         else:
             for _ in batches():  # landed before a crash: only rebuild counts, profile and quarantine
                 pass
@@ -348,6 +354,47 @@ def _land(
                     upload_id,
                 ),
             )
+
+
+def _read_ahead(items: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
+    """`items`, produced by a thread of their own up to `depth` ahead of the caller; the producer's exception is
+    raised here, and closing this generator stops the producer and waits for it.
+
+    Building a chunk (Arrow and numpy kernels) and delta-rs encoding the previous one both run without the GIL:
+    on two cores they overlap instead of taking turns.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand_over(item):
+                    return
+            hand_over(end)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            hand_over(exc)
+
+    producer = threading.Thread(target=produce, name="upload-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while (item := handoff.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _spool_quarantine(writer: Any, upload_id: int, rows: list[QuarantineRow]) -> None:

@@ -64,8 +64,15 @@ class KeySet:
         """True where a key of the sorted array `ordered` is already in the set."""
         out = np.zeros(len(ordered), dtype=bool)
         for run in self.runs:
-            pos = np.minimum(np.searchsorted(run, ordered), len(run) - 1)
-            out |= run[pos] == ordered
+            # Only keys within the run's range can be in it. Keys lead with the time, so the chunks of a
+            # time-ordered file miss every earlier run without a probe.
+            lo = np.searchsorted(ordered, run[0], side="left")
+            hi = np.searchsorted(ordered, run[-1], side="right")
+            if lo == hi:
+                continue
+            inside = ordered[lo:hi]
+            pos = np.minimum(np.searchsorted(run, inside), len(run) - 1)
+            out[lo:hi] |= run[pos] == inside
         return out
 
     def add(self, ordered: np.ndarray) -> None:
@@ -647,7 +654,8 @@ class CanonicalBuilder:
         sid = series.to_numpy()[ok_idx].astype(np.uint64)
         if "ts_utc" in self.ds.key:
             secs = cols["ts_utc"].cast(pa.int64()).to_numpy(zero_copy_only=False)[ok_idx] // 1_000_000
-            keys = (sid << np.uint64(36)) | (secs + _TS_OFFSET_S).astype(np.uint64)
+            # Seconds since 1900 in the high 36 bits (to year 4077), the series (< 2**28 per file) in the low 28.
+            keys = ((secs + _TS_OFFSET_S).astype(np.uint64) << np.uint64(28)) | sid
         else:
             keys = sid
         ordered = np.sort(keys)

@@ -127,3 +127,17 @@ def test_hour_column_labels_and_repeated_hour_markers(name: str, label: str | No
 def test_a_bare_iso_date_is_a_date_not_a_midnight_timestamp():
     # Otherwise a "Delivery Date" column beside "Hour Ending" is taken for the timestamps.
     assert parsing.detect_timestamp_format(["2024-11-03", "2024-11-04"])[0] == "%Y-%m-%d"
+
+
+@pytest.mark.parametrize("string_type", [pa.string(), pa.large_string()])
+def test_as_strings_trims_exactly_the_values_with_whitespace_at_an_edge(string_type):
+    values = ["a", " b", "c ", "\td\n", "", None, "e f", "", "g"]
+    arr = pa.array(values, string_type)
+    assert parsing.as_strings(arr).to_pylist() == [None if v is None else v.strip() for v in values]
+    for start in range(len(values)):
+        for length in range(len(values) - start + 1):
+            piece = arr.slice(start, length)  # a slice reads its values at an offset into shared buffers
+            expected = [None if v is None else v.strip() for v in values[start : start + length]]
+            assert parsing.as_strings(piece).to_pylist() == expected
+    clean = pa.array(["x", "", None, "y z"], string_type)
+    assert parsing.as_strings(clean) is clean, "a column with nothing to trim is not copied"

@@ -183,3 +183,20 @@ def test_a_file_with_no_text_is_refused_with_a_reason_not_a_crash(tmp_path, cont
     path.write_bytes(content)
     with pytest.raises(ValueError, match="no header row"):
         DelimitedReader(path)
+
+
+def test_keyset_is_exact_when_batches_come_in_key_order():
+    """Keys lead with the time, so a time-ordered file's batches lie above every earlier run; a batch that
+    repeats the last key of the one before, or the very first key, is still caught."""
+    keys = KeySet()
+    seen: set[int] = set()
+    first = 10_000
+    for i in range(40):
+        batch = np.arange(first + 100 * i, first + 100 * i + 100, dtype=np.uint64)
+        if i % 7 == 3:
+            batch = np.unique(np.append(batch, [batch[0] - 1, first]).astype(np.uint64))
+        hit = keys.seen(batch)
+        assert hit.tolist() == [int(k) in seen for k in batch]
+        keys.add(batch[~hit])
+        seen.update(int(k) for k in batch)
+    assert sum(len(r) for r in keys.runs) == len(seen)
