@@ -724,8 +724,8 @@ def _lineage_arrays(raw: RawRecords, idx: list[int], ctx: BatchContext) -> list[
 
 
 def _constant(value: Any, arrow_type: pa.DataType, n: int) -> pa.Array:
-    """`value` n times, filled in by Arrow (a list of n datetimes costs ~0.4 µs per row to convert)."""
-    return pa.nulls(n, arrow_type).fill_null(pa.scalar(value, arrow_type))
+    """`value` n times, repeated by Arrow (a list of n datetimes costs ~0.4 µs per row to convert)."""
+    return pa.repeat(pa.scalar(value, arrow_type), n)
 
 
 def _schema_changes_table(
