@@ -42,7 +42,11 @@ from ingestion.reference import MARKET_FEED_ORG
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
-_READ_AHEAD_BATCHES = 4  # built batches waiting for the Delta writer (a chunk is ~200,000 rows: a few MB each)
+# Parsed chunks waiting to be built, and built batches waiting for the Delta writer: three stages on their own
+# threads, so that two cores are busy. A chunk of a big CSV is 200,000 rows, ~13 MB parsed and ~30 MB built
+# (constant columns are repeated per row); each queued item adds to the upload's peak memory.
+_READ_AHEAD_CHUNKS = 2
+_READ_AHEAD_BATCHES = 2
 # Advisory-lock key space of upload processing ("OBFI" in the high bytes, upload id in the low ones).
 _ADVISORY_BASE = 0x4F42_4649_0000_0000
 
@@ -284,16 +288,18 @@ def _land(
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                for chunk in reader.chunks():
-                    if not builder.fits(chunk.table.column_names):
-                        # Another layout in the same workbook (a notes or summary sheet): reported, not guessed.
-                        skipped.setdefault(str(chunk.sheet), "columns do not match the mapping")
-                        continue
-                    landed, quarantined = builder.build(chunk)
-                    _spool_quarantine(writer, upload_id, quarantined)
-                    if progress:
-                        progress(int(chunk.table.num_rows + len(chunk.malformed)))
-                    yield from landed.to_batches()
+                # Parsing the next chunks (their own thread) overlaps building this one.
+                with contextlib.closing(_read_ahead(reader.chunks(), _READ_AHEAD_CHUNKS)) as chunks:
+                    for chunk in chunks:
+                        if not builder.fits(chunk.table.column_names):
+                            # Another layout in the same workbook (a notes or summary sheet): reported, not guessed.
+                            skipped.setdefault(str(chunk.sheet), "columns do not match the mapping")
+                            continue
+                        landed, quarantined = builder.build(chunk)
+                        _spool_quarantine(writer, upload_id, quarantined)
+                        if progress:
+                            progress(int(chunk.table.num_rows + len(chunk.malformed)))
+                        yield from landed.to_batches()
                 landed, quarantined = builder.flush()
                 _spool_quarantine(writer, upload_id, quarantined)
                 yield from landed.to_batches()
@@ -360,8 +366,8 @@ def _read_ahead(items: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.Reco
     """`items`, produced by a thread of their own up to `depth` ahead of the caller; the producer's exception is
     raised here, and closing this generator stops the producer and waits for it.
 
-    Building a chunk (Arrow and numpy kernels) and delta-rs encoding the previous one both run without the GIL:
-    on two cores they overlap instead of taking turns.
+    Parsing a chunk (pyarrow's CSV reader), building it (Arrow and numpy kernels) and delta-rs encoding it mostly
+    run without the GIL: on two cores they overlap instead of taking turns.
     """
     handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
     end = object()

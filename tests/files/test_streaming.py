@@ -3,7 +3,9 @@ rows and find duplicate keys across chunk boundaries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from ingestion.files.mapping import Mapping
 from ingestion.files.readers import DelimitedReader, ExcelReader, JsonReader
+from ingestion.files.service import _read_ahead
 from ingestion.files.transform import CanonicalBuilder, KeySet
 
 
@@ -200,3 +203,30 @@ def test_keyset_is_exact_when_batches_come_in_key_order():
         keys.add(batch[~hit])
         seen.update(int(k) for k in batch)
     assert sum(len(r) for r in keys.runs) == len(seen)
+
+
+def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_when_closed():
+    assert list(_read_ahead(iter(range(1000)), 3)) == list(range(1000))
+
+    def failing():
+        yield 1
+        raise ValueError("broken after the sample")
+
+    got = []
+    with pytest.raises(ValueError, match="broken after the sample"):
+        for item in _read_ahead(failing(), 2):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    with contextlib.closing(_read_ahead(endless(), 2)) as items:
+        assert [next(items) for _ in range(5)] == list(range(5))
+    assert threading.active_count() == before, "closing stops the producing thread"
+    assert len(produced) <= 5 + 2 + 1, "the producer runs at most `depth` items ahead"
