@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import psycopg
 import pyarrow as pa
@@ -47,6 +47,7 @@ _COPY_CHUNK = 1024 * 1024
 # (constant columns are repeated per row); each queued item adds to the upload's peak memory.
 _READ_AHEAD_CHUNKS = 2
 _READ_AHEAD_BATCHES = 2
+_Item = TypeVar("_Item")
 # Advisory-lock key space of upload processing ("OBFI" in the high bytes, upload id in the low ones).
 _ADVISORY_BASE = 0x4F42_4649_0000_0000
 
@@ -362,7 +363,7 @@ def _land(
             )
 
 
-def _read_ahead(items: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
+def _read_ahead(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
     """`items`, produced by a thread of their own up to `depth` ahead of the caller; the producer's exception is
     raised here, and closing this generator stops the producer and waits for it.
 
