@@ -57,6 +57,7 @@ CDC_FIELDS = [
     pa.field("payload_raw", pa.string()),
 ]
 CDC_SCHEMA = pa.schema(CDC_FIELDS + LINEAGE_FIELDS)
+JSON_DOCUMENT_COLUMNS = frozenset({"before_json", "after_json", "payload_raw"})  # one whole JSON document per row
 RESERVED_COLUMNS = frozenset(CDC_SCHEMA.names)
 TICK_FIELDS = [
     pa.field("zone", pa.string()),
@@ -231,7 +232,7 @@ def _decode_debezium(raw: RawRecords, route: TopicRoute, existing: dict[str, str
 
     everything = len(good) == len(raw.values)
     values = raw.values if everything else [raw.values[i] for i in good]
-    payload_raw = pa.array(values, pa.binary()) if None in values else _joined(values)
+    payload_raw = pa.array(values, pa.binary()) if None in values else _binary_column(values)
     arrays = [
         pa.array(ops, pa.string()),
         _key_array(raw.keys if everything else [raw.keys[i] for i in good]),
@@ -429,8 +430,8 @@ def _parse_envelopes_fast(values: list[bytes | None], route: TopicRoute) -> _Par
     # `before` and `after` stay msgspec.Raw slices of the values; each becomes one Arrow column by one join,
     # rather than a bytes copy per record and a conversion of the list.
     after_json: list = [e.after for e in envelopes]
-    after_text = _joined(after_json)
-    before_text = _joined([e.before for e in envelopes])
+    after_text = _binary_column(after_json)
+    before_text = _binary_column([e.before for e in envelopes])
     objects = pc.starts_with(after_text, "{")
     # Every non-delete carries an `after` object and every delete a `before` object.
     if "d" in op_set:
@@ -494,7 +495,7 @@ def _parse_envelopes_fast(values: list[bytes | None], route: TopicRoute) -> _Par
     )
 
 
-def _joined(docs: list) -> pa.Array:
+def _binary_column(docs: list) -> pa.Array:
     """Byte strings (bytes or msgspec.Raw, none of them None) as an Arrow binary array, made of one join and
     one offsets buffer."""
     offsets = array("q", accumulate(map(len, docs), initial=0))

@@ -38,12 +38,11 @@ from typing import Any
 import pyarrow as pa
 
 from ingestion.cdc.clients import Client, cut_at, open_reader
-from ingestion.cdc.decode import BatchContext, RawRecords, decode_records
+from ingestion.cdc.decode import JSON_DOCUMENT_COLUMNS, BatchContext, RawRecords, decode_records
 from ingestion.cdc.topics import route_for
 
 BATCH_MAX_SECONDS = 3.0  # a drain's batch ships at this age even when not full
 COLUMN_TYPES_FILE = "column_types.json"  # in the spool: bronze table -> column -> Delta type, kept by the parent
-_DOCUMENT_COLUMNS = frozenset({"before_json", "after_json", "payload_raw"})  # whole JSON documents
 
 
 class DrainStalledError(RuntimeError):
@@ -215,7 +214,7 @@ def write_parquet(table_dir: str, rows: pa.Table) -> tuple[str, int, str]:
     # A dictionary page and min/max statistics of the whole-document JSON columns (one distinct value per row)
     # are work thrown away: the writer tries the dictionary until it overflows, and nobody prunes on JSON text.
     # Without them, a write of the bids topic's batch takes a quarter less CPU and a smaller file.
-    compact = [column_name for column_name in rows.column_names if column_name not in _DOCUMENT_COLUMNS]
+    compact = [column_name for column_name in rows.column_names if column_name not in JSON_DOCUMENT_COLUMNS]
     pq.write_table(rows, full, compression="snappy", use_dictionary=compact, write_statistics=compact)
     minimum, maximum = {}, {}
     for column_name, column in zip(rows.column_names, rows.columns, strict=True):
