@@ -372,7 +372,9 @@ def _parse_envelopes(values: list[bytes | None], route: TopicRoute, dead: _DeadL
     )
 
 
-class _Source(msgspec.Struct):
+# gc=False: the envelopes hold no reference cycles, and tracking 100,000 of them per batch for the cyclic
+# collector doubled the cost of their decode.
+class _Source(msgspec.Struct, gc=False):
     ts_ms: int
     table: Any = None
     lsn: Any = None
@@ -382,14 +384,14 @@ class _Source(msgspec.Struct):
 _NULL = msgspec.Raw(b"null")
 
 
-class _Envelope(msgspec.Struct):
+class _Envelope(msgspec.Struct, gc=False):
     op: str
     source: _Source
     before: msgspec.Raw = _NULL
     after: msgspec.Raw = _NULL
 
 
-class _Wrapped(msgspec.Struct):
+class _Wrapped(msgspec.Struct, gc=False):
     schema: msgspec.Raw
     payload: _Envelope
 

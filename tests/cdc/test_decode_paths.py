@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ingestion.cdc.decode import BatchContext, RawRecords, _parse_envelopes_fast, decode_records
 from ingestion.cdc.topics import route_for
 from ingestion.simulator.trading import trading_events
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _raw(events, topic: str) -> RawRecords:
@@ -87,3 +92,64 @@ def test_a_create_without_after_in_an_otherwise_clean_batch_is_dead_lettered_by_
     assert out.dead_letters.column("reason_code").to_pylist() == ["missing_field"]
     assert out.dead_letters.column("_offset").to_pylist() == [create]
     assert out.rows.num_rows == len(events) - 1
+
+
+def test_a_batch_of_creates_with_pretty_printed_envelopes_agrees_with_the_exact_path():
+    events = [
+        e for e in trading_events(3000, seed=25)
+        if e.topic.endswith(".bids") and e.value is not None and json.loads(e.value)["op"] != "d"
+    ]
+    # Two envelopes as a producer that indents its JSON sends them: newlines inside the `after` objects.
+    for i, indent in ((3, 2), (-1, 1)):
+        pretty = json.dumps(json.loads(events[i].value), indent=indent).encode()
+        events[i] = type(events[i])(events[i].topic, events[i].key, pretty)
+    route = route_for("optibid.public.bids")
+    raw = _raw(events, route.topic)
+    assert _parse_envelopes_fast(raw.values, route) is not None
+    ctx = BatchContext("b1", datetime(2025, 1, 1, tzinfo=UTC), {0: 0})
+    fast = decode_records(raw, route, {"price": "double", "status": "string"}, ctx)
+    bad = type(events[0])(route.topic, b"k", b"{broken")
+    exact = decode_records(_raw([*events, bad], route.topic), route, {"price": "double", "status": "string"}, ctx)
+    assert fast.rows.num_rows == len(events) and fast.dead_letters.num_rows == 0
+    flattened = [name for name in fast.rows.column_names if name in json.loads(events[0].value)["after"]]
+    assert "price" in flattened and "quantity_mw" in flattened
+    assert fast.rows.select(flattened).to_pylist() == exact.rows.select(flattened).to_pylist()
+    assert fast.rows.column("price").to_pylist() == [json.loads(e.value)["after"]["price"] for e in events]
+
+
+def test_a_fetch_process_decodes_and_writes_without_numpy_or_pandas(tmp_path):
+    # The fetch process refuses both packages to start faster (ingestion.cdc.fetch_process): every decode path
+    # and the Parquet write must work without them, and nothing it imports may need them.
+    script = f"""
+import json, sys
+from datetime import UTC, datetime
+from ingestion.cdc.fetch_process import _Unimportable
+sys.meta_path.insert(0, _Unimportable)
+from ingestion.cdc.decode import BatchContext, RawRecords, decode_records
+from ingestion.cdc.fetch import write_parquet
+from ingestion.cdc.topics import route_for
+route = route_for("optibid.public.bids")
+create = {{"op": "c", "source": {{"ts_ms": 1, "table": "bids", "lsn": 7}}, "before": None,
+          "after": {{"bid_id": "b1", "price": 41.5, "quantity_mw": 3}}}}
+delete = {{"op": "d", "source": {{"ts_ms": 2}}, "before": {{"bid_id": "b1"}}, "after": None}}
+batches = {{
+    "creates": [create, create],
+    "deletes": [create, delete],
+    "tombstone": [create, None],
+    "dead letter": [create, {{"op": "x"}}],
+    "type conflict": [create, {{**create, "after": {{"bid_id": "b2", "price": "high"}}}}],
+}}
+ctx = BatchContext("b", datetime(2025, 1, 1, tzinfo=UTC), {{0: 0}})
+for name, docs in batches.items():
+    values = [None if d is None else json.dumps(d).encode() for d in docs]
+    raw = RawRecords(route.topic, [0] * len(docs), list(range(len(docs))), [0] * len(docs), [b"k"] * len(docs), values)
+    out = decode_records(raw, route, {{"price": "double"}}, ctx)
+    assert out.rows.num_rows + out.dead_letters.num_rows == len(docs), name
+    write_parquet({str(tmp_path)!r}, out.rows)
+loaded = sorted(m.partition(".")[0] for m in sys.modules)
+assert "numpy" not in loaded and "pandas" not in loaded, loaded
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    assert len(list(tmp_path.glob("*.parquet"))) == 5
