@@ -409,10 +409,10 @@ class CanonicalBuilder:
 
     @staticmethod
     def _aliased(text: pa.Array, aliases: dict[str, str]) -> pa.Array:
-        keys = pa.array(list(aliases))
-        lowered = pc.utf8_lower(text)
-        idx = pc.index_in(lowered, value_set=keys)
-        return pc.take(pa.array(list(aliases.values())), idx)
+        # Spellings are few (DA, da, Day-Ahead...): each distinct one is lower-cased and looked up once.
+        distinct = pc.dictionary_encode(text)
+        idx = pc.index_in(pc.utf8_lower(distinct.dictionary), value_set=pa.array(list(aliases)))
+        return pc.take(pc.take(pa.array(list(aliases.values())), idx), distinct.indices)
 
     def _series_ids(self, cols: dict[str, pa.Array]) -> pa.Array:
         # Each key column is dictionary-encoded (hashing, no string building); the small per-chunk
@@ -420,7 +420,7 @@ class CanonicalBuilder:
         parts = [cols[k] for k in self.ds.key if k != "ts_utc"]
         codes = np.zeros(len(parts[0]), np.int64)
         for i, part in enumerate(parts):
-            enc = pc.dictionary_encode(pc.fill_null(part, "\x00"))
+            enc = pc.dictionary_encode(pc.fill_null(part, "\x00") if part.null_count else part)
             vocab = self.vocab.setdefault(i, {})
             gids = np.array([vocab.setdefault(v, len(vocab)) for v in enc.dictionary.to_pylist()], np.int64)
             codes = codes * (1 << 21) + gids[enc.indices.to_numpy(zero_copy_only=False)]

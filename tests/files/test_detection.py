@@ -141,3 +141,17 @@ def test_as_strings_trims_exactly_the_values_with_whitespace_at_an_edge(string_t
             assert parsing.as_strings(piece).to_pylist() == expected
     clean = pa.array(["x", "", None, "y z"], string_type)
     assert parsing.as_strings(clean) is clean, "a column with nothing to trim is not copied"
+
+
+def test_market_and_side_spellings_map_to_their_codes_and_unknown_ones_to_null():
+    from ingestion.files.canonical import MARKET_ALIASES, SIDE_ALIASES
+    from ingestion.files.transform import CanonicalBuilder
+
+    text = pa.array(["DA", "day-ahead", None, "Real Time", "rtm", "forward", "DA", "", "dam"])
+    assert CanonicalBuilder._aliased(text, MARKET_ALIASES).to_pylist() == [
+        "DA", "DA", None, "RT", "RT", None, "DA", None, "DA"
+    ]
+    assert CanonicalBuilder._aliased(pa.array(["Sell", "BUY", "hold"]), SIDE_ALIASES).to_pylist() == [
+        "sell", "buy", None
+    ]
+    assert CanonicalBuilder._aliased(pa.array([], pa.string()), MARKET_ALIASES).to_pylist() == []
