@@ -1,12 +1,11 @@
 """Entry point of a drain's fetch process: `python -m ingestion.cdc.fetch_process` (started by `CdcConsumer`).
 
 It runs `ingestion.cdc.fetch.main` with pandas and numpy made unimportable. A fetch process uses neither: it
-decodes with msgspec and pyarrow's C++ kernels and reads Arrow buffers through memoryviews. pyarrow imports
-numpy with itself and looks for pandas the first time it converts a Python object (`pa.scalar`,
-`pa.array`), and treats an ImportError of either as "not installed". Measured here: pandas costs ~2 CPU
-seconds per process, numpy ~0.35 s of the ~0.7 s a fetch process spends importing before its first fetch;
-on a drain of a few hundred thousand events, each is several percent of the fetch processes' CPU and of the
-drain's wall time.
+decodes with msgspec, orjson and pyarrow's C++ kernels. pyarrow imports numpy with itself and looks for pandas
+the first time it converts a Python object (`pa.scalar`, `pa.array`), and treats an ImportError of either as
+"not installed". Measured here: pandas costs ~2 CPU seconds per process, numpy ~0.35 s of the ~0.7 s a fetch
+process spends importing before its first fetch; on a drain of a few hundred thousand events, each is several
+percent of the fetch processes' CPU and of the drain's wall time.
 """
 
 from __future__ import annotations
