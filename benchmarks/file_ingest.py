@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +106,61 @@ def duckdb_ceiling(csv_path: Path, out_dir: Path) -> tuple[int, float, float, in
     return int(rows), float(seconds), float(cpu), int(rss)
 
 
+class StageCpu:
+    """CPU seconds of this process's threads while a block runs, by the upload's stage thread names.
+
+    Read from /proc/self/task every `interval` seconds while each thread lives (the stage threads end with the
+    upload, so up to one interval of each is missed). Threads Python did not start (delta-rs's runtime) and the
+    calling thread, where delta-rs also encodes, are summed as the write."""
+
+    def __init__(self, stage_names: dict[str, str], interval: float = 0.2) -> None:
+        self.stage_names, self.interval = stage_names, interval
+        self._start: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._run, name="stage-cpu-sampler", daemon=True)
+
+    @staticmethod
+    def _thread_cpu(tid: int) -> float | None:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None  # the thread ended
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def _sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for entry in os.listdir("/proc/self/task"):
+            tid = int(entry)
+            if names.get(tid) == self._sampler.name:
+                continue
+            cpu = self._thread_cpu(tid)
+            if cpu is not None:
+                self._last[tid] = (self.stage_names.get(names.get(tid, ""), "delta-rs write and the rest"), cpu)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> StageCpu:
+        self._sample()
+        self._start = {tid: cpu for tid, (_, cpu) in self._last.items()}
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._sampler.join()
+        self._sample()
+
+    def seconds(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for tid, (stage, cpu) in self._last.items():
+            totals[stage] = totals.get(stage, 0.0) + cpu - self._start.get(tid, 0.0)
+        return totals
+
+
 @app.command()
 def main(
     size: str = typer.Option("1GB", help="CSV size to generate, e.g. 1GB or 50MB."),
@@ -112,7 +168,7 @@ def main(
 ) -> None:
     from infra.db import create_database, migrate
     from infra.lake import Lake
-    from ingestion.files.service import process_upload, receive_upload
+    from ingestion.files.service import BUILDING_THREAD, PARSING_THREAD, process_upload, receive_upload
 
     url = database_url or create_database(
         "postgresql://postgres@127.0.0.1:5432/postgres", "bench_files", drop_existing=True
@@ -138,7 +194,8 @@ def main(
         csv_path.unlink()  # the stored copy is what gets processed; keep disk use to one copy
         t1 = time.perf_counter()
         cpu0 = time.process_time()
-        report = process_upload(receipt.upload_id, database_url=url, lake=Lake(str(work / "lake")))
+        with StageCpu({PARSING_THREAD: "parsing", BUILDING_THREAD: "building"}) as stages:
+            report = process_upload(receipt.upload_id, database_url=url, lake=Lake(str(work / "lake")))
         t2 = time.perf_counter()
         cpu = time.process_time() - cpu0
         load = os.getloadavg()[0]
@@ -157,6 +214,11 @@ def main(
         print(
             f"process CPU time: {cpu:.1f} s (all threads) -> {landed / cpu:,.0f} rows per CPU-second; "
             f"load average during the run {load:.1f} on {os.cpu_count()} cores"
+        )
+        # Three stages overlap on the cores (service._read_ahead): the longest one bounds the wall time.
+        print(
+            "CPU by stage (threads sampled every 0.2 s): "
+            + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in sorted(stages.seconds().items()))
         )
         print(
             f"peak RSS: {peak / 1024**2:,.0f} MiB (before ingest {rss_before / 1024**2:,.0f} MiB; "

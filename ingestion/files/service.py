@@ -48,6 +48,10 @@ _COPY_CHUNK = 1024 * 1024
 # benchmark, deeper queues bought no speed and up to 120 MiB more peak.
 _READ_AHEAD_CHUNKS = 1
 _READ_AHEAD_BATCHES = 1
+# Names of an upload's stage threads (delta-rs encodes on the calling thread and its own runtime's): what a
+# profiler or `benchmarks/file_ingest.py` attributes CPU by.
+PARSING_THREAD = "upload-parsing"
+BUILDING_THREAD = "upload-building"
 _Item = TypeVar("_Item")
 # Advisory-lock key space of upload processing ("OBFI" in the high bytes, upload id in the low ones).
 _ADVISORY_BASE = 0x4F42_4649_0000_0000
@@ -291,7 +295,7 @@ def _land(
         def batches() -> Iterator[pa.RecordBatch]:
             try:
                 # Parsing the next chunks (their own thread) overlaps building this one.
-                with contextlib.closing(_read_ahead(reader.chunks(), _READ_AHEAD_CHUNKS)) as chunks:
+                with contextlib.closing(_read_ahead(reader.chunks(), _READ_AHEAD_CHUNKS, PARSING_THREAD)) as chunks:
                     for chunk in chunks:
                         if not builder.fits(chunk.table.column_names):
                             # Another layout in the same workbook (a notes or summary sheet): reported, not guessed.
@@ -311,7 +315,7 @@ def _land(
 
         if already is None:
             # One commit per upload, tagged with the upload's app transaction: all rows or none, once.
-            ahead = _read_ahead(batches(), _READ_AHEAD_BATCHES)
+            ahead = _read_ahead(batches(), _READ_AHEAD_BATCHES, BUILDING_THREAD)
             try:
                 write_deltalake(
                     uri,
@@ -364,9 +368,9 @@ def _land(
             )
 
 
-def _read_ahead(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
-    """`items`, produced by a thread of their own up to `depth` ahead of the caller; the producer's exception is
-    raised here, and closing this generator stops the producer and waits for it.
+def _read_ahead(items: Iterator[_Item], depth: int, thread_name: str = "read-ahead") -> Iterator[_Item]:
+    """`items`, produced by a thread of their own (`thread_name`) up to `depth` ahead of the caller; the
+    producer's exception is raised here, and closing this generator stops the producer and waits for it.
 
     Parsing a chunk (pyarrow's CSV reader), building it (Arrow and numpy kernels) and delta-rs encoding it mostly
     run without the GIL: on two cores they overlap instead of taking turns.
@@ -393,7 +397,7 @@ def _read_ahead(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
         except BaseException as exc:  # handed to the consumer, which raises it
             hand_over(exc)
 
-    producer = threading.Thread(target=produce, name="upload-read-ahead", daemon=True)
+    producer = threading.Thread(target=produce, name=thread_name, daemon=True)
     producer.start()
     try:
         while (item := handoff.get()) is not end:
