@@ -1,8 +1,9 @@
 """Benchmark: land a large CSV of hourly nodal prices through the file-upload library.
 
 Generates a CSV of `--size` (default 1 GB) in a temp dir, receives and processes it exactly like an
-upload (sniffing, mapping, parsing, validation, duplicate keys, Delta landing), then prints rows/s landed
-and the process's peak RSS. Targets: >= 2,000,000 rows/s and peak RSS < 1 GB.
+upload (sniffing, mapping, parsing, validation, duplicate keys, Delta landing), then prints rows/s landed,
+the process's peak RSS and the CPU of each of the upload's overlapping stages (parsing, building, the delta-rs
+write). Targets: >= 2,000,000 rows/s and peak RSS < 1 GB.
 
 Peer and ceiling: DuckDB's raw `read_csv` -> Parquet of the same stored file, in a child process (so its
 memory is its own), with no validation, mapping or duplicate check: what a user would get from the fastest
