@@ -15,10 +15,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deltalake import DeltaTable
+from deltalake import ColumnProperties, DeltaTable, WriterProperties
 from deltalake.exceptions import TableNotFoundError
 
 from infra.settings import Settings
+
+# An upload's row number counts up by one within each file it lands in. Delta-encoded it takes a few bytes per page
+# instead of eight per row: 4.8 M benchmark rows land in 10.6 MB instead of 31 MB, for the same write CPU.
+COUNTING_COLUMNS = ("_row_number",)
+
+
+def writer_properties(compression: str, level: int | None = None) -> WriterProperties:
+    """How delta-rs writes the lake's data files: `compression` (at `level`), and the counting lineage columns
+    delta-encoded. Every writer of a table's files uses it, so a compaction or rewrite keeps their encoding."""
+    counting = ColumnProperties(dictionary_enabled=False, encoding="DELTA_BINARY_PACKED")
+    return WriterProperties(
+        compression=compression,  # type: ignore[arg-type]
+        compression_level=level,
+        column_properties=dict.fromkeys(COUNTING_COLUMNS, counting),
+    )
 
 
 class LakeError(RuntimeError):

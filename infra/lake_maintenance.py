@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from infra.lake import Lake
+from infra.lake import Lake, writer_properties
 
 DEFAULT_RETENTION_HOURS = 7 * 24
 COMMIT_ATTEMPTS = 3
@@ -102,9 +102,15 @@ def _rewrite(table: DeltaTable, zorder: Sequence[str], target_size: int | None) 
     """Compact (or z-order) on the newest snapshot, retrying when a writer committed in between."""
     for attempt in range(COMMIT_ATTEMPTS):
         try:
+            # zstd at level 4 is delta-rs's own default for compaction
+            properties = writer_properties("ZSTD", 4)
             if zorder:
-                return table.optimize.z_order(list(zorder), target_size=target_size, max_concurrent_tasks=1)
-            return table.optimize.compact(target_size=target_size, max_concurrent_tasks=1)
+                return table.optimize.z_order(
+                    list(zorder), target_size=target_size, max_concurrent_tasks=1, writer_properties=properties
+                )
+            return table.optimize.compact(
+                target_size=target_size, max_concurrent_tasks=1, writer_properties=properties
+            )
         except CommitFailedError:
             if attempt == COMMIT_ATTEMPTS - 1:
                 raise

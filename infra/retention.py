@@ -46,7 +46,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from infra.lake import Lake
+from infra.lake import Lake, writer_properties
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -503,14 +503,14 @@ def _rows_digest(data: pa.Table) -> str:
 
 def _append_cold(lake: Lake, uri: str, batch: pa.Table, commit: CommitProperties | None = None) -> None:
     """Append `batch` to the cold tier's Delta table at `uri`, zstd compressed."""
-    from deltalake import WriterProperties, write_deltalake
+    from deltalake import write_deltalake
 
     write_deltalake(
         uri,
         batch,
         mode="append",
         storage_options=lake.storage_options or None,
-        writer_properties=WriterProperties(compression="ZSTD"),
+        writer_properties=writer_properties("ZSTD"),
         commit_properties=commit,
     )
 
@@ -766,9 +766,7 @@ def _archive_payloads_once(
 def _hot_writer() -> WriterProperties:
     """How rewritten hot files are compressed: as compaction writes them (zstd), not as delta-rs' update and
     merge would by default (snappy, which took a compacted CDC table from 4.9 to 10.2 MB)."""
-    from deltalake import WriterProperties
-
-    return WriterProperties(compression="ZSTD")
+    return writer_properties("ZSTD")
 
 
 def _clear_payloads(table: DeltaTable, since: datetime, until: datetime) -> int:

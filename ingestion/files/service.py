@@ -31,7 +31,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from psycopg.types.json import Jsonb
 
 from infra.db import connect
-from infra.lake import Lake
+from infra.lake import Lake, writer_properties
 from ingestion.files import security
 from ingestion.files.canonical import CANONICAL_DATASETS
 from ingestion.files.mapping import AUTO_LAND_CONFIDENCE, Mapping, proposed_mapping, validated_mapping
@@ -322,6 +322,7 @@ def _land(
                     pa.RecordBatchReader.from_batches(ds.bronze_schema, ahead),
                     mode="append",
                     storage_options=lake.storage_options or None,
+                    writer_properties=writer_properties("SNAPPY"),  # delta-rs's default codec: cheap to write
                     commit_properties=CommitProperties(
                         app_transactions=[Transaction(app_id(upload_id), 1)],
                         custom_metadata={"optibid.upload_id": str(upload_id), "optibid.batch_id": batch_id},

@@ -290,3 +290,30 @@ def test_quoted_line_breaks_in_csv_cells_land_with_their_starting_line(
         (9, "row has 5 fields, header has 4"),
     ]
     assert q[1]["raw_text"] == '2024-01-01 04:00,NORTH,1004,"two\r\nlines",extra'
+
+
+def test_row_numbers_are_stored_delta_encoded_and_stay_so_through_compaction(ingest, files_lake, tmp_path):
+    import pyarrow.parquet as pq
+
+    from infra.lake_maintenance import maintain_table
+
+    def row_number_encodings() -> set[str]:
+        table = DeltaTable(files_lake.table_uri("bronze", "files__prices"))
+        found = set()
+        for uri in table.file_uris():
+            footer = pq.ParquetFile(uri).metadata
+            column = footer.schema.names.index("_row_number")
+            found |= {e for g in range(footer.num_row_groups) for e in footer.row_group(g).column(column).encodings}
+        return found
+
+    for rows in (300, 310):  # two uploads, two files
+        assert_counts(ingest(corpus.nodal_prices_csv(tmp_path, name=f"nodal_{rows}.csv", rows=rows)), rows, 0)
+    assert "DELTA_BINARY_PACKED" in row_number_encodings()
+    before = sorted(DeltaTable(files_lake.table_uri("bronze", "files__prices")).to_pyarrow_table().to_pylist(),
+                    key=lambda r: (r["_upload_id"], r["_row_number"]))
+
+    result = maintain_table(files_lake, "bronze", "files__prices", zorder_by=("ts_utc",))
+    assert result is not None and (result.files_before, result.files_after) == (2, 1)
+    assert "DELTA_BINARY_PACKED" in row_number_encodings()
+    after = DeltaTable(files_lake.table_uri("bronze", "files__prices")).to_pyarrow_table().to_pylist()
+    assert sorted(after, key=lambda r: (r["_upload_id"], r["_row_number"])) == before
