@@ -36,8 +36,8 @@ from ingestion.files import security
 from ingestion.files.canonical import CANONICAL_DATASETS
 from ingestion.files.mapping import AUTO_LAND_CONFIDENCE, Mapping, proposed_mapping, validated_mapping
 from ingestion.files.parsing import now_utc
-from ingestion.files.readers import open_reader, sample_tables
-from ingestion.files.transform import AmbiguousHours, CanonicalBuilder, QuarantineRow
+from ingestion.files.readers import RawChunk, open_reader, sample_tables
+from ingestion.files.transform import AmbiguousHours, CanonicalBuilder, ParsedChunk, QuarantineRow
 from ingestion.reference import MARKET_FEED_ORG
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
@@ -292,16 +292,25 @@ def _land(
 
         failures: list[Exception] = []
 
+        def parsed_chunks() -> Iterator[tuple[RawChunk, ParsedChunk | None]]:
+            """Each raw chunk, with its rows already parsed when that can run ahead of building (None when it
+            cannot, or when the chunk is another layout)."""
+            for chunk in reader.chunks():
+                ahead = builder.parses_ahead and builder.fits(chunk.table.column_names)
+                yield chunk, builder.parse(chunk) if ahead else None
+
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                # Parsing the next chunks (their own thread) overlaps building this one.
-                with contextlib.closing(_read_ahead(reader.chunks(), _READ_AHEAD_CHUNKS, PARSING_THREAD)) as chunks:
-                    for chunk in chunks:
+                # Reading and parsing the next chunks (their own thread) overlaps building this one.
+                with contextlib.closing(
+                    _read_ahead(parsed_chunks(), _READ_AHEAD_CHUNKS, PARSING_THREAD)
+                ) as chunks:
+                    for chunk, parsed in chunks:
                         if not builder.fits(chunk.table.column_names):
                             # Another layout in the same workbook (a notes or summary sheet): reported, not guessed.
                             skipped.setdefault(str(chunk.sheet), "columns do not match the mapping")
                             continue
-                        landed, quarantined = builder.build(chunk)
+                        landed, quarantined = builder.build(parsed or chunk)
                         _spool_quarantine(writer, upload_id, quarantined)
                         if progress:
                             progress(int(chunk.table.num_rows + len(chunk.malformed)))

@@ -49,6 +49,35 @@ class QuarantineRow:
     reason: str
 
 
+@dataclass
+class _Stamps:
+    """A chunk's timestamps as parsed, before a repeated fall-back hour's second occurrence per series is moved
+    to its later instant (`latest`, where `ambiguous`; `local` holds the wall-clock values)."""
+
+    ts: pa.Array
+    source_tz: pa.Array
+    reason: pa.Array
+    local: pa.Array | None = None
+    latest: pa.Array | None = None
+    ambiguous: pa.Array | None = None
+
+
+@dataclass
+class ParsedChunk:
+    """A chunk after `CanonicalBuilder.parse`: the rows that hold values, their trimmed cells, the records
+    (`t`, with `src_idx` their row in `raw`), what every row already fails, and the parsed fields."""
+
+    sheet: str | None
+    raw: pa.Table
+    rows: np.ndarray  # source row number of each row of `raw`
+    t: pa.Table
+    src_idx: np.ndarray
+    quarantine: list[QuarantineRow]
+    cols: dict[str, pa.Array] | None = None
+    reason: pa.Array | None = None
+    stamps: _Stamps | None = None
+
+
 # Runs stop merging at this size: merging two big runs needs 3x their memory at once, while probing a
 # few more sorted runs with sorted keys costs little.
 MAX_RUN_KEYS = 4_000_000
@@ -150,12 +179,56 @@ class CanonicalBuilder:
         needed = [*self.m.columns.values(), *self.m.wide_columns, self.m.date_column, self.m.hour_column]
         return all(c in columns for c in needed if c)
 
-    def build(self, chunk: RawChunk) -> tuple[pa.Table, list[QuarantineRow]]:
-        """(canonical rows with lineage to land, quarantined rows) of one chunk.
+    @property
+    def parses_ahead(self) -> bool:
+        """Whether `parse` may run ahead of `build`, on another thread: always, except for files with a date
+        and an hour column, whose DST days cut by a chunk's end are held back and built with the next chunk."""
+        return not (self.m.hour_column and self.m.date_column)
+
+    def parse(self, chunk: RawChunk) -> ParsedChunk:
+        """The part of building a chunk that needs nothing from earlier chunks: empty rows dropped, cells
+        trimmed, wide layouts unpivoted, numbers, texts and (without an hour column) timestamps parsed.
+
+        It reads only the mapping and the dataset, so it can run on another thread, in file order, while
+        `build` finishes the chunks before it (call it only when `parses_ahead`).
+        """
+        quarantine = [QuarantineRow(n, chunk.sheet, text, None, why) for n, text, why in chunk.malformed]
+        raw = chunk.table
+        rows = chunk.row_numbers
+        if raw.num_rows:
+            keep = self._non_empty(raw)
+            if not pc.all(keep).as_py():
+                raw = raw.filter(keep)
+                rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
+        raw = pa.table(
+            {
+                c: parsing.as_strings(raw.column(c))
+                if pa.types.is_string(raw.column(c).type)
+                else raw.column(c).combine_chunks()
+                for c in raw.column_names
+            }
+        )
+        t, src_idx = self._unpivoted(raw)
+        if self.m.layout != "long" and self.m.wide_columns:
+            # A wide row whose value cells are all empty yields no record: it is reported, not lost.
+            empty = np.setdiff1d(np.arange(raw.num_rows), src_idx)
+            why = f"no value in any of the {len(self.m.wide_columns)} {self.m.wide_field} columns"
+            for i, rec in zip(empty, raw.take(pa.array(empty)).to_pylist(), strict=True):
+                quarantine.append(QuarantineRow(int(rows[i]), chunk.sheet, None, json.dumps(rec, default=str), why))
+        parsed = ParsedChunk(chunk.sheet, raw, rows, t, src_idx, quarantine)
+        if t.num_rows:
+            parsed.cols, parsed.reason = self._field_columns(t)
+            parsed.stamps = self._parsed_timestamps(t)
+        return parsed
+
+    def build(self, chunk: RawChunk | ParsedChunk) -> tuple[pa.Table, list[QuarantineRow]]:
+        """(canonical rows with lineage to land, quarantined rows) of one chunk, raw or already `parse`d.
 
         Long files with an hour column may have a DST day cut by the chunk's end; its rows are held back
         and built with the next chunk (or by `flush`), so the whole day tells how its hours are numbered.
         """
+        if isinstance(chunk, ParsedChunk):
+            return self._finish(chunk)
         out: list[tuple[pa.Table, list[QuarantineRow]]] = []
         held, self.held = self.held, None
         if held is not None and held.sheet != chunk.sheet:
@@ -197,35 +270,18 @@ class CanonicalBuilder:
         return now, RawChunk(chunk.sheet, raw.filter(pa.array(mask)), chunk.row_numbers[mask])
 
     def _build(self, chunk: RawChunk) -> tuple[pa.Table, list[QuarantineRow]]:
-        quarantine = [QuarantineRow(n, chunk.sheet, text, None, why) for n, text, why in chunk.malformed]
-        raw = chunk.table
-        rows = chunk.row_numbers
-        if raw.num_rows:
-            keep = self._non_empty(raw)
-            if not pc.all(keep).as_py():
-                raw = raw.filter(keep)
-                rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
-        raw = pa.table(
-            {
-                c: parsing.as_strings(raw.column(c))
-                if pa.types.is_string(raw.column(c).type)
-                else raw.column(c).combine_chunks()
-                for c in raw.column_names
-            }
-        )
-        t, src_idx = self._unpivoted(raw)
-        empty = np.zeros(0, np.int64)
-        if self.m.layout != "long" and self.m.wide_columns:
-            # A wide row whose value cells are all empty yields no record: it is reported, not lost.
-            empty = np.setdiff1d(np.arange(raw.num_rows), src_idx)
-        if len(empty):
-            why = f"no value in any of the {len(self.m.wide_columns)} {self.m.wide_field} columns"
-            for i, rec in zip(empty, raw.take(pa.array(empty)).to_pylist(), strict=True):
-                quarantine.append(QuarantineRow(int(rows[i]), chunk.sheet, None, json.dumps(rec, default=str), why))
+        return self._finish(self.parse(chunk))
+
+    def _finish(self, parsed: ParsedChunk) -> tuple[pa.Table, list[QuarantineRow]]:
+        """The part of building that follows the file's order: series ids, repeated hours, duplicate keys,
+        the profile and the counts."""
+        quarantine = list(parsed.quarantine)
+        t, raw, rows, src_idx = parsed.t, parsed.raw, parsed.rows, parsed.src_idx
         n = t.num_rows
         landed = self._empty_landed()
         if n:
-            cols, reason, series = self._canonical_columns(t)
+            assert parsed.cols is not None and parsed.reason is not None
+            cols, reason, series = self._canonical_columns(t, dict(parsed.cols), parsed.reason, parsed.stamps)
             ok = pc.is_null(reason).to_numpy(zero_copy_only=False)
             ok_idx = np.flatnonzero(ok)
             dup = self._duplicates(cols, series, ok_idx)
@@ -237,7 +293,7 @@ class CanonicalBuilder:
                 reason = pa.array(reason_np, pa.string())
                 self.duplicates += int(dup.sum())
                 ok_idx = ok_idx[~dup]
-            landed = self._landed(cols, rows[src_idx], chunk.sheet, ok_idx)
+            landed = self._landed(cols, rows[src_idx], parsed.sheet, ok_idx)
             self._profile(landed, series.take(pa.array(ok_idx)) if len(ok_idx) else pa.array([], pa.int64()))
             bad_idx = np.setdiff1d(np.arange(n), ok_idx, assume_unique=True)
             if len(bad_idx):
@@ -246,7 +302,7 @@ class CanonicalBuilder:
                 for i, why, rec in zip(bad_idx, reasons, raw_rows, strict=True):
                     quarantine.append(
                         QuarantineRow(
-                            int(rows[src_idx[i]]), chunk.sheet, None, json.dumps(rec, default=str), why
+                            int(rows[src_idx[i]]), parsed.sheet, None, json.dumps(rec, default=str), why
                         )
                     )
         self.rows_read += landed.num_rows + len(quarantine)
@@ -335,7 +391,8 @@ class CanonicalBuilder:
             return t.column(self.m.columns[f]).combine_chunks()
         return None
 
-    def _canonical_columns(self, t: pa.Table) -> tuple[dict[str, pa.Array], pa.Array, pa.Array]:
+    def _field_columns(self, t: pa.Table) -> tuple[dict[str, pa.Array], pa.Array]:
+        """(each field's values but the timestamps and interval, the first reason each row fails them)."""
         n = t.num_rows
         reason = pa.nulls(n, pa.string())
         cols: dict[str, pa.Array] = {}
@@ -390,8 +447,17 @@ class CanonicalBuilder:
             if not fld.nullable:
                 reason = _set_reason(reason, absent, f"missing {f}")
             cols[f] = text
+        return cols, reason
+
+    def _canonical_columns(
+        self, t: pa.Table, cols: dict[str, pa.Array], reason: pa.Array, stamps: _Stamps | None
+    ) -> tuple[dict[str, pa.Array], pa.Array, pa.Array]:
+        """(every field's values, each row's first reason, series ids): `cols` and `reason` from
+        `_field_columns` completed with what depends on the file so far (series ids, repeated hours by order,
+        the interval), then the value rules."""
+        n = t.num_rows
         series = self._series_ids(cols)
-        ts, source_tz, reason = self._timestamps(t, series, reason)
+        ts, source_tz, reason = self._timestamps(t, series, reason, stamps)
         reason = _set_reason(reason, plausible_timestamps_reason(ts), "timestamp outside 1950..2150")
         cols["ts_utc"] = ts
         cols["source_tz"] = source_tz
@@ -430,17 +496,14 @@ class CanonicalBuilder:
         )
         return pa.array(ids[enc.indices.to_numpy(zero_copy_only=False)])
 
-    def _timestamps(
-        self, t: pa.Table, series: pa.Array, reason: pa.Array
-    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+    def _parsed_timestamps(self, t: pa.Table) -> _Stamps | None:
+        """The timestamps of a chunk with a timestamp column, before repeated hours are told apart; None for
+        date and hour-number layouts, whose instants depend on the series (`_hour_timestamps`)."""
         m = self.m
         tz = m.timezone
         n = t.num_rows
-        # A timestamp problem explains a row best (footers, notes): it outranks the other fields' reasons.
-        field_reason, reason = reason, pa.nulls(n, pa.string())
         if m.date_column and (m.hour_column or m.wide_field == "hour"):
-            ts, reason = self._hour_timestamps(t, series)
-            return ts, _repeat(tz, n, pa.string()), pc.coalesce(reason, field_reason)
+            return None
         src = t.column(m.columns["ts_utc"]).combine_chunks()
         fmt = m.ts_format
         if fmt is None:
@@ -449,38 +512,52 @@ class CanonicalBuilder:
             )[0]
             fmt = m.ts_format = fmt or "%Y-%m-%d %H:%M:%S"
         parsed = parsing.parse_timestamps(src, fmt)
-        reason = _set_reason(reason, pc.is_null(parsed), _quoted("unparseable timestamp '", src))
+        reason = _set_reason(pa.nulls(n, pa.string()), pc.is_null(parsed), _quoted("unparseable timestamp '", src))
         if parsed.type.tz is not None:
-            ts = parsed.cast(TS)
             src_tz = (
                 parsing.offsets_in_text(src)
                 if pa.types.is_string(src.type)
                 else pa.array([parsed.type.tz] * n, pa.string())
             )
-            return ts, pc.fill_null(src_tz, tz), pc.coalesce(reason, field_reason)
+            return _Stamps(parsed.cast(TS), pc.fill_null(src_tz, tz), reason)
         earliest, latest, nonexistent, ambiguous = parsing.localize(parsed, tz)
         reason = _set_reason(
             reason,
             nonexistent,
             _quoted("nonexistent local time '", src, f"' in {tz} (skipped by the DST change)"),
         )
-        ts = earliest
-        valid = pc.is_null(pc.coalesce(reason, field_reason))
-        amb = np.flatnonzero(pc.and_(ambiguous, valid).to_numpy(zero_copy_only=False))
-        if len(amb):
-            # A repeated fall-back hour is resolved by order in the file: first occurrence per series is
-            # the earlier (daylight-time) instant, the second the later one.
-            sids = series.to_numpy()[amb]
-            local = parsed.cast(pa.int64()).to_numpy()[amb]
-            late = np.zeros(len(amb), bool)
-            for j, key in enumerate(zip(sids.tolist(), local.tolist(), strict=True)):
-                seen = self.ambiguous_seen.get(key, 0)
-                late[j] = seen >= 1
-                self.ambiguous_seen[key] = seen + 1
-            use_late = np.zeros(n, bool)
-            use_late[amb[late]] = True
-            ts = pc.if_else(pa.array(use_late), latest, earliest)
-        return ts.cast(TS), _repeat(tz, n, pa.string()), pc.coalesce(reason, field_reason)
+        return _Stamps(earliest, _repeat(tz, n, pa.string()), reason, parsed, latest, ambiguous)
+
+    def _timestamps(
+        self, t: pa.Table, series: pa.Array, field_reason: pa.Array, stamps: _Stamps | None
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """(UTC instants, source time zones, reasons) of a chunk's rows.
+
+        A timestamp problem explains a row best (footers, notes): it outranks the other fields' reasons.
+        """
+        n = t.num_rows
+        if stamps is None:
+            ts, reason = self._hour_timestamps(t, series)
+            return ts, _repeat(self.m.timezone, n, pa.string()), pc.coalesce(reason, field_reason)
+        ts, reason = stamps.ts, stamps.reason
+        if stamps.ambiguous is not None:
+            valid = pc.is_null(pc.coalesce(reason, field_reason))
+            amb = np.flatnonzero(pc.and_(stamps.ambiguous, valid).to_numpy(zero_copy_only=False))
+            if len(amb):
+                # A repeated fall-back hour is resolved by order in the file: first occurrence per series is
+                # the earlier (daylight-time) instant, the second the later one.
+                assert stamps.local is not None and stamps.latest is not None
+                sids = series.to_numpy()[amb]
+                local = stamps.local.cast(pa.int64()).to_numpy()[amb]
+                late = np.zeros(len(amb), bool)
+                for j, key in enumerate(zip(sids.tolist(), local.tolist(), strict=True)):
+                    seen = self.ambiguous_seen.get(key, 0)
+                    late[j] = seen >= 1
+                    self.ambiguous_seen[key] = seen + 1
+                use_late = np.zeros(n, bool)
+                use_late[amb[late]] = True
+                ts = pc.if_else(pa.array(use_late), stamps.latest, ts)
+        return ts.cast(TS), stamps.source_tz, pc.coalesce(reason, field_reason)
 
     def _hour_timestamps(self, t: pa.Table, series: pa.Array) -> tuple[pa.Array, pa.Array]:
         """(UTC instants, reasons) of date + hour-number records (wide HE01..HE24 layouts, hour columns).

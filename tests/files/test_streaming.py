@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from ingestion.files.mapping import Mapping
@@ -231,3 +234,69 @@ def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_when_closed
         assert any(t.name == "test-read-ahead" for t in threading.enumerate())
     assert not any(t.name == "test-read-ahead" for t in threading.enumerate()), "closing stops the producing thread"
     assert len(produced) <= 5 + 2 + 1, "the producer runs at most `depth` items ahead"
+
+
+def _fall_back_prices(tmp_path: Path) -> Path:
+    """Berlin local prices over the 2024 fall-back night (02:00 listed twice per zone), with a blank row, a bad
+    number, a malformed line and a repeated key, for chunks of a few rows."""
+    lines = ["ts,zone,price"]
+    for zone in ("Z1", "Z2"):
+        for hour in ("00", "01", "02", "02", "03", "04"):
+            lines.append(f"2024-10-27 {hour}:00,{zone},{40 + len(lines)}")
+    lines[5] = "2024-10-27 03:00,Z1,twelve"  # not a number
+    lines.insert(8, "")
+    lines.insert(11, "garbage without commas")
+    lines.append("2024-10-27 00:00,Z1,99")  # the first row's key again
+    path = tmp_path / "fall_back_prices.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_parsing_ahead_on_another_thread_builds_what_building_in_order_builds(tmp_path):
+    mapping = Mapping(
+        "prices",
+        columns={"ts_utc": "ts", "zone": "zone", "price": "price"},
+        constants={"market": "DA", "currency": "EUR"},
+        timezone="Europe/Berlin",
+        ts_format="%Y-%m-%d %H:%M",
+    )
+
+    def builder() -> CanonicalBuilder:
+        return CanonicalBuilder(
+            mapping, upload_id=1, file_name="f", org_id="o", batch_id="b", ingested_at=datetime(2024, 11, 1, tzinfo=UTC)
+        )
+
+    def chunks() -> list:
+        return list(DelimitedReader(_fall_back_prices(tmp_path)).chunks(block_bytes=64, chunk_rows=3))
+
+    in_order = builder()
+    assert in_order.parses_ahead
+    expected = [in_order.build(chunk) for chunk in chunks()]
+
+    ahead = builder()
+    with ThreadPoolExecutor(1) as parser:  # every chunk parsed before the first is built
+        parsed = [parser.submit(ahead.parse, chunk) for chunk in chunks()]
+        got = [ahead.build(p.result()) for p in parsed]
+
+    assert len(got) == len(expected) >= 4
+    for (table, quarantine), (want_table, want_quarantine) in zip(got, expected, strict=True):
+        assert table.equals(want_table)
+        assert quarantine == want_quarantine
+    landed = pa.concat_tables([table for table, _ in got])
+    # 02:00 local twice: CEST (00:00 UTC) first, then CET (01:00 UTC); only the ordered part can tell them apart
+    assert sorted(landed.filter(pc.equal(landed["zone"], "Z2"))["ts_utc"].to_pylist())[2:4] == [
+        datetime(2024, 10, 27, 0, tzinfo=UTC),
+        datetime(2024, 10, 27, 1, tzinfo=UTC),
+    ]
+    reasons = [q.reason for _, qs in got for q in qs]
+    assert any(r.startswith("unparseable number in price") for r in reasons)
+    assert any(r.startswith("duplicate key") for r in reasons)
+    assert ahead.rows_read == in_order.rows_read == 14
+
+
+def test_files_with_an_hour_column_are_not_parsed_ahead():
+    mapping = Mapping("load", columns={"zone": "zone", "load_mw": "load"}, date_column="date", hour_column="hour")
+    builder = CanonicalBuilder(
+        mapping, upload_id=1, file_name="f", org_id="o", batch_id="b", ingested_at=datetime(2024, 11, 1, tzinfo=UTC)
+    )
+    assert not builder.parses_ahead  # a DST day cut by a chunk's end is held back for the next chunk
