@@ -311,9 +311,11 @@ def _land(
                             skipped.setdefault(str(chunk.sheet), "columns do not match the mapping")
                             continue
                         landed, quarantined = builder.build(parsed or chunk)
+                        rows_seen = chunk.table.num_rows + len(chunk.malformed)
+                        del chunk, parsed  # not kept alive while the writer takes the batches
                         _spool_quarantine(writer, upload_id, quarantined)
                         if progress:
-                            progress(int(chunk.table.num_rows + len(chunk.malformed)))
+                            progress(int(rows_seen))
                         yield from landed.to_batches()
                 landed, quarantined = builder.flush()
                 _spool_quarantine(writer, upload_id, quarantined)

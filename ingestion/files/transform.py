@@ -4,6 +4,9 @@
 duplicate keys seen so far (exact, in sorted uint64 runs: bounded memory, no per-row Python), the order
 of repeated DST fall-back hours per series, and the data-quality profile. Every raw row ends up either
 in the landed table or in the quarantine list — never both, never neither.
+
+Building a chunk has two halves: `parse` needs only the mapping (trimming, numbers, texts, timestamps) and may
+run ahead on another thread; `build` then finishes the chunks in file order with the state above.
 """
 
 from __future__ import annotations
