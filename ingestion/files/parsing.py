@@ -22,7 +22,9 @@ _NUM_TOKEN = "[-+−]?(?:\\d[\\d.,\\s\u00a0\u202f']*\\d|\\d)(?:[eE][-+]?\\d+)?" 
 _COMMA_DECIMAL = re.compile("^[-+]?(\\d{1,3}([.\\s\u00a0']\\d{3})+|\\d+),\\d+$")
 _DOT_DECIMAL = re.compile(r"^[-+]?(\d{1,3}([,\s\u00a0']\d{3})+|\d+)\.\d+$")
 _PLAIN_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
-_ANOTHER_NUMBER = r"(?:^|[^\pL])\d"  # a digit not part of a unit's name
+# A second number after the first: a digit at the start of what is left, or after a space, dash, slash or tilde;
+# not one within a unit's name (W/m2, tCO2) or a clock time's minutes (02:00, an hour label).
+_ANOTHER_NUMBER = r"(?:^|[\s/~\x{2013}\x{2014}-])\d"
 
 # Tried in this order; day-first and month-first slash formats compete on the sample (see detect).
 TIMESTAMP_FORMATS: tuple[str, ...] = (
@@ -161,7 +163,7 @@ def parse_numbers(arr: pa.Array, decimal: str = "dot") -> pa.Array:
         token = pc.replace_substring_regex(token, r"[,\s\x{00a0}\x{202f}']", "")
     valid = pc.fill_null(pc.match_substring_regex(token, _PLAIN_NUMBER), False)
     # A value with text that is not a unit is unparseable, not a number: "1.2.3", and a second number beside the
-    # first ("12 to 15", "12-15", "12/15"). Digits inside a unit ("W/m2", "tCO2") follow a letter.
+    # first ("12 to 15", "12-15", "12/15").
     rest = pc.replace_substring_regex(text, _NUM_TOKEN, "", max_replacements=1)
     valid = pc.and_(valid, pc.invert(pc.fill_null(pc.match_substring_regex(rest, _ANOTHER_NUMBER), False)))
     return pc.cast(pc.if_else(valid, token, pa.scalar(None, pa.string())), pa.float64())

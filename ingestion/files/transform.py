@@ -192,8 +192,8 @@ class CanonicalBuilder:
         """The part of building a chunk that needs nothing from earlier chunks: empty rows dropped, cells
         trimmed, wide layouts unpivoted, numbers, texts and (without an hour column) timestamps parsed.
 
-        It reads only the mapping and the dataset, so it can run on another thread, in file order, while
-        `build` finishes the chunks before it (call it only when `parses_ahead`).
+        It reads only the mapping and the dataset: when `parses_ahead`, it can run on another thread, in file
+        order, while `build` finishes the chunks before it.
         """
         quarantine = [QuarantineRow(n, chunk.sheet, text, None, why) for n, text, why in chunk.malformed]
         raw = chunk.table

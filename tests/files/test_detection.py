@@ -92,8 +92,10 @@ def test_numbers_with_units_separators_and_decimal_comma():
     got = parsing.parse_numbers(pa.array(["1,234.5 MW", "$ -12.75", "1e3", "1.2.3"]), "dot")
     assert got.to_pylist() == [1234.5, -12.75, 1000.0, None]
     # two numbers are a range or a typo, not the first of them; digits within a unit are part of the unit
-    got = parsing.parse_numbers(pa.array(["12 to 15", "12-15", "12/15", "450 W/m2", "3.5 tCO2", "12 (est.)"]))
-    assert got.to_pylist() == [None, None, None, 450.0, 3.5, 12.0]
+    got = parsing.parse_numbers(
+        pa.array(["12 to 15", "12-15", "12/15", "12 – 15", "450 W/m2", "3.5 tCO2", "12 (est.)", "02:00"])
+    )
+    assert got.to_pylist() == [None, None, None, None, 450.0, 3.5, 12.0, 2.0]
     got = parsing.parse_numbers(pa.array(["12,5 bis 15,0", "12,5 €/MWh"]), "comma")
     assert got.to_pylist() == [None, 12.5]
 
