@@ -100,10 +100,9 @@ def _offset_app_ids(table: DeltaTable) -> list[str]:
 
 def _rewrite(table: DeltaTable, zorder: Sequence[str], target_size: int | None) -> dict[str, object]:
     """Compact (or z-order) on the newest snapshot, retrying when a writer committed in between."""
+    properties = writer_properties("ZSTD", 4)  # zstd at level 4 is delta-rs's own default for compaction
     for attempt in range(COMMIT_ATTEMPTS):
         try:
-            # zstd at level 4 is delta-rs's own default for compaction
-            properties = writer_properties("ZSTD", 4)
             if zorder:
                 return table.optimize.z_order(
                     list(zorder), target_size=target_size, max_concurrent_tasks=1, writer_properties=properties
