@@ -279,3 +279,33 @@ def test_row_count_baseline_is_per_day_held_so_the_first_full_window_passes(trad
     window = (first + timedelta(days=2), first + timedelta(days=4))  # three days, after two days of data
     assert previous_row_count(trading_database, "public.daily_rows", *window) == 30
     assert previous_row_count(trading_database, "public.daily_rows", first, first) is None
+
+
+def test_row_count_baseline_leaves_out_the_partial_first_day(trading_database: str, tmp_path: Path) -> None:
+    """Data starts at some hour of its first day: that day is no yardstick for the full days after it (a demo's
+    first day held 232 KPI rows, and its first week, 8,705 rows, failed the blocking check against 7 x 232)."""
+    from expectations.suites import TableSuite
+    from expectations.warehouse import partition_frame, previous_row_count
+    from infra import db
+
+    first = date(2024, 7, 1)
+    with db.connect(trading_database) as conn:
+        conn.execute("CREATE TABLE public.partial_start (market_date date NOT NULL)")
+        conn.execute("INSERT INTO public.partial_start SELECT %s FROM generate_series(1, 150)", (first,))
+        for offset in range(1, 9):  # full days of 1,200 rows, and one day of 4,000 on the ninth day
+            rows = 4_000 if offset == 8 else 1_200
+            conn.execute(
+                "INSERT INTO public.partial_start SELECT %s FROM generate_series(1, %s)",
+                (first + timedelta(offset), rows),
+            )
+    table = "public.partial_start"
+    second, week_end = first + timedelta(days=1), first + timedelta(days=7)
+    assert previous_row_count(trading_database, table, second, second) is None
+    assert previous_row_count(trading_database, table, second, week_end) is None
+    assert previous_row_count(trading_database, table, second + timedelta(1), second + timedelta(1)) == 1_200
+
+    suite = TableSuite(table, ("market_date",))
+    for window, passes in [((second, week_end), True), ((week_end + timedelta(1),) * 2, False)]:
+        params = SuiteParameters(previous_row_count=previous_row_count(trading_database, table, *window))
+        outcome = validate_frame(partition_frame(trading_database, table, *window), suite, params, docs_dir=tmp_path)
+        assert outcome.success is passes, outcome.as_metadata()["failures"]
