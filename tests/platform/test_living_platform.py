@@ -379,6 +379,14 @@ def test_the_platform_follows_files_ticks_and_bad_data_by_itself(platform: Platf
                WHERE kind = 'check_failure' AND dedup_key LIKE '%%trading__bids%%'"""
         ).fetchone()
     assert alert is not None and alert[2] is None, f"open check alert for the bad bid {bad_bid['payload']['after']}"
+    # Nothing else failed: a blocking check that fails on good data halts its downstream as surely as a bug (a demo's
+    # first week once failed the KPI row-count bound, measured against its partial first day).
+    with psycopg.connect(platform.database_url) as conn:
+        failures = conn.execute(
+            "SELECT kind, title, detail::text FROM ops.alerts WHERE kind IN ('check_failure', 'run_failure')"
+        ).fetchall()
+    unexpected = [(kind, title) for kind, title, detail in failures if "trading__bids" not in title + detail]
+    assert not unexpected, f"failures besides the bad bid's: {unexpected}"
 
     # 5. The daemon recorded freshness for the gold facts.
     import dagster as dg
