@@ -45,7 +45,7 @@ class DbtManifestMissingError(RuntimeError):
     """The dbt manifest the gold assets are built from has not been prepared."""
 
 
-def _manifest_models() -> dict[str, Mapping[str, Any]]:
+def _manifest_nodes() -> dict[str, Mapping[str, Any]]:
     path = gold_dbt_project.manifest_path
     if not path.exists():
         raise DbtManifestMissingError(
@@ -58,11 +58,11 @@ def _manifest_models() -> dict[str, Mapping[str, Any]]:
             "to load the changes",
             stacklevel=2,
         )
-    manifest = json.loads(path.read_text())
-    return {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] in ("model", "seed")}
+    return json.loads(path.read_text())["nodes"]
 
 
-_MODELS = _manifest_models()
+_NODES = _manifest_nodes()
+_MODELS = {n["name"]: n for n in _NODES.values() if n["resource_type"] in ("model", "seed")}
 # The silver trading tables exist (empty) from the warehouse's first migration: a deployment whose trading
 # feed is not connected yet still builds its market facts and KPIs, and rebuilds its days once trading arrives.
 SILVER_TRADING = dg.AssetSelection.assets(
@@ -171,17 +171,48 @@ def _dbt_build(
 
     Cautious indirect selection in a subset run: a test that also reads a model outside the run (a relationship
     to a fact, a singular test over several facts) may read a table that does not exist yet, and belongs to the
-    run that builds its last parent. The invocation starts from this warehouse's saved dbt parse and leaves its
+    run that builds its last parent; one whose other parents are built dimensions or seeds runs here
+    (`_tests_on_reference_parents`). The invocation starts from this warehouse's saved dbt parse and leaves its
     own for the next (`infra.dbt.run_target_path`).
     """
     # In a subset run `context.assets_def` is already the subset: only Dagster knows it is one.
-    args = ["build", *(["--indirect-selection", "cautious"] if context.is_subset else [])]
+    args = ["build"]
+    if context.is_subset:
+        args += ["--indirect-selection", "cautious", *_tests_on_reference_parents(context, warehouse)]
     import_suites_for_run(context)
     # dagster-dbt gives dbt this process's environment, no other.
     with dbt_process_env(warehouse.url, window):
         target = run_target_path(f"{context.op_execution_context.op.name}-{context.run.run_id[:8]}", warehouse.url)
         yield from dbt.cli(args, context=context, target_path=target).stream()
         save_parse_state(target, warehouse.url)
+
+
+def _tests_on_reference_parents(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> list[str]:
+    """`--select` arguments for the run's checks that cautious selection drops but that can run: tests of a
+    partitioned model whose other parents are unpartitioned (a fact's zones against `dim_zone`, the KPI codes
+    against the `kpi_catalog` seed) and already built. Without them a subset run, which is how the automation
+    builds a day, never evaluates those checks."""
+    selected = {key.name for key in context.selected_asset_check_keys}
+    candidates: dict[str, set[tuple[str, str]]] = {}  # test -> the relations of its other parents
+    for node in _NODES.values():
+        attached = _NODES.get(node.get("attached_node") or "")
+        if node["resource_type"] != "test" or node["name"] not in selected or attached is None:
+            continue
+        others = [_NODES.get(uid) for uid in node["depends_on"]["nodes"] if uid != node["attached_node"]]
+        if "partitioned" not in attached["tags"] or not others:
+            continue
+        if all(other is not None and "partitioned" not in other["tags"] for other in others):
+            candidates[node["name"]] = {(o["schema"], o.get("alias") or o["name"]) for o in others if o}
+    if not candidates:
+        return []
+    with warehouse.connect() as conn:
+        built = {
+            relation
+            for relation in set().union(*candidates.values())
+            if conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", relation).fetchone()[0]
+        }
+    tests = sorted(test for test, parents in candidates.items() if parents <= built)
+    return ["--select", " ".join(tests)] if tests else []
 
 
 @dbt_assets(

@@ -124,7 +124,8 @@ def test_blocking_silver_check_keeps_broken_batch_out_of_gold(gold_built: str, s
 def test_subset_runs_on_a_cold_warehouse_leave_other_runs_tests_out(database_url: str) -> None:
     """What the automation starts on a fresh warehouse: dimensions, then a few facts, each a subset run. A
     dbt test that also reads a model outside the run (the KPI catalog's test on `kpi_values`, the positions'
-    test on bids and trades) must wait for the run that builds that model, not fail this one."""
+    test on bids and trades) must wait for the run that builds that model, not fail this one; a test against a
+    dimension or seed that exists runs in the day's run."""
     from assets import gold
     from tests.conftest import private_database
     from tests.gold.silver_fixture import DAY, load_fixture
@@ -176,6 +177,10 @@ def test_subset_runs_on_a_cold_warehouse_leave_other_runs_tests_out(database_url
                 raise_on_error=False,
             )
             assert kpis.success
+            # Tests against a dimension or seed built by the reference run do run in the day's subset run.
+            evaluated = {(e.asset_key.path[-1], e.check_name): e.passed for e in kpis.get_asset_check_evaluations()}
+            assert evaluated[("fct_prices_hourly", "relationships_fct_prices_hourly_zone__zone__ref_dim_zone_")]
+            assert evaluated[("kpi_values", "relationships_kpi_values_kpi_code__kpi_code__ref_kpi_catalog_")]
             pushed = None
             for note in listener.notifies(timeout=30):
                 payload = json.loads(note.payload)
