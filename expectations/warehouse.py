@@ -66,8 +66,7 @@ def previous_row_count(database_url: str, table: str, min_date: date, max_date: 
     Per day held, not the plain count: the window before the first days of data is partly empty, and a full
     window measured against it would fail the row-count check for no fault of its own. The table's first day
     of data is left out of the baseline: data starts at some hour of it, in some timezone, so it is partial (a
-    demo's first day held the 232 minute-grain KPIs of a few hours, and a week of full days, 8,705 rows, failed
-    against 7 x 232 x 1.5).
+    first day holding the minute KPIs of a few hours, 232 rows, would cap a week of full days at 7 x 232 x 1.5).
     """
     days = (max_date - min_date).days + 1
     query = sql.SQL(

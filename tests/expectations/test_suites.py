@@ -282,8 +282,8 @@ def test_row_count_baseline_is_per_day_held_so_the_first_full_window_passes(trad
 
 
 def test_row_count_baseline_leaves_out_the_partial_first_day(trading_database: str, tmp_path: Path) -> None:
-    """Data starts at some hour of its first day: that day is no yardstick for the full days after it (a demo's
-    first day held 232 KPI rows, and its first week, 8,705 rows, failed the blocking check against 7 x 232)."""
+    """Data starts at some hour of its first day: that day is no yardstick for the full days after it, while a
+    spike after full days still fails."""
     from expectations.suites import TableSuite
     from expectations.warehouse import partition_frame, previous_row_count
     from infra import db

@@ -379,8 +379,8 @@ def test_the_platform_follows_files_ticks_and_bad_data_by_itself(platform: Platf
                WHERE kind = 'check_failure' AND dedup_key LIKE '%%trading__bids%%'"""
         ).fetchone()
     assert alert is not None and alert[2] is None, f"open check alert for the bad bid {bad_bid['payload']['after']}"
-    # Nothing else failed: a blocking check that fails on good data halts its downstream as surely as a bug (a demo's
-    # first week once failed the KPI row-count bound, measured against its partial first day).
+    # Nothing else failed: a blocking check that fails on good data (a row-count bound measured against a partial
+    # first day, say) halts its downstream as surely as a bug.
     with psycopg.connect(platform.database_url) as conn:
         failures = conn.execute(
             "SELECT kind, title, detail::text FROM ops.alerts WHERE kind IN ('check_failure', 'run_failure')"
