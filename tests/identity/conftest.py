@@ -155,7 +155,16 @@ def bearer(tokens: dict) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-def current_totp(secret: str, offset_steps: int = 0) -> str:
+def totp_step_now() -> int:
     from serving_api import security
 
-    return security.totp_code(secret, int(time.time() // security.TOTP_STEP_SECONDS) + offset_steps)
+    return int(time.time() // security.TOTP_STEP_SECONDS)
+
+
+def current_totp(secret: str, offset_steps: int = 0) -> str:
+    """The code of the step `offset_steps` after the current one. A test that relies on which step a code
+    belongs to (replay, the next step's code) pins the step with `totp_step_now` instead: the clock may
+    cross a 30-second boundary between two requests."""
+    from serving_api import security
+
+    return security.totp_code(secret, totp_step_now() + offset_steps)

@@ -4,26 +4,29 @@
 from __future__ import annotations
 
 from serving_api import security
-from tests.identity.conftest import V1, bearer, current_totp, login
+from tests.identity.conftest import V1, bearer, current_totp, login, totp_step_now
 
 
-def _enrol(client, tokens: dict) -> tuple[str, list[str]]:
+def _enrol(client, tokens: dict) -> tuple[str, list[str], int]:
+    """Enrols the caller; returns the secret, the recovery codes and the step whose code confirmed it."""
     setup = client.post(f"{V1}/auth/mfa/setup", headers=bearer(tokens))
     assert setup.status_code == 200, setup.text
     secret = setup.json()["secret"]
     assert setup.json()["otpauth_uri"].startswith("otpauth://totp/OptiBid:")
     wrong = client.post(f"{V1}/auth/mfa/confirm", json={"code": "000000"}, headers=bearer(tokens))
     assert wrong.status_code == 401
-    confirmed = client.post(f"{V1}/auth/mfa/confirm", json={"code": current_totp(secret)}, headers=bearer(tokens))
+    step = totp_step_now()
+    code = security.totp_code(secret, step)
+    confirmed = client.post(f"{V1}/auth/mfa/confirm", json={"code": code}, headers=bearer(tokens))
     assert confirmed.status_code == 200, confirmed.text
     codes = confirmed.json()["recovery_codes"]
     assert len(codes) == security.RECOVERY_CODE_COUNT and len(set(codes)) == len(codes)
-    return secret, codes
+    return secret, codes, step
 
 
 def test_login_becomes_two_steps_once_mfa_is_on(client):
     tokens = login(client, "analyst@org_b.test").json()
-    secret, codes = _enrol(client, tokens)
+    secret, codes, step = _enrol(client, tokens)
     again = client.post(f"{V1}/auth/mfa/setup", headers=bearer(tokens))
     assert again.status_code == 409
 
@@ -34,12 +37,14 @@ def test_login_becomes_two_steps_once_mfa_is_on(client):
     bad = client.post(f"{V1}/auth/mfa/verify", json={"mfa_token": challenge, "code": "123456"})
     assert bad.status_code == 401 and bad.json()["code"] == "invalid_mfa_code"
     # The code of the step already used to confirm enrolment is not accepted again; the next step's is.
-    replay = client.post(f"{V1}/auth/mfa/verify", json={"mfa_token": challenge, "code": current_totp(secret)})
+    enrolment_code = security.totp_code(secret, step)
+    replay = client.post(f"{V1}/auth/mfa/verify", json={"mfa_token": challenge, "code": enrolment_code})
     assert replay.status_code == 401
-    ok = client.post(f"{V1}/auth/mfa/verify", json={"mfa_token": challenge, "code": current_totp(secret, 1)})
+    next_code = security.totp_code(secret, step + 1)
+    ok = client.post(f"{V1}/auth/mfa/verify", json={"mfa_token": challenge, "code": next_code})
     assert ok.status_code == 200, ok.text
     assert client.get(f"{V1}/zones", headers=bearer(ok.json())).status_code == 200
-    used = client.post(f"{V1}/auth/mfa/verify", json={"mfa_token": challenge, "code": current_totp(secret, 1)})
+    used = client.post(f"{V1}/auth/mfa/verify", json={"mfa_token": challenge, "code": next_code})
     assert used.status_code == 401
 
     # A recovery code works once.
