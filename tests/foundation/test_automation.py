@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -14,6 +14,10 @@ import pytest
 BRONZE_GROUP = "bronze"
 MARKET_DAYS = dg.AssetKey(["bronze", "market_days"])
 SILVER_PRICES = dg.AssetKey(["silver", "market__prices"])
+# A held run waits for the test to release it; the bound only keeps a broken test from hanging. It is generous
+# because the test releases one held run only after another has ended, and on a busy machine a run's end
+# (Dagster stopping its compute-log capture) has taken a minute.
+HELD_RUN_TIMEOUT_S = 600
 ZONES = dg.AssetKey(["silver", "ref__zones"])
 SILVER_MARKET = [
     dg.AssetKey(["silver", t])
@@ -352,13 +356,16 @@ def test_gold_days_build_before_trading_arrives_and_every_day_again_once_it_does
     trading first arrives, every day built without it is asked for again, not only the recent ones."""
     stg_assets, dim_asset = dg.AssetKey(["gold", "stg_trading__assets"]), dg.AssetKey(["gold", "dim_asset"])
     selection = dg.AssetSelection.assets(stg_assets, dim_asset)
-    today, past = date.today().isoformat(), (date.today() - timedelta(days=10)).isoformat()
+    now = _market_now()
+    today, past = now.date().isoformat(), (now.date() - timedelta(days=10)).isoformat()
     with dg.instance_for_test() as instance:
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        first = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, evaluation_time=now
+        )
         for name in ("fuel_types", "stg_ref__assets"):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name])))
         without_trading = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor, evaluation_time=now
         )
         built = without_trading.get_requested_partitions(stg_assets)
         assert {today, past} <= built
@@ -368,14 +375,16 @@ def test_gold_days_build_before_trading_arrives_and_every_day_again_once_it_does
                 connected.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["gold", name])))
             bronze_assets = dg.AssetKey(["bronze", "cdc__assets"])
             connected.report_runless_asset_event(dg.AssetMaterialization(asset_key=bronze_assets))
-            waiting = dg.evaluate_automation_conditions(defs=defs, instance=connected, asset_selection=selection)
+            waiting = dg.evaluate_automation_conditions(
+                defs=defs, instance=connected, asset_selection=selection, evaluation_time=now
+            )
             assert waiting.get_requested_partitions(stg_assets) == set()
         assert today in without_trading.get_requested_partitions(dim_asset)
         for day in built:
             for key in (stg_assets, dim_asset):
                 instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=day))
         settled = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=without_trading.cursor
+            defs=defs, instance=instance, asset_selection=selection, cursor=without_trading.cursor, evaluation_time=now
         )
         assert settled.get_requested_partitions(stg_assets) == set()
 
@@ -383,23 +392,33 @@ def test_gold_days_build_before_trading_arrives_and_every_day_again_once_it_does
             dg.AssetMaterialization(asset_key=dg.AssetKey(["silver", "trading__assets"]))
         )
         arrived = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor
+            defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor, evaluation_time=now
         )
         assert arrived.get_requested_partitions(stg_assets) == built
         for day in built:
             instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=stg_assets, partition=day))
         rebuilt = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=arrived.cursor
+            defs=defs, instance=instance, asset_selection=selection, cursor=arrived.cursor, evaluation_time=now
         )
         # a later trading update is an ordinary one: only the recent days
         instance.report_runless_asset_event(
             dg.AssetMaterialization(asset_key=dg.AssetKey(["silver", "trading__assets"]))
         )
         updated = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=rebuilt.cursor
+            defs=defs, instance=instance, asset_selection=selection, cursor=rebuilt.cursor, evaluation_time=now
         )
         assert today in updated.get_requested_partitions(stg_assets)
         assert past not in updated.get_requested_partitions(stg_assets)
+
+
+def _market_now() -> datetime:
+    """One instant for all of a test's evaluations. Each evaluation otherwise reads the clock: a market
+    midnight (a new day partition) or a cron tick falling between two of them changes what they ask for."""
+    from zoneinfo import ZoneInfo
+
+    from infra.settings import get_settings
+
+    return datetime.now(ZoneInfo(get_settings().market_timezone))
 
 
 def _gold_built(instance: dg.DagsterInstance, name: str, partition: str | None = None) -> None:
@@ -478,27 +497,25 @@ def test_a_trading_change_that_fails_its_blocking_check_stays_out_of_gold(defs) 
 def test_tomorrows_forecast_is_built_once_todays_facts_exist(defs) -> None:
     """A platform that has just caught up builds tomorrow's forecast (and its optimizations) at once, not at
     the next gate-closure or hourly cron tick."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
-    from infra.settings import get_settings
-
     forecasts = dg.AssetKey(["gold", "forecasts"])
-    today = datetime.now(ZoneInfo(get_settings().market_timezone)).date()
+    now = _market_now()
+    today = now.date()
     tomorrow = (today + timedelta(days=1)).isoformat()
     selection = dg.AssetSelection.assets(forecasts)
     with dg.instance_for_test() as instance:
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        first = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, evaluation_time=now
+        )
         assert first.get_requested_partitions(forecasts) == set()  # no facts yet
         for name in ("fct_prices_hourly", "fct_load_hourly"):
             _gold_built(instance, name, today.isoformat())
         ready = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+            defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor, evaluation_time=now
         )
         assert ready.get_requested_partitions(forecasts) == {tomorrow}
         instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=forecasts, partition=tomorrow))
         again = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=selection, cursor=ready.cursor
+            defs=defs, instance=instance, asset_selection=selection, cursor=ready.cursor, evaluation_time=now
         )
         assert again.get_requested_partitions(forecasts) == set()
 
@@ -525,7 +542,7 @@ def test_a_change_landing_while_its_child_runs_is_rebuilt_after_that_run(partiti
     )
     def child() -> None:
         if hold.is_set():
-            assert release.wait(60)
+            assert release.wait(HELD_RUN_TIMEOUT_S)
 
     defs = dg.Definitions(assets=[parent, child])
     selection = dg.AssetSelection.assets(child)
@@ -583,7 +600,7 @@ def test_a_day_goes_with_its_silver_while_a_dimension_is_first_built_but_waits_f
     def held(name: str) -> None:
         hold, release = holds[name]
         if hold.is_set():
-            assert release.wait(60)
+            assert release.wait(HELD_RUN_TIMEOUT_S)
 
     @dg.asset(partitions_def=days)
     def silver_day() -> None: ...
@@ -665,7 +682,7 @@ def test_a_day_goes_while_an_optional_parent_is_first_built_and_again_once_it_is
 
     @dg.asset(partitions_def=days)
     def trading_fact() -> None:
-        assert releases["trading_fact"].wait(60)
+        assert releases["trading_fact"].wait(HELD_RUN_TIMEOUT_S)
 
     @dg.asset(
         partitions_def=days,
@@ -673,7 +690,7 @@ def test_a_day_goes_while_an_optional_parent_is_first_built_and_again_once_it_is
         automation_condition=day_partitions(optional_day_deps=dg.AssetSelection.assets(trading_fact)),
     )
     def kpis() -> None:
-        assert releases["kpis"].wait(60)
+        assert releases["kpis"].wait(HELD_RUN_TIMEOUT_S)
 
     defs = dg.Definitions(assets=[market_fact, trading_fact, kpis])
     selection = dg.AssetSelection.assets(kpis)

@@ -75,8 +75,10 @@ def test_websocket_closes_within_5s_after_its_api_key_is_revoked(client, auth):
 
 def test_websocket_closes_when_its_token_expires(client):
     state = client.app.state.api
+    # `exp` is whole seconds: `time.time() + 2` could leave the token one second, too little on a busy machine
+    # to connect and receive the first heartbeat before it expires.
     token, _ = state.token_keys.issue(
-        user_id="u", org_id="org_a", role="viewer", family_id="f-expiring", not_after=time.time() + 2
+        user_id="u", org_id="org_a", role="viewer", family_id="f-expiring", not_after=int(time.time()) + 3
     )
     with client.websocket_connect(f"{V1}/ws/kpis/avg_price?zone=PJM&grain=hour&access_token={token}") as ws:
         assert ws.receive_json()["type"] == "heartbeat"
