@@ -8,6 +8,7 @@ database is created on it for this run. The broker is the embedded tansu unless
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`make test &`, CI wrappers) with SIGINT ignored, and every in-process
+    # Dagster run copies SIGINT's handler onto SIGTERM. From the first such run on, SIGTERM would be ignored
+    # here and in every process the tests start after it: Dagster's compute-log `tail`s then outlived their
+    # runs by 30 s each (a held-run test took 62 s instead of 4), and stopped services waited for SIGKILL.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def shared_path(*parts: str) -> Path:
