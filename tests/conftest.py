@@ -22,7 +22,7 @@ if str(REPO_ROOT) not in sys.path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # A shell starts a background job (`make test &`, CI wrappers) with SIGINT ignored, and every in-process
+    # A shell starts a background job (`make test &`) with SIGINT ignored, and every in-process
     # Dagster run copies SIGINT's handler onto SIGTERM. From the first such run on, SIGTERM would be ignored
     # here and in every process the tests start after it: Dagster's compute-log `tail`s then outlived their
     # runs by 30 s each (a held-run test took 62 s instead of 4).
